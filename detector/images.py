@@ -1,0 +1,119 @@
+"""Any image a person can hand us -> an RGB uint8 array, or one clear error.
+
+Handles paths, bytes, PIL images and numpy arrays; EXIF orientation; grayscale, palette, RGBA
+(composited on white), CMYK, 16-bit and float modes; and very large images, which are decoded
+at reduced size (JPEG draft mode) and downscaled so that no side exceeds `max_side`. The
+original size is kept so detections can be reported in the caller's pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_SIDE = int(os.environ.get("OVD_MAX_IMAGE_SIDE", "4096"))
+MAX_PIXELS = 250_000_000  # refuse decompression bombs before decoding
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageLoadError(ValueError):
+    """The input is not an image we can read; the message names it and says why."""
+
+
+@dataclass
+class LoadedImage:
+    array: np.ndarray  # H x W x 3, uint8, RGB
+    original_size: tuple[int, int]  # (height, width) as the caller sees the image
+
+    @property
+    def scale(self) -> float:
+        """original / loaded size (1.0 unless the image was downscaled)."""
+        return self.original_size[0] / self.array.shape[0]
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, Path)):
+        return f"'{source}'"
+    return f"the {type(source).__name__} input"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(_stretch(a)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode == "CMYK":
+        return img.convert("RGB")
+    return img.convert("RGB")
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    """Map a high-bit-depth/float array to uint8 (full 16-bit range, else min-max)."""
+    if a.size == 0:
+        return a.astype(np.uint8)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if lo >= 0 and hi > 255 and hi <= 65535:
+        lo, hi = 0.0, 65535.0
+    elif 0 <= lo and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip((np.nan_to_num(a, nan=lo) - lo) * scale, 0, 255).round().astype(np.uint8)
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ImageLoadError(f"array image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageLoadError("array image is empty")
+    if a.dtype != np.uint8:
+        a = _stretch(a.astype(np.float64))
+    if a.shape[2] == 1:
+        return Image.fromarray(a[..., 0], "L")
+    return Image.fromarray(np.ascontiguousarray(a), "RGBA" if a.shape[2] == 4 else "RGB")
+
+
+def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
+    """Load `source` (path, bytes, file object, PIL image or array) as RGB uint8."""
+    try:
+        if isinstance(source, np.ndarray):
+            img = _from_array(source)
+        elif isinstance(source, Image.Image):
+            img = source
+        elif isinstance(source, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(source))
+        elif isinstance(source, (str, Path)):
+            if not Path(source).is_file():
+                raise ImageLoadError(f"image file not found: '{source}'")
+            img = Image.open(source)
+        elif hasattr(source, "read"):
+            img = Image.open(source)
+        else:
+            raise ImageLoadError(f"cannot read an image from a {type(source).__name__}")
+        if img.width == 0 or img.height == 0:
+            raise ImageLoadError(f"{_describe(source)} has zero size")
+        original = (img.height, img.width)
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says rotate by 90 degrees
+            original = (img.width, img.height)
+        if img.format == "JPEG" and max(img.size) > 2 * max_side:
+            img.draft("RGB", (max_side, max_side))  # decode huge JPEGs at reduced resolution
+        img = _to_rgb(ImageOps.exif_transpose(img))
+        if max(img.size) > max_side:
+            img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        array = np.array(img, dtype=np.uint8)  # a writable copy
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageLoadError(f"{_describe(source)} is too large (over {MAX_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"{_describe(source)} is not a readable image ({e})") from None
+    return LoadedImage(array, original)

@@ -1,0 +1,239 @@
+"""The open-vocabulary two-stage detector: torchvision's GeneralizedRCNN with Detic's head.
+
+Three entry points share one backbone/RPN/RoI stack:
+- `forward(images, targets, class_embeddings)`: box-labelled training (standard loss dict) or
+  inference (list of {boxes, scores, labels}); labels are 0-based indices into the vocabulary.
+- `image_label_loss(images, labels, class_embeddings)`: Detic's image-label loss (no RPN or box
+  regression loss; by default only the classifier receives gradients).
+- `encode(images)` + `classify(regions, class_embeddings)`: inference split at the point where
+  the vocabulary enters, so a new vocabulary or threshold re-uses the cached image work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import MultiScaleRoIAlign
+
+from .backbones import build_backbone, count_parameters
+from .classifier import ZeroShotBoxPredictor
+from .config import DetectorConfig
+from .image_labels import Choice, choose_proposals, image_label_loss, with_image_box
+from .roi_heads import ZeroShotRoIHeads, select_detections
+from .rpn import ScoredRPN
+
+
+class DetectorTransform(GeneralizedRCNNTransform):
+    """Normalise + batch. Resizes at inference only: in training the data pipeline owns the scale
+    (jitter, 640 px for box batches, 320 px for image-label batches, as in Detic)."""
+
+    def resize(self, image, target=None):
+        if self.training:
+            return image, target
+        return super().resize(image, target)
+
+
+def _norm_layer(kind: str):
+    if kind == "batchnorm":
+        return nn.BatchNorm2d
+    if kind == "groupnorm":
+        return lambda c: nn.GroupNorm(min(32, max(1, c // 8)), c)
+    return None
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module):
+    """Temporarily put `modules` in eval mode, restoring each one's previous mode."""
+    previous = [m.training for m in modules]
+    for m in modules:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, previous):
+            m.train(mode)
+
+
+@dataclass
+class EncodedImages:
+    """Everything about a batch of images that does not depend on the vocabulary."""
+
+    proposals: list[torch.Tensor]  # per image [N, 4], network-input coordinates
+    objectness: list[torch.Tensor]  # per image [N]
+    box_features: list[torch.Tensor]  # per image [N, representation_size]
+    boxes: list[torch.Tensor]  # per image [N, 4] refined (class-agnostic) boxes, input coords
+    image_sizes: list[tuple[int, int]]  # network-input sizes
+    original_sizes: list[tuple[int, int]]
+
+    def select(self, i: int) -> EncodedImages:
+        return EncodedImages(*[[f[i]] for f in (self.proposals, self.objectness, self.box_features,
+                                                  self.boxes, self.image_sizes, self.original_sizes)])
+
+
+class OpenVocabDetector(GeneralizedRCNN):
+    def __init__(self, config: DetectorConfig):
+        cfg = config
+        if cfg.box_head_fcs < 1:
+            raise ValueError("box_head_fcs must be >= 1")
+        spec = build_backbone(cfg)
+        backbone = spec.module
+        c = backbone.out_channels
+        anchor_gen = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
+                                     ((0.5, 1.0, 2.0),) * len(cfg.anchor_sizes))
+        rpn = ScoredRPN(
+            anchor_gen,
+            RPNHead(c, anchor_gen.num_anchors_per_location()[0], conv_depth=cfg.rpn_head_convs),
+            fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+            batch_size_per_image=cfg.rpn_batch_size_per_image, positive_fraction=0.5,
+            pre_nms_top_n={"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
+            post_nms_top_n={"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
+            nms_thresh=cfg.rpn_nms_thresh,
+        )
+        box_head = FastRCNNConvFCHead(
+            (c, 7, 7), [c] * cfg.box_head_convs, [cfg.representation_size] * cfg.box_head_fcs,
+            norm_layer=_norm_layer(cfg.head_norm),
+        )
+        predictor = ZeroShotBoxPredictor(cfg.representation_size, cfg.embed_dim, cfg.temperature,
+                                         cfg.cls_prior_prob)
+        roi_heads = ZeroShotRoIHeads(
+            MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2), box_head, predictor,
+            0.5, 0.5, cfg.roi_batch_size_per_image, 0.25, None,
+            cfg.score_threshold, cfg.nms_threshold, cfg.max_detections,
+            federated_threshold=cfg.federated_threshold, federated_num=cfg.federated_num_classes,
+            mult_proposal_score=cfg.mult_proposal_score,
+        )
+        transform = DetectorTransform(cfg.min_size, cfg.max_size, spec.image_mean, spec.image_std)
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.config = cfg
+        self.backbone_pretrained = spec.pretrained
+        self.class_names: list[str] = []
+        self.register_buffer("class_embeddings", torch.zeros(0, cfg.embed_dim), persistent=False)
+
+    # --- vocabulary --------------------------------------------------------------------------
+    def set_vocabulary(self, names: list[str], embeddings: torch.Tensor) -> None:
+        """Swap the classifier's fixed text embeddings; no other weight changes."""
+        if embeddings.shape != (len(names), self.config.embed_dim):
+            raise ValueError(f"expected embeddings of shape {(len(names), self.config.embed_dim)}")
+        self.class_names = list(names)
+        self.class_embeddings = embeddings.to(self.class_embeddings.device, torch.float32)
+
+    def _embeddings(self, class_embeddings: torch.Tensor | None) -> torch.Tensor:
+        emb = self.class_embeddings if class_embeddings is None else class_embeddings
+        if emb.numel() == 0:
+            raise ValueError("no vocabulary: pass class_embeddings or call set_vocabulary() first")
+        return emb.to(self.class_embeddings.device)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return count_parameters(self)
+
+    # --- box-labelled training and plain inference --------------------------------------------
+    def forward(self, images, targets=None, class_embeddings=None):
+        emb = self._embeddings(class_embeddings)
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        if self.training:
+            if targets is None:
+                raise ValueError("training forward needs targets (boxes + 0-based labels)")
+            targets = [{"boxes": t["boxes"], "labels": t["labels"].long() + 1} for t in targets]
+        image_list, targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, objectness, rpn_losses = self.rpn(image_list, features, targets)
+        detections, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets,
+                                                class_embeddings=emb, objectness=objectness)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+    # --- inference split at the vocabulary ----------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: list[torch.Tensor]) -> EncodedImages:
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
+        x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
+        deltas = self.roi_heads.box_predictor.bbox_pred(x.flatten(1))
+        boxes = self.roi_heads.decode_boxes(deltas, proposals, image_list.image_sizes)
+        counts = [len(p) for p in proposals]
+        return EncodedImages(proposals, objectness, list(x.split(counts)), boxes,
+                             list(image_list.image_sizes), original_sizes)
+
+    @torch.no_grad()
+    def classify(self, enc: EncodedImages, class_embeddings=None, score_threshold=None,
+                 nms_threshold=None, max_detections=None) -> list[dict[str, torch.Tensor]]:
+        """Detections (original image coordinates) for `enc` under a vocabulary."""
+        emb = self._embeddings(class_embeddings)
+        cfg = self.config
+        out = []
+        for i in range(len(enc.boxes)):
+            logits = self.roi_heads.box_predictor.cls_score(enc.box_features[i].float(), emb)
+            scores = self.roi_heads.class_scores(logits, enc.objectness[i])
+            det = select_detections(
+                enc.boxes[i], scores,
+                cfg.score_threshold if score_threshold is None else score_threshold,
+                cfg.nms_threshold if nms_threshold is None else nms_threshold,
+                cfg.max_detections if max_detections is None else max_detections,
+            )
+            det["boxes"] = resize_boxes(det["boxes"], enc.image_sizes[i], enc.original_sizes[i])
+            out.append(det)
+        return out
+
+    # --- image-labelled training (Detic) -------------------------------------------------------
+    def _label_proposals(self, images, num_proposals):
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
+        proposals = [with_image_box(p[:num_proposals], s) for p, s in zip(proposals, image_list.image_sizes)]
+        x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
+        return image_list, proposals, objectness, x
+
+    def image_label_loss(self, images, labels: list[list[int]], class_embeddings=None,
+                         rule: str | None = None) -> dict[str, torch.Tensor]:
+        """Detic's loss for images with image-level labels only: `{"loss_image_label": λ·L}`.
+
+        With `image_label_scope="classifier"` (default) the proposals and RoI features are
+        computed without gradients, so only the zero-shot classifier learns from image labels;
+        "box_head" also lets the gradient into the box head and neck, as in Detic's code.
+        """
+        emb = self._embeddings(class_embeddings)
+        cfg = self.config
+        rule = rule or cfg.image_label_rule
+        if cfg.image_label_scope == "box_head":
+            _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
+        else:  # frozen for this batch: no gradients and no normalisation-statistics updates
+            with torch.no_grad(), eval_mode(self.backbone, self.rpn, self.roi_heads.box_head):
+                _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
+        logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
+        per_image = list(logits.split([len(p) for p in proposals]))
+        choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels)]
+        return {"loss_image_label": cfg.image_label_weight * image_label_loss(per_image, choices)}
+
+    @torch.no_grad()
+    def assign(self, images, labels: list[list[int]], class_embeddings=None, num_proposals=None,
+               rules=("max_size", "image_box", "max_score")) -> list[dict]:
+        """What each rule would train: proposals (original coords, image box last), objectness,
+        per-class scores and, per rule, the `Choice`s made for the labels."""
+        emb = self._embeddings(class_embeddings)
+        k = num_proposals or self.config.image_label_num_proposals
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, proposals, objectness, x = self._label_proposals(images, k)
+        logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
+        out = []
+        for p, obj, lg, lb, size, orig in zip(proposals, objectness, logits.split([len(p) for p in proposals]),
+                                                labels, image_list.image_sizes, original_sizes):
+            choices: dict[str, list[Choice]] = {r: choose_proposals(r, p, lg, lb) for r in rules}
+            out.append({
+                "proposals": resize_boxes(p, size, orig),
+                "objectness": torch.cat([obj[: len(p) - 1], obj.new_ones(1)]),
+                "scores": torch.sigmoid(lg.float()),
+                "choices": choices,
+            })
+        return out
+

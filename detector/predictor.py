@@ -1,0 +1,178 @@
+"""`Predictor`: images + a typed vocabulary -> `supervision.Detections`. The Python API.
+
+The expensive, vocabulary-independent work (backbone, proposals, RoI features, class-agnostic
+box refinement) is cached per image content, so changing only the vocabulary or a threshold
+re-runs just the classifier. On CUDA the model runs channels_last under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+import torch
+
+from .checkpoint import save_checkpoint
+from .embedding_cache import VocabularyEmbedder
+from .images import LoadedImage, load_image
+from .model import EncodedImages, OpenVocabDetector
+from .presets import load_detector
+from .text_encoders import build_text_encoder
+from .vocabulary import parse_vocabulary
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Assignment:
+    """What Detic's image-label rules would train on one image (for display and inspection)."""
+
+    proposals: np.ndarray  # [N + 1, 4] xyxy in image pixels; the last row is the whole image
+    objectness: np.ndarray  # [N + 1]
+    scores: np.ndarray  # [N + 1, C] per-class probabilities
+    labels: list[str]
+    rules: dict[str, list[tuple[int, list[str]]]] = field(default_factory=dict)  # rule -> (index, names)
+
+
+class Predictor:
+    def __init__(self, model: OpenVocabDetector, device: str | None = None, cache_size: int = 32):
+        self.device = torch.device(device or default_device())
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        cfg = model.config
+        self.embedder = VocabularyEmbedder(build_text_encoder(cfg.text_encoder, cfg.text_encoder_options),
+                                           cfg.prompt)
+        if self.embedder.encoder.dim != cfg.embed_dim:
+            raise ValueError(f"text encoder '{cfg.text_encoder}' gives {self.embedder.encoder.dim}-d "
+                             f"embeddings but the model expects {cfg.embed_dim}")
+        self._cache: OrderedDict[str, EncodedImages] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    # --- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, device: str | None = None) -> Predictor:
+        """From a preset name, a local checkpoint folder or a Hub repo id (see `load_detector`)."""
+        return cls(load_detector(source, "cpu"), device=device)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_checkpoint(self.model, directory)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def info(self) -> dict:
+        cfg = self.model.config
+        return {
+            "backbone": cfg.backbone,
+            "backbone_pretrained": self.model.backbone_pretrained,
+            "frozen_backbone": cfg.freeze_backbone,
+            "text_encoder": self.embedder.encoder.key,
+            "embed_dim": cfg.embed_dim,
+            "parameters": self.model.parameter_counts(),
+            "device": str(self.device),
+            "trained_class_names": len(cfg.trained_class_names),
+        }
+
+    # --- inference -------------------------------------------------------------------------
+    def embed(self, vocabulary) -> tuple[list[str], torch.Tensor]:
+        names, emb = self.embedder(vocabulary)
+        return names, emb.to(self.device)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _tensor(self, img: LoadedImage) -> torch.Tensor:
+        t = torch.from_numpy(img.array).to(self.device).permute(2, 0, 1).float().div_(255)
+        return t.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else t
+
+    @staticmethod
+    def _key(img: LoadedImage) -> str:
+        h = hashlib.blake2b(img.array.tobytes(), digest_size=16)
+        h.update(str(img.array.shape).encode())
+        return h.hexdigest()
+
+    def encode(self, images: list[LoadedImage], batch_size: int = 8) -> list[EncodedImages]:
+        """Vocabulary-independent features per image, from cache when the same pixels were seen."""
+        keys = [self._key(im) for im in images]
+        with self._lock:
+            missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        for start in range(0, len(missing), batch_size):
+            idx = missing[start : start + batch_size]
+            with torch.inference_mode(), self._autocast():
+                enc = self.model.encode([self._tensor(images[i]) for i in idx])
+            with self._lock:
+                for j, i in enumerate(idx):
+                    self._cache[keys[i]] = enc.select(j)
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        out = []
+        with self._lock:
+            for k in keys:
+                self._cache.move_to_end(k)
+                out.append(self._cache[k])
+        return out
+
+    def predict(self, images, vocabulary, score_threshold: float | None = None,
+                nms_threshold: float | None = None, max_detections: int | None = None,
+                batch_size: int = 8) -> list[sv.Detections]:
+        """Detections for each image (path, PIL image, array, bytes; one or a list).
+
+        Boxes are in the pixel coordinates of the image as given (after EXIF rotation).
+        """
+        single = not isinstance(images, (list, tuple))
+        loaded = [load_image(im) for im in ([images] if single else images)]
+        names, emb = self.embed(vocabulary)
+        encoded = self.encode(loaded, batch_size=batch_size)
+        results = []
+        for img, enc in zip(loaded, encoded):
+            with torch.inference_mode(), self._autocast():
+                det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections)[0]
+            results.append(to_detections(det, names, img.scale))
+        return results
+
+    def assign(self, image, labels, vocabulary=None, num_proposals: int | None = None) -> Assignment:
+        """Which proposal each image-label rule (max_size, image_box, max_score) would train.
+
+        `labels` are the image's tags; `vocabulary` (default: the labels) is the class set.
+        """
+        labels = parse_vocabulary(labels)
+        names, emb = self.embed(vocabulary if vocabulary is not None else labels)
+        index = {n.casefold(): i for i, n in enumerate(names)}
+        unknown = [lb for lb in labels if lb.casefold() not in index]
+        if unknown:
+            raise ValueError(f"labels not in the vocabulary: {', '.join(unknown)}")
+        img = load_image(image)
+        with torch.inference_mode(), self._autocast():
+            out = self.model.assign([self._tensor(img)], [[index[lb.casefold()] for lb in labels]],
+                                    emb, num_proposals)[0]
+        rules = {r: [(c.proposal, [names[k] for k in c.labels]) for c in cs] for r, cs in out["choices"].items()}
+        return Assignment(
+            proposals=out["proposals"].float().cpu().numpy() * img.scale,
+            objectness=out["objectness"].float().cpu().numpy(),
+            scores=out["scores"].float().cpu().numpy(),
+            labels=labels,
+            rules=rules,
+        )
+
+
+def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float = 1.0) -> sv.Detections:
+    class_id = det["labels"].cpu().numpy().astype(int)
+    return sv.Detections(
+        xyxy=det["boxes"].float().cpu().numpy().reshape(-1, 4) * scale,
+        confidence=det["scores"].float().cpu().numpy(),
+        class_id=class_id,
+        data={"class_name": np.array([names[i] for i in class_id], dtype=object).astype(str)
+              if len(class_id) else np.array([], dtype=str)},
+    )

@@ -1,0 +1,63 @@
+"""Named starting points and the one function that turns any model *source* into a detector.
+
+A source is a preset name (below), a local checkpoint folder / `.safetensors` file, or a
+Hugging Face Hub repo id holding `config.json` + `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from .config import DetectorConfig
+from .hub import download_snapshot, looks_like_repo_id
+
+PRESETS: dict[str, DetectorConfig] = {
+    # Real weights, no network: ImageNet EfficientNet-Lite0 (frozen) + all-MiniLM-L6-v2 names.
+    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384),
+    # The classic: ResNet-50 (ImageNet weights when downloadable) + CLIP ViT-B/32 names.
+    "resnet50-clip": DetectorConfig(
+        backbone="resnet50", text_encoder="clip", embed_dim=512,
+        text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+    ),
+    # Tiny random model (tiny CNN + tiny open_clip text tower): tests and smoke runs.
+    "tiny": DetectorConfig(
+        backbone="tiny", text_encoder="tiny_clip", embed_dim=64, text_encoder_options={"dim": 64},
+        fpn_channels=32, box_head_convs=1, representation_size=128, min_size=128, max_size=256,
+        anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150, roi_batch_size_per_image=64,
+        score_threshold=0.05,
+    ),
+}
+DEFAULT_SOURCE = "offline"
+
+
+def resolve_source(source: str | Path | None):
+    """-> ("preset", DetectorConfig) or ("checkpoint", local path). Raises with a clear message."""
+    source = DEFAULT_SOURCE if source in (None, "") else source
+    if isinstance(source, str) and source in PRESETS:
+        return "preset", PRESETS[source].replace()
+    path = Path(source).expanduser()
+    if path.exists():
+        return "checkpoint", path
+    if isinstance(source, str) and looks_like_repo_id(source):
+        return "checkpoint", download_snapshot(source, [CONFIG_NAME, WEIGHTS_NAME, "*.json"])
+    raise FileNotFoundError(
+        f"model source {str(source)!r} is not a preset ({', '.join(PRESETS)}), an existing local "
+        "folder, or a Hugging Face Hub id like 'owner/name'"
+    )
+
+
+def load_detector(source: str | Path | None = None, device: str = "cpu"):
+    """An OpenVocabDetector from any source, in eval mode on `device`."""
+    from .model import OpenVocabDetector
+
+    kind, value = resolve_source(source)
+    if kind == "preset":  # random parts are seeded, so a preset is the same model everywhere
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = OpenVocabDetector(value)
+        return model.to(device).eval()
+    return load_checkpoint(value, map_location=device)

@@ -1,0 +1,136 @@
+"""torchvision's `RoIHeads` with Detic's zero-shot classification.
+
+Differences from the stock head, all from Detic:
+- classification is per-class sigmoid BCE (background = all zeros) instead of softmax, with the
+  federated loss (positives of the batch + classes sampled by frequency^0.5) on vocabularies
+  larger than `federated_threshold`;
+- box regression is class-agnostic (one box per RoI), so it transfers to names never seen;
+- the class embeddings are an argument, so one model serves many vocabularies concurrently.
+Proposal sampling, matching and box coding are torchvision's, inherited unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+MAX_CANDIDATES = 20_000  # cap on (box, class) pairs entering NMS, for huge vocabularies
+
+
+def federated_classes(
+    gt_classes: torch.Tensor, num_classes: int, num_sample: int, freq_weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Classes receiving a loss: those present in the batch plus ones sampled by frequency^0.5."""
+    present = torch.unique(gt_classes[gt_classes < num_classes])
+    if num_sample <= len(present):
+        return present
+    weight = (
+        freq_weight.to(gt_classes.device).float().clone()
+        if freq_weight is not None
+        else torch.ones(num_classes, device=gt_classes.device)
+    )
+    weight[present] = 0
+    n = min(num_sample - len(present), int((weight > 0).sum()))
+    sampled = torch.multinomial(weight, n, replacement=False) if n > 0 else present.new_zeros(0)
+    return torch.cat([present, sampled])
+
+
+def sigmoid_classification_loss(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    federated_threshold: int,
+    federated_num: int,
+    freq_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`logits`: [N, C + 1]; `gt_classes` in [0, C] with C = background. Mean over RoIs."""
+    num_classes = logits.shape[1] - 1
+    if logits.shape[0] == 0:
+        return logits.sum() * 0
+    target = F.one_hot(gt_classes, num_classes + 1)[:, :num_classes].to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits[:, :num_classes], target, reduction="none")
+    if num_classes > federated_threshold:
+        keep = federated_classes(gt_classes, num_classes, federated_num, freq_weight)
+        mask = torch.zeros(num_classes, device=logits.device, dtype=loss.dtype)
+        mask[keep] = 1
+        loss = loss * mask
+    return loss.sum() / logits.shape[0]
+
+
+class ZeroShotRoIHeads(RoIHeads):
+    def __init__(self, *args, federated_threshold: int = 50, federated_num: int = 50,
+                 mult_proposal_score: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.federated_threshold = federated_threshold
+        self.federated_num = federated_num
+        self.mult_proposal_score = mult_proposal_score
+        self.class_freq: torch.Tensor | None = None  # optional, for federated sampling
+
+    def box_features(self, features, proposals, image_shapes) -> torch.Tensor:
+        return self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+
+    def forward(self, features, proposals, image_shapes, targets=None, class_embeddings=None,
+                objectness=None):
+        if class_embeddings is None:
+            raise ValueError("class_embeddings are required (set a vocabulary first)")
+        if self.training:
+            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            x = self.box_features(features, proposals, image_shapes)
+            logits, deltas = self.box_predictor(x, class_embeddings)
+            labels = torch.cat(labels)
+            num_classes = class_embeddings.shape[0]
+            gt = torch.where(labels > 0, labels - 1, torch.full_like(labels, num_classes))
+            loss_cls = sigmoid_classification_loss(
+                logits, gt, self.federated_threshold, self.federated_num, self.class_freq
+            )
+            regression_targets = torch.cat(regression_targets)
+            pos = torch.where(labels > 0)[0]
+            loss_box = F.smooth_l1_loss(
+                deltas[pos], regression_targets[pos], beta=1 / 9, reduction="sum"
+            ) / max(labels.numel(), 1)
+            return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+        x = self.box_features(features, proposals, image_shapes)
+        logits, deltas = self.box_predictor(x, class_embeddings)
+        return self.postprocess(logits, deltas, proposals, image_shapes, objectness), {}
+
+    def decode_boxes(self, deltas, proposals, image_shapes) -> list[torch.Tensor]:
+        counts = [len(p) for p in proposals]
+        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4).split(counts)
+        return [clip_boxes_to_image(b, s) for b, s in zip(boxes, image_shapes)]
+
+    def class_scores(self, logits: torch.Tensor, objectness: torch.Tensor | None) -> torch.Tensor:
+        scores = torch.sigmoid(logits[:, :-1].float())
+        if self.mult_proposal_score and objectness is not None:
+            scores = torch.sqrt(scores * objectness.float()[:, None])
+        return scores
+
+    def postprocess(self, logits, deltas, proposals, image_shapes, objectness=None,
+                    score_thresh=None, nms_thresh=None, max_detections=None):
+        score_thresh = self.score_thresh if score_thresh is None else score_thresh
+        nms_thresh = self.nms_thresh if nms_thresh is None else nms_thresh
+        max_detections = self.detections_per_img if max_detections is None else max_detections
+        counts = [len(p) for p in proposals]
+        boxes_per_image = self.decode_boxes(deltas, proposals, image_shapes)
+        obj = torch.cat(objectness) if objectness is not None else None
+        scores_per_image = self.class_scores(logits, obj).split(counts)
+        return [
+            select_detections(b, s, score_thresh, nms_thresh, max_detections)
+            for b, s in zip(boxes_per_image, scores_per_image)
+        ]
+
+
+def select_detections(boxes, scores, score_thresh, nms_thresh, max_detections) -> dict[str, torch.Tensor]:
+    """Class-agnostic `boxes` [N, 4] and `scores` [N, C] -> per-class NMS'd detections."""
+    box_idx, cls_idx = torch.where(scores > score_thresh)
+    flat = scores[box_idx, cls_idx]
+    if flat.numel() > MAX_CANDIDATES:
+        flat, top = flat.topk(MAX_CANDIDATES)
+        box_idx, cls_idx = box_idx[top], cls_idx[top]
+    b = boxes[box_idx].float()
+    keep = remove_small_boxes(b, 1e-2)
+    b, flat, cls_idx = b[keep], flat[keep], cls_idx[keep]
+    keep = batched_nms(b, flat, cls_idx, nms_thresh)[:max_detections]
+    return {"boxes": b[keep], "scores": flat[keep], "labels": cls_idx[keep]}
+

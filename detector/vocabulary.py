@@ -1,0 +1,61 @@
+"""Turning what a person types into a clean, ordered list of class names."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+MAX_NAME_LENGTH = 200
+
+COCO_CLASSES = (
+    "person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, "
+    "fire hydrant, stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, "
+    "bear, zebra, giraffe, backpack, umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, "
+    "sports ball, kite, baseball bat, baseball glove, skateboard, surfboard, tennis racket, "
+    "bottle, wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich, orange, "
+    "broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, potted plant, bed, "
+    "dining table, toilet, tv, laptop, mouse, remote, keyboard, cell phone, microwave, oven, "
+    "toaster, sink, refrigerator, book, clock, vase, scissors, teddy bear, hair drier, toothbrush"
+).split(", ")
+
+PRESETS = {
+    "COCO (80 classes)": list(COCO_CLASSES),
+    "Household": ["mug", "laptop", "potted plant", "kettle", "book", "chair", "lamp", "remote"],
+    "Street": ["person", "car", "bicycle", "bus", "traffic light", "dog", "stop sign"],
+}
+
+
+def normalize_name(name: str) -> str:
+    """NFC-normalise, trim and collapse internal whitespace; case is kept."""
+    name = unicodedata.normalize("NFC", str(name))
+    return re.sub(r"\s+", " ", name).strip()
+
+
+def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
+    """Names from a comma/newline separated string or an iterable, cleaned and de-duplicated.
+
+    Order is kept (first occurrence wins, compared case-insensitively). An empty result is a
+    `ValueError`, because a detector with no classes can only return nothing.
+    """
+    if isinstance(vocabulary, str):
+        parts: Iterable[str] = re.split(r"[,\n;]", vocabulary)
+    elif vocabulary is None:
+        parts = []
+    else:
+        parts = vocabulary
+    names: list[str] = []
+    seen: set[str] = set()
+    for raw in parts:
+        name = normalize_name(raw)
+        if not name:
+            continue
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"class name longer than {MAX_NAME_LENGTH} characters: {name[:40]!r}…")
+        key = name.casefold()
+        if key not in seen:
+            seen.add(key)
+            names.append(name)
+    if not names:
+        raise ValueError("the vocabulary is empty: type at least one class name, e.g. 'cat, dog'")
+    return names

@@ -1,0 +1,84 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detector import DetectorConfig, OpenVocabDetector, load_detector
+from detector.backbones import build_backbone
+
+
+def test_packaged_efficientnet_lite0_weights_are_real():
+    """The offline ImageNet weights load strictly and rank 'espresso' (967) top-5 on coffee()."""
+    from skimage import data
+
+    from detector.lite_weights import create_efficientnet_lite0, packaged_lite0_state_dict
+
+    net = create_efficientnet_lite0()
+    net.load_state_dict(packaged_lite0_state_dict(), strict=True)
+    img = Image.fromarray(data.coffee()).resize((224, 224), Image.Resampling.BICUBIC)
+    x = (torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        top5 = net.eval()(x[None]).softmax(-1).topk(5).indices[0].tolist()
+    assert 967 in top5
+
+
+def test_efficientnet_backbone_is_pretrained_and_frozen():
+    spec = build_backbone(DetectorConfig(backbone="efficientnet_lite0"))
+    assert spec.pretrained
+    assert all(not p.requires_grad for p in spec.module.body.parameters())
+    assert any(p.requires_grad for p in spec.module.fpn.parameters())
+    feats = spec.module(torch.rand(1, 3, 128, 128))
+    assert list(feats) == ["0", "1", "2", "3", "pool"]
+    assert [f.shape[-1] for f in feats.values()] == [32, 16, 8, 4, 2]
+
+
+def test_resnet50_without_download_is_random_with_one_warning(caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty torch hub cache
+    with caplog.at_level(logging.WARNING):
+        spec = build_backbone(DetectorConfig(backbone="resnet50"))
+    assert not spec.pretrained
+    warnings = [r for r in caplog.records if "random weights" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone(DetectorConfig(backbone="vgg7"))
+
+
+def _step(model, emb):
+    images = [torch.rand(3, 96, 128), torch.rand(3, 128, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[5.0, 5.0, 50.0, 40.0]]), "labels": torch.tensor([0])}]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    loss = sum(model(images, targets, emb).values())
+    loss.backward()
+    opt.step()
+
+
+def test_frozen_backbone_keeps_params_and_bn_stats(tiny_model, unit_embeddings):
+    body = tiny_model.backbone.body
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    heads_before = {k: v.clone() for k, v in tiny_model.roi_heads.state_dict().items()}
+    assert any("running_mean" in k for k in before)  # BN statistics exist and are checked
+    _step(tiny_model, unit_embeddings(3))
+    for k, v in body.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    changed = [k for k, v in tiny_model.roi_heads.state_dict().items() if not torch.equal(v, heads_before[k])]
+    assert changed, "head parameters must train"
+    counts = tiny_model.parameter_counts()
+    frozen = sum(p.numel() for p in body.parameters())
+    assert counts["trainable"] == counts["total"] - frozen
+
+
+def test_unfrozen_backbone_trains(unit_embeddings):
+    torch.manual_seed(0)
+    cfg = load_detector("tiny").config.replace(freeze_backbone=False)
+    model = OpenVocabDetector(cfg)
+    before = {k: v.clone() for k, v in model.backbone.body.state_dict().items()}
+    _step(model, unit_embeddings(3))
+    changed = [k for k, v in model.backbone.body.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("running_mean" in k for k in changed) and any(k.endswith("weight") for k in changed)

@@ -1,0 +1,124 @@
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from detector import CheckpointError, HubUnavailableError, Predictor, load_checkpoint, save_checkpoint
+from detector.presets import resolve_source
+
+
+def test_round_trip_gives_identical_outputs(tiny_predictor, small_image, tmp_path):
+    out = tiny_predictor.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temp files left
+    again = Predictor.from_pretrained(str(tmp_path / "ckpt"), device="cpu")
+    assert again.config == tiny_predictor.config
+    a = tiny_predictor.predict(small_image, "person, sky", score_threshold=0.0)[0]
+    b = again.predict(small_image, "person, sky", score_threshold=0.0)[0]
+    assert len(a) > 0
+    assert (a.xyxy == b.xyxy).all() and (a.confidence == b.confidence).all()
+    assert (a.data["class_name"] == b.data["class_name"]).all()
+
+
+def test_weights_file_alone_is_a_complete_checkpoint(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path)
+    (tmp_path / "config.json").unlink()
+    model = load_checkpoint(tmp_path / "model.safetensors")
+    assert model.config == tiny_model.config
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/ovd-pwned",))
+
+
+def test_pickle_payload_is_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(pickle.dumps({"w": Exploit()}))
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        load_checkpoint(tmp_path)
+    only_pickle = tmp_path / "other"
+    only_pickle.mkdir()
+    (only_pickle / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_checkpoint(only_pickle)
+    assert not os.path.exists("/tmp/ovd-pwned")
+
+
+def test_mismatched_weights_are_reported(tiny_model, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in tiny_model.state_dict().items() if not k.startswith("rpn.")}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"config": tiny_model.config.to_json()})
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(tmp_path)
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tiny_model, tmp_path, monkeypatch):
+    save_checkpoint(tiny_model, tmp_path)
+    good = (tmp_path / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("detector.checkpoint.os.replace", boom)
+    with torch.no_grad():
+        tiny_model.roi_heads.box_predictor.bbox_pred.bias.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tiny_model, tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_unknown_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a preset"):
+        resolve_source(str(tmp_path / "missing" / "dir"))
+
+
+def test_offline_hub_fails_fast_with_one_clear_line():
+    t = time.monotonic()
+    with pytest.raises(HubUnavailableError) as e:
+        Predictor.from_pretrained("someone/not-cached-model")
+    assert time.monotonic() - t < 5
+    msg = str(e.value)
+    assert "\n" not in msg and "HF_HUB_OFFLINE" in msg and "someone/not-cached-model" in msg
+
+
+def test_unresponsive_hub_fails_within_seconds(monkeypatch):
+    """A server that accepts connections and never answers must not hang the load."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr("detector.hub.HUB_TIMEOUT_S", 1.0)
+    t = time.monotonic()
+    try:
+        with pytest.raises(HubUnavailableError, match="offline or unreachable"):
+            resolve_source("someone/slow-model")
+    finally:
+        stop.set()
+        server.close()
+    assert time.monotonic() - t < 15
+
+
+def test_cli_names_the_problem_on_bad_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "detector", "predict", str(tmp_path / "x.png"), "-v", "cat",
+                        "-m", "someone/not-cached"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: could not fetch")

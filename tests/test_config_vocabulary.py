@@ -1,0 +1,40 @@
+import pytest
+
+from detector import DetectorConfig, parse_vocabulary
+
+
+def test_config_json_round_trip():
+    cfg = DetectorConfig(backbone="tiny", anchor_sizes=(8, 16, 32, 64, 128), trained_class_names=["cat"],
+                         text_encoder_options={"dim": 64})
+    again = DetectorConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert isinstance(again.anchor_sizes, tuple)
+
+
+@pytest.mark.parametrize("bad", ['{"backbone": "tiny", "bogus": 1}', "[1, 2]", "{not json"])
+def test_config_rejects_bad_json(bad):
+    with pytest.raises(ValueError):
+        DetectorConfig.from_json(bad)
+
+
+def test_config_validates_values():
+    with pytest.raises(ValueError, match="image_label_rule"):
+        DetectorConfig(image_label_rule="biggest")
+    with pytest.raises(ValueError):
+        DetectorConfig(score_threshold=1.5)
+
+
+def test_vocabulary_normalises_and_deduplicates():
+    assert parse_vocabulary("  cat,dog\n  potted   plant ;Cat, ,dog ") == ["cat", "dog", "potted plant"]
+    assert parse_vocabulary(["Crème brûlée", "crème brûlée", "猫"]) == ["Crème brûlée", "猫"]
+
+
+@pytest.mark.parametrize("empty", ["", " , ,\n", [], None])
+def test_empty_vocabulary_is_a_clear_error(empty):
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        parse_vocabulary(empty)
+
+
+def test_overlong_name_rejected():
+    with pytest.raises(ValueError, match="longer than"):
+        parse_vocabulary("x" * 500)
