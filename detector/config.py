@@ -33,7 +33,7 @@ class DetectorConfig:
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 300  # the 4-conv box head costs O(proposals); see bench/detect.py
     rpn_nms_thresh: float = 0.7
     rpn_batch_size_per_image: int = 256
     roi_batch_size_per_image: int = 512

@@ -54,7 +54,7 @@ def choose_proposals(rule: str, boxes: torch.Tensor, class_logits: torch.Tensor,
 def image_label_loss(class_logits: list[torch.Tensor], choices: list[list[Choice]]) -> torch.Tensor:
     """Mean over images of the mean over choices of sum-over-classes BCE."""
     per_image = []
-    for logits, image_choices in zip(class_logits, choices):
+    for logits, image_choices in zip(class_logits, choices, strict=False):
         if not image_choices:
             continue
         losses = []

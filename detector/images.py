@@ -62,7 +62,7 @@ def _stretch(a: np.ndarray) -> np.ndarray:
     lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     if lo >= 0 and hi > 255 and hi <= 65535:
         lo, hi = 0.0, 65535.0
-    elif 0 <= lo and hi <= 1.0:
+    elif lo >= 0 and hi <= 1.0:
         lo, hi = 0.0, 1.0
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     return np.clip((np.nan_to_num(a, nan=lo) - lo) * scale, 0, 255).round().astype(np.uint8)

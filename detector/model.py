@@ -11,8 +11,8 @@ Three entry points share one backbone/RPN/RoI stack:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ def eval_mode(*modules: nn.Module):
     try:
         yield
     finally:
-        for m, mode in zip(modules, previous):
+        for m, mode in zip(modules, previous, strict=False):
             m.train(mode)
 
 
@@ -190,7 +190,7 @@ class OpenVocabDetector(GeneralizedRCNN):
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
         proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
-        proposals = [with_image_box(p[:num_proposals], s) for p, s in zip(proposals, image_list.image_sizes)]
+        proposals = [with_image_box(p[:num_proposals], s) for p, s in zip(proposals, image_list.image_sizes, strict=False)]
         x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
         return image_list, proposals, objectness, x
 
@@ -212,7 +212,7 @@ class OpenVocabDetector(GeneralizedRCNN):
                 _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
         logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
         per_image = list(logits.split([len(p) for p in proposals]))
-        choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels)]
+        choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels, strict=False)]
         return {"loss_image_label": cfg.image_label_weight * image_label_loss(per_image, choices)}
 
     @torch.no_grad()
@@ -227,7 +227,7 @@ class OpenVocabDetector(GeneralizedRCNN):
         logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
         out = []
         for p, obj, lg, lb, size, orig in zip(proposals, objectness, logits.split([len(p) for p in proposals]),
-                                                labels, image_list.image_sizes, original_sizes):
+                                                labels, image_list.image_sizes, original_sizes, strict=False):
             choices: dict[str, list[Choice]] = {r: choose_proposals(r, p, lg, lb) for r in rules}
             out.append({
                 "proposals": resize_boxes(p, size, orig),

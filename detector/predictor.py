@@ -54,7 +54,7 @@ class Predictor:
             raise ValueError(f"text encoder '{cfg.text_encoder}' gives {self.embedder.encoder.dim}-d "
                              f"embeddings but the model expects {cfg.embed_dim}")
         self._cache: OrderedDict[str, EncodedImages] = OrderedDict()
-        self._cache_size = cache_size
+        self.cache_size = cache_size
         self._lock = threading.Lock()
 
     # --- construction ----------------------------------------------------------------------
@@ -106,23 +106,25 @@ class Predictor:
     def encode(self, images: list[LoadedImage], batch_size: int = 8) -> list[EncodedImages]:
         """Vocabulary-independent features per image, from cache when the same pixels were seen."""
         keys = [self._key(im) for im in images]
+        found: dict[int, EncodedImages] = {}
         with self._lock:
-            missing = [i for i, k in enumerate(keys) if k not in self._cache]
+            for i, k in enumerate(keys):
+                if k in self._cache:
+                    self._cache.move_to_end(k)
+                    found[i] = self._cache[k]
+        missing = [i for i in range(len(images)) if i not in found]
         for start in range(0, len(missing), batch_size):
             idx = missing[start : start + batch_size]
             with torch.inference_mode(), self._autocast():
                 enc = self.model.encode([self._tensor(images[i]) for i in idx])
+            for j, i in enumerate(idx):
+                found[i] = enc.select(j)
             with self._lock:
-                for j, i in enumerate(idx):
-                    self._cache[keys[i]] = enc.select(j)
-                    while len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
-        out = []
-        with self._lock:
-            for k in keys:
-                self._cache.move_to_end(k)
-                out.append(self._cache[k])
-        return out
+                for i in idx:
+                    self._cache[keys[i]] = found[i]
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return [found[i] for i in range(len(images))]
 
     def predict(self, images, vocabulary, score_threshold: float | None = None,
                 nms_threshold: float | None = None, max_detections: int | None = None,
@@ -136,7 +138,7 @@ class Predictor:
         names, emb = self.embed(vocabulary)
         encoded = self.encode(loaded, batch_size=batch_size)
         results = []
-        for img, enc in zip(loaded, encoded):
+        for img, enc in zip(loaded, encoded, strict=False):
             with torch.inference_mode(), self._autocast():
                 det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections)[0]
             results.append(to_detections(det, names, img.scale))

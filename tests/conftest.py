@@ -35,9 +35,8 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def small_image() -> np.ndarray:
-    from skimage import data
-
     from PIL import Image
+    from skimage import data
 
     return np.array(Image.fromarray(data.astronaut()).resize((192, 192)))
 

@@ -1,0 +1,1 @@
+"""The Gradio app and the services it needs (no model code here)."""

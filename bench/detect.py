@@ -1,0 +1,114 @@
+"""Latency and throughput of `Predictor.predict` next to torchvision's stock Faster R-CNN.
+
+Both run in the same process on the same input: torchvision's `fasterrcnn_resnet50_fpn`
+(random weights, 91 classes) is the baseline; the ratio column is ours / baseline time
+(< 1 means faster). The image cache is disabled so every call does the full work; a last row
+shows the cached path (same image, new vocabulary), which is what the app hits when a person
+edits the vocabulary or threshold.
+
+    python bench/detect.py --model offline --size 640 [--device cuda] [--runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector import Predictor  # noqa: E402
+from detector.vocabulary import COCO_CLASSES  # noqa: E402
+
+
+def timed(fn, runs: int, device: str) -> list[float]:
+    times = []
+    for _ in range(runs):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    return statistics.median(times), float(np.percentile(times, 95))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="offline", help="preset, folder or Hub id")
+    ap.add_argument("--size", type=int, default=640, help="shorter image side (input resolution)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    h, w = args.size, int(args.size * 4 / 3)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.batch)]
+    vocab = list(COCO_CLASSES)
+
+    ours = Predictor.from_pretrained(args.model, device=args.device)
+    ours.model.config.min_size, ours.model.config.max_size = args.size, int(args.size * 4 / 3) + 1
+    ours.model.transform.min_size, ours.model.transform.max_size = (args.size,), int(args.size * 4 / 3) + 1
+    ours.cache_size = 0
+
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    base = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
+                                   min_size=args.size, max_size=int(args.size * 4 / 3) + 1).to(args.device).eval()
+    tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(args.device) for im in images]
+
+    def base_run(batch):
+        with torch.inference_mode():
+            if args.device == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    base(batch)
+            else:
+                base(batch)
+
+    ours.predict(images[:2], vocab)  # warm-up (also embeds the vocabulary once)
+    base_run(tensors[:2])
+    rows = []
+    for label, ours_fn, base_fn, n in [
+        ("batch 1 latency", lambda: ours.predict(images[0], vocab), lambda: base_run(tensors[:1]), 1),
+        (f"batch {args.batch} per call", lambda: ours.predict(images, vocab, batch_size=args.batch),
+         lambda: base_run(tensors), args.batch),
+    ]:
+        runs = args.runs if n == 1 else max(3, args.runs // 3)
+        o, b = summary(timed(ours_fn, runs, args.device)), summary(timed(base_fn, runs, args.device))
+        rows.append({"case": label, "images": n, "ours_median_s": o[0], "ours_p95_s": o[1],
+                     "baseline_median_s": b[0], "baseline_p95_s": b[1], "ratio": o[0] / b[0],
+                     "ours_img_per_s": n / o[0], "baseline_img_per_s": n / b[0]})
+    ours.cache_size = 8
+    ours.predict(images[0], vocab)
+    cached = summary(timed(lambda: ours.predict(images[0], vocab[::-1]), args.runs, args.device))
+    rows.append({"case": "cached image, new vocabulary", "images": 1, "ours_median_s": cached[0],
+                 "ours_p95_s": cached[1], "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,
+                 "ours_img_per_s": 1 / cached[0], "baseline_img_per_s": None})
+
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"model={args.model} backbone={ours.config.backbone} input={h}x{w} device={dev} vocabulary=80 names")
+    print(f"{'case':32s} {'ours med/p95 (s)':>20s} {'baseline med/p95 (s)':>22s} {'ratio':>7s} {'ours img/s':>10s}")
+    for r in rows:
+        b = f"{r['baseline_median_s']:.4f}/{r['baseline_p95_s']:.4f}" if r["baseline_median_s"] else "-"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        print(f"{r['case']:32s} {r['ours_median_s']:.4f}/{r['ours_p95_s']:.4f}".ljust(54)
+              + f"{b:>22s} {ratio:>7s} {r['ours_img_per_s']:10.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"device": dev, "model": args.model, "size": args.size, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
