@@ -1,0 +1,1 @@
+"""Training: data readers, mixed sampling, Detic fine-tuning, evaluation, synthetic benchmark, CLIs."""

@@ -1,0 +1,337 @@
+"""Detic fine-tuning from box labels and image-level labels: the engine behind in-app retraining.
+
+`finetune(FinetuneConfig(...))` is what the CLI, the app's background job and the experiments
+call. It mixes box batches (standard detection losses) and image-label batches (Detic's
+image-label loss, lambda = 0.1) at a fixed ratio, trains with AdamW + warm-up + cosine and
+gradient clipping, logs JSONL metrics, checkpoints atomically, resumes exactly, stops cleanly on
+SIGINT/SIGTERM or a `CANCEL` file, and runs under `torchrun` with DDP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from detector.embedding_cache import VocabularyEmbedder
+from detector.images import ImageLoadError
+from detector.presets import load_detector
+from detector.text_encoders import build_text_encoder
+
+from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
+from .run_state import (
+    latest_checkpoint,
+    load_run_checkpoint,
+    restore_optimizer,
+    save_run_checkpoint,
+    write_json,
+    write_status,
+)
+from .sampler import MixedSampler, parse_ratio
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class FinetuneConfig:
+    out: str
+    model: str = "offline"
+    box_data: str | None = None
+    box_images: str | None = None
+    label_data: str | None = None
+    label_images: str | None = None
+    iters: int = 1000
+    box_batch: int = 4
+    label_batch: int = 8
+    box_size: int = 640
+    label_size: int = 320  # Detic: image-labelled images at half the box resolution
+    jitter: tuple[float, float] = (0.8, 1.25)
+    ratio: str = "1:1"  # box : image-label batches
+    image_loss: str = "max_size"
+    image_loss_weight: float = 0.1
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    clip: float = 1.0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    device: str | None = None
+    eval_data: str | None = None
+    eval_images: str | None = None
+    novel: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(cfg: FinetuneConfig, it: int) -> float:
+    warmup = max(1, min(cfg.warmup, cfg.iters // 10 or 1))
+    if it < warmup:
+        return cfg.lr * (it + 1) / warmup
+    progress = (it - warmup) / max(1, cfg.iters - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class TrainStep(nn.Module):
+    """One module whose forward covers both kinds of batch, so DDP can wrap it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, kind: str, images, payload, class_embeddings):
+        if kind == "box":
+            return self.model(images, payload, class_embeddings)
+        return self.model.image_label_loss(images, payload, class_embeddings)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM or by a CANCEL file in the run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.cancel_file = run_dir / "CANCEL"
+        self.signalled = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def __bool__(self) -> bool:
+        return self.signalled or self.cancel_file.exists()
+
+
+def _setup_logging(run_dir: Path, rank: int) -> logging.Handler | None:
+    if rank != 0:
+        return None
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("train", "detector"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    return handler
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _batch(kind, idx, samples, cfg, rng, names_index, device, skipped):
+    images, payload = [], []
+    for i in idx:
+        s = samples[i]
+        try:
+            size = cfg.box_size if kind == "box" else cfg.label_size
+            img, scale, flipped, _ = load_resized(s.path, size, rng, cfg.jitter)
+        except ImageLoadError as e:
+            skipped.add(str(s.path))
+            log.warning("skipping unreadable image: %s", e)
+            continue
+        images.append(img.to(device))
+        if kind == "box":
+            payload.append({"boxes": transform_boxes(s.boxes, scale, flipped, img.shape[-1]).to(device),
+                            "labels": torch.tensor([names_index[n.casefold()] for n in s.names],
+                                                   dtype=torch.int64, device=device)})
+        else:
+            payload.append([names_index[n.casefold()] for n in s.positives])
+    return images, payload
+
+
+def finetune(cfg: FinetuneConfig, on_progress=None) -> dict:
+    """Run (or resume) training into `cfg.out`; returns the final metrics dict."""
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed()
+    handler = _setup_logging(run_dir, rank)
+    try:
+        return _finetune(cfg, run_dir, rank, world, on_progress)
+    except BaseException as e:
+        if rank == 0:
+            write_status(run_dir, "failed", message=f"{type(e).__name__}: {e}"[:500])
+        raise
+    finally:
+        if handler is not None:
+            for name in ("train", "detector"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+
+def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
+    t_start = time.time()
+    if rank == 0:
+        write_json(run_dir / "train_config.json", cfg.to_dict())
+        write_status(run_dir, "running", iteration=0, total=cfg.iters, message="loading data", started=t_start)
+    if cfg.iters < 1:
+        raise ValueError("iters must be >= 1")
+    parse_ratio(cfg.ratio)
+    box, labels = [], []
+    if cfg.box_data:
+        if not cfg.box_images:
+            raise DataError("--box-data needs --box-images")
+        box, _ = read_box_dataset(cfg.box_data, cfg.box_images)
+    if cfg.label_data:
+        if not cfg.label_images:
+            raise DataError("--label-data needs --label-images")
+        labels, _ = read_label_dataset(cfg.label_data, cfg.label_images)
+    if not box and not labels:
+        raise DataError("no training images: give --box-data and/or --label-data with existing images")
+    if not box:
+        log.info("image labels only: the RPN and box regression get no signal; only the classifier learns")
+    names = vocabulary_of(box, labels)
+    names_index = {n.casefold(): i for i, n in enumerate(names)}
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    start_it, opt_tensors, opt_state = 0, None, None
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s yet, starting from %s", run_dir, cfg.model)
+    if resume_from is not None:
+        model, opt_tensors, opt_state = load_run_checkpoint(resume_from)
+        start_it = int(opt_state["iteration"])
+        if opt_state.get("vocabulary") != names:
+            raise DataError("the data's vocabulary differs from the run being resumed; use a new --out")
+        log.info("resuming from %s at iteration %d", resume_from, start_it)
+    else:
+        model = load_detector(cfg.model)
+    model.config = model.config.replace(image_label_rule=cfg.image_loss, image_label_weight=cfg.image_loss_weight)
+    model.to(device).train()
+
+    embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
+                                  model.config.prompt)
+    _, emb = embedder(names)
+    emb = emb.to(device)
+    counts = torch.zeros(len(names))
+    for s in box:
+        for n in {n.casefold() for n in s.names}:
+            counts[names_index[n]] += 1
+    model.roi_heads.class_freq = counts.clamp(min=1).pow(0.5)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if opt_tensors is not None:
+        restore_optimizer(optimizer, opt_tensors, opt_state)
+    step = TrainStep(model)
+    if world > 1:
+        step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
+                                                   device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = MixedSampler(len(box), len(labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
+                           cfg.seed, rank)
+    stop = StopFlag(run_dir)
+    skipped: set[str] = set()
+    window: dict[str, list[float]] = {}
+    step_times: list[float] = []
+    last: dict = {}
+    trained_names = set()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.iters, initial=start_it, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
+    state = "finished"
+    it = start_it
+    while it < cfg.iters:
+        if stop:
+            state = "cancelled"
+            break
+        t0 = time.time()
+        lr = learning_rate(cfg, it)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(cfg.seed * 1_000_003 + it * world + rank)  # RoI/anchor sampling, per step
+        kind, idx = sampler.batch(it)
+        rng = random.Random(f"aug/{cfg.seed}/{it}/{rank}")
+        samples = box if kind == "box" else labels
+        images, payload = _batch(kind, idx, samples, cfg, rng, names_index, device, skipped)
+        if world > 1:  # every rank must take part in the step, or none
+            have = torch.tensor([len(images)], device=device)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN)
+            empty = have.item() == 0
+        else:
+            empty = not images
+        if not empty:
+            for i in idx:
+                trained_names.update(n.casefold() for n in (samples[i].names if kind == "box" else samples[i].positives))
+            with autocast:
+                losses = step(kind, images, payload, emb)
+            loss = sum(losses.values())
+            if torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                optimizer.step()
+                for k, v in losses.items():
+                    window.setdefault(k, []).append(float(v))
+                window.setdefault("loss", []).append(float(loss))
+            else:
+                log.warning("iteration %d: non-finite loss %s, step skipped", it, float(loss))
+        it += 1
+        step_times.append(time.time() - t0)
+        bar.update(1)
+        if rank == 0 and (it % cfg.log_every == 0 or it == cfg.iters or it == start_it + 1):
+            recent = step_times[-50:]
+            sec = sum(recent) / len(recent)
+            n_imgs = cfg.box_batch if kind == "box" else cfg.label_batch
+            last = {"iteration": it, "lr": lr, "images_per_s": n_imgs * world / max(sec, 1e-9),
+                    "eta_s": sec * (cfg.iters - it), "time": time.time() - t_start, "kind": kind,
+                    **{k: sum(v) / len(v) for k, v in window.items() if v}}
+            window = {}
+            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(last) + "\n")
+            write_status(run_dir, "running", iteration=it, total=cfg.iters, message=f"loss {last.get('loss', 0):.4f}")
+            if on_progress:
+                on_progress(last)
+        if rank == 0 and it % cfg.checkpoint_every == 0 and it < cfg.iters:
+            _save(run_dir, model, optimizer, it, names, trained_names)
+    bar.close()
+
+    result = {"state": state, "iteration": it, "total": cfg.iters, "vocabulary": names,
+              "skipped_images": sorted(skipped), "seconds": time.time() - t_start, "last": last}
+    if world > 1:
+        checks = [None] * world
+        dist.all_gather_object(checks, [float(p.detach().double().sum()) for p in params])
+        result["rank_checksums"] = checks
+    if rank == 0:
+        _save(run_dir, model, optimizer, it, names, trained_names)
+        if state == "finished" and cfg.eval_data:
+            from .evaluate import evaluate_model
+
+            result["evaluation"] = evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
+                                                  embedder=embedder)
+            write_json(run_dir / "eval.json", result["evaluation"])
+        write_json(run_dir / "metrics.json", result)
+        (run_dir / "CANCEL").unlink(missing_ok=True)
+        write_status(run_dir, state, iteration=it, total=cfg.iters,
+                     message="done" if state == "finished" else "stopped; resume with --resume")
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _save(run_dir, model, optimizer, it, names, trained_names) -> None:
+    known = set(model.config.trained_class_names)
+    model.config.trained_class_names = list(model.config.trained_class_names) + [
+        n for n in names if n.casefold() in trained_names and n not in known
+    ]
+    save_run_checkpoint(run_dir, model, optimizer, it, {"vocabulary": names})
