@@ -23,11 +23,10 @@ def build_app(predictor: Predictor) -> gr.Blocks:
         except (ImageLoadError, ValueError) as e:
             raise gr.Error(str(e)) from None
         records = detections_to_records(det)
-        path = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8")
-        json.dump(records, path, indent=2, ensure_ascii=False)
-        path.close()
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
+            json.dump(records, f, indent=2, ensure_ascii=False)
         rows = [[r["class_name"], r["score"], *r["box"]] for r in records]
-        return annotate(loaded.array, det), rows, path.name
+        return annotate(loaded.array, det), rows, f.name
 
     with gr.Blocks(title="Open-vocabulary detector") as demo:
         gr.Markdown("## Detect anything you can name\nType a vocabulary, upload an image, get boxes.")
