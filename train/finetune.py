@@ -282,8 +282,8 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
                 optimizer.step()
                 for k, v in losses.items():
-                    window.setdefault(k, []).append(float(v))
-                window.setdefault("loss", []).append(float(loss))
+                    window.setdefault(k, []).append(float(v.detach()))
+                window.setdefault("loss", []).append(float(loss.detach()))
             else:
                 log.warning("iteration %d: non-finite loss %s, step skipped", it, float(loss))
         it += 1

@@ -1,0 +1,268 @@
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector import Predictor, load_checkpoint
+from train.data import DataError, read_box_dataset, read_label_dataset, vocabulary_of
+from train.evaluate import coco_metrics
+from train.finetune import FinetuneConfig, finetune
+from train.sampler import MixedSampler, parse_ratio
+from train.synthetic import BASE, CLASSES, NOVEL, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def syn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    generate(out, seed=0, n_box=8, n_label=8, n_val=4, size=64)
+    return out
+
+
+def _cfg(syn, out, **kw):
+    base = dict(out=str(out), model="tiny", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"),
+                label_data=str(syn / "image_labels.json"), label_images=str(syn / "images"), iters=6,
+                box_batch=2, label_batch=2, box_size=64, label_size=32, checkpoint_every=3, log_every=1,
+                warmup=2, lr=1e-3)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+# --- synthetic benchmark -----------------------------------------------------------------------------
+
+
+def test_synthetic_benchmark_is_deterministic_and_split_correctly(syn, tmp_path):
+    generate(tmp_path, seed=0, n_box=8, n_label=8, n_val=4, size=64)
+    for name in ("box_train.json", "image_labels.json", "val.json"):
+        assert (tmp_path / name).read_text() == (syn / name).read_text()
+    box = json.loads((syn / "box_train.json").read_text())
+    names = {c["id"]: c["name"] for c in box["categories"]}
+    assert {names[a["category_id"]] for a in box["annotations"]} <= set(BASE)
+    labels = json.loads((syn / "image_labels.json").read_text())
+    assert not labels["annotations"] and all(len(i["pos_category_ids"]) == 1 for i in labels["images"])
+    assert {names[i["pos_category_ids"][0]] for i in labels["images"]} & set(NOVEL)
+    assert set(NOVEL) < set(CLASSES) and all(n.split()[0] in " ".join(BASE) for n in NOVEL)
+
+
+# --- data readers ------------------------------------------------------------------------------------
+
+
+def test_readers_on_good_files(syn):
+    box, stats = read_box_dataset(syn / "box_train.json", syn / "images")
+    labels, _ = read_label_dataset(syn / "image_labels.json", syn / "images")
+    assert stats.images == 8 and len(labels) == 8
+    assert all(s.boxes.shape == (len(s.names), 4) for s in box)
+    vocab = vocabulary_of(box, labels)
+    assert set(vocab) <= set(CLASSES) and len(vocab) == len(set(vocab))
+
+
+def test_crowd_degenerate_and_missing_images_are_counted(syn, tmp_path):
+    data = json.loads((syn / "box_train.json").read_text())
+    data["annotations"][0]["iscrowd"] = 1
+    data["annotations"][1]["bbox"] = [5, 5, 0, 10]
+    data["images"].append({"id": 999, "file_name": "nope.png", "width": 64, "height": 64})
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    samples, stats = read_box_dataset(tmp_path / "b.json", syn / "images")
+    assert (stats.crowd_ignored, stats.degenerate_dropped, stats.skipped_missing) == (1, 1, 1)
+    assert sum(len(s.names) for s in samples) == len(data["annotations"]) - 2
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{broken", "not valid JSON"),
+    ('{"images": []}', "no 'categories'"),
+    ('[1, 2]', "COCO-style"),
+    ('{"images": [{"id": 1, "file_name": "x.png", "pos_category_ids": [7]}], "categories": [{"id": 1, "name": "a"}]}',
+     "unknown category ids"),
+])
+def test_broken_label_files_give_clear_errors(tmp_path, syn, content, match):
+    (tmp_path / "l.json").write_text(content)
+    with pytest.raises(DataError, match=match):
+        read_label_dataset(tmp_path / "l.json", syn / "images")
+
+
+def test_missing_files_and_folders(tmp_path, syn):
+    with pytest.raises(DataError, match="not found"):
+        read_box_dataset(tmp_path / "none.json", syn / "images")
+    with pytest.raises(DataError, match="image folder not found"):
+        read_label_dataset(syn / "image_labels.json", tmp_path / "no-images")
+
+
+def test_csv_and_jsonl_labels_match_categories_by_name(tmp_path, syn):
+    with open(tmp_path / "l.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "labels"])
+        w.writerow(["image_labels/00000.png", "Red  Circle; blue star"])
+        w.writerow(["image_labels/00001.png", "crème brûlée"])
+    (tmp_path / "l.jsonl").write_text(json.dumps({"image": "image_labels/00002.png", "labels": ["RED CIRCLE"],
+                                                  "negatives": ["green square"]}) + "\n")
+    a, _ = read_label_dataset(tmp_path / "l.csv", syn / "images")
+    b, _ = read_label_dataset(tmp_path / "l.jsonl", syn / "images")
+    assert a[0].positives == ["Red Circle", "blue star"] and a[1].positives == ["crème brûlée"]
+    assert b[0].negatives == ["green square"]
+    # Same name, different case and file: one vocabulary entry.
+    assert vocabulary_of([], a + b) == ["Red Circle", "blue star", "crème brûlée", "green square"]
+    (tmp_path / "bad.csv").write_text("file,tags\nx.png,a\n")
+    with pytest.raises(DataError, match="'image' and 'labels'"):
+        read_label_dataset(tmp_path / "bad.csv", syn / "images")
+
+
+# --- sampler -----------------------------------------------------------------------------------------
+
+
+def test_sampler_ratio_and_absent_sources():
+    s = MixedSampler(10, 20, 2, 4, parse_ratio("1:4"), seed=3)
+    kinds = [s.batch(i)[0] for i in range(500)]
+    assert kinds.count("box") == 100 and kinds.count("label") == 400
+    assert s.batch(7) == s.batch(7) and s.batch(7) != MixedSampler(10, 20, 2, 4, (1, 4), seed=3, rank=1).batch(7)
+    assert {MixedSampler(0, 5, ratio=(1, 1)).batch(i)[0] for i in range(10)} == {"label"}
+    assert {MixedSampler(5, 0, ratio=(1, 1)).batch(i)[0] for i in range(10)} == {"box"}
+    with pytest.raises(ValueError):
+        MixedSampler(0, 0)
+    with pytest.raises(ValueError):
+        parse_ratio("one to one")
+
+
+# --- training loop -----------------------------------------------------------------------------------
+
+
+def test_few_iterations_lower_the_loss(syn, tmp_path):
+    result = finetune(_cfg(syn, tmp_path / "run", iters=40, label_data=None, label_images=None, checkpoint_every=100))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result["state"] == "finished" and len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "finished" and status["iteration"] == 40
+    model = load_checkpoint(tmp_path / "run")  # the run folder loads as a model
+    assert set(model.config.trained_class_names) <= set(BASE)
+
+
+def test_resume_matches_uninterrupted_run(syn, tmp_path):
+    full = finetune(_cfg(syn, tmp_path / "full", iters=8, checkpoint_every=4))
+    assert full["state"] == "finished"
+
+    def cancel_at_4(metrics):
+        if metrics["iteration"] == 4:
+            (tmp_path / "part" / "CANCEL").write_text("")
+
+    part = finetune(_cfg(syn, tmp_path / "part", iters=8, checkpoint_every=4), on_progress=cancel_at_4)
+    assert part["state"] == "cancelled" and part["iteration"] == 4
+    assert json.loads((tmp_path / "part" / "status.json").read_text())["state"] == "cancelled"
+    resumed = finetune(_cfg(syn, tmp_path / "part", iters=8, checkpoint_every=4, resume=True))
+    assert resumed["state"] == "finished" and resumed["iteration"] == 8
+    a = load_checkpoint(tmp_path / "full").state_dict()
+    b = load_checkpoint(tmp_path / "part").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_image_labels_only_trains_only_the_classifier(syn, tmp_path):
+    start = load_checkpoint_of_preset(tmp_path)
+    finetune(_cfg(syn, tmp_path / "run", model=str(start), box_data=None, box_images=None, iters=4))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "only the classifier learns" in log
+    before, after = load_checkpoint(start).state_dict(), load_checkpoint(tmp_path / "run").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("roi_heads.box_predictor.cls_score.") for k in changed)
+
+
+def load_checkpoint_of_preset(tmp_path):
+    from detector import load_detector, save_checkpoint
+
+    return save_checkpoint(load_detector("tiny"), tmp_path / "start")
+
+
+def test_unreadable_images_are_skipped_and_counted(syn, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(syn / "images", images)
+    for i in range(3):
+        (images / "image_labels" / f"{i:05d}.png").write_bytes(b"not a png")
+    result = finetune(_cfg(syn, tmp_path / "run", label_images=str(images), box_images=str(images), iters=6))
+    assert result["state"] == "finished" and len(result["skipped_images"]) >= 1
+    assert "skipping unreadable image" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_no_data_is_a_clear_error(syn, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "train", "finetune", "--model", "tiny", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "no training images" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "train", "finetune", "--model", "tiny", "--out", str(tmp_path / "r"),
+                        "--box-data", str(tmp_path / "missing.json"), "--box-images", str(syn / "images")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "missing.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def _wait_for(path: Path, proc, timeout=240):
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.time() - t < timeout
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_loadable_checkpoint_and_sigterm_stops_cleanly(syn, tmp_path):
+    args = [sys.executable, "-m", "train", "finetune", "--model", "tiny", "--box-data", str(syn / "box_train.json"),
+            "--box-images", str(syn / "images"), "--iters", "100000", "--box-batch", "2", "--box-size", "64",
+            "--checkpoint-every", "2", "--log-every", "1"]
+    killed = subprocess.Popen([*args, "--out", str(tmp_path / "k")], cwd=ROOT, stderr=subprocess.DEVNULL)
+    _wait_for(tmp_path / "k" / "checkpoints" / "latest.json", killed)
+    time.sleep(1.0)
+    killed.kill()
+    killed.wait()
+    from train.run_state import latest_checkpoint
+
+    ckpt = latest_checkpoint(tmp_path / "k")
+    assert ckpt is not None and load_checkpoint(ckpt) is not None
+    assert Predictor.from_pretrained(str(tmp_path / "k"), device="cpu").predict(np.zeros((64, 64, 3), np.uint8), "red circle")
+
+    stopped = subprocess.Popen([*args, "--out", str(tmp_path / "t")], cwd=ROOT, stderr=subprocess.DEVNULL)
+    _wait_for(tmp_path / "t" / "metrics.jsonl", stopped)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 0
+    status = json.loads((tmp_path / "t" / "status.json").read_text())
+    assert status["state"] == "cancelled"
+    assert (tmp_path / "t" / "checkpoints" / "latest.json").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_ranks_identical(syn, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "train", "finetune",
+                        "--model", "tiny", "--box-data", str(syn / "box_train.json"), "--box-images", str(syn / "images"),
+                        "--label-data", str(syn / "image_labels.json"), "--label-images", str(syn / "images"),
+                        "--iters", "4", "--box-batch", "2", "--label-batch", "2", "--box-size", "64",
+                        "--label-size", "32", "--device", "cpu", "--out", str(tmp_path / "ddp")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    a, b = metrics["rank_checksums"]
+    assert a == b and metrics["state"] == "finished"
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+def test_evaluation_perfect_vs_shuffled(syn):
+    gt = json.loads((syn / "val.json").read_text())
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"]]
+    m = coco_metrics(gt, perfect, NOVEL)
+    assert m["all"]["AP"] == pytest.approx(1.0) and m["all"]["AP50"] == pytest.approx(1.0)
+    present = {c["name"] for c in gt["categories"] if any(a["category_id"] == c["id"] for a in gt["annotations"])}
+    assert {k for k, v in m["per_class"].items() if v is not None} == present
+    rng = np.random.default_rng(0)
+    boxes = [d["bbox"] for d in perfect]
+    order = rng.permutation(len(boxes))
+    shuffled = [{**d, "bbox": boxes[j]} for d, j in zip(perfect, order)]
+    assert coco_metrics(gt, shuffled, NOVEL)["all"]["AP"] < 0.5
+    assert coco_metrics(gt, [], NOVEL)["all"]["AP"] == 0.0
