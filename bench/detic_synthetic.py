@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, default=None, help="write the result table here")
     args = ap.parse_args()
     size = 320 if args.large else 128
-    iters = args.iters or (3000 if args.large else 200)
+    iters = args.iters or (3000 if args.large else 150)
     data = args.work / "data"
     if not (data / "meta.json").exists():
         generate(data, seed=0, n_box=1000 if args.large else 240, n_label=1000 if args.large else 240,

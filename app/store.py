@@ -1,0 +1,285 @@
+"""The label store: images by content hash + image-level tags in SQLite (sqlite-utils, WAL).
+
+    DATA_DIR/labels.db        schema below, created on open and migrated forward
+    DATA_DIR/images/ab/abcd…  each distinct image stored once, named by its SHA-256
+
+Tags are image-level: (image, label, positive|negative). Every write is one transaction, so a
+process killed mid-write leaves the previous consistent state. Label names are unique
+case-insensitively; renaming onto an existing name merges. Import/export speak Detic's
+image-label JSON (COCO `images` with `pos_category_ids`/`neg_category_ids`), CSV and
+one-folder-per-class trees. No Gradio here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import sqlite_utils
+from PIL import Image
+
+from detector.images import ImageLoadError, load_image
+from detector.vocabulary import normalize_name
+
+SCHEMA_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_LABEL_LENGTH = 200
+
+
+class StoreError(ValueError):
+    """A request the store cannot honour (unknown image/label, bad file); nothing was changed."""
+
+
+def _clean_label(name: str) -> str:
+    name = normalize_name(name)
+    if not name:
+        raise StoreError("a label cannot be empty")
+    if len(name) > MAX_LABEL_LENGTH:
+        raise StoreError(f"a label may have at most {MAX_LABEL_LENGTH} characters")
+    return name
+
+
+class LabelStore:
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+        self.image_dir = self.data_dir / "images"
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(self.data_dir / "labels.db")
+        self.db.conn.execute("PRAGMA busy_timeout = 10000")
+        self.db.enable_wal()
+        self.db.conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    # --- schema ----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self.db.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
+            with self.db.conn:
+                self.db.conn.executescript("""
+                    CREATE TABLE IF NOT EXISTS images (
+                        hash TEXT PRIMARY KEY, file TEXT NOT NULL, original_name TEXT,
+                        width INTEGER NOT NULL, height INTEGER NOT NULL, added REAL NOT NULL);
+                    CREATE TABLE IF NOT EXISTS labels (
+                        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE);
+                    CREATE TABLE IF NOT EXISTS tags (
+                        image TEXT NOT NULL REFERENCES images(hash) ON DELETE CASCADE,
+                        label INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+                        positive INTEGER NOT NULL CHECK (positive IN (0, 1)),
+                        updated REAL NOT NULL, PRIMARY KEY (image, label));
+                    CREATE INDEX IF NOT EXISTS tags_by_label ON tags(label);
+                    PRAGMA user_version = 1;
+                """)
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    # --- images -----------------------------------------------------------------------------
+    def add_image(self, source, original_name: str | None = None) -> str:
+        """Store an image once (by content hash) and return its hash. Raises ImageLoadError."""
+        if isinstance(source, (str, Path)):
+            data = Path(source).read_bytes() if Path(source).is_file() else None
+            if data is None:
+                raise ImageLoadError(f"image file not found: '{source}'")
+            original_name = original_name or Path(source).name
+        elif isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        else:  # PIL image or array: store as PNG
+            buf = io.BytesIO()
+            Image.fromarray(load_image(source).array).save(buf, format="PNG")
+            data = buf.getvalue()
+        loaded = load_image(data)  # validates before anything is written
+        digest = hashlib.sha256(data).hexdigest()
+        if self.db["images"].count_where("hash = ?", [digest]):
+            return digest
+        suffix = (Path(original_name).suffix.lower() if original_name else "") or ".png"
+        if suffix not in IMAGE_SUFFIXES:
+            suffix = ".img"
+        rel = Path(digest[:2]) / f"{digest}{suffix}"
+        target = self.image_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        h, w = loaded.original_size
+        with self.db.conn:
+            self.db["images"].insert({"hash": digest, "file": str(rel), "original_name": original_name,
+                                      "width": w, "height": h, "added": time.time()}, ignore=True)
+        return digest
+
+    def image_path(self, image: str) -> Path:
+        row = self._image(image)
+        return self.image_dir / row["file"]
+
+    def _image(self, image: str) -> dict:
+        rows = list(self.db["images"].rows_where("hash = ?", [image]))
+        if not rows:
+            raise StoreError(f"unknown image {image[:12]}")
+        return rows[0]
+
+    def images(self) -> list[dict]:
+        """All images, oldest first, each with its positive/negative label names."""
+        tags: dict[str, dict[str, list[str]]] = {}
+        for r in self.db.query("SELECT t.image, l.name, t.positive FROM tags t JOIN labels l ON l.id = t.label "
+                               "ORDER BY l.name"):
+            tags.setdefault(r["image"], {"positives": [], "negatives": []})[
+                "positives" if r["positive"] else "negatives"].append(r["name"])
+        out = []
+        for row in self.db.query("SELECT * FROM images ORDER BY added, hash"):
+            out.append({**row, **tags.get(row["hash"], {"positives": [], "negatives": []})})
+        return out
+
+    def delete_image(self, image: str) -> None:
+        row = self._image(image)
+        with self.db.conn:
+            self.db.conn.execute("DELETE FROM images WHERE hash = ?", [image])
+        (self.image_dir / row["file"]).unlink(missing_ok=True)
+
+    # --- labels and tags --------------------------------------------------------------------
+    def _label_id(self, name: str, create: bool = True) -> int | None:
+        name = _clean_label(name)
+        row = self.db.conn.execute("SELECT id FROM labels WHERE name = ? COLLATE NOCASE", [name]).fetchone()
+        if row:
+            return row[0]
+        if not create:
+            return None
+        return self.db.conn.execute("INSERT INTO labels (name) VALUES (?)", [name]).lastrowid
+
+    def labels(self) -> list[str]:
+        return [r["name"] for r in self.db.query("SELECT name FROM labels ORDER BY name COLLATE NOCASE")]
+
+    def set_tags(self, image: str, positives: Iterable[str] = (), negatives: Iterable[str] = ()) -> dict:
+        """Replace the image's tags with exactly these (idempotent). A name in both lists is an error."""
+        self._image(image)
+        pos = list(dict.fromkeys(_clean_label(n) for n in positives))
+        neg = list(dict.fromkeys(_clean_label(n) for n in negatives))
+        both = {n.casefold() for n in pos} & {n.casefold() for n in neg}
+        if both:
+            raise StoreError(f"a label cannot be both present and not present: {', '.join(sorted(both))}")
+        now = time.time()
+        with self.db.conn:
+            self.db.conn.execute("DELETE FROM tags WHERE image = ?", [image])
+            for names, positive in ((pos, 1), (neg, 0)):
+                for n in names:
+                    self.db.conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
+                                         [image, self._label_id(n), positive, now])
+        return self.tags(image)
+
+    def tags(self, image: str) -> dict:
+        self._image(image)
+        rows = self.db.query("SELECT l.name, t.positive FROM tags t JOIN labels l ON l.id = t.label "
+                             "WHERE t.image = ? ORDER BY l.name", [image])
+        out = {"positives": [], "negatives": []}
+        for r in rows:
+            out["positives" if r["positive"] else "negatives"].append(r["name"])
+        return out
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per label: number of images tagged present / not present."""
+        rows = self.db.query("SELECT l.name, SUM(t.positive) AS pos, SUM(1 - t.positive) AS neg FROM labels l "
+                             "LEFT JOIN tags t ON t.label = l.id GROUP BY l.id ORDER BY l.name COLLATE NOCASE")
+        return {r["name"]: {"positive": int(r["pos"] or 0), "negative": int(r["neg"] or 0)} for r in rows}
+
+    def progress(self) -> tuple[int, int]:
+        """(images with at least one tag, all images)."""
+        tagged = self.db.conn.execute("SELECT COUNT(DISTINCT image) FROM tags").fetchone()[0]
+        return tagged, self.db["images"].count
+
+    def rename_label(self, old: str, new: str) -> None:
+        """Rename; if `new` exists (any case) the two labels are merged (positive wins)."""
+        old_id = self._label_id(old, create=False)
+        if old_id is None:
+            raise StoreError(f"no label named {old!r}")
+        new = _clean_label(new)
+        with self.db.conn:
+            target = self._label_id(new, create=False)
+            if target is None or target == old_id:
+                self.db.conn.execute("UPDATE labels SET name = ? WHERE id = ?", [new, old_id])
+                return
+            self.db.conn.execute(
+                "INSERT INTO tags (image, label, positive, updated) SELECT image, ?, positive, updated FROM tags "
+                "WHERE label = ? ON CONFLICT (image, label) DO UPDATE SET positive = MAX(positive, excluded.positive)",
+                [target, old_id])
+            self.db.conn.execute("DELETE FROM labels WHERE id = ?", [old_id])
+
+    def merge_labels(self, sources: Iterable[str], into: str) -> None:
+        """Merge each source label into `into` (created if needed); one transaction per source."""
+        into = _clean_label(into)
+        if self._label_id(into, create=False) is None:
+            with self.db.conn:
+                self._label_id(into)
+        for s in sources:
+            if _clean_label(s).casefold() != into.casefold():
+                self.rename_label(s, into)
+
+    def delete_label(self, name: str) -> None:
+        label_id = self._label_id(name, create=False)
+        if label_id is None:
+            raise StoreError(f"no label named {name!r}")
+        with self.db.conn:
+            self.db.conn.execute("DELETE FROM labels WHERE id = ?", [label_id])
+
+    # --- export / import --------------------------------------------------------------------
+    def export_detic(self) -> dict:
+        """Detic image-label JSON: COCO `images` with pos/neg_category_ids, no annotations."""
+        names = self.labels()
+        cat = {n: i + 1 for i, n in enumerate(names)}
+        images = []
+        for i, row in enumerate(self.images()):
+            if not row["positives"] and not row["negatives"]:
+                continue
+            images.append({"id": i + 1, "file_name": row["file"], "width": row["width"], "height": row["height"],
+                           "original_name": row["original_name"], "sha256": row["hash"],
+                           "pos_category_ids": [cat[n] for n in row["positives"]],
+                           "neg_category_ids": [cat[n] for n in row["negatives"]]})
+        return {"info": {"description": "image-level labels", "schema": "detic"}, "images": images,
+                "annotations": [], "categories": [{"id": cat[n], "name": n} for n in names]}
+
+    def export_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["image", "labels", "negatives", "original_name"])
+        for row in self.images():
+            if row["positives"] or row["negatives"]:
+                w.writerow([row["file"], ";".join(row["positives"]), ";".join(row["negatives"]), row["original_name"]])
+        return buf.getvalue()
+
+    def write_training_files(self, directory: str | Path) -> Path:
+        """Detic JSON for `python -m train finetune --label-data … --label-images <store images>`."""
+        path = Path(directory) / "image_labels.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.export_detic(), ensure_ascii=False), encoding="utf-8")
+        return path
+
+    def import_labels(self, path: str | Path, image_dir: str | Path | None = None) -> dict[str, int]:
+        """Import Detic/COCO JSON, CSV/JSONL (as `train` reads them) or a folder per class."""
+        from train.data import DataError, read_label_dataset
+
+        path = Path(path)
+        if path.is_dir():
+            samples = [(p, [cls.name], []) for cls in sorted(path.iterdir()) if cls.is_dir()
+                       for p in sorted(cls.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            try:
+                read, _ = read_label_dataset(path, image_dir or path.parent)
+            except DataError as e:
+                raise StoreError(str(e)) from None
+            samples = [(s.path, s.positives, s.negatives) for s in read]
+        added, skipped = 0, 0
+        for p, pos, neg in samples:
+            try:
+                h = self.add_image(p)
+            except ImageLoadError:
+                skipped += 1
+                continue
+            current = self.tags(h)
+            self.set_tags(h, dict.fromkeys([*current["positives"], *pos]),
+                          [n for n in dict.fromkeys([*current["negatives"], *neg])
+                           if n.casefold() not in {x.casefold() for x in [*current["positives"], *pos]}])
+            added += 1
+        return {"images": added, "skipped": skipped}

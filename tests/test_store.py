@@ -1,0 +1,141 @@
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.store import LabelStore, StoreError
+from detector import ImageLoadError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png(seed: int, size: int = 32) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LabelStore(tmp_path / "data")
+
+
+def test_schema_created_and_reopened(tmp_path):
+    s = LabelStore(tmp_path)
+    assert s.schema_version == 1
+    assert {"images", "labels", "tags"} <= set(s.db.table_names())
+    assert s.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    h = s.add_image(png(0))
+    s.set_tags(h, ["cat"])
+    again = LabelStore(tmp_path)  # opening again migrates nothing and loses nothing
+    assert again.tags(h) == {"positives": ["cat"], "negatives": []}
+
+
+def test_content_hash_deduplicates(store):
+    a = store.add_image(png(1), "a.png")
+    b = store.add_image(png(1), "copy-of-a.png")
+    c = store.add_image(png(2), "c.png")
+    assert a == b != c
+    assert len(store.images()) == 2 and len(list(store.image_dir.rglob("*.png"))) == 2
+    with pytest.raises(ImageLoadError):
+        store.add_image(b"garbage")
+    assert len(store.images()) == 2
+
+
+def test_idempotent_tags_with_negatives_and_nasty_names(store):
+    h = store.add_image(png(3))
+    nasty = ["chat noir 🐈", "Robert'); DROP TABLE tags;--", 'say "cheese"', "猫"]
+    first = store.set_tags(h, nasty, ["dog"])
+    second = store.set_tags(h, nasty, ["dog"])
+    assert first == second and sorted(first["positives"]) == sorted(nasty) and first["negatives"] == ["dog"]
+    assert store.counts()["dog"] == {"positive": 0, "negative": 1}
+    assert {"images", "labels", "tags"} <= set(store.db.table_names())
+    with pytest.raises(StoreError, match="both present and not present"):
+        store.set_tags(h, ["cat"], ["CAT"])
+    assert store.tags(h) == second  # failed write changed nothing
+    assert store.progress() == (1, 1)
+
+
+def test_rename_merge_delete(store):
+    a, b = store.add_image(png(4)), store.add_image(png(5))
+    store.set_tags(a, ["kitty"])
+    store.set_tags(b, ["cat"], ["kitty"])
+    store.rename_label("kitty", "Cat")  # merge: positive wins
+    assert store.tags(a)["positives"] == ["cat"] and store.tags(b) == {"positives": ["cat"], "negatives": []}
+    store.rename_label("cat", "feline")
+    assert store.labels() == ["feline"]
+    store.set_tags(a, ["feline", "pet"])
+    store.merge_labels(["pet"], "animal")
+    assert store.tags(a)["positives"] == ["animal", "feline"]
+    store.delete_label("animal")
+    assert store.tags(a)["positives"] == ["feline"]
+    with pytest.raises(StoreError):
+        store.rename_label("nope", "x")
+
+
+def test_export_loads_in_pycocotools_and_train_reads_identical_labels(store):
+    from pycocotools.coco import COCO
+
+    from train.data import read_label_dataset
+
+    tags = {store.add_image(png(10 + i), f"{i}.png"): (["mug", "laptop"][: 1 + i % 2], ["kettle"] if i == 2 else [])
+            for i in range(4)}
+    for h, (pos, neg) in tags.items():
+        store.set_tags(h, pos, neg)
+    store.add_image(png(99))  # untagged: not exported
+    path = store.write_training_files(store.data_dir / "export")
+    coco = COCO(str(path))
+    assert len(coco.imgs) == 4 and {c["name"] for c in coco.cats.values()} == {"mug", "laptop", "kettle"}
+    samples, _ = read_label_dataset(path, store.image_dir)
+    by_hash = {s.path.stem: (sorted(s.positives), s.negatives) for s in samples}
+    assert by_hash == {h: (sorted(p), n) for h, (p, n) in tags.items()}
+    rows = store.export_csv().splitlines()
+    assert rows[0].startswith("image,labels,negatives") and len(rows) == 5
+
+
+def test_import_detic_csv_and_class_folders(store, tmp_path):
+    folder = tmp_path / "classes"
+    for i, cls in enumerate(["apple", "pear"]):
+        (folder / cls).mkdir(parents=True)
+        (folder / cls / f"{i}.png").write_bytes(png(20 + i))
+    (folder / "pear" / "broken.png").write_bytes(b"nope")
+    assert store.import_labels(folder) == {"images": 2, "skipped": 1}
+    (tmp_path / "l.csv").write_text("image,labels\nclasses/apple/0.png,apple;red fruit\n")
+    store.import_labels(tmp_path / "l.csv", tmp_path)
+    apple = [r for r in store.images() if "apple" in r["positives"]][0]
+    assert apple["positives"] == ["apple", "red fruit"]
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps(store.export_detic()))
+    other = LabelStore(tmp_path / "other")
+    assert other.import_labels(exported, store.image_dir)["images"] == 2
+    assert other.counts() == store.counts()
+
+
+def test_killed_writer_leaves_database_consistent(tmp_path):
+    """A process killed inside a write transaction: the database keeps the last committed state."""
+    s = LabelStore(tmp_path)
+    h = s.add_image(png(7))
+    s.set_tags(h, ["before"])
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from app.store import LabelStore
+        s = LabelStore({str(tmp_path)!r})
+        conn = s.db.conn
+        conn.execute("DELETE FROM tags WHERE image = ?", [{h!r}])
+        conn.execute("INSERT INTO labels (name) VALUES ('half-written')")
+        os._exit(9)  # killed before COMMIT
+    """)
+    r = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert r.returncode == 9
+    again = LabelStore(tmp_path)
+    assert again.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert again.tags(h) == {"positives": ["before"], "negatives": []}
+    assert "half-written" not in again.labels()
