@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,11 +50,22 @@ class LabelStore:
         self.data_dir = Path(data_dir)
         self.image_dir = self.data_dir / "images"
         self.image_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.data_dir / "labels.db")
-        self.db.conn.execute("PRAGMA busy_timeout = 10000")
+        self.path = self.data_dir / "labels.db"
+        self._local = threading.local()
         self.db.enable_wal()
-        self.db.conn.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection (SQLite connections must not cross threads; WAL lets them
+        read and write side by side, and busy_timeout makes a writer wait rather than fail)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite_utils.Database(self.path)
+            db.conn.execute("PRAGMA busy_timeout = 10000")
+            db.conn.execute("PRAGMA foreign_keys = ON")
+            self._local.db = db
+        return db
 
     # --- schema ----------------------------------------------------------------------------
     def _migrate(self) -> None:

@@ -86,7 +86,7 @@ def main() -> None:
             results[variant].append(row)
             print(f"[{time.time() - t0:7.0f}s] {variant} seed {seed}: " + json.dumps(row), flush=True)
 
-    lines = [f"| variant | novel AP50 | base AP50 | novel AP | base AP |", "|---|---|---|---|---|"]
+    lines = ["| variant | novel AP50 | base AP50 | novel AP | base AP |", "|---|---|---|---|---|"]
     for variant, rows in results.items():
         def ms(key):
             vals = [100 * r[key] for r in rows]

@@ -111,7 +111,7 @@ def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
     `ValueError`, because a detector with no classes can only return nothing.
     """
     if isinstance(vocabulary, str):
-        parts: Iterable[str] = re.split(r"[,\n;]", vocabulary)
+        parts: Iterable[str] = re.split(r"[,\n]", vocabulary)
     elif vocabulary is None:
         parts = []
     else:

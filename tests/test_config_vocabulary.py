@@ -25,7 +25,8 @@ def test_config_validates_values():
 
 
 def test_vocabulary_normalises_and_deduplicates():
-    assert parse_vocabulary("  cat,dog\n  potted   plant ;Cat, ,dog ") == ["cat", "dog", "potted plant"]
+    assert parse_vocabulary("  cat,dog\n  potted   plant ,Cat, ,dog ") == ["cat", "dog", "potted plant"]
+    assert parse_vocabulary("a;b, c") == ["a;b", "c"]  # only commas and newlines separate
     assert parse_vocabulary(["Crème brûlée", "crème brûlée", "猫"]) == ["Crème brûlée", "猫"]
 
 

@@ -1,0 +1,194 @@
+"""The app launched in-process with a tiny model, driven through its API with gradio_client."""
+
+import io
+import json
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.service import AppService
+from app.ui import build_app, launch_options
+from detector import Predictor
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, small_image):
+    from gradio_client import Client
+
+    data = tmp_path_factory.mktemp("appdata")
+    service = AppService(data, predictor=Predictor.from_pretrained("tiny", device="cpu"))
+    demo = build_app(service)
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                allowed_paths=[str(data)], **launch_options())
+    files = tmp_path_factory.mktemp("files")
+    paths = []
+    for i in range(3):
+        img = np.roll(small_image, 17 * i, axis=1)
+        p = files / f"photo_{i}.png"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    try:
+        yield service, Client(f"http://127.0.0.1:{port}/", verbose=False), paths, files
+    finally:
+        demo.close()
+
+
+def _error(fn, *args, **kwargs) -> str:
+    with pytest.raises(Exception) as e:  # gradio_client's AppError carries the gr.Error message
+        fn(*args, **kwargs)
+    return str(e.value)
+
+
+def test_binds_to_loopback_by_default():
+    from pathlib import Path
+
+    import app as app_main  # noqa: F401  (app.py is shadowed by the package; check the script text)
+
+    text = (Path(__file__).resolve().parents[1] / "app.py").read_text()
+    assert '"127.0.0.1"' in text and "max_file_size" in text and "APP_USERNAME" in text
+
+
+def test_detect_endpoint(running):
+    from gradio_client import handle_file
+
+    _, client, paths, _ = running
+    image, table, json_path = client.predict(handle_file(str(paths[0])), "person, flag", 0.0, 0.5, 5,
+                                             api_name="/detect")
+    assert Image.open(image).size == (192, 192)
+    assert len(table["data"]) == 5 and {r[0] for r in table["data"]} <= {"person", "flag"}
+    records = json.loads(open(json_path).read())
+    assert len(records) == 5 and set(records[0]) == {"box", "score", "class_id", "class_name"}
+
+
+def test_bad_detect_inputs_give_clear_messages(running, tmp_path):
+    from gradio_client import handle_file
+
+    _, client, paths, _ = running
+    assert "vocabulary is empty" in _error(client.predict, handle_file(str(paths[0])), " , ", 0.3, 0.5, 10,
+                                           api_name="/detect")
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert "not a readable image" in _error(client.predict, handle_file(str(bad)), "cat", 0.3, 0.5, 10,
+                                            api_name="/detect")
+    many = ", ".join(f"thing {i}" for i in range(5000))
+    _, table, _ = client.predict(handle_file(str(paths[0])), many, 0.0, 0.5, 20, api_name="/detect")
+    assert len(table["data"]) == 20
+
+
+@pytest.mark.slow
+def test_forty_megapixel_image_is_downscaled_not_oom(running, tmp_path):
+    from gradio_client import handle_file
+
+    _, client, _, _ = running
+    big = np.zeros((5000, 8000, 3), np.uint8)
+    big[:, :, 0] = np.linspace(0, 255, 8000, dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
+    _, table, json_path = client.predict(handle_file(str(tmp_path / "big.png")), "sky", 0.0, 0.5, 3,
+                                         api_name="/detect")
+    boxes = [r["box"] for r in json.loads(open(json_path).read())]
+    assert len(boxes) == 3 and max(b[2] for b in boxes) > 4096  # reported in original pixels
+
+
+def test_assign_endpoint(running):
+    from gradio_client import handle_file
+
+    _, client, paths, _ = running
+    image, table = client.predict(handle_file(str(paths[1])), "person, flag", "", 20, api_name="/assign")
+    rules = [r[0] for r in table["data"]]
+    assert rules.count("max_size") == 1 and rules.count("image_box") == 1 and rules.count("max_score") == 2
+    assert [r for r in table["data"] if r[0] == "image_box"][0][1] == "whole image"
+    assert Image.open(image).size == (192, 192)
+
+
+def test_tag_export_train_hot_swap_detect(running):
+    """The whole loop: add images, tag with nasty names, export, train in the background,
+    watch it finish, hot-swap the new model, detect again."""
+    from gradio_client import handle_file
+
+    service, client, paths, files = running
+    assert "nothing to train on" in _error(client.predict, 30, "max_size", "1:1", "", "", "", 64, 64,
+                                           api_name="/start_training")
+    client.predict([handle_file(str(p)) for p in paths], api_name="/add_images")
+    client.predict([handle_file(str(paths[0]))], api_name="/add_images")  # duplicate upload
+    queue = client.predict(api_name="/queue")
+    assert len(queue) == 3
+    nasty = "chat 🐈, Robert'); DROP TABLE tags;--, say \"cheese\""
+    tags = client.predict(queue[0]["hash"], nasty, "dog", api_name="/tag")
+    assert sorted(tags["positives"]) == sorted(["chat 🐈", "Robert'); DROP TABLE tags;--", 'say "cheese"'])
+    client.predict(queue[1]["hash"], "person", "", api_name="/tag")
+    client.predict(queue[2]["hash"], "person, chat 🐈", "", api_name="/tag")
+    counts = client.predict(api_name="/dataset_counts")
+    assert counts["person"]["positive"] == 2 and counts["dog"]["negative"] == 1
+
+    exported = client.predict("detic", api_name="/export_labels")
+    data = json.loads(open(exported).read())
+    assert len(data["images"]) == 3 and "pos_category_ids" in data["images"][0]
+    csv_text = open(client.predict("csv", api_name="/export_labels"), encoding="utf-8").read()
+    assert "DROP TABLE" in csv_text
+
+    before = service.predictor
+    run_id = client.predict(6, "max_size", "1:1", "", "", "", 64, 64, api_name="/start_training")
+    assert "already active" in _error(client.predict, 6, "max_size", "1:1", "", "", "", 64, 64,
+                                      api_name="/start_training")
+    status = service.jobs.wait(run_id, timeout=600)
+    assert status["state"] == "finished", service.jobs.log_tail(run_id, 40)
+    final = client.predict(run_id, api_name="/training_status")
+    assert final["state"] == "finished" and final["iteration"] == 6 and final["metrics"]
+    info = client.predict(run_id, api_name="/use_model")
+    assert info["source"].endswith(run_id) and service.predictor is not before
+    assert info["trained_class_names"] >= 1
+    _, table, _ = client.predict(handle_file(str(paths[0])), "person", 0.0, 0.5, 5, api_name="/detect")
+    assert len(table["data"]) == 5
+    # The store survived all of it.
+    assert service.store.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert len(client.predict(api_name="/queue")) == 3
+
+
+def test_label_management_endpoints(running):
+    _, client, _, _ = running
+    counts = client.predict("say \"cheese\"", "smile", api_name="/rename_label")
+    assert "smile" in counts and 'say "cheese"' not in counts
+    counts = client.predict("smile", "person", api_name="/merge_labels")
+    assert "smile" not in counts
+    counts = client.predict("dog", api_name="/delete_label")
+    assert "dog" not in counts
+    assert "no label named" in _error(client.predict, "nope", api_name="/delete_label")
+
+
+def test_store_writes_are_safe_from_two_users_at_once(running):
+    """Concurrent taggers: every write lands, none corrupts another."""
+    import threading
+
+    service, _, _, _ = running
+    hashes = [service.store.add_image(_png(i)) for i in range(20)]
+    errors = []
+
+    def worker(offset):
+        try:
+            for h in hashes[offset::2]:
+                service.tag(h, f"label {offset}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert service.store.counts()["label 0"]["positive"] == 10 and service.store.counts()["label 1"]["positive"] == 10
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(100 + seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
