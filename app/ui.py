@@ -47,6 +47,8 @@ class ImageInput(gr.Image):
     """An image input whose upload goes to `detector.images` untouched: one loader for every path
     (EXIF, odd modes, huge images, clear errors) and no second decode by Gradio."""
 
+    is_template = True  # rendered by Gradio's own Image widget
+
     def preprocess(self, payload):
         if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
@@ -163,12 +165,20 @@ def build_app(service: AppService) -> gr.Blocks:
         result = s.add_folder(folder)
         return (f"added {len(result['added'])} image(s), skipped {len(result['skipped'])}", *_view(_first_untagged()))
 
+    def _status(index: int) -> str:
+        return _view(index)[1]
+
     @friendly
     def save_tags(image_hash, positives, negatives, index):
-        if not image_hash:
-            return _view(index)
-        s.tag(image_hash, positives or [], negatives or [])
-        return _view(index)
+        """Saved on every change. Only the status line is returned: re-setting the dropdowns here
+        would fire another change and could overwrite what the person is typing. A change that
+        merely mirrors the store (navigation) writes nothing."""
+        if image_hash:
+            stored = s.store.tags(image_hash)
+            if (sorted(positives or []), sorted(negatives or [])) != (sorted(stored["positives"]),
+                                                                      sorted(stored["negatives"])):
+                s.tag(image_hash, positives or [], negatives or [])
+        return _status(index)
 
     @friendly
     def suggest(image_hash, vocabulary):
@@ -180,10 +190,12 @@ def build_app(service: AppService) -> gr.Blocks:
         names = s.suggest(image_hash, vocab)
         return gr.update(choices=names, value=[]), (f"{len(names)} suggestion(s)" if names else "nothing detected")
 
+    @friendly
     def accept(image_hash, positives, checked, negatives, index):
         merged = list(dict.fromkeys([*(positives or []), *(checked or [])]))
-        return (*save_tags(image_hash, merged, [n for n in negatives or [] if n not in merged], index),
-                gr.update(choices=[], value=[]))
+        if image_hash:
+            s.tag(image_hash, merged, [n for n in negatives or [] if n not in merged])
+        return (*_view(index), gr.update(choices=[], value=[]))
 
     # --- dataset -------------------------------------------------------------------------------
     def dataset_view():
@@ -296,7 +308,8 @@ def build_app(service: AppService) -> gr.Blocks:
             with gr.Tab("Detect"):
                 with gr.Row():
                     with gr.Column():
-                        image = ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"])
+                        image = ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
+                                           elem_id="detect-image")
                         vocabulary = gr.Textbox(label="Vocabulary (comma or newline separated)",
                                                 value="person, cup, laptop", lines=2, elem_id="vocabulary")
                         preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
@@ -339,7 +352,7 @@ def build_app(service: AppService) -> gr.Blocks:
                 with gr.Accordion("Add images", open=True):
                     with gr.Row():
                         upload = gr.File(file_count="multiple", file_types=["image", ".zip"],
-                                         label="Images or a .zip")
+                                         label="Images or a .zip", elem_id="tag-upload")
                         with gr.Column():
                             folder = gr.Textbox(label="Folder on this machine", visible=s_allows_folders(),
                                                 placeholder="/path/to/photos")
@@ -353,7 +366,7 @@ def build_app(service: AppService) -> gr.Blocks:
                             next_untagged = gr.Button("Next untagged")
                             next_btn = gr.Button("Next ▶", elem_id="tag-next")
                     with gr.Column(scale=2):
-                        t_status = gr.Markdown()
+                        t_status = gr.Markdown(elem_id="tag-status")
                         positives = gr.Dropdown([], multiselect=True, allow_custom_value=True,
                                                 label="Present (type a new name and press Enter)",
                                                 elem_id="tag-positives")
@@ -452,8 +465,10 @@ def build_app(service: AppService) -> gr.Blocks:
         prev_btn.click(lambda i: _view(i - 1), index, view_out, api_name=False)
         next_btn.click(lambda i: _view(i + 1), index, view_out, api_name=False)
         next_untagged.click(lambda: _view(_first_untagged()), None, view_out, api_name=False)
-        positives.input(save_tags, [current, positives, negatives, index], view_out, api_name=False)
-        negatives.input(save_tags, [current, positives, negatives, index], view_out, api_name=False)
+        positives.change(save_tags, [current, positives, negatives, index], t_status, api_name=False,
+                         show_progress="hidden")
+        negatives.change(save_tags, [current, positives, negatives, index], t_status, api_name=False,
+                         show_progress="hidden")
         suggest_btn.click(suggest, [current, vocabulary], [suggestions, suggest_msg], api_name="suggest_tags")
         accept_btn.click(accept, [current, positives, suggestions, negatives, index], [*view_out, suggestions],
                          api_name=False)

@@ -47,13 +47,13 @@ class ImageInput(gr.Image):
     """An image input whose upload goes to `detector.images` untouched: one loader for every path
     (EXIF, odd modes, huge images, clear errors) and no second decode by Gradio."""
 
+    is_template = True  # rendered by Gradio's own Image widget
+
     def preprocess(self, payload):
         if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
         return super().preprocess(payload)
-    from collections.abc import Callable, Sequence
-    from typing import TYPE_CHECKING, Any, Literal
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer

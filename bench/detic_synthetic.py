@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--large", action="store_true", help="GPU setting: more data, iterations, resolution, heads")
     ap.add_argument("--image-loss-weight", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=2e-4, help="Detic's AdamW learning rate (see docs/experiments.md)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the result table here")
     args = ap.parse_args()
     size = 320 if args.large else 128
@@ -76,7 +77,7 @@ def main() -> None:
                 label_images=str(data / "images") if rule else None,
                 iters=iters, box_batch=8 if args.large else 4, label_batch=16 if args.large else 8,
                 box_size=size, label_size=size // 2, image_loss=rule or "max_size",
-                image_loss_weight=args.image_loss_weight, lr=1e-3, warmup=min(50, iters // 10),
+                image_loss_weight=args.image_loss_weight, lr=args.lr, warmup=min(50, iters // 10),
                 checkpoint_every=10**9, log_every=25, seed=seed,
                 eval_data=str(data / "val.json"), eval_images=str(data / "images"), novel=NOVEL,
             )
@@ -87,12 +88,13 @@ def main() -> None:
             print(f"[{time.time() - t0:7.0f}s] {variant} seed {seed}: " + json.dumps(row), flush=True)
 
     lines = ["| variant | novel AP50 | base AP50 | novel AP | base AP |", "|---|---|---|---|---|"]
+    def ms(rows, key):
+        vals = [100 * r[key] for r in rows]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
+
     for variant, rows in results.items():
-        def ms(key):
-            vals = [100 * r[key] for r in rows]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
-        lines.append(f"| {variant} | {ms('novel_AP50')} | {ms('base_AP50')} | {ms('novel_AP')} | {ms('base_AP')} |")
+        lines.append(f"| {variant} | {ms(rows, 'novel_AP50')} | {ms(rows, 'base_AP50')} | {ms(rows, 'novel_AP')} | {ms(rows, 'base_AP')} |")
     table = "\n".join(lines)
     cmd = "python bench/detic_synthetic.py " + " ".join(sys.argv[1:])
     print(table)

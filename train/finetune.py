@@ -135,7 +135,7 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def _batch(kind, idx, samples, cfg, rng, names_index, device, skipped):
+def _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped):
     images, payload = [], []
     for i in idx:
         s = samples[i]
@@ -149,7 +149,7 @@ def _batch(kind, idx, samples, cfg, rng, names_index, device, skipped):
         images.append(img.to(device))
         if kind == "box":
             payload.append({"boxes": transform_boxes(s.boxes, scale, flipped, img.shape[-1]).to(device),
-                            "labels": torch.tensor([names_index[n.casefold()] for n in s.names],
+                            "labels": torch.tensor([box_index[n.casefold()] for n in s.names],
                                                    dtype=torch.int64, device=device)})
         else:
             payload.append([names_index[n.casefold()] for n in s.positives])
@@ -222,11 +222,20 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
                                   model.config.prompt)
     _, emb = embedder(names)
     emb = emb.to(device)
+    # Box batches classify over the classes that have box annotations only (Detic: per-dataset
+    # classifiers / zero federated frequency). Otherwise every unannotated object of an
+    # image-label-only class in a box image (LVIS-base style) would teach "this is not that class".
     counts = torch.zeros(len(names))
     for s in box:
         for n in {n.casefold() for n in s.names}:
             counts[names_index[n]] += 1
-    model.roi_heads.class_freq = counts.clamp(min=1).pow(0.5)
+    box_ids = [i for i in range(len(names)) if counts[i] > 0]
+    box_emb = emb[box_ids]
+    box_index = {names[i].casefold(): j for j, i in enumerate(box_ids)}
+    model.roi_heads.class_freq = counts[box_ids].pow(0.5)
+    if box and labels:
+        log.info("vocabulary: %d classes, %d with boxes (box batches classify over those only)",
+                 len(names), len(box_ids))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -263,7 +272,7 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
         kind, idx = sampler.batch(it)
         rng = random.Random(f"aug/{cfg.seed}/{it}/{rank}")
         samples = box if kind == "box" else labels
-        images, payload = _batch(kind, idx, samples, cfg, rng, names_index, device, skipped)
+        images, payload = _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped)
         if world > 1:  # every rank must take part in the step, or none
             have = torch.tensor([len(images)], device=device)
             dist.all_reduce(have, op=dist.ReduceOp.MIN)
@@ -274,7 +283,7 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
             for i in idx:
                 trained_names.update(n.casefold() for n in (samples[i].names if kind == "box" else samples[i].positives))
             with autocast:
-                losses = step(kind, images, payload, emb)
+                losses = step(kind, images, payload, box_emb if kind == "box" else emb)
             loss = sum(losses.values())
             if torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
