@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench install install-test
+.PHONY: run test lint bench install install-test browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,12 +17,18 @@ install-test: $(BIN)/python
 run: install
 	$(BIN)/python app.py
 
-test: install-test
+test: install-test browser
 	$(BIN)/python -m ruff check .
+	$(BIN)/hadolint Dockerfile
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: install-test
 	$(BIN)/python -m ruff check .
+	$(BIN)/hadolint Dockerfile
+
+# The browser test drives Debian's chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "install Debian's chromium (apt-get install chromium) for the browser test"; exit 1; }
 
 bench: install-test
 	$(BIN)/python bench/detect.py

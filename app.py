@@ -17,8 +17,8 @@ def main() -> None:
     on_space = bool(os.environ.get("SPACE_ID"))
     ap.add_argument("--host", default=os.environ.get("APP_HOST", "0.0.0.0" if on_space else "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("APP_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
-    ap.add_argument("--model", default=os.environ.get("APP_MODEL", "offline"),
-                    help="preset, checkpoint folder or Hub id to serve at start")
+    ap.add_argument("--model", default=os.environ.get("APP_MODEL", "auto"),
+                    help="auto (coco-clip when downloadable, else offline), a preset, a checkpoint folder or a Hub id")
     ap.add_argument("--data-dir", default=None, help="labels, images, models and runs (default $DATA_DIR, /data, ./data)")
     ap.add_argument("--share", action="store_true", default=os.environ.get("APP_SHARE") == "1")
     args = ap.parse_args()

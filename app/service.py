@@ -61,12 +61,26 @@ class AppService:
         else:
             note = "given"
         self.predictor = predictor
-        self.model_info = ModelInfo(source=model or "offline", note=note)
+        self.model_info = ModelInfo(source=model or "auto", note=note)
 
     def _load_default(self, model: str | None) -> tuple[Predictor, str]:
+        """`auto` (default): the COCO + CLIP preset when its weights can be fetched, otherwise
+        the packaged offline model, with the reason in one line."""
         from detector import HubUnavailableError
+        from detector.presets import FIRST_CHOICE
 
-        source = model or "offline"
+        source = model or "auto"
+        if source == "auto":
+            try:
+                predictor = Predictor.from_pretrained(FIRST_CHOICE, device=self.device)
+                if getattr(predictor.model, "init_report", None) is None:
+                    raise HubUnavailableError("the COCO detector weights could not be downloaded")
+                return predictor, f"'{FIRST_CHOICE}': COCO localisation + CLIP region scores"
+            except HubUnavailableError as e:
+                reason = str(e).split(" (")[0]
+                log.warning("%s unavailable (%s): serving the packaged offline model", FIRST_CHOICE, reason)
+                return (Predictor.from_pretrained("offline", device=self.device),
+                        f"offline model: {FIRST_CHOICE} unavailable ({reason})")
         try:
             return Predictor.from_pretrained(source, device=self.device), f"loaded '{source}'"
         except HubUnavailableError as e:

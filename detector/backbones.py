@@ -40,10 +40,12 @@ class BackboneSpec:
 class BackboneWithFPN(nn.Module):
     """`body(x) -> list of 4 maps` followed by an FPN; `out_channels` as torchvision expects."""
 
-    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, frozen: bool):
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, frozen: bool,
+                 fpn_norm: str = "none"):
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=nn.BatchNorm2d if fpn_norm == "batchnorm" else None)
         self.out_channels = out_channels
         self.frozen = frozen
         if frozen:
@@ -114,7 +116,7 @@ class TinyBody(nn.Module):
 def build_tiny(cfg: DetectorConfig) -> BackboneSpec:
     body = TinyBody()
     return BackboneSpec(
-        BackboneWithFPN(body, body.widths, cfg.fpn_channels, cfg.freeze_backbone),
+        BackboneWithFPN(body, body.widths, cfg.fpn_channels, cfg.freeze_backbone, cfg.fpn_norm),
         IMAGENET_MEAN,
         IMAGENET_STD,
         pretrained=False,
@@ -159,14 +161,14 @@ def build_resnet50(cfg: DetectorConfig) -> BackboneSpec:
     norm = FrozenBatchNorm2d if cfg.freeze_backbone else nn.BatchNorm2d
     net = resnet50(weights=None, norm_layer=norm)
     state = None
-    if cfg.backbone_weights != "none":
+    if cfg.backbone_weights != "none" and not cfg.init_weights:  # a detector init brings its own
         state = load_torchvision_weights(ResNet50_Weights.IMAGENET1K_V2)
         if state is not None:
             net.load_state_dict(state)
     layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     body = IntermediateLayerGetter(net, return_layers=layers)
     return BackboneSpec(
-        BackboneWithFPN(body, [256, 512, 1024, 2048], cfg.fpn_channels, cfg.freeze_backbone),
+        BackboneWithFPN(body, [256, 512, 1024, 2048], cfg.fpn_channels, cfg.freeze_backbone, cfg.fpn_norm),
         IMAGENET_MEAN,
         IMAGENET_STD,
         pretrained=state is not None,
@@ -190,7 +192,7 @@ def build_efficientnet_lite0(cfg: DetectorConfig) -> BackboneSpec:
             pretrained = True
     channels = list(net.feature_info.channels())
     return BackboneSpec(
-        BackboneWithFPN(net, channels, cfg.fpn_channels, cfg.freeze_backbone),
+        BackboneWithFPN(net, channels, cfg.fpn_channels, cfg.freeze_backbone, cfg.fpn_norm),
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         pretrained=pretrained,

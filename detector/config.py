@@ -23,6 +23,7 @@ class DetectorConfig:
     freeze_backbone: bool = True  # freezes parameters *and* batch-norm statistics
     # --- neck / heads capacity
     fpn_channels: int = 256
+    fpn_norm: str = "none"  # "none" or "batchnorm" (torchvision's Faster R-CNN v2)
     rpn_head_convs: int = 1
     head_norm: str = "groupnorm"  # box-head conv norm: "groupnorm", "batchnorm" or "none"
     box_head_convs: int = 4  # conv layers before the fcs (torchvision's FastRCNNConvFCHead)
@@ -47,6 +48,13 @@ class DetectorConfig:
     federated_threshold: int = 50  # use federated loss when the vocabulary is larger
     federated_num_classes: int = 50
     mult_proposal_score: bool = False  # Detic: score = sqrt(cls * objectness)
+    # --- CLIP region scores, ensembled with the head (F-VLM): p_head^(1-w) * p_clip^w
+    region_scoring: bool = False  # needs a CLIP text encoder (its image tower scores the crops)
+    region_top_k: int = 100  # proposals scored by CLIP per image (the others get p_clip = 0)
+    region_context: float = 1.5  # crop = box grown by this factor about its centre
+    ensemble_weight_trained: float = 0.35  # w for names in trained_class_names
+    ensemble_weight_untrained: float = 0.65  # w for other names; w = 1 before any training
+    init_weights: str = ""  # "torchvision_coco_frcnn_v2": backbone/FPN/RPN/box head from COCO
     # --- image-label loss (Detic max-size)
     image_label_rule: str = "max_size"
     image_label_weight: float = 0.1

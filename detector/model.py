@@ -72,10 +72,12 @@ class EncodedImages:
     boxes: list[torch.Tensor]  # per image [N, 4] refined (class-agnostic) boxes, input coords
     image_sizes: list[tuple[int, int]]  # network-input sizes
     original_sizes: list[tuple[int, int]]
+    region_embeddings: list[torch.Tensor | None] | None = None  # CLIP crops of the top boxes
 
     def select(self, i: int) -> EncodedImages:
+        regions = [self.region_embeddings[i]] if self.region_embeddings is not None else None
         return EncodedImages(*[[f[i]] for f in (self.proposals, self.objectness, self.box_features,
-                                                  self.boxes, self.image_sizes, self.original_sizes)])
+                                                  self.boxes, self.image_sizes, self.original_sizes)], regions)
 
 
 class OpenVocabDetector(GeneralizedRCNN):
@@ -167,14 +169,28 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     @torch.no_grad()
     def classify(self, enc: EncodedImages, class_embeddings=None, score_threshold=None,
-                 nms_threshold=None, max_detections=None) -> list[dict[str, torch.Tensor]]:
-        """Detections (original image coordinates) for `enc` under a vocabulary."""
+                 nms_threshold=None, max_detections=None, background=None,
+                 clip_weights: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+        """Detections (original image coordinates) for `enc` under a vocabulary.
+
+        With CLIP region embeddings in `enc` (and the `background` text embedding), class
+        probabilities are F-VLM's ensemble p_head^(1-w) * p_clip^w with per-class `clip_weights`.
+        """
+        from .region_scorer import ensemble, region_probabilities
+
         emb = self._embeddings(class_embeddings)
         cfg = self.config
         out = []
         for i in range(len(enc.boxes)):
             logits = self.roi_heads.box_predictor.cls_score(enc.box_features[i].float(), emb)
-            scores = self.roi_heads.class_scores(logits, enc.objectness[i])
+            scores = torch.sigmoid(logits[:, :-1].float())
+            regions = enc.region_embeddings[i] if enc.region_embeddings is not None else None
+            if regions is not None and background is not None and clip_weights is not None:
+                p_clip = scores.new_zeros(scores.shape)
+                p_clip[: len(regions)] = region_probabilities(regions, emb, background).to(scores.device)
+                scores = ensemble(scores, p_clip, clip_weights)
+            if cfg.mult_proposal_score:
+                scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])
             det = select_detections(
                 enc.boxes[i], scores,
                 cfg.score_threshold if score_threshold is None else score_threshold,

@@ -53,6 +53,18 @@ class Predictor:
         if self.embedder.encoder.dim != cfg.embed_dim:
             raise ValueError(f"text encoder '{cfg.text_encoder}' gives {self.embedder.encoder.dim}-d "
                              f"embeddings but the model expects {cfg.embed_dim}")
+        self.region_scorer = None
+        self._background = None
+        if cfg.region_scoring:
+            from .region_scorer import RegionScorer
+            from .text_encoders import ClipEncoder
+
+            if not isinstance(self.embedder.encoder, ClipEncoder):
+                raise ValueError("region_scoring needs a CLIP text encoder ('clip' or 'tiny_clip')")
+            self.embedder.encoder.model.to(self.device)
+            self.embedder.encoder.device = str(self.device)
+            self.region_scorer = RegionScorer(self.embedder.encoder, cfg.region_context)
+            self._background = self.embedder(["background"])[1][0].to(self.device)
         self._cache: OrderedDict[str, EncodedImages] = OrderedDict()
         self.cache_size = cache_size
         self._lock = threading.Lock()
@@ -81,6 +93,9 @@ class Predictor:
             "parameters": self.model.parameter_counts(),
             "device": str(self.device),
             "trained_class_names": len(cfg.trained_class_names),
+            "region_scoring": cfg.region_scoring,
+            "ensemble": ({"w_trained": cfg.ensemble_weight_trained, "w_untrained": cfg.ensemble_weight_untrained,
+                          "note": "w = 1 (CLIP only) until the head is trained"} if cfg.region_scoring else None),
         }
 
     # --- inference -------------------------------------------------------------------------
@@ -115,8 +130,11 @@ class Predictor:
         missing = [i for i in range(len(images)) if i not in found]
         for start in range(0, len(missing), batch_size):
             idx = missing[start : start + batch_size]
+            tensors = [self._tensor(images[i]) for i in idx]
             with torch.inference_mode(), self._autocast():
-                enc = self.model.encode([self._tensor(images[i]) for i in idx])
+                enc = self.model.encode(tensors)
+                if self.region_scorer is not None:
+                    enc.region_embeddings = [self._embed_regions(enc, j, t) for j, t in enumerate(tensors)]
             for j, i in enumerate(idx):
                 found[i] = enc.select(j)
             with self._lock:
@@ -125,6 +143,24 @@ class Predictor:
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return [found[i] for i in range(len(images))]
+
+    def _embed_regions(self, enc: EncodedImages, j: int, image: torch.Tensor) -> torch.Tensor:
+        """CLIP embeddings of the top-k boxes (highest objectness first), cropped from `image`."""
+        from torchvision.models.detection.transform import resize_boxes
+
+        k = min(self.model.config.region_top_k, len(enc.boxes[j]))
+        boxes = resize_boxes(enc.boxes[j][:k].float(), enc.image_sizes[j], enc.original_sizes[j])
+        return self.region_scorer.embed_regions(image, boxes)
+
+    def clip_weights(self, names: list[str]) -> torch.Tensor | None:
+        """Per-name ensemble weight w (None without region scoring)."""
+        if self.region_scorer is None:
+            return None
+        from .region_scorer import class_weights
+
+        cfg = self.model.config
+        return class_weights(names, cfg.trained_class_names, cfg.ensemble_weight_trained,
+                             cfg.ensemble_weight_untrained)
 
     def predict(self, images, vocabulary, score_threshold: float | None = None,
                 nms_threshold: float | None = None, max_detections: int | None = None,
@@ -140,7 +176,8 @@ class Predictor:
         results = []
         for img, enc in zip(loaded, encoded, strict=False):
             with torch.inference_mode(), self._autocast():
-                det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections)[0]
+                det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections,
+                                          background=self._background, clip_weights=self.clip_weights(names))[0]
             results.append(to_detections(det, names, img.scale))
         return results
 

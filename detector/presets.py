@@ -6,6 +6,7 @@ Hugging Face Hub repo id holding `config.json` + `model.safetensors`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
 from .config import DetectorConfig
 from .hub import download_snapshot, looks_like_repo_id
 
+log = logging.getLogger(__name__)
+
 PRESETS: dict[str, DetectorConfig] = {
     # Real weights, no network: ImageNet EfficientNet-Lite0 (frozen) + all-MiniLM-L6-v2 names.
     "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384),
@@ -21,6 +24,16 @@ PRESETS: dict[str, DetectorConfig] = {
     "resnet50-clip": DetectorConfig(
         backbone="resnet50", text_encoder="clip", embed_dim=512,
         text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+    ),
+    # Works before any training (issue: a useful model on first launch): COCO-trained
+    # localisation (torchvision Faster R-CNN v2) + CLIP ViT-B/32 region scores, ensembled with
+    # the zero-shot head once it has been trained. Needs internet (or a filled cache) once.
+    "coco-clip": DetectorConfig(
+        backbone="resnet50", init_weights="torchvision_coco_frcnn_v2", fpn_norm="batchnorm", rpn_head_convs=2,
+        head_norm="batchnorm", box_head_convs=4, box_head_fcs=1, representation_size=1024,
+        text_encoder="clip", embed_dim=512,
+        text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+        region_scoring=True, mult_proposal_score=True, min_size=800, max_size=1333,
     ),
     # Tiny random model (tiny CNN + tiny open_clip text tower): tests and smoke runs.
     "tiny": DetectorConfig(
@@ -32,6 +45,7 @@ PRESETS: dict[str, DetectorConfig] = {
     ),
 }
 DEFAULT_SOURCE = "offline"
+FIRST_CHOICE = "coco-clip"  # what the app serves when its weights can be fetched
 
 
 def resolve_source(source: str | Path | None):
@@ -59,5 +73,11 @@ def load_detector(source: str | Path | None = None, device: str = "cpu"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = OpenVocabDetector(value)
+        if value.init_weights == "torchvision_coco_frcnn_v2":
+            from .coco_weights import init_from_torchvision_coco
+
+            model.init_report = init_from_torchvision_coco(model)
+            if model.init_report is None:
+                log.warning("COCO detector weights unavailable: '%s' localisation is random", source)
         return model.to(device).eval()
     return load_checkpoint(value, map_location=device)

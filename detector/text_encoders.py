@@ -30,25 +30,52 @@ class TextEncoder:
         raise NotImplementedError
 
 
-class TinyClipTextEncoder(TextEncoder):
-    def __init__(self, dim: int = 64, width: int = 64, layers: int = 2, heads: int = 2, seed: int = 0):
-        import open_clip
-        from open_clip.transformer import TextTransformer
+class ClipEncoder(TextEncoder):
+    """An open_clip CLIP model: text tower for the classifier, image tower for region scoring."""
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.model = TextTransformer(width=width, layers=layers, heads=heads, output_dim=dim).eval()
-        self.tokenizer = open_clip.get_tokenizer("ViT-B-32")
-        self.dim = dim
-        self.key = f"tiny_clip:d{dim}w{width}l{layers}h{heads}s{seed}"
+    model: torch.nn.Module
+    image_size: int = 224
+    image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    device: str = "cpu"
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model(self.tokenizer(texts)).float(), dim=-1)
+        tokens = self.tokenizer(texts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """`images`: [N, 3, S, S] in [0, 1] at `image_size` -> L2-normalised [N, D]."""
+        mean = images.new_tensor(self.image_mean)[:, None, None]
+        std = images.new_tensor(self.image_std)[:, None, None]
+        return F.normalize(self.model.encode_image((images - mean) / std).float(), dim=-1)
 
 
-class ClipTextEncoder(TextEncoder):
-    """open_clip model; keeps the whole CLIP model so its image tower can score regions too."""
+class TinyClipTextEncoder(ClipEncoder):
+    """open_clip's real CLIP code path (vision + text towers) at a tiny width, seeded."""
+
+    def __init__(self, dim: int = 64, width: int = 64, layers: int = 2, heads: int = 2, seed: int = 0,
+                 image_size: int = 64):
+        import open_clip
+        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = CLIP(
+                embed_dim=dim,
+                vision_cfg=CLIPVisionCfg(layers=layers, width=width, head_width=32, patch_size=16,
+                                         image_size=image_size),
+                text_cfg=CLIPTextCfg(width=width, layers=layers, heads=heads),
+            ).eval()
+        self.tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        self.dim = dim
+        self.image_size = image_size
+        self.key = f"tiny_clip2:d{dim}w{width}l{layers}h{heads}s{seed}"
+
+
+class ClipTextEncoder(ClipEncoder):
+    """open_clip CLIP from the Hub (ViT-B-32 by default), loaded from safetensors only."""
 
     def __init__(self, arch: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "cpu"):
         import open_clip
@@ -62,16 +89,15 @@ class ClipTextEncoder(TextEncoder):
             if not hub_id:
                 raise ValueError(f"open_clip has no Hub weights for {arch}/{pretrained}")
             weights = str(download_file(hub_id, "open_clip_model.safetensors"))
+            self.image_mean = tuple(cfg.get("mean", self.image_mean))
+            self.image_std = tuple(cfg.get("std", self.image_std))
         self.model = open_clip.create_model(arch, pretrained=weights, device=device).eval()
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.dim = int(self.model.text_projection.shape[1])
+        size = getattr(self.model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.key = f"clip:{arch}:{pretrained or 'random'}"
         self.device = device
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
 
 
 class MiniLMEncoder(TextEncoder):

@@ -266,3 +266,30 @@ def test_evaluation_perfect_vs_shuffled(syn):
     shuffled = [{**d, "bbox": boxes[j]} for d, j in zip(perfect, order)]
     assert coco_metrics(gt, shuffled, NOVEL)["all"]["AP"] < 0.5
     assert coco_metrics(gt, [], NOVEL)["all"]["AP"] == 0.0
+
+
+def test_box_batches_never_give_negatives_to_classes_without_boxes(syn, tmp_path, monkeypatch):
+    """Detic's rule: a class known only from image labels (here the novel ones, whose objects do
+    appear unannotated in box images) must not be trained as 'background' by box batches."""
+    from train.finetune import TrainStep
+
+    seen = []
+    original = TrainStep.forward
+
+    def spy(self, kind, images, payload, class_embeddings):
+        seen.append((kind, class_embeddings.shape[0], payload))
+        return original(self, kind, images, payload, class_embeddings)
+
+    monkeypatch.setattr(TrainStep, "forward", spy)
+    finetune(_cfg(syn, tmp_path / "run", iters=4))
+    box_names = {n for s in read_box_dataset(syn / "box_train.json", syn / "images")[0] for n in s.names}
+    labels, _ = read_label_dataset(syn / "image_labels.json", syn / "images")
+    all_names = set(box_names) | {n for s in labels for n in s.positives}
+    assert len(all_names) > len(box_names)  # the label data brings classes without boxes
+    for kind, num_classes, payload in seen:
+        if kind == "box":
+            assert num_classes == len(box_names)
+            assert all(int(t["labels"].max()) < num_classes for t in payload if len(t["labels"]))
+        else:
+            assert num_classes == len(all_names)
+    assert {k for k, _, _ in seen} == {"box", "label"}
