@@ -3,6 +3,7 @@
 import io
 import json
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def test_detect_endpoint(running):
                                              api_name="/detect")
     assert Image.open(image).size == (192, 192)
     assert len(table["data"]) == 5 and {r[0] for r in table["data"]} <= {"person", "flag"}
-    records = json.loads(open(json_path).read())
+    records = json.loads(Path(json_path).read_text())
     assert len(records) == 5 and set(records[0]) == {"box", "score", "class_id", "class_name"}
 
 
@@ -94,7 +95,7 @@ def test_forty_megapixel_image_is_downscaled_not_oom(running, tmp_path):
     Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
     _, table, json_path = client.predict(handle_file(str(tmp_path / "big.png")), "sky", 0.0, 0.5, 3,
                                          api_name="/detect")
-    boxes = [r["box"] for r in json.loads(open(json_path).read())]
+    boxes = [r["box"] for r in json.loads(Path(json_path).read_text())]
     assert len(boxes) == 3 and max(b[2] for b in boxes) > 4096  # reported in original pixels
 
 
@@ -130,9 +131,9 @@ def test_tag_export_train_hot_swap_detect(running):
     assert counts["person"]["positive"] == 2 and counts["dog"]["negative"] == 1
 
     exported = client.predict("detic", api_name="/export_labels")
-    data = json.loads(open(exported).read())
+    data = json.loads(Path(exported).read_text())
     assert len(data["images"]) == 3 and "pos_category_ids" in data["images"][0]
-    csv_text = open(client.predict("csv", api_name="/export_labels"), encoding="utf-8").read()
+    csv_text = Path(client.predict("csv", api_name="/export_labels")).read_text(encoding="utf-8")
     assert "DROP TABLE" in csv_text
 
     before = service.predictor
