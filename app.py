@@ -1,39 +1,53 @@
-"""Start the app: `python app.py [--host 127.0.0.1] [--port 7860] [--model offline] [--data-dir DIR]`.
+"""Start the app: `python app.py [--host 127.0.0.1] [--port 7860] [--model auto] [--data-dir DIR]`.
 
 Environment: APP_HOST, APP_PORT, APP_MODEL, DATA_DIR, APP_USERNAME + APP_PASSWORD (optional
-login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1.
+login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1. On a Hugging Face Space (SPACE_ID set)
+the app listens on 0.0.0.0 and keeps its data in /data when persistent storage is attached.
 """
+
+from __future__ import annotations
 
 import argparse
 import logging
 import os
 
-from app.service import AppService
-from app.ui import build_app, launch_options
 
-
-def main() -> None:
+def build_parser(env=os.environ) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    on_space = bool(os.environ.get("SPACE_ID"))
-    ap.add_argument("--host", default=os.environ.get("APP_HOST", "0.0.0.0" if on_space else "127.0.0.1"))
-    ap.add_argument("--port", type=int, default=int(os.environ.get("APP_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))))
-    ap.add_argument("--model", default=os.environ.get("APP_MODEL", "auto"),
+    on_space = bool(env.get("SPACE_ID"))
+    ap.add_argument("--host", default=env.get("APP_HOST", "0.0.0.0" if on_space else "127.0.0.1"))
+    ap.add_argument("--port", type=int, default=int(env.get("APP_PORT", env.get("GRADIO_SERVER_PORT", "7860"))))
+    ap.add_argument("--model", default=env.get("APP_MODEL", "auto"),
                     help="auto (coco-clip when downloadable, else offline), a preset, a checkpoint folder or a Hub id")
     ap.add_argument("--data-dir", default=None, help="labels, images, models and runs (default $DATA_DIR, /data, ./data)")
-    ap.add_argument("--share", action="store_true", default=os.environ.get("APP_SHARE") == "1")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    service = AppService(args.data_dir, model=args.model)
-    logging.getLogger("app").info("serving model %s (%s); data in %s", service.model_info.source,
-                                  service.model_info.note, service.data_dir)
-    user, password = os.environ.get("APP_USERNAME"), os.environ.get("APP_PASSWORD")
-    build_app(service).launch(
-        server_name=args.host, server_port=args.port, share=args.share,
-        auth=(user, password) if user and password else None,
-        max_file_size=os.environ.get("APP_MAX_FILE_SIZE", "50mb"),
-        allowed_paths=[str(service.data_dir.resolve())],
+    ap.add_argument("--share", action="store_true", default=env.get("APP_SHARE") == "1")
+    return ap
+
+
+def launch_kwargs(args: argparse.Namespace, data_dir, env=os.environ) -> dict:
+    """Everything `Blocks.launch` gets: address, optional login, upload limit, file access."""
+    from app.ui import launch_options
+
+    user, password = env.get("APP_USERNAME"), env.get("APP_PASSWORD")
+    return {
+        "server_name": args.host, "server_port": args.port, "share": args.share,
+        "auth": (user, password) if user and password else None,
+        "max_file_size": env.get("APP_MAX_FILE_SIZE", "50mb"),
+        "allowed_paths": [str(data_dir)],
         **launch_options(),
-    )
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from app.service import AppService
+    from app.ui import build_app
+
+    service = AppService(args.data_dir, model=args.model)
+    logging.getLogger("app").info("serving %s (%s); data in %s", service.model_info.source,
+                                  service.model_info.note, service.data_dir)
+    build_app(service).launch(**launch_kwargs(args, service.data_dir.resolve()))
 
 
 if __name__ == "__main__":

@@ -53,9 +53,7 @@ class ImageInput(gr.Image):
         if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
         return super().preprocess(payload)
-    from collections.abc import Callable, Sequence
-    from typing import TYPE_CHECKING, Any, Literal
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
         from gradio.components import Timer

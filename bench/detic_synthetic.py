@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector import OpenVocabDetector, save_checkpoint  # noqa: E402
 from detector.presets import PRESETS  # noqa: E402
 from train.finetune import FinetuneConfig, finetune  # noqa: E402
+from train.run_state import read_json  # noqa: E402
 from train.synthetic import NOVEL, generate  # noqa: E402
 
 VARIANTS = {"a_box_only": None, "b_max_size": "max_size", "c_image_box": "image_box", "d_max_score": "max_score"}
@@ -77,9 +79,11 @@ def main() -> None:
                       box_size=size, label_size=size // 2, image_loss_weight=args.image_loss_weight, lr=args.lr,
                       checkpoint_every=10**9, log_every=25, seed=seed)
         phase1 = args.work / f"phase1_box_seed{seed}"
-        if not (phase1 / "metrics.json").exists():
-            finetune(FinetuneConfig(out=str(phase1), model=str(init), iters=box_iters,
-                                    warmup=min(50, box_iters // 10), **common))
+        if (read_json(phase1 / "status.json") or {}).get("state") != "finished":
+            shutil.rmtree(phase1, ignore_errors=True)
+            if finetune(FinetuneConfig(out=str(phase1), model=str(init), iters=box_iters,
+                                       warmup=min(50, box_iters // 10), **common))["state"] != "finished":
+                sys.exit("phase 1 stopped; re-run to redo it")
         for variant in args.variants:
             rule = VARIANTS[variant]
             cfg = FinetuneConfig(
@@ -89,7 +93,10 @@ def main() -> None:
                 warmup=min(20, iters // 10), eval_data=str(data / "val.json"), eval_images=str(data / "images"),
                 novel=NOVEL, **common,
             )
-            ev = finetune(cfg)["evaluation"]
+            result = finetune(cfg)
+            if result["state"] != "finished":  # Ctrl-C / SIGTERM: the run stopped cleanly; so do we
+                sys.exit(f"{variant} seed {seed} stopped at iteration {result['iteration']}; re-run to redo it")
+            ev = result["evaluation"]
             row = {"seed": seed, "novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"],
                    "novel_AP": ev["novel"]["AP"], "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"]}
             results[variant].append(row)

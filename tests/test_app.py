@@ -49,13 +49,35 @@ def _error(fn, *args, **kwargs) -> str:
     return str(e.value)
 
 
-def test_binds_to_loopback_by_default():
-    from pathlib import Path
+def _app_script():
+    """app.py (the launcher; `import app` is the package)."""
+    import importlib.util
 
-    import app as app_main  # noqa: F401  (app.py is shadowed by the package; check the script text)
+    spec = importlib.util.spec_from_file_location("app_main", Path(__file__).resolve().parents[1] / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    text = (Path(__file__).resolve().parents[1] / "app.py").read_text()
-    assert '"127.0.0.1"' in text and "max_file_size" in text and "APP_USERNAME" in text
+
+def test_binds_to_loopback_by_default_with_limits_and_optional_login(tmp_path):
+    script = _app_script()
+    args = script.build_parser({}).parse_args([])
+    kw = script.launch_kwargs(args, tmp_path, {})
+    assert (kw["server_name"], kw["server_port"], kw["auth"], kw["share"]) == ("127.0.0.1", 7860, None, False)
+    assert kw["max_file_size"] == "50mb" and kw["allowed_paths"] == [str(tmp_path)] and "theme" in kw
+    env = {"APP_USERNAME": "ann", "APP_PASSWORD": "pw", "APP_PORT": "9000", "APP_MAX_FILE_SIZE": "5mb"}
+    kw = script.launch_kwargs(script.build_parser(env).parse_args(["--host", "0.0.0.0"]), tmp_path, env)
+    assert (kw["server_name"], kw["server_port"], kw["auth"], kw["max_file_size"]) == ("0.0.0.0", 9000, ("ann", "pw"), "5mb")
+    assert script.build_parser({"SPACE_ID": "u/s"}).parse_args([]).host == "0.0.0.0"
+
+
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    from app.service import default_data_dir
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv("DATA_DIR")
+    assert default_data_dir() in (Path("/data"), Path("data"))
 
 
 def test_detect_endpoint(running):
