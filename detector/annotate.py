@@ -28,6 +28,6 @@ def annotate(image: np.ndarray, detections: sv.Detections) -> np.ndarray:
     labels = sv.LabelAnnotator(text_scale=max(0.4, 0.5 * scale), text_thickness=max(1, round(scale)),
                                text_padding=max(2, round(4 * scale)), color_lookup=sv.ColorLookup.CLASS,
                                smart_position=True)
-    texts = [f"{n} {c:.2f}" for n, c in zip(detections.data.get("class_name", []), detections.confidence, strict=False)]
+    texts = [f"{n} {c:.2f}" for n, c in zip(detections.data.get("class_name", []), detections.confidence)]
     out = boxes.annotate(image.copy(), detections)
     return labels.annotate(out, detections, labels=texts)

@@ -100,7 +100,7 @@ class TinyBody(nn.Module):
 
         self.stem = block(3, widths[0])
         self.stages = nn.ModuleList(
-            [block(widths[0], widths[0])] + [block(a, b) for a, b in zip(widths, widths[1:], strict=False)]
+            [block(widths[0], widths[0])] + [block(a, b) for a, b in zip(widths, widths[1:])]
         )
         self.widths = list(widths)
 

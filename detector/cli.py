@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageLoadError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = [{"image": str(path), "detections": detections_to_records(d)} for path, d in zip(args.images, dets, strict=False)]
+    result = [{"image": str(path), "detections": detections_to_records(d)} for path, d in zip(args.images, dets)]
     text = json.dumps(result if len(result) > 1 else result[0], indent=2, ensure_ascii=False)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.annotated:
         from PIL import Image
 
-        for path, d in zip(args.images, dets, strict=False):
+        for path, d in zip(args.images, dets):
             target = args.annotated
             if len(args.images) > 1:
                 target.mkdir(parents=True, exist_ok=True)

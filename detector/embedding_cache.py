@@ -104,7 +104,7 @@ class VocabularyEmbedder:
             for i in range(0, len(missing), 256):
                 chunk = missing[i : i + 256]
                 vecs = self.encoder.encode([self.prompt.format(n) for n in chunk]).numpy()
-                new.update(zip(chunk, vecs, strict=False))
+                new.update(zip(chunk, vecs))
             self.encoded_count += len(missing)
             self.cache.put_many(self.encoder.key, self.prompt, new)
             found.update(new)

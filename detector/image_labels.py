@@ -8,6 +8,9 @@ contain.
 - `max_score`: for each label, the proposal scoring highest for that label takes it.
 The loss is per-class BCE between the chosen proposal's logits and the multi-hot target,
 summed over classes, averaged over choices and images; the caller multiplies by lambda.
+
+"Not present" tags (negatives) add a multiple-instance term: for an absent class, the proposal
+scoring highest for it is pushed to 0 for that class only (if it is absent, no region may fire).
 """
 
 from __future__ import annotations
@@ -51,18 +54,32 @@ def choose_proposals(rule: str, boxes: torch.Tensor, class_logits: torch.Tensor,
     return [Choice(int(scores[:, k].argmax()), (k,)) for k in labels]
 
 
-def image_label_loss(class_logits: list[torch.Tensor], choices: list[list[Choice]]) -> torch.Tensor:
-    """Mean over images of the mean over choices of sum-over-classes BCE."""
+def negative_terms(class_logits: torch.Tensor, negatives: list[int]) -> list[tuple[int, int]]:
+    """(proposal, class) pairs: for each absent class, the proposal scoring highest for it."""
+    return [(int(class_logits[:, k].argmax()), k) for k in sorted(set(int(k) for k in negatives))]
+
+
+def image_label_loss(class_logits: list[torch.Tensor], choices: list[list[Choice]],
+                     negatives: list[list[tuple[int, int]]] | None = None) -> torch.Tensor:
+    """Mean over images of (mean over choices of sum-over-classes BCE + mean negative term)."""
+    negatives = negatives or [[] for _ in class_logits]
     per_image = []
-    for logits, image_choices in zip(class_logits, choices, strict=False):
-        if not image_choices:
+    for logits, image_choices, image_negatives in zip(class_logits, choices, negatives):
+        if not image_choices and not image_negatives:
             continue
-        losses = []
-        for c in image_choices:
-            target = torch.zeros_like(logits[c.proposal])
-            target[list(c.labels)] = 1
-            losses.append(F.binary_cross_entropy_with_logits(logits[c.proposal], target, reduction="sum"))
-        per_image.append(torch.stack(losses).mean())
+        total = logits.new_zeros(())
+        if image_choices:
+            losses = []
+            for c in image_choices:
+                target = torch.zeros_like(logits[c.proposal])
+                target[list(c.labels)] = 1
+                losses.append(F.binary_cross_entropy_with_logits(logits[c.proposal], target, reduction="sum"))
+            total = total + torch.stack(losses).mean()
+        if image_negatives:
+            idx = torch.tensor(image_negatives, device=logits.device)
+            picked = logits[idx[:, 0], idx[:, 1]]
+            total = total + F.binary_cross_entropy_with_logits(picked, torch.zeros_like(picked))
+        per_image.append(total)
     if not per_image:
         return sum(lg.sum() for lg in class_logits) * 0.0
     return torch.stack(per_image).mean()

@@ -26,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from .backbones import build_backbone, count_parameters
 from .classifier import ZeroShotBoxPredictor
 from .config import DetectorConfig
-from .image_labels import Choice, choose_proposals, image_label_loss, with_image_box
+from .image_labels import Choice, choose_proposals, image_label_loss, negative_terms, with_image_box
 from .roi_heads import ZeroShotRoIHeads, select_detections
 from .rpn import ScoredRPN
 
@@ -58,7 +58,7 @@ def eval_mode(*modules: nn.Module):
     try:
         yield
     finally:
-        for m, mode in zip(modules, previous, strict=False):
+        for m, mode in zip(modules, previous):
             m.train(mode)
 
 
@@ -206,12 +206,12 @@ class OpenVocabDetector(GeneralizedRCNN):
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
         proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
-        proposals = [with_image_box(p[:num_proposals], s) for p, s in zip(proposals, image_list.image_sizes, strict=False)]
+        proposals = [with_image_box(p[:num_proposals], s) for p, s in zip(proposals, image_list.image_sizes)]
         x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
         return image_list, proposals, objectness, x
 
     def image_label_loss(self, images, labels: list[list[int]], class_embeddings=None,
-                         rule: str | None = None) -> dict[str, torch.Tensor]:
+                         rule: str | None = None, negatives: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
         """Detic's loss for images with image-level labels only: `{"loss_image_label": λ·L}`.
 
         With `image_label_scope="classifier"` (default) the proposals and RoI features are
@@ -228,8 +228,9 @@ class OpenVocabDetector(GeneralizedRCNN):
                 _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
         logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
         per_image = list(logits.split([len(p) for p in proposals]))
-        choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels, strict=False)]
-        return {"loss_image_label": cfg.image_label_weight * image_label_loss(per_image, choices)}
+        choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels)]
+        neg = [negative_terms(lg.detach(), n) for lg, n in zip(per_image, negatives or [[] for _ in labels])]
+        return {"loss_image_label": cfg.image_label_weight * image_label_loss(per_image, choices, neg)}
 
     @torch.no_grad()
     def assign(self, images, labels: list[list[int]], class_embeddings=None, num_proposals=None,
@@ -243,7 +244,7 @@ class OpenVocabDetector(GeneralizedRCNN):
         logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
         out = []
         for p, obj, lg, lb, size, orig in zip(proposals, objectness, logits.split([len(p) for p in proposals]),
-                                                labels, image_list.image_sizes, original_sizes, strict=False):
+                                                labels, image_list.image_sizes, original_sizes):
             choices: dict[str, list[Choice]] = {r: choose_proposals(r, p, lg, lb) for r in rules}
             out.append({
                 "proposals": resize_boxes(p, size, orig),

@@ -174,7 +174,7 @@ class Predictor:
         names, emb = self.embed(vocabulary)
         encoded = self.encode(loaded, batch_size=batch_size)
         results = []
-        for img, enc in zip(loaded, encoded, strict=False):
+        for img, enc in zip(loaded, encoded):
             with torch.inference_mode(), self._autocast():
                 det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections,
                                           background=self._background, clip_weights=self.clip_weights(names))[0]

@@ -98,7 +98,7 @@ class ZeroShotRoIHeads(RoIHeads):
     def decode_boxes(self, deltas, proposals, image_shapes) -> list[torch.Tensor]:
         counts = [len(p) for p in proposals]
         boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4).split(counts)
-        return [clip_boxes_to_image(b, s) for b, s in zip(boxes, image_shapes, strict=False)]
+        return [clip_boxes_to_image(b, s) for b, s in zip(boxes, image_shapes)]
 
     def class_scores(self, logits: torch.Tensor, objectness: torch.Tensor | None) -> torch.Tensor:
         scores = torch.sigmoid(logits[:, :-1].float())
@@ -117,7 +117,7 @@ class ZeroShotRoIHeads(RoIHeads):
         scores_per_image = self.class_scores(logits, obj).split(counts)
         return [
             select_detections(b, s, score_thresh, nms_thresh, max_detections)
-            for b, s in zip(boxes_per_image, scores_per_image, strict=False)
+            for b, s in zip(boxes_per_image, scores_per_image)
         ]
 
 

@@ -80,3 +80,28 @@ def test_assign_api_reports_each_rule(tiny_predictor, small_image):
     assert [names for _, names in a.rules["max_score"]] == [["dog"], ["cat"]]
     with pytest.raises(ValueError, match="not in the vocabulary"):
         tiny_predictor.assign(small_image, ["zebra"], vocabulary="dog")
+
+
+def test_not_present_tags_push_down_the_best_region_for_that_class():
+    from detector.image_labels import negative_terms
+
+    logits = LOGITS.clone().requires_grad_(True)
+    terms = negative_terms(LOGITS, [2, 0])
+    assert terms == [(3, 0), (3, 2)]  # the highest-scoring region for each absent class
+    loss = image_label_loss([logits], [[]], [terms])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([9.0, 9.0]), torch.zeros(2))
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    grad = logits.grad
+    assert grad[3, 0] > 0 and grad[3, 2] > 0 and grad[3, 1] == 0 and grad[:3].abs().sum() == 0
+
+
+def test_model_uses_negatives(tiny_model, unit_embeddings):
+    tiny_model.train()
+    images, emb = [torch.rand(3, 96, 128)], unit_embeddings(3)
+    torch.manual_seed(0)
+    without = tiny_model.image_label_loss(images, [[0]], emb)["loss_image_label"]
+    torch.manual_seed(0)
+    with_neg = tiny_model.image_label_loss(images, [[0]], emb, negatives=[[1, 2]])["loss_image_label"]
+    only_neg = tiny_model.image_label_loss(images, [[]], emb, negatives=[[1]])["loss_image_label"]
+    assert with_neg > without and only_neg > 0

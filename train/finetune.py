@@ -97,7 +97,8 @@ class TrainStep(nn.Module):
     def forward(self, kind: str, images, payload, class_embeddings):
         if kind == "box":
             return self.model(images, payload, class_embeddings)
-        return self.model.image_label_loss(images, payload, class_embeddings)
+        positives, negatives = payload
+        return self.model.image_label_loss(images, positives, class_embeddings, negatives=negatives)
 
 
 class StopFlag:
@@ -152,7 +153,10 @@ def _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped
                             "labels": torch.tensor([box_index[n.casefold()] for n in s.names],
                                                    dtype=torch.int64, device=device)})
         else:
-            payload.append([names_index[n.casefold()] for n in s.positives])
+            payload.append(([names_index[n.casefold()] for n in s.positives],
+                            [names_index[n.casefold()] for n in s.negatives]))
+    if kind == "label":  # (positives per image, negatives per image)
+        payload = ([p for p, _ in payload], [n for _, n in payload])
     return images, payload
 
 
