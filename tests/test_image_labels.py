@@ -105,3 +105,22 @@ def test_model_uses_negatives(tiny_model, unit_embeddings):
     with_neg = tiny_model.image_label_loss(images, [[0]], emb, negatives=[[1, 2]])["loss_image_label"]
     only_neg = tiny_model.image_label_loss(images, [[]], emb, negatives=[[1]])["loss_image_label"]
     assert with_neg > without and only_neg > 0
+
+
+def test_federated_loss_only_touches_present_and_sampled_classes():
+    from detector.roi_heads import federated_classes, sigmoid_classification_loss
+
+    torch.manual_seed(0)
+    num_classes = 200
+    gt = torch.tensor([3, 7, 7, num_classes, num_classes])  # two classes present, background RoIs
+    freq = torch.ones(num_classes)
+    freq[100:] = 0  # never-seen classes are never sampled as negatives
+    chosen = federated_classes(gt, num_classes, 50, freq)
+    assert len(chosen) == 50 and {3, 7} <= set(chosen.tolist()) and chosen.max() < 100
+    logits = torch.zeros(5, num_classes + 1, requires_grad=True)
+    sigmoid_classification_loss(logits, gt, federated_threshold=50, federated_num=50, freq_weight=freq).backward()
+    touched = (logits.grad.abs().sum(0)[:num_classes] > 0).nonzero().flatten()
+    assert 2 < len(touched) <= 50 and {3, 7} <= set(touched.tolist()) and touched.max() < 100
+    small = torch.zeros(5, 11, requires_grad=True)  # 10 classes: plain BCE over all of them
+    sigmoid_classification_loss(small, torch.tensor([1, 2, 10, 10, 10]), 50, 50).backward()
+    assert (small.grad[:, :10].abs().sum(0) > 0).all() and small.grad[:, 10].abs().sum() == 0
