@@ -37,9 +37,13 @@ from train.synthetic import NOVEL, generate  # noqa: E402
 VARIANTS = {"a_box_only": None, "b_max_size": "max_size", "c_image_box": "image_box", "d_max_score": "max_score"}
 
 
-def experiment_config(size: int, large: bool):
-    """The offline preset with lighter heads (CPU budget) and inputs sized to the data."""
+def experiment_config(size: int, large: bool, text: str = "minilm"):
+    """The offline preset with lighter heads (CPU budget) and inputs sized to the data.
+    `text="hashed"` swaps the names' embeddings for structure-free random vectors (a control)."""
+    text_options = {} if text == "minilm" else {"text_encoder": "hashed", "embed_dim": 64,
+                                                 "text_encoder_options": {"dim": 64}}
     return PRESETS["offline"].replace(
+        **text_options,
         fpn_channels=256 if large else 128, box_head_convs=4 if large else 1,
         representation_size=1024 if large else 256, min_size=size, max_size=int(size * 1.67),
         anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
@@ -59,6 +63,8 @@ def main() -> None:
     ap.add_argument("--image-loss-weight", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=2e-4, help="Detic's AdamW learning rate (see docs/experiments.md)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the result table here")
+    ap.add_argument("--text", choices=["minilm", "hashed"], default="minilm",
+                    help="names' embeddings: real MiniLM, or structure-free hashed vectors (control)")
     args = ap.parse_args()
     size = 320 if args.large else 128
     iters = args.iters or (3000 if args.large else 120)
@@ -73,7 +79,7 @@ def main() -> None:
         init = args.work / f"init_seed{seed}"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            save_checkpoint(OpenVocabDetector(experiment_config(size, args.large)), init)
+            save_checkpoint(OpenVocabDetector(experiment_config(size, args.large, args.text)), init)
         common = dict(box_data=str(data / "box_train.json"), box_images=str(data / "images"),
                       box_batch=8 if args.large else 4, label_batch=16 if args.large else 8,
                       box_size=size, label_size=size // 2, image_loss_weight=args.image_loss_weight, lr=args.lr,

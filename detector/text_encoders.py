@@ -118,10 +118,30 @@ class MiniLMEncoder(TextEncoder):
         return F.normalize(out.float().cpu(), dim=-1)
 
 
+class HashedTextEncoder(TextEncoder):
+    """A control for experiments: each text gets a fixed random unit vector (seeded by its hash),
+    so names share *no* structure. Zero-shot transfer to unseen names is impossible with it."""
+
+    def __init__(self, dim: int = 64):
+        self.dim = dim
+        self.key = f"hashed:d{dim}"
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        import hashlib
+
+        out = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little")
+            out.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
+        return F.normalize(torch.stack(out), dim=-1)
+
+
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
     "clip": ClipTextEncoder,
     "minilm": MiniLMEncoder,
     "tiny_clip": TinyClipTextEncoder,
+    "hashed": HashedTextEncoder,
 }
 
 _loaded: dict[str, TextEncoder] = {}

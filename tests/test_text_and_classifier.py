@@ -79,3 +79,10 @@ def test_vocabulary_swap_changes_classes_not_weights(tiny_predictor, small_image
     assert set(b.data["class_name"]) <= {"car", "tree", "bus", "person"} and len(b)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hashed_control_encoder_has_no_structure_and_is_stable():
+    enc = build_text_encoder("hashed", {"dim": 64})
+    a = enc.encode(["a red star", "a red circle", "a red star"])
+    assert torch.allclose(a[0], a[2]) and torch.allclose(a.norm(dim=-1), torch.ones(3))
+    assert abs(float(a[0] @ a[1])) < 0.5  # shared words do not make vectors similar
