@@ -354,9 +354,9 @@ def build_app(service: AppService) -> gr.Blocks:
                         upload = gr.File(file_count="multiple", file_types=["image", ".zip"],
                                          label="Images or a .zip", elem_id="tag-upload")
                         with gr.Column():
-                            folder = gr.Textbox(label="Folder on this machine", visible=s_allows_folders(),
+                            folder = gr.Textbox(label="Folder on this machine", visible=allows_server_folders(),
                                                 placeholder="/path/to/photos")
-                            folder_btn = gr.Button("Add folder", visible=s_allows_folders())
+                            folder_btn = gr.Button("Add folder", visible=allows_server_folders())
                     upload_msg = gr.Markdown()
                 with gr.Row():
                     with gr.Column(scale=3):
@@ -499,7 +499,7 @@ def build_app(service: AppService) -> gr.Blocks:
     return demo
 
 
-def s_allows_folders() -> bool:
+def allows_server_folders() -> bool:
     """Reading server folders is for local use: on by default unless the app is served publicly."""
     return os.environ.get("APP_ALLOW_SERVER_FOLDERS", "1") == "1"
 
