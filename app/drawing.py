@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import supervision as sv
+from PIL import Image
 
 from detector.predictor import Assignment
 
@@ -15,7 +16,7 @@ RULE_COLOURS = {"max_size": sv.Color.from_hex("#e6194b"), "image_box": sv.Color.
 def draw_assignment(image: np.ndarray, a: Assignment, faint: int = 50) -> np.ndarray:
     """Top `faint` proposals in thin grey; per rule, its proposal in the rule's colour, labelled
     'rule: label, label'."""
-    out = image.copy()
+    out = Image.fromarray(image)  # PIL: supervision then handles RGB correctly (arrays are BGR to it)
     n = len(a.proposals) - 1  # the whole-image box is last
     if n > 0:
         faint_boxes = sv.Detections(xyxy=a.proposals[: min(n, faint)].astype(np.float32))
@@ -33,4 +34,4 @@ def draw_assignment(image: np.ndarray, a: Assignment, faint: int = 50) -> np.nda
         out = sv.LabelAnnotator(color=colour, text_scale=max(0.4, 0.5 * scale), smart_position=True, color_lookup=INDEX,
                                 text_padding=max(2, round(3 * scale))).annotate(
             out, det, labels=[f"{rule}: {', '.join(names)}" for _, names in choices])
-    return out
+    return np.asarray(out)

@@ -339,7 +339,7 @@ def build_app(service: AppService) -> gr.Blocks:
                             "<span style='color:#4363d8'>■ max_score</span>.")
                 with gr.Row():
                     with gr.Column():
-                        a_image = ImageInput(label="Image", type="filepath")
+                        a_image = ImageInput(label="Image", type="filepath", elem_id="assign-image")
                         a_tags = gr.Textbox(label="Image-level tags", value="person")
                         a_vocab = gr.Textbox(label="Vocabulary (optional; defaults to the tags)")
                         a_props = gr.Slider(5, 300, value=50, step=1, label="Proposals shown")

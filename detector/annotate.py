@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import supervision as sv
+from PIL import Image
 
 
 def detections_to_records(detections: sv.Detections) -> list[dict]:
@@ -29,5 +30,6 @@ def annotate(image: np.ndarray, detections: sv.Detections) -> np.ndarray:
                                text_padding=max(2, round(4 * scale)), color_lookup=sv.ColorLookup.CLASS,
                                smart_position=True)
     texts = [f"{n} {c:.2f}" for n, c in zip(detections.data.get("class_name", []), detections.confidence)]
-    out = boxes.annotate(image.copy(), detections)
-    return labels.annotate(out, detections, labels=texts)
+    # Annotate a PIL image: supervision treats numpy arrays as BGR (OpenCV), ours are RGB.
+    out = boxes.annotate(Image.fromarray(image), detections)
+    return np.asarray(labels.annotate(out, detections, labels=texts))

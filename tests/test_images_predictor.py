@@ -150,3 +150,15 @@ def test_cli_reports_corrupt_image(tmp_path):
     r = subprocess.run([sys.executable, "-m", "detector", "predict", str(tmp_path / "bad.jpg"), "-v", "cat",
                         "-m", "tiny"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "bad.jpg" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_drawing_uses_the_documented_colours(tiny_predictor, small_image):
+    """Red means max_size in the Assign legend: the drawn pixels must really be red (RGB)."""
+    from app.drawing import RULE_COLOURS, draw_assignment
+
+    a = tiny_predictor.assign(small_image, ["person"])
+    a.rules = {"max_size": a.rules["max_size"]}
+    drawn = draw_assignment(np.zeros_like(small_image), a, faint=0)
+    r, g, b = RULE_COLOURS["max_size"].as_rgb()
+    assert (drawn == (r, g, b)).all(-1).sum() > 50  # the legend's red, as RGB
+    assert (drawn == (b, g, r)).all(-1).sum() == 0  # not its BGR twin
