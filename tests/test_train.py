@@ -266,6 +266,8 @@ def test_evaluation_perfect_vs_shuffled(syn):
     shuffled = [{**d, "bbox": boxes[j]} for d, j in zip(perfect, order)]
     assert coco_metrics(gt, shuffled, NOVEL)["all"]["AP"] < 0.5
     assert coco_metrics(gt, [], NOVEL)["all"]["AP"] == 0.0
+    with pytest.raises(ValueError, match="purple hexagon"):
+        coco_metrics(gt, perfect, ["purple hexagon"])
 
 
 def test_box_batches_never_give_negatives_to_classes_without_boxes(syn, tmp_path, monkeypatch):

@@ -52,6 +52,9 @@ def coco_metrics(gt_data: dict, detections: list[dict], novel_names: list[str] |
     names = {c["id"]: normalize_name(c["name"]) for c in gt_data["categories"]}
     with_gt = sorted({a["category_id"] for a in gt.dataset["annotations"]})
     novel = {n.casefold() for n in (novel_names or [])}
+    unknown = sorted(n for n in (novel_names or []) if n.casefold() not in {v.casefold() for v in names.values()})
+    if unknown:
+        raise ValueError(f"novel class names not among the dataset's categories: {', '.join(unknown)}")
     novel_ids = [c for c in with_gt if names[c].casefold() in novel]
     base_ids = [c for c in with_gt if names[c].casefold() not in novel]
     ev_all = _coco_eval(gt, detections, with_gt) if with_gt else None
