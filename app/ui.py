@@ -346,7 +346,8 @@ def build_app(service: AppService) -> gr.Blocks:
                         a_btn = gr.Button("Show assignment", variant="primary")
                     with gr.Column():
                         a_out = gr.Image(label="Assignment", format="png")
-                        a_table = gr.Dataframe(headers=["rule", "proposal", "box", "labels"], interactive=False)
+                        a_table = gr.Dataframe(headers=["rule", "proposal", "box", "labels"], interactive=False,
+                                               elem_id="assign-table")
 
             with gr.Tab("Tag"):
                 with gr.Accordion("Add images", open=True):

@@ -1,5 +1,5 @@
 """A person's path through the real UI in headless Chromium (Debian's, driven by Playwright):
-detect with a typed vocabulary, then tag an image. Screenshots go to docs/screenshots/."""
+detect with a typed vocabulary, inspect the max-size assignment, then tag an image. Screenshots go to docs/screenshots/."""
 
 import shutil
 import socket
@@ -50,6 +50,16 @@ def test_detect_and_tag_in_a_real_browser(tmp_path, small_image):
             expect(page.locator("#detect-output img")).to_be_visible(timeout=60_000)
             expect(page.get_by_text("flag").first).to_be_visible()
             page.screenshot(path=str(SHOTS / "detect.png"), full_page=True)
+
+            # Assign: the proposal each image-label rule would train, drawn and tabulated.
+            page.get_by_role("tab", name="Assign").click()
+            page.locator("#assign-image input[type=file]").set_input_files(str(photo))
+            page.get_by_role("button", name="Show assignment").click()
+            table = page.locator("#assign-table")
+            expect(table).to_contain_text("whole image", timeout=60_000)
+            expect(table).to_contain_text("max_size")
+            expect(table).to_contain_text("max_score")
+            page.screenshot(path=str(SHOTS / "assign.png"), full_page=True)
 
             # Tag: upload an image, type a tag, press Enter: it is saved at once.
             page.get_by_role("tab", name="Tag").click()
