@@ -34,7 +34,10 @@ from train.finetune import FinetuneConfig, finetune  # noqa: E402
 from train.run_state import read_json  # noqa: E402
 from train.synthetic import NOVEL, generate  # noqa: E402
 
-VARIANTS = {"a_box_only": None, "b_max_size": "max_size", "c_image_box": "image_box", "d_max_score": "max_score"}
+VARIANTS = {"a_box_only": None, "b_max_size": "max_size", "c_image_box": "image_box", "d_max_score": "max_score",
+            # control: box-only with as many box batches as (b)-(d) get at ratio 1:1 (half the iterations)
+            "a2_box_only_half": "half"}
+DEFAULT_VARIANTS = ["a_box_only", "b_max_size", "c_image_box", "d_max_score"]
 
 
 def experiment_config(size: int, large: bool, text: str = "minilm"):
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iters", type=int, default=None, help="phase-2 iterations per variant")
     ap.add_argument("--box-iters", type=int, default=None, help="phase-1 (box-supervised) iterations")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--large", action="store_true", help="GPU setting: more data, iterations, resolution, heads")
     ap.add_argument("--image-loss-weight", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=2e-4, help="Detic's AdamW learning rate (see docs/experiments.md)")
@@ -92,8 +95,10 @@ def main() -> None:
                 sys.exit("phase 1 stopped; re-run to redo it")
         for variant in args.variants:
             rule = VARIANTS[variant]
+            half = rule == "half"
+            rule = None if half else rule
             cfg = FinetuneConfig(
-                out=str(args.work / f"{variant}_seed{seed}"), model=str(phase1), iters=iters,
+                out=str(args.work / f"{variant}_seed{seed}"), model=str(phase1), iters=iters // 2 if half else iters,
                 label_data=str(data / "image_labels.json") if rule else None,
                 label_images=str(data / "images") if rule else None, image_loss=rule or "max_size",
                 warmup=min(20, iters // 10), eval_data=str(data / "val.json"), eval_images=str(data / "images"),
