@@ -7,6 +7,11 @@ shows the cached path (same image, new vocabulary), which is what the app hits w
 edits the vocabulary or threshold.
 
     python bench/detect.py --model offline --size 640 [--device cuda] [--runs 10]
+    python bench/detect.py --model coco-clip --region-scoring --same-architecture-offline
+
+`--region-scoring` adds the latency of the same model with and without CLIP region scoring.
+`--same-architecture-offline` builds the preset's exact architecture with random weights when
+its downloads are unavailable (latency does not depend on the weights' values).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--region-scoring", action="store_true", help="also time with vs without CLIP region scores")
+    ap.add_argument("--same-architecture-offline", action="store_true",
+                    help="random weights of the same architecture (no downloads)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -59,7 +67,18 @@ def main() -> None:
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.batch)]
     vocab = list(COCO_CLASSES)
 
-    ours = Predictor.from_pretrained(args.model, device=args.device)
+    if args.same_architecture_offline:
+        from detector import OpenVocabDetector
+        from detector.presets import PRESETS
+
+        cfg = PRESETS[args.model]
+        options = dict(cfg.text_encoder_options)
+        if "pretrained" in options:
+            options["pretrained"] = ""
+        ours = Predictor(OpenVocabDetector(cfg.replace(init_weights="", backbone_weights="none",
+                                                       text_encoder_options=options)), device=args.device)
+    else:
+        ours = Predictor.from_pretrained(args.model, device=args.device)
     ours.model.config.min_size, ours.model.config.max_size = args.size, int(args.size * 4 / 3) + 1
     ours.model.transform.min_size, ours.model.transform.max_size = (args.size,), int(args.size * 4 / 3) + 1
     ours.cache_size = 0
@@ -97,6 +116,17 @@ def main() -> None:
     rows.append({"case": "cached image, new vocabulary", "images": 1, "ours_median_s": cached[0],
                  "ours_p95_s": cached[1], "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,
                  "ours_img_per_s": 1 / cached[0], "baseline_img_per_s": None})
+
+    if args.region_scoring and ours.region_scorer is not None:
+        scorer = ours.region_scorer
+        for label, on in (("region scoring on", True), ("region scoring off", False)):
+            ours.region_scorer = scorer if on else None
+            ours.cache_size = 0
+            t = summary(timed(lambda: ours.predict(images[0], vocab), max(3, args.runs // 2), args.device))
+            rows.append({"case": f"batch 1, {label}", "images": 1, "ours_median_s": t[0], "ours_p95_s": t[1],
+                         "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,
+                         "ours_img_per_s": 1 / t[0], "baseline_img_per_s": None})
+        ours.region_scorer = scorer
 
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model={args.model} backbone={ours.config.backbone} input={h}x{w} device={dev} vocabulary=80 names")
