@@ -82,6 +82,7 @@ def main() -> None:
     ours.model.config.min_size, ours.model.config.max_size = args.size, int(args.size * 4 / 3) + 1
     ours.model.transform.min_size, ours.model.transform.max_size = (args.size,), int(args.size * 4 / 3) + 1
     ours.cache_size = 0
+    ours.clear_cache()
 
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
@@ -122,6 +123,7 @@ def main() -> None:
         for label, on in (("region scoring on", True), ("region scoring off", False)):
             ours.region_scorer = scorer if on else None
             ours.cache_size = 0
+            ours.clear_cache()
             t = summary(timed(lambda: ours.predict(images[0], vocab), max(3, args.runs // 2), args.device))
             rows.append({"case": f"batch 1, {label}", "images": 1, "ours_median_s": t[0], "ours_p95_s": t[1],
                          "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,

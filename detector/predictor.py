@@ -112,6 +112,11 @@ class Predictor:
         t = torch.from_numpy(img.array).to(self.device).permute(2, 0, 1).float().div_(255)
         return t.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else t
 
+    def clear_cache(self) -> None:
+        """Forget cached image encodings (e.g. before timing the full pipeline)."""
+        with self._lock:
+            self._cache.clear()
+
     @staticmethod
     def _key(img: LoadedImage) -> str:
         h = hashlib.blake2b(img.array.tobytes(), digest_size=16)
