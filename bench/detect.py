@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--test-proposals", type=int, default=None,
+                    help="override rpn_post_nms_top_n_test (proposals classified per image)")
     ap.add_argument("--region-scoring", action="store_true", help="also time with vs without CLIP region scores")
     ap.add_argument("--same-architecture-offline", action="store_true",
                     help="random weights of the same architecture (no downloads)")
@@ -81,6 +83,9 @@ def main() -> None:
         ours = Predictor.from_pretrained(args.model, device=args.device)
     ours.model.config.min_size, ours.model.config.max_size = args.size, int(args.size * 4 / 3) + 1
     ours.model.transform.min_size, ours.model.transform.max_size = (args.size,), int(args.size * 4 / 3) + 1
+    if args.test_proposals:
+        ours.model.config.rpn_post_nms_top_n_test = args.test_proposals
+        ours.model.rpn._post_nms_top_n["testing"] = args.test_proposals
     ours.cache_size = 0
     ours.clear_cache()
 
@@ -131,7 +136,8 @@ def main() -> None:
         ours.region_scorer = scorer
 
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model={args.model} backbone={ours.config.backbone} input={h}x{w} device={dev} vocabulary=80 names")
+    print(f"model={args.model} backbone={ours.config.backbone} input={h}x{w} device={dev} vocabulary=80 names "
+          f"test proposals={ours.config.rpn_post_nms_top_n_test}")
     print(f"{'case':32s} {'ours med/p95 (s)':>20s} {'baseline med/p95 (s)':>22s} {'ratio':>7s} {'ours img/s':>10s}")
     for r in rows:
         b = f"{r['baseline_median_s']:.4f}/{r['baseline_p95_s']:.4f}" if r["baseline_median_s"] else "-"
