@@ -76,3 +76,17 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
     except Exception as e:
         raise _explain(f"'{filename}' of '{repo_id}'", e) from None
     return Path(path)
+
+
+def download_first(repo_id: str, filenames: list[str], revision: str | None = None) -> Path:
+    """The first of `filenames` that the repo has (e.g. alternative safetensors names)."""
+    error: HubUnavailableError | None = None
+    for name in filenames:
+        try:
+            return download_file(repo_id, name, revision)
+        except HubUnavailableError as e:
+            error = e
+            if _offline():  # nothing else will be found either
+                break
+    assert error is not None
+    raise error

@@ -80,7 +80,7 @@ class ClipTextEncoder(ClipEncoder):
     def __init__(self, arch: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "cpu"):
         import open_clip
 
-        from .hub import download_file
+        from .hub import download_first
 
         weights = None
         if pretrained:
@@ -88,7 +88,10 @@ class ClipTextEncoder(ClipEncoder):
             hub_id = (cfg or {}).get("hf_hub", "").strip("/")
             if not hub_id:
                 raise ValueError(f"open_clip has no Hub weights for {arch}/{pretrained}")
-            weights = str(download_file(hub_id, "open_clip_model.safetensors"))
+            # Safetensors only (never the pickled open_clip_pytorch_model.bin); LAION repos use
+            # either open_clip's name or the converted variant's.
+            weights = str(download_first(hub_id, ["open_clip_model.safetensors",
+                                                  "open_clip_pytorch_model.safetensors"]))
             self.image_mean = tuple(cfg.get("mean", self.image_mean))
             self.image_std = tuple(cfg.get("std", self.image_std))
         self.model = open_clip.create_model(arch, pretrained=weights, device=device).eval()

@@ -121,3 +121,22 @@ def test_cli_names_the_problem_on_bad_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "detector", "predict", str(tmp_path / "x.png"), "-v", "cat",
                         "-m", "someone/not-cached"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: could not fetch")
+
+
+def test_alternative_filenames_are_tried_in_order(monkeypatch, tmp_path):
+    from detector import hub
+
+    calls = []
+
+    def fake(repo, name, revision=None):
+        calls.append(name)
+        if name == "second.safetensors":
+            return tmp_path / name
+        raise HubUnavailableError(f"no {name}")
+
+    monkeypatch.setattr(hub, "download_file", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert hub.download_first("o/r", ["first.safetensors", "second.safetensors"]).name == "second.safetensors"
+    assert calls == ["first.safetensors", "second.safetensors"]
+    with pytest.raises(HubUnavailableError, match="no third"):
+        hub.download_first("o/r", ["third.safetensors"])
