@@ -145,7 +145,8 @@ def load_torchvision_weights(weights) -> dict[str, torch.Tensor] | None:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(HUB_TIMEOUT_S)
     try:
-        return weights.get_state_dict(progress=False, check_hash=False)
+        # weights_only: the restricted unpickler (tensors only); torch.hub defaults to a full unpickle.
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # URLError, timeouts, HTTP errors
         log.warning("could not download %s (%s): using random weights", weights, str(e)[:120])
         return None

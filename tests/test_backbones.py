@@ -82,3 +82,25 @@ def test_unfrozen_backbone_trains(unit_embeddings):
     _step(model, unit_embeddings(3))
     changed = [k for k, v in model.backbone.body.state_dict().items() if not torch.equal(v, before[k])]
     assert any("running_mean" in k for k in changed) and any(k.endswith("weight") for k in changed)
+
+
+def test_torchvision_weights_are_loaded_tensors_only(tmp_path, monkeypatch):
+    """Cached torchvision weights go through torch's restricted unpickler: a pickle payload fails."""
+    import os
+    import pickle
+
+    from torchvision.models import ResNet50_Weights
+
+    from detector.backbones import load_torchvision_weights
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /tmp/ovd-pwned-tv",))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    name = os.path.basename(ResNet50_Weights.IMAGENET1K_V2.url)
+    (cache / name).write_bytes(pickle.dumps({"w": Exploit()}))
+    assert load_torchvision_weights(ResNet50_Weights.IMAGENET1K_V2) is None  # refused, one warning
+    assert not os.path.exists("/tmp/ovd-pwned-tv")
