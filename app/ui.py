@@ -74,14 +74,13 @@ def friendly(fn):
 
 def _gpu(fn):
     """On a ZeroGPU Space, run `fn` on the GPU; elsewhere unchanged."""
-    if os.environ.get("SPACE_ID"):
-        try:
-            import spaces
-
-            return spaces.GPU(fn)
-        except ImportError:
-            pass
-    return fn
+    if not os.environ.get("SPACE_ID"):
+        return fn
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
 
 
 def _json_file(data, name: str) -> str:

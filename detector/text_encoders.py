@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 
-class TextEncoder:
-    """Interface: `key` identifies the weights (used as cache key), `dim` the output size."""
+class TextEncoder(Protocol):
+    """What every encoder provides: `key` identifies the weights (the embedding cache's key),
+    `dim` the output size, `encode` the L2-normalised [N, dim] float32 embeddings."""
 
     key: str
     dim: int
 
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+    def encode(self, texts: list[str]) -> torch.Tensor: ...
 
 
 class ClipEncoder(TextEncoder):
