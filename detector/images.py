@@ -50,9 +50,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode == "CMYK":
-        return img.convert("RGB")
-    return img.convert("RGB")
+    return img.convert("RGB")  # L, P, CMYK, YCbCr, ...
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:

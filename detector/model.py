@@ -110,7 +110,6 @@ class OpenVocabDetector(GeneralizedRCNN):
             0.5, 0.5, cfg.roi_batch_size_per_image, 0.25, None,
             cfg.score_threshold, cfg.nms_threshold, cfg.max_detections,
             federated_threshold=cfg.federated_threshold, federated_num=cfg.federated_num_classes,
-            mult_proposal_score=cfg.mult_proposal_score,
         )
         transform = DetectorTransform(cfg.min_size, cfg.max_size, spec.image_mean, spec.image_std)
         super().__init__(backbone, rpn, roi_heads, transform)
@@ -139,19 +138,16 @@ class OpenVocabDetector(GeneralizedRCNN):
     # --- box-labelled training and plain inference --------------------------------------------
     def forward(self, images, targets=None, class_embeddings=None):
         emb = self._embeddings(class_embeddings)
-        original_sizes = [tuple(img.shape[-2:]) for img in images]
-        if self.training:
-            if targets is None:
-                raise ValueError("training forward needs targets (boxes + 0-based labels)")
-            targets = [{"boxes": t["boxes"], "labels": t["labels"].long() + 1} for t in targets]
+        if not self.training:  # one inference path, shared with the Predictor
+            return self.classify(self.encode(images), emb)
+        if targets is None:
+            raise ValueError("training forward needs targets (boxes + 0-based labels)")
+        targets = [{"boxes": t["boxes"], "labels": t["labels"].long() + 1} for t in targets]
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
-        proposals, objectness, rpn_losses = self.rpn(image_list, features, targets)
-        detections, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets,
-                                                class_embeddings=emb, objectness=objectness)
-        if self.training:
-            return {**rpn_losses, **roi_losses}
-        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        proposals, _, rpn_losses = self.rpn(image_list, features, targets)
+        _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets, class_embeddings=emb)
+        return {**rpn_losses, **roi_losses}
 
     # --- inference split at the vocabulary ----------------------------------------------------
     @torch.no_grad()

@@ -59,19 +59,17 @@ def sigmoid_classification_loss(
 
 
 class ZeroShotRoIHeads(RoIHeads):
-    def __init__(self, *args, federated_threshold: int = 50, federated_num: int = 50,
-                 mult_proposal_score: bool = False, **kwargs):
+    def __init__(self, *args, federated_threshold: int = 50, federated_num: int = 50, **kwargs):
         super().__init__(*args, **kwargs)
         self.federated_threshold = federated_threshold
         self.federated_num = federated_num
-        self.mult_proposal_score = mult_proposal_score
         self.class_freq: torch.Tensor | None = None  # optional, for federated sampling
 
     def box_features(self, features, proposals, image_shapes) -> torch.Tensor:
         return self.box_head(self.box_roi_pool(features, proposals, image_shapes))
 
-    def forward(self, features, proposals, image_shapes, targets=None, class_embeddings=None,
-                objectness=None):
+    def forward(self, features, proposals, image_shapes, targets=None, class_embeddings=None):
+        """Training losses. (Inference is `OpenVocabDetector.encode` + `classify`: one path.)"""
         if class_embeddings is None:
             raise ValueError("class_embeddings are required (set a vocabulary first)")
         if self.training:
@@ -91,34 +89,12 @@ class ZeroShotRoIHeads(RoIHeads):
             ) / max(labels.numel(), 1)
             return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
-        x = self.box_features(features, proposals, image_shapes)
-        logits, deltas = self.box_predictor(x, class_embeddings)
-        return self.postprocess(logits, deltas, proposals, image_shapes, objectness), {}
+        raise RuntimeError("inference goes through OpenVocabDetector.encode + classify")
 
     def decode_boxes(self, deltas, proposals, image_shapes) -> list[torch.Tensor]:
         counts = [len(p) for p in proposals]
         boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4).split(counts)
         return [clip_boxes_to_image(b, s) for b, s in zip(boxes, image_shapes)]
-
-    def class_scores(self, logits: torch.Tensor, objectness: torch.Tensor | None) -> torch.Tensor:
-        scores = torch.sigmoid(logits[:, :-1].float())
-        if self.mult_proposal_score and objectness is not None:
-            scores = torch.sqrt(scores * objectness.float()[:, None])
-        return scores
-
-    def postprocess(self, logits, deltas, proposals, image_shapes, objectness=None,
-                    score_thresh=None, nms_thresh=None, max_detections=None):
-        score_thresh = self.score_thresh if score_thresh is None else score_thresh
-        nms_thresh = self.nms_thresh if nms_thresh is None else nms_thresh
-        max_detections = self.detections_per_img if max_detections is None else max_detections
-        counts = [len(p) for p in proposals]
-        boxes_per_image = self.decode_boxes(deltas, proposals, image_shapes)
-        obj = torch.cat(objectness) if objectness is not None else None
-        scores_per_image = self.class_scores(logits, obj).split(counts)
-        return [
-            select_detections(b, s, score_thresh, nms_thresh, max_detections)
-            for b, s in zip(boxes_per_image, scores_per_image)
-        ]
 
 
 def select_detections(boxes, scores, score_thresh, nms_thresh, max_detections) -> dict[str, torch.Tensor]:

@@ -162,3 +162,15 @@ def test_drawing_uses_the_documented_colours(tiny_predictor, small_image):
     r, g, b = RULE_COLOURS["max_size"].as_rgb()
     assert (drawn == (r, g, b)).all(-1).sum() > 50  # the legend's red, as RGB
     assert (drawn == (b, g, r)).all(-1).sum() == 0  # not its BGR twin
+
+
+def test_eval_forward_is_the_predictor_path(tiny_predictor, small_image):
+    import torch
+
+    model = tiny_predictor.model
+    names, emb = tiny_predictor.embed("person, flag")
+    image = torch.from_numpy(small_image).permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        (out,) = model.eval()([image], class_embeddings=emb)
+    d = tiny_predictor.predict(small_image, names)[0]
+    assert np.allclose(out["boxes"].numpy(), d.xyxy, atol=1e-4) and (out["labels"].numpy() == d.class_id).all()
