@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     from app.ui import build_app
 
     service = AppService(args.data_dir, model=args.model)
-    logging.getLogger("app").info("serving %s (%s); data in %s", service.model_info.source,
-                                  service.model_info.note, service.data_dir)
+    logging.getLogger("app").info("serving %s (%s); data in %s", service.serving.source,
+                                  service.serving.note, service.data_dir)
     build_app(service).launch(**launch_kwargs(args, service.data_dir.resolve()))
 
 

@@ -1,28 +1,24 @@
-"""Background training runs: `python -m train finetune` in its own process, one at a time.
+"""Background training runs: `python -m train finetune --config RUN/run_config.json`, one at a time.
 
 The app never trains in its own process: a crash or a slow step cannot freeze the UI, and a run
-survives an app restart. Everything about a run is read back from its directory (see
-`train.run_state`), so history and live status need no database. A run whose status says
-"running" but whose process is gone is reported (and recorded) as failed.
+survives an app restart. This module only starts, polls and cancels; everything about a run is
+read through `train.run_dir.RunDir`. A run whose status says active but whose process is gone is
+reported (and recorded) as failed.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import secrets
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from train.finetune import FinetuneConfig
-from train.run_state import read_json, write_status
+from train.run_dir import ACTIVE_STATES, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-ACTIVE_STATES = ("queued", "running")
 
 
 class JobError(RuntimeError):
@@ -43,25 +39,9 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def finetune_argv(cfg: FinetuneConfig) -> list[str]:
-    """The CLI call equivalent to `finetune(cfg)`."""
-    argv = [sys.executable, "-m", "train", "finetune", "--out", cfg.out, "--model", cfg.model,
-            "--iters", str(cfg.iters), "--image-loss", cfg.image_loss, "--ratio", cfg.ratio,
-            "--box-batch", str(cfg.box_batch), "--label-batch", str(cfg.label_batch),
-            "--box-size", str(cfg.box_size), "--label-size", str(cfg.label_size), "--lr", str(cfg.lr),
-            "--warmup", str(cfg.warmup), "--checkpoint-every", str(cfg.checkpoint_every),
-            "--log-every", str(cfg.log_every), "--seed", str(cfg.seed)]
-    for flag, value in (("--box-data", cfg.box_data), ("--box-images", cfg.box_images),
-                        ("--label-data", cfg.label_data), ("--label-images", cfg.label_images),
-                        ("--eval-data", cfg.eval_data), ("--eval-images", cfg.eval_images),
-                        ("--device", cfg.device)):
-        if value:
-            argv += [flag, str(value)]
-    if cfg.novel:
-        argv += ["--novel", ",".join(cfg.novel)]
-    if cfg.resume:
-        argv.append("--resume")
-    return argv
+def finetune_argv(run: RunDir) -> list[str]:
+    """The command that trains `run` from its saved config (the only way the app starts one)."""
+    return [sys.executable, "-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG))]
 
 
 class TrainingJobs:
@@ -78,84 +58,60 @@ class TrainingJobs:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def new_run_dir(self) -> Path:
-        run = self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        run.mkdir(parents=True)
+    def run(self, run_id: str) -> RunDir:
+        """The run called `run_id` (a plain folder name under the runs directory, nothing else)."""
+        if not run_id or Path(run_id).name != run_id or run_id.startswith("."):
+            raise JobError(f"no training run {run_id!r}")
+        run = RunDir(self.runs_dir / run_id)
+        if not run.exists():
+            raise JobError(f"no training run {run_id!r}")
         return run
 
-    def start(self, cfg: FinetuneConfig) -> str:
-        """Launch `cfg` in the background; refuses while another run is active."""
+    def start(self, run: RunDir) -> str:
+        """Launch the run whose config is already in `run`; refuses while another run is active."""
         with self._lock():
             active = self.active()
             if active:
                 raise JobError(f"a training run is already active ({active['id']}); cancel it or wait for it")
-            run = Path(cfg.out)
-            run.mkdir(parents=True, exist_ok=True)
-            write_status(run, "queued", iteration=0, total=cfg.iters, message="starting", started=time.time())
-            log = open(run / "stdout.log", "ab")  # noqa: SIM115 - handed to the child process
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(finetune_argv(cfg), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            log.close()
-            (run / "job.json").write_text(json.dumps({"pid": proc.pid, "argv": finetune_argv(cfg)}))
-            write_status(run, "queued", pid=proc.pid)
-        return run.name
+            run.read_config()  # a run is only started from a valid config
+            run.write_status("queued", iteration=0, total=run.read_config().iters, message="starting",
+                             started=time.time())
+            argv = finetune_argv(run)
+            with open(run.file(RunDir.STDOUT), "ab") as log:
+                proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                        start_new_session=True)
+            run.write_job(proc.pid, argv)
+        return run.id
 
     def status(self, run_id: str) -> dict:
-        run = self.runs_dir / run_id
-        if not run.is_dir():
-            raise JobError(f"no training run {run_id!r}")
-        status = read_json(run / "status.json") or {"state": "unknown"}
-        job = read_json(run / "job.json") or {}
-        pid = job.get("pid") or status.get("pid")
-        if status.get("state") in ACTIVE_STATES and not _alive(pid):
-            status = read_json(run / "status.json") or status  # it may have finished just now
+        run = self.run(run_id)
+        status = run.status() or {"state": "unknown"}
+        pid = status.get("pid") or run.job().get("pid")
+        launching = (status.get("state") == "queued" and pid is None  # between "queued" and job.json
+                     and time.time() - float(status.get("updated", 0)) < 60)
+        if status.get("state") in ACTIVE_STATES and not launching and not _alive(pid):
+            status = run.status() or status  # it may have finished just now
             if status.get("state") in ACTIVE_STATES:
-                write_status(run, "failed", message="the training process ended unexpectedly (see the log)")
-                status = read_json(run / "status.json") or status
-        status["id"] = run_id
-        status["dir"] = str(run)
-        return status
+                status = run.write_status("failed", message="the training process ended unexpectedly (see the log)")
+        return {**status, "id": run.id}
 
     def runs(self) -> list[dict]:
+        """Every run, newest first, with its evaluation when it has one."""
         out = []
-        for run in sorted((p for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                          reverse=True):
-            s = self.status(run.name)
-            metrics = read_json(run / "metrics.json") or {}
-            s["evaluation"] = metrics.get("evaluation")
-            out.append(s)
+        for path in sorted((p for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                           reverse=True):
+            out.append({**self.status(path.name), "evaluation": RunDir(path).evaluation()})
         return out
 
     def active(self) -> dict | None:
-        for s in self.runs():
-            if s.get("state") in ACTIVE_STATES:
-                return s
-        return None
+        return next((s for s in self.runs() if s.get("state") in ACTIVE_STATES), None)
 
     def cancel(self, run_id: str) -> None:
         status = self.status(run_id)
         if status.get("state") not in ACTIVE_STATES:
             raise JobError(f"run {run_id} is not running ({status.get('state')})")
-        (self.runs_dir / run_id / "CANCEL").write_text("cancel requested\n")
-
-    def metrics(self, run_id: str) -> list[dict]:
-        path = self.runs_dir / run_id / "metrics.jsonl"
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
-                continue
-        return rows
-
-    def log_tail(self, run_id: str, lines: int = 20) -> str:
-        path = self.runs_dir / run_id / "stdout.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        self.run(run_id).request_cancel()
 
     def wait(self, run_id: str, timeout: float = 600, poll: float = 0.5) -> dict:
         t = time.time()

@@ -1,5 +1,6 @@
-"""Everything the app does, as plain functions over plain values (no Gradio): the UI, the named
-API endpoints and the tests all call these.
+"""Everything the app does, as plain methods over plain values (no Gradio). The UI's events and
+the named API endpoints are both generated from the methods marked `@endpoint` (see
+`app.endpoints`), so they take the same parameters and behave the same; tests call them too.
 
 Holds the label store, the training-job runner and the live `Predictor`; swapping the model is
 one reference assignment under a lock, so requests in flight finish on the model they started
@@ -8,25 +9,40 @@ with and the next request sees the new one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
 import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from detector import Predictor
-from detector.annotate import annotate, detections_to_records
+from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
+from detector.files import atomic_write, atomic_write_json
 from detector.images import load_image
 from detector.vocabulary import parse_vocabulary
-from train.finetune import FinetuneConfig
+from train.run_config import RunConfig
+from train.run_dir import ACTIVE_STATES, RunDir
 
-from .drawing import draw_assignment
-from .jobs import TrainingJobs
+from .jobs import JobError, TrainingJobs
 from .store import IMAGE_SUFFIXES, LabelStore, StoreError
 
 log = logging.getLogger(__name__)
+
+
+def endpoint(gpu: bool = False, api: bool = True):
+    """Mark a method as an app operation: a UI event and (with `api`) a named API endpoint of the
+    same name. `gpu`: it runs the model (on a ZeroGPU Space it is wrapped in `spaces.GPU`).
+    Operations on uploaded files (`api=False`) reach the API through their UI event instead."""
+
+    def mark(fn):
+        fn.endpoint = {"gpu": gpu, "api": api}
+        return fn
+
+    return mark
+
+
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
 
@@ -61,7 +77,7 @@ class AppService:
         else:
             note = "given"
         self.predictor = predictor
-        self.model_info = ModelInfo(source=model or "auto", note=note)
+        self.serving = ModelInfo(source=model or "auto", note=note)
 
     def _load_default(self, model: str | None) -> tuple[Predictor, str]:
         """`auto` (default): the COCO + CLIP preset when its weights can be fetched, otherwise
@@ -88,27 +104,39 @@ class AppService:
             return Predictor.from_pretrained("offline", device=self.device), f"'{source}' unavailable: using 'offline'"
 
     # --- detection ---------------------------------------------------------------------------
-    def detect(self, image, vocabulary, score_threshold=None, nms_threshold=None, max_detections=None):
-        """-> (annotated RGB array, detection records)."""
-        loaded = load_image(image)
-        predictor = self.predictor
-        det = predictor.predict(loaded.array, vocabulary, score_threshold, nms_threshold,
-                                int(max_detections) if max_detections else None)[0]
-        drawn = annotate(loaded.array, det)  # drawn on the (possibly downscaled) loaded image
-        det.xyxy = det.xyxy * loaded.scale  # reported in the original image's pixels
-        return drawn, detections_to_records(det)
+    @endpoint(gpu=True, api=False)
+    def detect(self, image, vocabulary: str, score_threshold: float | None = None,
+               nms_threshold: float | None = None, max_detections: int | None = None):
+        """-> (annotated RGB array, detection records with boxes in the original image's pixels)."""
+        loaded = load_image(image)  # decoded once: the predictor and the drawing share it
+        det = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
+                                     int(max_detections) if max_detections else None)[0]
+        return annotate(loaded, det), detections_to_records(det)
 
-    def assign(self, image, tags, vocabulary=None, num_proposals: int = 50):
+    @endpoint(gpu=True, api=False)
+    def detect_batch(self, images: list, vocabulary: str, score_threshold: float | None = None,
+                     nms_threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
+        """-> [{"image": name, "drawn": array, "detections": records}], the model run in batches."""
+        if not images:
+            raise ValueError("add some images first")
+        loaded = [load_image(getattr(f, "name", f)) for f in images]
+        dets = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
+                                      int(max_detections) if max_detections else None)
+        return [{"image": Path(str(getattr(f, "name", f))).name, "drawn": annotate(im, d),
+                 "detections": detections_to_records(d)} for f, im, d in zip(images, loaded, dets)]
+
+    @endpoint(gpu=True, api=False)
+    def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int = 50):
         """-> (drawing of the proposals and each rule's choice, rows [rule, proposal, box, labels])."""
         loaded = load_image(image)
-        tags = parse_vocabulary(tags)
-        a = self.predictor.assign(loaded.array, tags, vocabulary or None, num_proposals)
+        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, int(num_proposals))
         rows = [[rule, idx if idx < len(a.proposals) - 1 else "whole image",
                  [round(float(v), 1) for v in a.proposals[idx]], ", ".join(names)]
                 for rule, choices in a.rules.items() for idx, names in choices]
-        return draw_assignment(loaded.array, a), rows
+        return draw_assignment(loaded, a), rows
 
     # --- tagging -----------------------------------------------------------------------------
+    @endpoint(api=False)
     def add_images(self, files: list) -> dict:
         """Add image files, bytes or zip archives; returns {added: [hashes], skipped: [reasons]}."""
         added, skipped = [], []
@@ -145,90 +173,157 @@ class AppService:
             skipped.append(f"{path.name}: not a valid zip file")
         return added, skipped
 
+    @endpoint()
     def add_folder(self, folder: str) -> dict:
+        """Add every image under a folder on the server (local use; see `allows_server_folders`)."""
         folder_path = Path(folder).expanduser()
         if not folder_path.is_dir():
             raise StoreError(f"not a folder on the server: {folder}")
         files = sorted(p for p in folder_path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         return self.add_images(files)
 
-    def queue(self) -> list[dict]:
-        return self.store.images()
+    @endpoint()
+    def images(self) -> list[dict]:
+        """Every stored image, oldest first: hash, original name, size, positive/negative tags."""
+        return [{k: r[k] for k in ("hash", "original_name", "width", "height", "positives", "negatives")}
+                for r in self.store.images()]
 
-    def tag(self, image_hash: str, positives, negatives=()) -> dict:
+    @endpoint()
+    def tag_view(self, index: int = 0) -> dict:
+        """The tagging queue at `index` (clamped): the image, its tags, the label list and progress."""
+        rows = self.store.images()
+        tagged, total = self.store.progress()
+        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None}
+        if rows:
+            index = max(0, min(int(index or 0), len(rows) - 1))
+            row = rows[index]
+            view.update(index=index, image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
+                                            "path": str(self.store.image_dir / row["file"]),
+                                            "positives": row["positives"], "negatives": row["negatives"]})
+        return view
+
+    @endpoint()
+    def first_untagged(self) -> int:
+        """Index of the first image with no tags (0 when all are tagged)."""
+        return next((i for i, r in enumerate(self.store.images()) if not r["positives"] and not r["negatives"]), 0)
+
+    @endpoint()
+    def tag(self, image_hash: str, positives: str | list[str], negatives: str | list[str] = "") -> dict:
+        """Set an image's tags to exactly these; returns them as stored."""
         pos = parse_vocabulary(positives) if _nonempty(positives) else []
         neg = parse_vocabulary(negatives) if _nonempty(negatives) else []
         return self.store.set_tags(image_hash, pos, neg)
 
-    def suggest(self, image_hash: str, vocabulary, score_threshold: float | None = None) -> list[str]:
-        """Names the current model detects in the image, best first, for a person to accept."""
-        det = self.predictor.predict(str(self.store.image_path(image_hash)), vocabulary, score_threshold)[0]
+    @endpoint(gpu=True)
+    def suggest(self, image_hash: str, vocabulary: str | list[str] = "", score_threshold: float | None = None) -> list[str]:
+        """Names the current model detects in the image, best first, for a person to accept.
+        The vocabulary defaults to the store's labels."""
+        vocabulary = vocabulary if _nonempty(vocabulary) else self.store.labels()
+        if not vocabulary:
+            raise ValueError("type a vocabulary in the Detect tab (or tag a few images) first")
+        det = self.predictor.predict(self.store.image_path(image_hash), vocabulary, score_threshold)[0]
         best: dict[str, float] = {}
         for name, score in zip(det.data["class_name"], det.confidence):
             best[str(name)] = max(best.get(str(name), 0.0), float(score))
         return sorted(best, key=best.get, reverse=True)
 
     # --- dataset -----------------------------------------------------------------------------
-    def export(self, fmt: str) -> Path:
-        """Write an export file under DATA_DIR/exports and return its path."""
-        out = self.data_dir / "exports"
-        out.mkdir(parents=True, exist_ok=True)
-        if fmt == "detic":
-            path = out / "image_labels.json"
-            path.write_text(json.dumps(self.store.export_detic(), ensure_ascii=False, indent=1), encoding="utf-8")
-        elif fmt == "csv":
-            path = out / "image_labels.csv"
-            path.write_text(self.store.export_csv(), encoding="utf-8")
-        elif fmt == "coco_detections":
-            path = out / "detections_coco.json"
-            path.write_text(json.dumps(self.detections_coco(), ensure_ascii=False), encoding="utf-8")
-        else:
-            raise ValueError(f"unknown export format {fmt!r}: detic, csv or coco_detections")
-        return path
+    @endpoint()
+    def dataset(self) -> dict:
+        """{"images", "tagged", "labels": {name: {"positive", "negative"}}}."""
+        tagged, total = self.store.progress()
+        return {"images": total, "tagged": tagged, "labels": self.store.counts()}
 
+    @endpoint()
+    def images_with_label(self, label: str) -> list[dict]:
+        """Stored images tagged present with `label`: [{hash, name, path}]."""
+        return [{"hash": r["hash"], "name": r["original_name"] or r["hash"][:12],
+                 "path": str(self.store.image_dir / r["file"])}
+                for r in self.store.images() if label in r["positives"]]
+
+    @endpoint()
+    def rename_label(self, old: str, new: str) -> dict:
+        """Rename a label everywhere (an existing name merges); returns the dataset summary."""
+        self.store.rename_label(old, new)
+        return self.dataset()
+
+    @endpoint()
+    def merge_labels(self, sources: str | list[str], into: str) -> dict:
+        sources = parse_vocabulary(sources) if _nonempty(sources) else []
+        if not sources or not (into or "").strip():
+            raise StoreError("pick labels to merge and the name to merge them into")
+        self.store.merge_labels(sources, into)
+        return self.dataset()
+
+    @endpoint()
+    def delete_label(self, name: str) -> dict:
+        self.store.delete_label(name)
+        return self.dataset()
+
+    @endpoint(api=False)
+    def import_labels(self, file) -> dict:
+        """Tags from a Detic/COCO JSON, CSV or JSONL file (or a folder per class)."""
+        if file is None:
+            raise StoreError("choose a Detic/COCO JSON, CSV or JSONL file")
+        return self.store.import_labels(getattr(file, "name", file))
+
+    @endpoint()
+    def export_labels(self, fmt: str = "detic") -> str:
+        """Write an export file under DATA_DIR/exports; returns its path."""
+        return str(self.export(fmt))
+
+    def export(self, fmt: str) -> Path:
+        out = self.data_dir / "exports"
+        if fmt == "detic":
+            return atomic_write_json(out / "image_labels.json", self.store.export_detic(), indent=1)
+        if fmt == "csv":
+            return atomic_write(out / "image_labels.csv", self.store.export_csv())
+        if fmt == "coco_detections":
+            return atomic_write_json(out / "detections_coco.json", self.detections_coco(), indent=None)
+        raise ValueError(f"unknown export format {fmt!r}: detic, csv or coco_detections")
+
+    @endpoint(gpu=True)
     def detections_coco(self, score_threshold: float | None = None) -> dict:
         """The current model's detections on every stored image, over the store's labels, as COCO."""
         names = self.store.labels()
         if not names:
             raise StoreError("no labels yet: tag some images first")
         images, anns = [], []
+        category_ids = list(range(1, len(names) + 1))
         for i, row in enumerate(self.store.images(), 1):
             images.append({"id": i, "file_name": row["file"], "width": row["width"], "height": row["height"]})
-            det = self.predictor.predict(str(self.store.image_dir / row["file"]), names, score_threshold)[0]
-            for (x1, y1, x2, y2), s, c in zip(det.xyxy, det.confidence, det.class_id):
-                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c) + 1, "score": float(s),
-                             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                             "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0})
+            det = self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]
+            anns += coco_annotations(det, i, category_ids, first_id=len(anns) + 1)
         return {"images": images, "annotations": anns,
                 "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 
     # --- training ----------------------------------------------------------------------------
-    def start_training(self, iters: int = 300, image_loss: str = "max_size", ratio: str = "1:1",
-                       base_model: str | None = None, box_data: str | None = None, box_images: str | None = None,
-                       eval_data: str | None = None, eval_images: str | None = None, novel: str | None = None,
-                       label_size: int = 320, box_size: int = 640) -> str:
-        """Export the tags and launch `train finetune` in the background; returns the run id."""
+    @endpoint()
+    def start_training(self, iters: int = 300, image_label_rule: str = "max_size", ratio: str = "1:1",
+                       base_model: str = "", box_data: str = "", box_images: str = "", eval_data: str = "",
+                       eval_images: str = "", novel: str = "", label_size: int = 320, box_size: int = 640,
+                       image_label_weight: float = 0.1) -> str:
+        """Snapshot the tags into a new run folder and train in the background; returns the run id."""
         tagged, _ = self.store.progress()
         if tagged == 0 and not box_data:
             raise StoreError("nothing to train on: tag some images (or give a box-labelled COCO file) first")
-        run = self.jobs.new_run_dir()
-        source = base_model or self._current_source()
-        cfg = FinetuneConfig(
-            out=str(run), model=source, iters=int(iters), image_loss=image_loss, ratio=ratio,
-            label_data=str(self.store.write_training_files(run)) if tagged else None,
-            label_images=str(self.store.image_dir) if tagged else None,
-            box_data=box_data or None, box_images=box_images or None, eval_data=eval_data or None,
-            eval_images=eval_images or None, label_size=int(label_size), box_size=int(box_size),
-            novel=[n.strip() for n in novel.split(",") if n.strip()] if novel else None,
-            checkpoint_every=max(50, int(iters) // 4), log_every=max(1, min(10, int(iters) // 20)),
-            warmup=min(100, max(1, int(iters) // 10)), device=self.device,
-        )
+        cfg = RunConfig(model=base_model or "", iters=int(iters), image_label_rule=image_label_rule,
+                        image_label_weight=float(image_label_weight),
+                        ratio=ratio or "1:1", box_data=box_data or None, box_images=box_images or None,
+                        eval_data=eval_data or None, eval_images=eval_images or None,
+                        novel=(novel or "").split(","), label_size=int(label_size), box_size=int(box_size),
+                        device=self.device)  # validated before anything is written
+        run = RunDir.create(self.jobs.runs_dir)
         try:
-            return self.jobs.start(cfg)
+            if tagged:
+                cfg = cfg.replace(label_data=str(run.write_labels(self.store.export_detic())),
+                                  label_images=str(self.store.image_dir))
+            if not cfg.model:
+                cfg = cfg.replace(model=self._current_source())
+            run.write_config(cfg)
+            return self.jobs.start(run)
         except Exception:
-            import shutil
-
-            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(run.path, ignore_errors=True)
             raise
 
     def _current_source(self) -> str:
@@ -238,30 +333,67 @@ class AppService:
             self.predictor.save_pretrained(path)
         return str(path)
 
+    @endpoint()
+    def cancel_training(self, run_id: str) -> str:
+        self.jobs.cancel(run_id)
+        return f"cancel requested for {run_id}; it stops after the current step with a checkpoint"
+
+    @endpoint()
+    def training_runs(self) -> list[dict]:
+        """Every run, newest first: id, state, iteration, total, message, evaluation."""
+        return self.jobs.runs()
+
+    @endpoint()
+    def training_status(self, run_id: str = "") -> dict:
+        """The given run, else the active one, else the newest: status, metrics, log tail and
+        evaluation. {"state": "none"} when there are no runs."""
+        if not run_id:
+            runs = self.jobs.runs()
+            chosen = next((r for r in runs if r.get("state") in ACTIVE_STATES), runs[0] if runs else None)
+            if chosen is None:
+                return {"state": "none", "id": "", "metrics": [], "log": "", "evaluation": None}
+            run_id = chosen["id"]
+        run = self.jobs.run(run_id)
+        return {**self.jobs.status(run_id), "metrics": run.metrics(), "log": run.log_tail(),
+                "evaluation": run.evaluation()}
+
+    # --- model -------------------------------------------------------------------------------
+    @endpoint()
     def use_model(self, source: str) -> dict:
         """Load a model (run id, folder, preset or Hub id) and make it the live one (hot swap)."""
-        run = self.jobs.runs_dir / source
-        path = str(run) if run.is_dir() else source
+        source = (source or "").strip()
+        if not source:
+            raise ValueError("type a preset, a local folder, a Hub id or pick a finished run")
+        try:
+            path = str(self.jobs.run(source).path)
+        except JobError:
+            path = source
         new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:
             self.predictor = new
-            self.model_info = ModelInfo(source=path, note="hot-swapped")
-        return self.info()
+            self.serving = ModelInfo(source=path, note="hot-swapped")
+        return self.model_info()
 
-    def info(self) -> dict:
-        return {"source": self.model_info.source, "note": self.model_info.note, **self.predictor.info()}
+    @endpoint()
+    def model_info(self) -> dict:
+        """What is being served: source, why, architecture, parameters, device."""
+        return {"source": self.serving.source, "note": self.serving.note, **self.predictor.info()}
 
-    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = True) -> str:
+    @endpoint(api=False)
+    def push_to_hub(self, repo_id: str, token: str = "", private: bool = True) -> str:
         """Upload the live model (config.json + model.safetensors). The token is used, never stored."""
         from huggingface_hub import HfApi
 
+        repo_id = (repo_id or "").strip()
+        if not repo_id:
+            raise ValueError("type a Hub repo id like 'you/my-detector'")
         token = token or os.environ.get("HF_TOKEN")
         if not token:
             raise ValueError("a Hugging Face token is needed: type one or set HF_TOKEN")
         folder = self.models_dir / "push"
         self.predictor.save_pretrained(folder)
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=bool(private), exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="upload detector")
         return str(getattr(commit, "commit_url", commit))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import threading
 import time
 from collections.abc import Iterable
@@ -24,12 +23,12 @@ from pathlib import Path
 import sqlite_utils
 from PIL import Image
 
+from detector.files import atomic_write
 from detector.images import ImageLoadError, load_image
-from detector.vocabulary import normalize_name
+from detector.vocabulary import clean_name
 
 SCHEMA_VERSION = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MAX_LABEL_LENGTH = 200
 
 
 class StoreError(ValueError):
@@ -37,12 +36,10 @@ class StoreError(ValueError):
 
 
 def _clean_label(name: str) -> str:
-    name = normalize_name(name)
-    if not name:
-        raise StoreError("a label cannot be empty")
-    if len(name) > MAX_LABEL_LENGTH:
-        raise StoreError(f"a label may have at most {MAX_LABEL_LENGTH} characters")
-    return name
+    try:
+        return clean_name(name)
+    except ValueError as e:
+        raise StoreError(str(e).replace("a name", "a label")) from None
 
 
 class LabelStore:
@@ -113,11 +110,7 @@ class LabelStore:
         if suffix not in IMAGE_SUFFIXES:
             suffix = ".img"
         rel = Path(digest[:2]) / f"{digest}{suffix}"
-        target = self.image_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        atomic_write(self.image_dir / rel, data)
         h, w = loaded.original_size
         with self.db.conn:
             self.db["images"].insert({"hash": digest, "file": str(rel), "original_name": original_name,
@@ -145,12 +138,6 @@ class LabelStore:
         for row in self.db.query("SELECT * FROM images ORDER BY added, hash"):
             out.append({**row, **tags.get(row["hash"], {"positives": [], "negatives": []})})
         return out
-
-    def delete_image(self, image: str) -> None:
-        row = self._image(image)
-        with self.db.conn:
-            self.db.conn.execute("DELETE FROM images WHERE hash = ?", [image])
-        (self.image_dir / row["file"]).unlink(missing_ok=True)
 
     # --- labels and tags --------------------------------------------------------------------
     def _label_id(self, name: str, create: bool = True) -> int | None:
@@ -260,13 +247,6 @@ class LabelStore:
             if row["positives"] or row["negatives"]:
                 w.writerow([row["file"], ";".join(row["positives"]), ";".join(row["negatives"]), row["original_name"]])
         return buf.getvalue()
-
-    def write_training_files(self, directory: str | Path) -> Path:
-        """Detic JSON for `python -m train finetune --label-data … --label-images <store images>`."""
-        path = Path(directory) / "image_labels.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.export_detic(), ensure_ascii=False), encoding="utf-8")
-        return path
 
     def import_labels(self, path: str | Path, image_dir: str | Path | None = None) -> dict[str, int]:
         """Import Detic/COCO JSON, CSV/JSONL (as `train` reads them) or a folder per class."""

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector import OpenVocabDetector, save_checkpoint  # noqa: E402
 from detector.presets import PRESETS  # noqa: E402
-from train.finetune import FinetuneConfig, finetune  # noqa: E402
-from train.run_state import read_json  # noqa: E402
+from train.finetune import finetune  # noqa: E402
+from train.run_config import RunConfig  # noqa: E402
+from train.run_dir import RunDir  # noqa: E402
 from train.synthetic import NOVEL, generate  # noqa: E402
 
 VARIANTS = {"a_box_only": None, "b_max_size": "max_size", "c_image_box": "image_box", "d_max_score": "max_score",
@@ -85,26 +86,26 @@ def main() -> None:
             save_checkpoint(OpenVocabDetector(experiment_config(size, args.large, args.text)), init)
         common = dict(box_data=str(data / "box_train.json"), box_images=str(data / "images"),
                       box_batch=8 if args.large else 4, label_batch=16 if args.large else 8,
-                      box_size=size, label_size=size // 2, image_loss_weight=args.image_loss_weight, lr=args.lr,
+                      box_size=size, label_size=size // 2, image_label_weight=args.image_loss_weight, lr=args.lr,
                       checkpoint_every=10**9, log_every=25, seed=seed)
         phase1 = args.work / f"phase1_box_seed{seed}"
-        if (read_json(phase1 / "status.json") or {}).get("state") != "finished":
+        if RunDir(phase1).status().get("state") != "finished":
             shutil.rmtree(phase1, ignore_errors=True)
-            if finetune(FinetuneConfig(out=str(phase1), model=str(init), iters=box_iters,
-                                       warmup=min(50, box_iters // 10), **common))["state"] != "finished":
+            if finetune(RunConfig(model=str(init), iters=box_iters, warmup=min(50, box_iters // 10), **common),
+                        phase1)["state"] != "finished":
                 sys.exit("phase 1 stopped; re-run to redo it")
         for variant in args.variants:
             rule = VARIANTS[variant]
             half = rule == "half"
             rule = None if half else rule
-            cfg = FinetuneConfig(
-                out=str(args.work / f"{variant}_seed{seed}"), model=str(phase1), iters=iters // 2 if half else iters,
+            cfg = RunConfig(
+                model=str(phase1), iters=iters // 2 if half else iters,
                 label_data=str(data / "image_labels.json") if rule else None,
-                label_images=str(data / "images") if rule else None, image_loss=rule or "max_size",
+                label_images=str(data / "images") if rule else None, image_label_rule=rule or "max_size",
                 warmup=min(20, iters // 10), eval_data=str(data / "val.json"), eval_images=str(data / "images"),
                 novel=NOVEL, **common,
             )
-            result = finetune(cfg)
+            result = finetune(cfg, args.work / f"{variant}_seed{seed}")
             if result["state"] != "finished":  # Ctrl-C / SIGTERM: the run stopped cleanly; so do we
                 sys.exit(f"{variant} seed {seed} stopped at iteration {result['iteration']}; re-run to redo it")
             ev = result["evaluation"]

@@ -3,19 +3,26 @@
     from detector import Predictor
     predictor = Predictor.from_pretrained("offline")          # or a folder, or "owner/repo"
     detections = predictor.predict("photo.jpg", "mug, laptop")  # -> [supervision.Detections]
+
+Names are imported lazily, so torch-free modules (`detector.config`, `detector.files`,
+`detector.vocabulary`) can be used by the app and the training configuration without loading torch.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import DetectorConfig
-from .hub import HubUnavailableError
-from .images import ImageLoadError, load_image
-from .model import OpenVocabDetector
-from .predictor import Assignment, Predictor
-from .presets import PRESETS, load_detector
-from .vocabulary import parse_vocabulary
+from __future__ import annotations
 
-__all__ = [
-    "Assignment", "CheckpointError", "DetectorConfig", "HubUnavailableError", "ImageLoadError",
-    "OpenVocabDetector", "PRESETS", "Predictor", "load_checkpoint", "load_detector", "load_image",
-    "parse_vocabulary", "save_checkpoint",
-]
+import importlib
+
+_EXPORTS = {
+    "Assignment": "predictor", "CheckpointError": "checkpoint", "DetectorConfig": "config",
+    "HubUnavailableError": "hub", "ImageLoadError": "images", "OpenVocabDetector": "model",
+    "PRESETS": "presets", "Predictor": "predictor", "load_checkpoint": "checkpoint",
+    "load_detector": "presets", "load_image": "images", "parse_vocabulary": "vocabulary",
+    "save_checkpoint": "checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'detector' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -1,10 +1,21 @@
-"""Drawing and serialising detections (supervision annotators; data stays in sv.Detections)."""
+"""Drawing and serialising detections: the one module that turns `sv.Detections` into pictures,
+records and COCO annotations (supervision's annotators, with supervision's own size scaling).
+
+Boxes always arrive in the original image's pixels. Drawing happens on the decoded pixels of a
+`LoadedImage`, which may be downscaled, so boxes are mapped onto them here and nowhere else.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import supervision as sv
 from PIL import Image
+
+from .images import LoadedImage
+
+RULE_COLOURS = {"max_size": sv.Color.from_hex("#e6194b"), "image_box": sv.Color.from_hex("#3cb44b"),
+                "max_score": sv.Color.from_hex("#4363d8")}
+_INDEX = sv.ColorLookup.INDEX
 
 
 def detections_to_records(detections: sv.Detections) -> list[dict]:
@@ -21,15 +32,61 @@ def detections_to_records(detections: sv.Detections) -> list[dict]:
     ]
 
 
-def annotate(image: np.ndarray, detections: sv.Detections) -> np.ndarray:
-    """RGB uint8 image with boxes and "name 0.87" labels drawn; line width scales with size."""
-    scale = max(image.shape[:2]) / 640
-    thickness = max(1, round(2 * scale))
-    boxes = sv.BoxAnnotator(thickness=thickness, color_lookup=sv.ColorLookup.CLASS)
-    labels = sv.LabelAnnotator(text_scale=max(0.4, 0.5 * scale), text_thickness=max(1, round(scale)),
-                               text_padding=max(2, round(4 * scale)), color_lookup=sv.ColorLookup.CLASS,
-                               smart_position=True)
+def coco_annotations(detections: sv.Detections, image_id: int, category_ids: list[int],
+                     first_id: int = 1) -> list[dict]:
+    """COCO result/annotation dicts (bbox = x, y, w, h) for one image; `category_ids[class_id]`."""
+    out = []
+    for i, ((x1, y1, x2, y2), score, c) in enumerate(zip(detections.xyxy, detections.confidence,
+                                                         detections.class_id)):
+        w, h = float(x2 - x1), float(y2 - y1)
+        out.append({"id": first_id + i, "image_id": image_id, "category_id": int(category_ids[int(c)]),
+                    "bbox": [float(x1), float(y1), w, h], "area": w * h, "score": float(score), "iscrowd": 0})
+    return out
+
+
+def _canvas(image: LoadedImage | np.ndarray) -> tuple[Image.Image, float]:
+    """(PIL canvas, original-to-canvas factor). PIL, because supervision treats arrays as BGR."""
+    if isinstance(image, LoadedImage):
+        return Image.fromarray(image.array), 1.0 / image.scale
+    return Image.fromarray(np.asarray(image)), 1.0
+
+
+def annotate(image: LoadedImage | np.ndarray, detections: sv.Detections) -> np.ndarray:
+    """RGB uint8 picture with boxes and "name 0.87" labels, line and text sized for the picture."""
+    canvas, factor = _canvas(image)
+    shown = sv.Detections(xyxy=detections.xyxy * factor, confidence=detections.confidence,
+                          class_id=detections.class_id)
+    wh = canvas.size
+    boxes = sv.BoxAnnotator(thickness=sv.calculate_optimal_line_thickness(wh), color_lookup=sv.ColorLookup.CLASS)
+    labels = sv.LabelAnnotator(text_scale=sv.calculate_optimal_text_scale(wh),
+                               text_thickness=sv.calculate_optimal_line_thickness(wh) // 2 or 1,
+                               color_lookup=sv.ColorLookup.CLASS, smart_position=True)
     texts = [f"{n} {c:.2f}" for n, c in zip(detections.data.get("class_name", []), detections.confidence)]
-    # Annotate a PIL image: supervision treats numpy arrays as BGR (OpenCV), ours are RGB.
-    out = boxes.annotate(Image.fromarray(image), detections)
-    return np.asarray(labels.annotate(out, detections, labels=texts))
+    return np.asarray(labels.annotate(boxes.annotate(canvas, shown), shown, labels=texts))
+
+
+def draw_assignment(image: LoadedImage | np.ndarray, assignment, faint: int = 50) -> np.ndarray:
+    """Top `faint` proposals in thin grey; per rule, its chosen proposal in the rule's colour,
+    labelled 'rule: label, label' (see `Predictor.assign`)."""
+    canvas, factor = _canvas(image)
+    wh = canvas.size
+    proposals = assignment.proposals * factor
+    n = len(proposals) - 1  # the whole-image box is last
+    if n > 0 and faint > 0:
+        grey = sv.Detections(xyxy=proposals[: min(n, faint)].astype(np.float32))
+        canvas = sv.BoxAnnotator(color=sv.Color.from_hex("#bbbbbb"), thickness=1,
+                                 color_lookup=_INDEX).annotate(canvas, grey)
+    thickness = sv.calculate_optimal_line_thickness(wh) + 1
+    for rule, choices in assignment.rules.items():
+        if not choices:
+            continue
+        boxes = np.array([proposals[i] for i, _ in choices], dtype=np.float32)
+        # Keep the whole-image box just inside the border so it stays visible.
+        boxes = np.clip(boxes, thickness, [wh[0] - thickness - 1, wh[1] - thickness - 1] * 2)
+        det = sv.Detections(xyxy=boxes)
+        colour = RULE_COLOURS.get(rule, sv.Color.WHITE)
+        canvas = sv.BoxAnnotator(color=colour, thickness=thickness, color_lookup=_INDEX).annotate(canvas, det)
+        canvas = sv.LabelAnnotator(color=colour, text_scale=sv.calculate_optimal_text_scale(wh), smart_position=True,
+                                   color_lookup=_INDEX).annotate(
+            canvas, det, labels=[f"{rule}: {', '.join(names)}" for _, names in choices])
+    return np.asarray(canvas)

@@ -52,6 +52,8 @@ class BackboneWithFPN(nn.Module):
             freeze(body)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if x.is_cuda:  # the batched [B, 3, H, W] tensor: channels_last is for 4-D tensors only
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             feats = self.body(x)
         if isinstance(feats, dict):
@@ -132,14 +134,13 @@ def load_torchvision_weights(weights) -> dict[str, torch.Tensor] | None:
     Uses the torch hub cache when the file is there; otherwise downloads with a short socket
     timeout, so an offline machine answers in seconds.
     """
-    import os
     import socket
     from pathlib import Path
 
-    from .hub import HUB_TIMEOUT_S
+    from .hub import HUB_TIMEOUT_S, offline
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.exists() and os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True"):
+    if not cached.exists() and offline():
         log.warning("%s weights not cached and offline: using random weights", weights)
         return None
     old = socket.getdefaulttimeout()

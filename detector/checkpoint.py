@@ -7,16 +7,14 @@ wrong config. Every file is written to a temporary name, fsynced and `os.replace
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .config import DetectorConfig
+from .files import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -27,42 +25,17 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unsafe (pickle) or does not match the architecture."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """safetensors bytes through the one atomic writer (`detector.files`)."""
+    atomic_write(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
 
 
-def save_checkpoint(model, directory: str | Path, extra_files: dict[str, dict] | None = None) -> Path:
+def save_checkpoint(model, directory: str | Path) -> Path:
     """Write `model` (an OpenVocabDetector) to `directory`; returns the directory."""
     directory = Path(directory)
     config_json = model.config.to_json()
     atomic_save_tensors(model.state_dict(), directory / WEIGHTS_NAME, {"format": "pt", "config": config_json})
-    atomic_write_bytes(directory / CONFIG_NAME, config_json.encode("utf-8"))
-    for name, content in (extra_files or {}).items():
-        atomic_write_bytes(directory / name, json.dumps(content, indent=2).encode("utf-8"))
+    atomic_write(directory / CONFIG_NAME, config_json)
     return directory
 
 

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         predictor = Predictor.from_pretrained(args.model, device=args.device)
-        dets = predictor.predict(args.images, args.vocabulary, args.score_threshold,
+        images = [load_image(p) for p in args.images]  # decoded once: for the model and the drawing
+        dets = predictor.predict(images, args.vocabulary, args.score_threshold,
                                  args.nms_threshold, args.max_detections)
     except (ImageLoadError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.annotated:
         from PIL import Image
 
-        for path, d in zip(args.images, dets):
+        for path, image, d in zip(args.images, images, dets):
             target = args.annotated
             if len(args.images) > 1:
                 target.mkdir(parents=True, exist_ok=True)
                 target = target / (Path(path).stem + ".png")
-            Image.fromarray(annotate(load_image(path).array, d)).save(target)
+            Image.fromarray(annotate(image, d)).save(target)
     return 0

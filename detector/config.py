@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")
+IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")  # the one list (Detic §3.3 and its ablations)
+# Keys older checkpoints carry that are no longer part of a detector (the run owns them now).
+LEGACY_KEYS = frozenset({"image_label_rule", "image_label_weight"})
 
 
 @dataclass
@@ -55,9 +57,7 @@ class DetectorConfig:
     ensemble_weight_trained: float = 0.35  # w for names in trained_class_names
     ensemble_weight_untrained: float = 0.65  # w for other names; w = 1 before any training
     init_weights: str = ""  # "torchvision_coco_frcnn_v2": backbone/FPN/RPN/box head from COCO
-    # --- image-label loss (Detic max-size)
-    image_label_rule: str = "max_size"
-    image_label_weight: float = 0.1
+    # --- image-label training (Detic); the rule and its weight are the run's (train.RunConfig)
     image_label_num_proposals: int = 128
     image_label_scope: str = "classifier"  # "classifier" or "box_head" (Detic's original)
     # --- inference
@@ -71,10 +71,6 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
-        if self.image_label_rule not in IMAGE_LABEL_RULES:
-            raise ValueError(
-                f"image_label_rule must be one of {IMAGE_LABEL_RULES}, got {self.image_label_rule!r}"
-            )
         if self.image_label_scope not in ("classifier", "box_head"):
             raise ValueError("image_label_scope must be 'classifier' or 'box_head'")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
@@ -94,6 +90,7 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown detector config keys: {', '.join(unknown)}")

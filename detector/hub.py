@@ -23,13 +23,16 @@ def looks_like_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and not source.startswith((".", "/"))
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def offline() -> bool:
+    """huggingface_hub's own reading of HF_HUB_OFFLINE (the one offline flag, read at call time)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _explain(what: str, err: BaseException) -> HubUnavailableError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    mode = "HF_HUB_OFFLINE is set" if _offline() else "offline or unreachable"
+    mode = "HF_HUB_OFFLINE is set" if offline() else "offline or unreachable"
     return HubUnavailableError(
         f"could not fetch {what} from the Hugging Face Hub ({mode}: {reason[:160]}). "
         "Use a local folder, pre-populate the Hub cache on a connected machine "
@@ -42,17 +45,47 @@ def _endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def _bounded_client():
+    """huggingface_hub's own HTTP client with every wait (connect, each read) bounded: its default
+    waits forever on a server that accepts a connection and never answers. A slow but live
+    download still proceeds (the bound is per read, not per file)."""
+    from huggingface_hub.utils import _http
+
+    def bound(request) -> None:  # huggingface_hub passes timeout=None explicitly on some calls
+        limits = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: limits.get(k) or HUB_TIMEOUT_S
+                                         for k in ("connect", "read", "write", "pool")}
+
+    client = _http.default_client_factory()
+    client.timeout = HUB_TIMEOUT_S
+    client.event_hooks["request"] = [*client.event_hooks["request"], bound]
+    return client
+
+
+_installed = False
+
+
+def _use_bounded_client() -> None:
+    global _installed
+    if not _installed:
+        import huggingface_hub
+
+        huggingface_hub.set_client_factory(_bounded_client)
+        _installed = True
+
+
 def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None) -> Path:
     """Local folder holding `allow_patterns` of `repo_id` (from cache when offline)."""
     from huggingface_hub import snapshot_download
 
+    _use_bounded_client()
     try:
         path = snapshot_download(
             repo_id,
             revision=revision,
             allow_patterns=allow_patterns,
             etag_timeout=HUB_TIMEOUT_S,
-            local_files_only=_offline(),
+            local_files_only=offline(),
             endpoint=_endpoint(),
         )
     except Exception as e:  # huggingface_hub raises many types; all mean "not available"
@@ -64,13 +97,14 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
     """Local path of one file of a Hub repo (from cache when offline)."""
     from huggingface_hub import hf_hub_download
 
+    _use_bounded_client()
     try:
         path = hf_hub_download(
             repo_id,
             filename,
             revision=revision,
             etag_timeout=HUB_TIMEOUT_S,
-            local_files_only=_offline(),
+            local_files_only=offline(),
             endpoint=_endpoint(),
         )
     except Exception as e:
@@ -86,7 +120,7 @@ def download_first(repo_id: str, filenames: list[str], revision: str | None = No
             return download_file(repo_id, name, revision)
         except HubUnavailableError as e:
             error = e
-            if _offline():  # nothing else will be found either
+            if offline():  # nothing else will be found either
                 break
     assert error is not None
     raise error

@@ -81,7 +81,10 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 
 def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
-    """Load `source` (path, bytes, file object, PIL image or array) as RGB uint8."""
+    """Load `source` (path, bytes, file object, PIL image, array, or an already `LoadedImage`,
+    returned as it is so an image is decoded once however many layers it passes) as RGB uint8."""
+    if isinstance(source, LoadedImage):
+        return source
     try:
         if isinstance(source, np.ndarray):
             img = _from_array(source)

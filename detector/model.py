@@ -25,7 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from .backbones import build_backbone, count_parameters
 from .classifier import ZeroShotBoxPredictor
-from .config import DetectorConfig
+from .config import IMAGE_LABEL_RULES, DetectorConfig
 from .image_labels import Choice, choose_proposals, image_label_loss, negative_terms, with_image_box
 from .roi_heads import ZeroShotRoIHeads, select_detections
 from .rpn import ScoredRPN
@@ -206,9 +206,11 @@ class OpenVocabDetector(GeneralizedRCNN):
         x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
         return image_list, proposals, objectness, x
 
-    def image_label_loss(self, images, labels: list[list[int]], class_embeddings=None,
-                         rule: str | None = None, negatives: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
-        """Detic's loss for images with image-level labels only: `{"loss_image_label": λ·L}`.
+    def image_label_loss(self, images, labels: list[list[int]], class_embeddings=None, rule: str = "max_size",
+                         weight: float = 0.1, negatives: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """Detic's loss for images with image-level labels only: `{"loss_image_label": weight·L}`.
+
+        The rule and weight (λ) belong to the training run (`train.RunConfig`), not to the model.
 
         With `image_label_scope="classifier"` (default) the proposals and RoI features are
         computed without gradients, so only the zero-shot classifier learns from image labels;
@@ -216,7 +218,6 @@ class OpenVocabDetector(GeneralizedRCNN):
         """
         emb = self._embeddings(class_embeddings)
         cfg = self.config
-        rule = rule or cfg.image_label_rule
         if cfg.image_label_scope == "box_head":
             _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
         else:  # frozen for this batch: no gradients and no normalisation-statistics updates
@@ -226,11 +227,11 @@ class OpenVocabDetector(GeneralizedRCNN):
         per_image = list(logits.split([len(p) for p in proposals]))
         choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels)]
         neg = [negative_terms(lg.detach(), n) for lg, n in zip(per_image, negatives or [[] for _ in labels])]
-        return {"loss_image_label": cfg.image_label_weight * image_label_loss(per_image, choices, neg)}
+        return {"loss_image_label": weight * image_label_loss(per_image, choices, neg)}
 
     @torch.no_grad()
     def assign(self, images, labels: list[list[int]], class_embeddings=None, num_proposals=None,
-               rules=("max_size", "image_box", "max_score")) -> list[dict]:
+               rules=IMAGE_LABEL_RULES) -> list[dict]:
         """What each rule would train: proposals (original coords, image box last), objectness,
         per-class scores and, per rule, the `Choice`s made for the labels."""
         emb = self._embeddings(class_embeddings)

@@ -3,6 +3,8 @@
 The expensive, vocabulary-independent work (backbone, proposals, RoI features, class-agnostic
 box refinement) is cached per image content, so changing only the vocabulary or a threshold
 re-runs just the classifier. On CUDA the model runs channels_last under bf16 autocast.
+Images may be given as anything `load_image` reads, including a `LoadedImage` (not decoded again);
+boxes always come back in the original image's pixels.
 """
 
 from __future__ import annotations
@@ -109,8 +111,8 @@ class Predictor:
         return torch.autocast("cpu", enabled=False)
 
     def _tensor(self, img: LoadedImage) -> torch.Tensor:
-        t = torch.from_numpy(img.array).to(self.device).permute(2, 0, 1).float().div_(255)
-        return t.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else t
+        # [3, H, W]: the model batches images itself; the batch goes channels_last in the backbone.
+        return torch.from_numpy(img.array).to(self.device).permute(2, 0, 1).float().div_(255)
 
     def clear_cache(self) -> None:
         """Forget cached image encodings (e.g. before timing the full pipeline)."""

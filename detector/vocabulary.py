@@ -104,6 +104,17 @@ def normalize_name(name: str) -> str:
     return re.sub(r"\s+", " ", name).strip()
 
 
+def clean_name(name: str) -> str:
+    """The one name cleaner: `normalize_name`, then non-empty and at most MAX_NAME_LENGTH
+    characters (ValueError otherwise). Vocabularies and stored labels both go through it."""
+    name = normalize_name(name)
+    if not name:
+        raise ValueError("a name cannot be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"a name may have at most {MAX_NAME_LENGTH} characters: {name[:40]!r}…")
+    return name
+
+
 def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
     """Names from a comma/newline separated string or an iterable, cleaned and de-duplicated.
 
@@ -119,11 +130,9 @@ def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
     names: list[str] = []
     seen: set[str] = set()
     for raw in parts:
-        name = normalize_name(raw)
-        if not name:
+        if not normalize_name(raw):
             continue
-        if len(name) > MAX_NAME_LENGTH:
-            raise ValueError(f"class name longer than {MAX_NAME_LENGTH} characters: {name[:40]!r}…")
+        name = clean_name(raw)
         key = name.casefold()
         if key not in seen:
             seen.add(key)

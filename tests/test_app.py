@@ -27,6 +27,7 @@ def running(tmp_path_factory, small_image):
     data = tmp_path_factory.mktemp("appdata")
     service = AppService(data, predictor=Predictor.from_pretrained("tiny", device="cpu"))
     demo = build_app(service)
+    service._demo = demo
     port = _free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                 allowed_paths=[str(data)], **launch_options())
@@ -138,18 +139,17 @@ def test_tag_export_train_hot_swap_detect(running):
     from gradio_client import handle_file
 
     service, client, paths, files = running
-    assert "nothing to train on" in _error(client.predict, 30, "max_size", "1:1", "", "", "", 64, 64,
-                                           api_name="/start_training")
+    assert "nothing to train on" in _error(client.predict, 30, "max_size", "1:1", api_name="/start_training")
     client.predict([handle_file(str(p)) for p in paths], api_name="/add_images")
     client.predict([handle_file(str(paths[0]))], api_name="/add_images")  # duplicate upload
-    queue = client.predict(api_name="/queue")
+    queue = client.predict(api_name="/images")
     assert len(queue) == 3
     nasty = "chat 🐈, Robert'); DROP TABLE tags;--, say \"cheese\""
     tags = client.predict(queue[0]["hash"], nasty, "dog", api_name="/tag")
     assert sorted(tags["positives"]) == sorted(["chat 🐈", "Robert'); DROP TABLE tags;--", 'say "cheese"'])
     client.predict(queue[1]["hash"], "person", "", api_name="/tag")
     client.predict(queue[2]["hash"], "person, chat 🐈", "", api_name="/tag")
-    counts = client.predict(api_name="/dataset_counts")
+    counts = client.predict(api_name="/dataset")["labels"]
     assert counts["person"]["positive"] == 2 and counts["dog"]["negative"] == 1
 
     exported = client.predict("detic", api_name="/export_labels")
@@ -159,11 +159,11 @@ def test_tag_export_train_hot_swap_detect(running):
     assert "DROP TABLE" in csv_text
 
     before = service.predictor
-    run_id = client.predict(6, "max_size", "1:1", "", "", "", 64, 64, api_name="/start_training")
-    assert "already active" in _error(client.predict, 6, "max_size", "1:1", "", "", "", 64, 64,
+    run_id = client.predict(6, "max_size", "1:1", label_size=64, box_size=64, api_name="/start_training")
+    assert "already active" in _error(client.predict, 6, "max_size", "1:1", label_size=64, box_size=64,
                                       api_name="/start_training")
     status = service.jobs.wait(run_id, timeout=600)
-    assert status["state"] == "finished", service.jobs.log_tail(run_id, 40)
+    assert status["state"] == "finished", service.jobs.run(run_id).log_tail(40)
     final = client.predict(run_id, api_name="/training_status")
     assert final["state"] == "finished" and final["iteration"] == 6 and final["metrics"]
     info = client.predict(run_id, api_name="/use_model")
@@ -173,16 +173,16 @@ def test_tag_export_train_hot_swap_detect(running):
     assert len(table["data"]) == 5
     # The store survived all of it.
     assert service.store.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert len(client.predict(api_name="/queue")) == 3
+    assert len(client.predict(api_name="/images")) == 3
 
 
 def test_label_management_endpoints(running):
     _, client, _, _ = running
-    counts = client.predict("say \"cheese\"", "smile", api_name="/rename_label")
+    counts = client.predict("say \"cheese\"", "smile", api_name="/rename_label")["labels"]
     assert "smile" in counts and 'say "cheese"' not in counts
-    counts = client.predict("smile", "person", api_name="/merge_labels")
+    counts = client.predict("smile", "person", api_name="/merge_labels")["labels"]
     assert "smile" not in counts
-    counts = client.predict("dog", api_name="/delete_label")
+    counts = client.predict("dog", api_name="/delete_label")["labels"]
     assert "dog" not in counts
     assert "no label named" in _error(client.predict, "nope", api_name="/delete_label")
 
@@ -215,3 +215,35 @@ def _png(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(100 + seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_ui_events_and_api_endpoints_call_the_same_operations(running):
+    """Every UI event goes through one of the service's operations, every operation over plain
+    values is a named API endpoint bound to that very object, and both give the same answer."""
+    service, client, _, _ = running
+    demo = running_demo(running)
+    ops = demo.app_endpoints
+    assert {"detect", "assign", "tag", "suggest", "start_training", "training_status", "use_model"} <= set(ops)
+    by_api_name = {}
+    for block_fn in demo.fns.values():
+        fn = block_fn.fn
+        if fn is None or getattr(fn, "ui_only", False):
+            continue
+        op = fn if any(fn is o for o in ops.values()) else getattr(fn, "endpoint", None)
+        assert any(op is o for o in ops.values()), f"event {block_fn.name} bypasses the service"
+        if block_fn.api_name:
+            by_api_name[block_fn.api_name] = op
+    for name, op in ops.items():
+        assert by_api_name.get(name) is op, f"operation {name} is not the API endpoint /{name}"
+        assert op.endpoint["gpu"] == (name in {"detect", "detect_batch", "assign", "suggest", "detections_coco"})
+    assert client.predict(api_name="/training_status") == _jsonable(service.training_status())
+    assert client.predict(api_name="/dataset") == service.dataset()
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def running_demo(running):
+    service = running[0]
+    return service._demo

@@ -66,7 +66,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tiny_model, tmp_path, monkey
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("detector.checkpoint.os.replace", boom)
+    monkeypatch.setattr("detector.files.os.replace", boom)
     with torch.no_grad():
         tiny_model.roi_heads.box_predictor.bbox_pred.bias.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
@@ -105,6 +105,7 @@ def test_unresponsive_hub_fails_within_seconds(monkeypatch):
 
     threading.Thread(target=accept, daemon=True).start()
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setattr("detector.hub.HUB_TIMEOUT_S", 1.0)
     t = time.monotonic()
@@ -136,6 +137,7 @@ def test_alternative_filenames_are_tried_in_order(monkeypatch, tmp_path):
 
     monkeypatch.setattr(hub, "download_file", fake)
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     assert hub.download_first("o/r", ["first.safetensors", "second.safetensors"]).name == "second.safetensors"
     assert calls == ["first.safetensors", "second.safetensors"]
     with pytest.raises(HubUnavailableError, match="no third"):

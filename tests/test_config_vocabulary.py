@@ -18,8 +18,8 @@ def test_config_rejects_bad_json(bad):
 
 
 def test_config_validates_values():
-    with pytest.raises(ValueError, match="image_label_rule"):
-        DetectorConfig(image_label_rule="biggest")
+    with pytest.raises(ValueError, match="nope"):
+        DetectorConfig.from_dict({"nope": 1})
     with pytest.raises(ValueError):
         DetectorConfig(score_threshold=1.5)
 
@@ -37,5 +37,12 @@ def test_empty_vocabulary_is_a_clear_error(empty):
 
 
 def test_overlong_name_rejected():
-    with pytest.raises(ValueError, match="longer than"):
+    with pytest.raises(ValueError, match="at most 200 characters"):
         parse_vocabulary("x" * 500)
+
+
+def test_old_checkpoint_configs_with_the_loss_rule_still_load():
+    """The image-label rule and weight moved to the run's config; old config.json files keep loading."""
+    cfg = DetectorConfig.from_dict({**DetectorConfig().to_dict(), "image_label_rule": "max_size",
+                                    "image_label_weight": 0.1})
+    assert "image_label_rule" not in cfg.to_dict() and cfg == DetectorConfig()

@@ -113,5 +113,5 @@ def test_app_falls_back_to_offline_model_with_a_reason(tmp_path, caplog):
 
     service = AppService(tmp_path, model="auto")
     assert service.predictor.config.backbone == "efficientnet_lite0"
-    assert service.model_info.note.startswith("offline model: coco-clip unavailable")
-    assert "\n" not in service.model_info.note
+    assert service.serving.note.startswith("offline model: coco-clip unavailable")
+    assert "\n" not in service.serving.note

@@ -154,7 +154,7 @@ def test_cli_reports_corrupt_image(tmp_path):
 
 def test_drawing_uses_the_documented_colours(tiny_predictor, small_image):
     """Red means max_size in the Assign legend: the drawn pixels must really be red (RGB)."""
-    from app.drawing import RULE_COLOURS, draw_assignment
+    from detector.annotate import RULE_COLOURS, draw_assignment
 
     a = tiny_predictor.assign(small_image, ["person"])
     a.rules = {"max_size": a.rules["max_size"]}

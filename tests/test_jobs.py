@@ -1,55 +1,63 @@
-import json
+"""Background runs: the app starts, polls and cancels; the run folder is `train.run_dir.RunDir`'s."""
+
 import subprocess
 import sys
 
 import pytest
 
 from app.jobs import JobError, TrainingJobs, finetune_argv
-from train.finetune import FinetuneConfig
-from train.run_state import write_status
+from train.run_config import RunConfig
+from train.run_dir import RunDir
 
 
 def test_dead_process_is_reported_failed_and_history_survives_restart(tmp_path):
     jobs = TrainingJobs(tmp_path / "runs")
-    run = jobs.new_run_dir()
+    run = RunDir.create(jobs.runs_dir)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    write_status(run, "running", iteration=3, total=10)
-    (run / "job.json").write_text(json.dumps({"pid": gone.pid}))
+    run.write_status("running", iteration=3, total=10, pid=gone.pid)
     fresh = TrainingJobs(tmp_path / "runs")  # as after an app restart
-    status = fresh.status(run.name)
+    status = fresh.status(run.id)
     assert status["state"] == "failed" and "ended unexpectedly" in status["message"]
-    assert json.loads((run / "status.json").read_text())["state"] == "failed"  # recorded, not just shown
-    assert fresh.active() is None and [r["id"] for r in fresh.runs()] == [run.name]
+    assert run.status()["state"] == "failed"  # recorded, not just shown
+    assert fresh.active() is None and [r["id"] for r in fresh.runs()] == [run.id]
     with pytest.raises(JobError, match="not running"):
-        fresh.cancel(run.name)
-    with pytest.raises(JobError, match="no training run"):
-        fresh.status("nope")
+        fresh.cancel(run.id)
+    for bad in ("nope", "../runs", "", ".lock"):
+        with pytest.raises(JobError, match="no training run"):
+            fresh.status(bad)
 
 
-def test_live_process_counts_as_active(tmp_path):
+def test_live_process_counts_as_active_and_refuses_a_second_run(tmp_path):
     jobs = TrainingJobs(tmp_path / "runs")
-    run = jobs.new_run_dir()
+    run = RunDir.create(jobs.runs_dir)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        write_status(run, "running", iteration=1, total=10)
-        (run / "job.json").write_text(json.dumps({"pid": proc.pid}))
-        assert jobs.active()["id"] == run.name
+        run.write_status("running", iteration=1, total=10, pid=proc.pid)
+        assert jobs.active()["id"] == run.id
+        second = RunDir.create(jobs.runs_dir)
+        second.write_config(RunConfig(model="tiny"))
         with pytest.raises(JobError, match="already active"):
-            jobs.start(FinetuneConfig(out=str(jobs.new_run_dir()), model="tiny"))
-        jobs.cancel(run.name)
-        assert (run / "CANCEL").exists()
+            jobs.start(second)
+        jobs.cancel(run.id)
+        assert run.cancel_requested()
     finally:
         proc.kill()
         proc.wait()
 
 
-def test_argv_matches_the_config():
-    cfg = FinetuneConfig(out="r", model="tiny", label_data="l.json", label_images="i", iters=7, novel=["a b", "c"],
-                         resume=True, ratio="1:4")
-    argv = finetune_argv(cfg)
-    assert argv[1:4] == ["-m", "train", "finetune"]
-    pairs = dict(zip(argv[4::2], argv[5::2]))
-    assert pairs["--iters"] == "7" and pairs["--ratio"] == "1:4" and pairs["--label-data"] == "l.json"
-    assert "--novel" in argv and argv[argv.index("--novel") + 1] == "a b,c" and argv[-1] == "--resume"
-    assert "--box-data" not in argv
+def test_started_run_records_the_child_pid_and_finishes(tmp_path):
+    """The pid the app polls is the training process's own, and a bad config ends the run as failed."""
+    jobs = TrainingJobs(tmp_path / "runs")
+    run = RunDir.create(jobs.runs_dir)
+    run.write_config(RunConfig(model="tiny", box_data=str(tmp_path / "missing.json"), box_images=str(tmp_path)))
+    jobs.start(run)
+    assert run.job()["argv"] == finetune_argv(run)
+    status = jobs.wait(run.id, timeout=300)
+    assert status["state"] == "failed" and "missing.json" in status["message"], run.log_tail()
+    assert status.get("pid") in (None, run.job()["pid"])  # never the app's own pid
+
+
+def test_argv_is_the_config_file_only(tmp_path):
+    run = RunDir.create(tmp_path)
+    assert finetune_argv(run)[1:] == ["-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG))]

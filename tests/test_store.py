@@ -90,7 +90,9 @@ def test_export_loads_in_pycocotools_and_train_reads_identical_labels(store):
     for h, (pos, neg) in tags.items():
         store.set_tags(h, pos, neg)
     store.add_image(png(99))  # untagged: not exported
-    path = store.write_training_files(store.data_dir / "export")
+    from train.run_dir import RunDir
+
+    path = RunDir(store.data_dir / "run").write_labels(store.export_detic())  # what a training run trains on
     coco = COCO(str(path))
     assert len(coco.imgs) == 4 and {c["name"] for c in coco.cats.values()} == {"mug", "laptop", "kettle"}
     samples, _ = read_label_dataset(path, store.image_dir)

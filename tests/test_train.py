@@ -15,7 +15,9 @@ import torch
 from detector import Predictor, load_checkpoint
 from train.data import DataError, read_box_dataset, read_label_dataset, vocabulary_of
 from train.evaluate import coco_metrics
-from train.finetune import FinetuneConfig, finetune
+from train.finetune import finetune
+from train.run_config import RunConfig
+from train.run_dir import RunDir
 from train.sampler import MixedSampler, parse_ratio
 from train.synthetic import BASE, CLASSES, NOVEL, generate
 
@@ -29,13 +31,13 @@ def syn(tmp_path_factory):
     return out
 
 
-def _cfg(syn, out, **kw):
-    base = dict(out=str(out), model="tiny", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"),
+def _train(syn, out, resume=False, on_progress=None, **kw):
+    base = dict(model="tiny", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"),
                 label_data=str(syn / "image_labels.json"), label_images=str(syn / "images"), iters=6,
                 box_batch=2, label_batch=2, box_size=64, label_size=32, checkpoint_every=3, log_every=1,
                 warmup=2, lr=1e-3)
     base.update(kw)
-    return FinetuneConfig(**base)
+    return finetune(RunConfig(**base), out, resume=resume, on_progress=on_progress)
 
 
 # --- synthetic benchmark -----------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def test_sampler_ratio_and_absent_sources():
 
 
 def test_few_iterations_lower_the_loss(syn, tmp_path):
-    result = finetune(_cfg(syn, tmp_path / "run", iters=40, label_data=None, label_images=None, checkpoint_every=100))
+    result = _train(syn, tmp_path / "run", iters=40, label_data=None, label_images=None, checkpoint_every=100)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result["state"] == "finished" and len(losses) == 40
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
@@ -147,17 +149,17 @@ def test_few_iterations_lower_the_loss(syn, tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(syn, tmp_path):
-    full = finetune(_cfg(syn, tmp_path / "full", iters=8, checkpoint_every=4))
+    full = _train(syn, tmp_path / "full", iters=8, checkpoint_every=4)
     assert full["state"] == "finished"
 
     def cancel_at_4(metrics):
         if metrics["iteration"] == 4:
             (tmp_path / "part" / "CANCEL").write_text("")
 
-    part = finetune(_cfg(syn, tmp_path / "part", iters=8, checkpoint_every=4), on_progress=cancel_at_4)
+    part = _train(syn, tmp_path / "part", iters=8, checkpoint_every=4, on_progress=cancel_at_4)
     assert part["state"] == "cancelled" and part["iteration"] == 4
     assert json.loads((tmp_path / "part" / "status.json").read_text())["state"] == "cancelled"
-    resumed = finetune(_cfg(syn, tmp_path / "part", iters=8, checkpoint_every=4, resume=True))
+    resumed = _train(syn, tmp_path / "part", iters=8, checkpoint_every=4, resume=True)
     assert resumed["state"] == "finished" and resumed["iteration"] == 8
     a = load_checkpoint(tmp_path / "full").state_dict()
     b = load_checkpoint(tmp_path / "part").state_dict()
@@ -166,7 +168,7 @@ def test_resume_matches_uninterrupted_run(syn, tmp_path):
 
 def test_image_labels_only_trains_only_the_classifier(syn, tmp_path):
     start = load_checkpoint_of_preset(tmp_path)
-    finetune(_cfg(syn, tmp_path / "run", model=str(start), box_data=None, box_images=None, iters=4))
+    _train(syn, tmp_path / "run", model=str(start), box_data=None, box_images=None, iters=4)
     log = (tmp_path / "run" / "train.log").read_text()
     assert "only the classifier learns" in log
     before, after = load_checkpoint(start).state_dict(), load_checkpoint(tmp_path / "run").state_dict()
@@ -185,7 +187,7 @@ def test_unreadable_images_are_skipped_and_counted(syn, tmp_path):
     shutil.copytree(syn / "images", images)
     for i in range(3):
         (images / "image_labels" / f"{i:05d}.png").write_bytes(b"not a png")
-    result = finetune(_cfg(syn, tmp_path / "run", label_images=str(images), box_images=str(images), iters=6))
+    result = _train(syn, tmp_path / "run", label_images=str(images), box_images=str(images), iters=6)
     assert result["state"] == "finished" and len(result["skipped_images"]) >= 1
     assert "skipping unreadable image" in (tmp_path / "run" / "train.log").read_text()
 
@@ -218,9 +220,7 @@ def test_killed_run_leaves_loadable_checkpoint_and_sigterm_stops_cleanly(syn, tm
     time.sleep(1.0)
     killed.kill()
     killed.wait()
-    from train.run_state import latest_checkpoint
-
-    ckpt = latest_checkpoint(tmp_path / "k")
+    ckpt = RunDir(tmp_path / "k").latest_checkpoint()
     assert ckpt is not None and load_checkpoint(ckpt) is not None
     assert Predictor.from_pretrained(str(tmp_path / "k"), device="cpu").predict(np.zeros((64, 64, 3), np.uint8), "red circle")
 
@@ -283,7 +283,7 @@ def test_box_batches_never_give_negatives_to_classes_without_boxes(syn, tmp_path
         return original(self, kind, images, payload, class_embeddings)
 
     monkeypatch.setattr(TrainStep, "forward", spy)
-    finetune(_cfg(syn, tmp_path / "run", iters=4))
+    _train(syn, tmp_path / "run", iters=4)
     box_names = {n for s in read_box_dataset(syn / "box_train.json", syn / "images")[0] for n in s.names}
     labels, _ = read_label_dataset(syn / "image_labels.json", syn / "images")
     all_names = set(box_names) | {n for s in labels for n in s.positives}
@@ -295,3 +295,31 @@ def test_box_batches_never_give_negatives_to_classes_without_boxes(syn, tmp_path
         else:
             assert num_classes == len(all_names)
     assert {k for k, _, _ in seen} == {"box", "label"}
+
+
+def test_evaluation_of_an_image_above_the_decode_limit_is_in_original_pixels(tmp_path, tiny_predictor):
+    """An image wider than the decode limit is shrunk for the model; the boxes evaluation scores
+    must still be in its original pixels, or a perfect detection would score 0 AP."""
+    from PIL import Image
+
+    from detector.images import MAX_SIDE
+    from train.evaluate import evaluate_model
+
+    width = int(MAX_SIDE * 2.5)
+    rng = np.random.default_rng(0)
+    pixels = np.repeat(rng.integers(0, 255, (96, width // 8, 3), dtype=np.uint8), 8, axis=1)
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    (det,) = tiny_predictor.predict(tmp_path / "wide.png", ["stripe"], score_threshold=0.0, max_detections=1)
+    x1, y1, x2, y2 = (float(v) for v in det.xyxy[0])
+    gt = {"images": [{"id": 1, "file_name": "wide.png", "width": width, "height": 96}],
+          "categories": [{"id": 7, "name": "stripe"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [x1, y1, x2 - x1, y2 - y1]}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    metrics = evaluate_model(tiny_predictor, tmp_path / "gt.json", tmp_path, score_threshold=0.0, max_detections=1)
+    assert metrics["images"] == 1 and metrics["all"]["AP"] == pytest.approx(1.0)
+    # The same ground truth in the shrunk image's pixels must not match: the scale really matters.
+    shrink = MAX_SIDE / width
+    gt["annotations"][0]["bbox"] = [v * shrink for v in gt["annotations"][0]["bbox"]]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert evaluate_model(tiny_predictor, tmp_path / "gt.json", tmp_path, score_threshold=0.0,
+                          max_detections=1)["all"]["AP50"] < 0.5

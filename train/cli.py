@@ -1,4 +1,8 @@
-"""`python -m train {finetune,evaluate,synthetic}`: the training CLIs (same functions the app calls)."""
+"""`python -m train {finetune,evaluate,synthetic}`: the training CLIs (same functions the app calls).
+
+`finetune`'s flags are generated from `RunConfig`'s fields; `--config RUN/run_config.json`
+starts from a saved config (what the app launches), and flags given beside it override it.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +12,18 @@ import logging
 import sys
 from pathlib import Path
 
-from .finetune import FinetuneConfig
+from .run_config import RunConfig, add_config_arguments, config_from_args
+from .run_dir import RunDir
 
 
 def _finetune_parser(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a detector from box labels and/or image-level labels",
                        description="Detic fine-tuning. Image-label files: Detic/COCO JSON with pos_category_ids, "
                                    "CSV (image,labels with ';' between labels) or JSONL ({image, labels}).")
-    p.add_argument("--model", default="offline", help="starting point: preset, checkpoint folder or Hub id")
-    p.add_argument("--box-data", help="COCO detection JSON (box labels)")
-    p.add_argument("--box-images", help="folder the box JSON's file_name entries are relative to")
-    p.add_argument("--label-data", help="image-level labels: Detic JSON, CSV or JSONL")
-    p.add_argument("--label-images", help="folder the label file's image paths are relative to")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
-    p.add_argument("--iters", type=int, default=1000)
-    p.add_argument("--image-loss", choices=["max_size", "image_box", "max_score"], default="max_size")
-    p.add_argument("--image-loss-weight", type=float, default=0.1, help="lambda of the image-label loss")
-    p.add_argument("--ratio", default="1:1", help="box:image-label batches, e.g. 1:4")
-    p.add_argument("--box-batch", type=int, default=4)
-    p.add_argument("--label-batch", type=int, default=8)
-    p.add_argument("--box-size", type=int, default=640, help="shorter side of box-labelled images")
-    p.add_argument("--label-size", type=int, default=320, help="shorter side of image-labelled images")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--config", type=Path, help=f"a saved run config (RUN/{RunDir.CONFIG}); flags override it")
+    p.add_argument("--out", type=Path, help="run directory (default: the folder of --config)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--eval-data", help="COCO JSON to evaluate on when training finishes")
-    p.add_argument("--eval-images")
-    p.add_argument("--novel", default=None, help="comma-separated novel class names (for evaluation)")
+    add_config_arguments(p)
 
 
 def _evaluate_parser(sub) -> None:
@@ -49,6 +34,15 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--novel", default=None, help="comma-separated novel class names")
     p.add_argument("--out", type=Path, default=None, help="write metrics JSON here")
     p.add_argument("--device", default=None)
+
+
+def finetune_command(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The (config, run directory) a `finetune` command line asks for."""
+    base = RunConfig.load(args.config) if args.config else None
+    out = args.out or (args.config.parent if args.config else None)
+    if out is None:
+        raise ValueError("give --out RUN_DIR (or --config RUN/run_config.json)")
+    return config_from_args(args, base), out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,21 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data import DataError
 
-    novel = [n.strip() for n in args.novel.split(",") if n.strip()] if args.novel else None
+    out = None
     try:
         if args.command == "finetune":
-            cfg = FinetuneConfig(
-                out=args.out, model=args.model, box_data=args.box_data, box_images=args.box_images,
-                label_data=args.label_data, label_images=args.label_images, iters=args.iters,
-                image_loss=args.image_loss, image_loss_weight=args.image_loss_weight, ratio=args.ratio,
-                box_batch=args.box_batch, label_batch=args.label_batch, box_size=args.box_size,
-                label_size=args.label_size, lr=args.lr, warmup=args.warmup, checkpoint_every=args.checkpoint_every,
-                log_every=args.log_every, seed=args.seed, device=args.device, resume=args.resume,
-                eval_data=args.eval_data, eval_images=args.eval_images, novel=novel,
-            )
+            out = args.out or (args.config.parent if args.config else None)
+            cfg, out = finetune_command(args)
             from .finetune import finetune
 
-            result = finetune(cfg)
+            result = finetune(cfg, out, resume=args.resume)
             summary = {k: result[k] for k in ("state", "iteration", "total", "seconds")}
             summary["evaluation"] = result.get("evaluation")
             print(json.dumps(summary, indent=2))
@@ -93,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from .evaluate import evaluate_model
 
+            novel = [n.strip() for n in args.novel.split(",") if n.strip()] if args.novel else None
             metrics = evaluate_model(Predictor.from_pretrained(args.model, device=args.device), args.data,
                                      args.images, novel)
             text = json.dumps(metrics, indent=2)
@@ -101,5 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
     except (DataError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if out is not None and RunDir(out).exists():  # a config that never started still ends the run
+            RunDir(out).write_status("failed", message=str(e)[:500])
         return 2
     return 0

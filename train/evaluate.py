@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.images import ImageLoadError, load_image
+from detector.annotate import coco_annotations
+from detector.images import ImageLoadError
 from detector.vocabulary import normalize_name
 
 
@@ -87,15 +88,13 @@ def evaluate_model(model_or_predictor, data: str | Path, image_dir: str | Path, 
     names = [normalize_name(c["name"]) for c in cats]
     dets, skipped = [], 0
     for info in gt["images"]:
-        try:
-            img = load_image(image_dir / info["file_name"])
+        try:  # the file as it is: the predictor decodes it and reports boxes in its original pixels
+            d = predictor.predict(image_dir / info["file_name"], names, score_threshold=score_threshold,
+                                  max_detections=max_detections)[0]
         except ImageLoadError:
             skipped += 1
             continue
-        d = predictor.predict(img.array, names, score_threshold=score_threshold, max_detections=max_detections)[0]
-        for (x1, y1, x2, y2), s, c in zip(d.xyxy * 1.0, d.confidence, d.class_id):
-            dets.append({"image_id": info["id"], "category_id": cats[int(c)]["id"],
-                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)})
+        dets += coco_annotations(d, info["id"], [c["id"] for c in cats], first_id=len(dets) + 1)
     result = coco_metrics(gt, dets, novel)
     result["images"] = len(gt["images"]) - skipped
     result["skipped_images"] = skipped

@@ -1,7 +1,7 @@
 """Detic fine-tuning from box labels and image-level labels: the engine behind in-app retraining.
 
-`finetune(FinetuneConfig(...))` is what the CLI, the app's background job and the experiments
-call. It mixes box batches (standard detection losses) and image-label batches (Detic's
+`finetune(RunConfig(...), run_dir)` is what the CLI (and so the app's background job) and the
+experiments call; every file it reads or writes in the run folder goes through `RunDir`. It mixes box batches (standard detection losses) and image-label batches (Detic's
 image-label loss, lambda = 0.1) at a fixed ratio, trains with AdamW + warm-up + cosine and
 gradient clipping, logs JSONL metrics, checkpoints atomically, resumes exactly, stops cleanly on
 SIGINT/SIGTERM or a `CANCEL` file, and runs under `torchrun` with DDP.
@@ -9,8 +9,6 @@ SIGINT/SIGTERM or a `CANCEL` file, and runs under `torchrun` with DDP.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
@@ -19,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,55 +29,15 @@ from detector.presets import load_detector
 from detector.text_encoders import build_text_encoder
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
-from .run_state import (
-    latest_checkpoint,
-    load_run_checkpoint,
-    restore_optimizer,
-    save_run_checkpoint,
-    write_json,
-    write_status,
-)
+from .run_config import RunConfig
+from .run_dir import RunDir
 from .sampler import MixedSampler, parse_ratio
 
 log = logging.getLogger("train")
 
 
-@dataclass
-class FinetuneConfig:
-    out: str
-    model: str = "offline"
-    box_data: str | None = None
-    box_images: str | None = None
-    label_data: str | None = None
-    label_images: str | None = None
-    iters: int = 1000
-    box_batch: int = 4
-    label_batch: int = 8
-    box_size: int = 640
-    label_size: int = 320  # Detic: image-labelled images at half the box resolution
-    jitter: tuple[float, float] = (0.8, 1.25)
-    ratio: str = "1:1"  # box : image-label batches
-    image_loss: str = "max_size"
-    image_loss_weight: float = 0.1
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    warmup: int = 100
-    clip: float = 1.0
-    checkpoint_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    eval_data: str | None = None
-    eval_images: str | None = None
-    novel: list[str] | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def learning_rate(cfg: FinetuneConfig, it: int) -> float:
-    warmup = max(1, min(cfg.warmup, cfg.iters // 10 or 1))
+def learning_rate(cfg: RunConfig, it: int) -> float:
+    warmup = cfg.warmup_iters
     if it < warmup:
         return cfg.lr * (it + 1) / warmup
     progress = (it - warmup) / max(1, cfg.iters - warmup)
@@ -90,22 +47,23 @@ def learning_rate(cfg: FinetuneConfig, it: int) -> float:
 class TrainStep(nn.Module):
     """One module whose forward covers both kinds of batch, so DDP can wrap it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, rule: str, weight: float):
         super().__init__()
-        self.model = model
+        self.model, self.rule, self.weight = model, rule, weight
 
     def forward(self, kind: str, images, payload, class_embeddings):
         if kind == "box":
             return self.model(images, payload, class_embeddings)
         positives, negatives = payload
-        return self.model.image_label_loss(images, positives, class_embeddings, negatives=negatives)
+        return self.model.image_label_loss(images, positives, class_embeddings, rule=self.rule, weight=self.weight,
+                                           negatives=negatives)
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM or by a CANCEL file in the run directory."""
+    """Set by SIGINT/SIGTERM or by a cancel request in the run directory."""
 
-    def __init__(self, run_dir: Path):
-        self.cancel_file = run_dir / "CANCEL"
+    def __init__(self, run: RunDir):
+        self.run = run
         self.signalled = False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -115,13 +73,13 @@ class StopFlag:
         self.signalled = True
 
     def __bool__(self) -> bool:
-        return self.signalled or self.cancel_file.exists()
+        return self.signalled or self.run.cancel_requested()
 
 
-def _setup_logging(run_dir: Path, rank: int) -> logging.Handler | None:
+def _setup_logging(run: RunDir, rank: int) -> logging.Handler | None:
     if rank != 0:
         return None
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler = logging.FileHandler(run.file(RunDir.TRAIN_LOG), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("train", "detector"):
         logging.getLogger(name).addHandler(handler)
@@ -160,17 +118,19 @@ def _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped
     return images, payload
 
 
-def finetune(cfg: FinetuneConfig, on_progress=None) -> dict:
-    """Run (or resume) training into `cfg.out`; returns the final metrics dict."""
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def finetune(cfg: RunConfig, run_dir: str | Path | RunDir, resume: bool = False, on_progress=None) -> dict:
+    """Run (or, with `resume`, continue) training into `run_dir`; returns the final metrics dict.
+
+    The config is (re)written into the run folder, so a run records what it last ran with."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed()
-    handler = _setup_logging(run_dir, rank)
+    handler = _setup_logging(run, rank)
     try:
-        return _finetune(cfg, run_dir, rank, world, on_progress)
+        return _finetune(cfg, run, resume, rank, world, on_progress)
     except BaseException as e:
         if rank == 0:
-            write_status(run_dir, "failed", message=f"{type(e).__name__}: {e}"[:500])
+            run.write_status("failed", message=f"{type(e).__name__}: {e}"[:500], pid=os.getpid())
         raise
     finally:
         if handler is not None:
@@ -179,22 +139,17 @@ def finetune(cfg: FinetuneConfig, on_progress=None) -> dict:
             handler.close()
 
 
-def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
+def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, on_progress) -> dict:
     t_start = time.time()
+    cfg.validate()
     if rank == 0:
-        write_json(run_dir / "train_config.json", cfg.to_dict())
-        write_status(run_dir, "running", iteration=0, total=cfg.iters, message="loading data", started=t_start)
-    if cfg.iters < 1:
-        raise ValueError("iters must be >= 1")
-    parse_ratio(cfg.ratio)
+        run.write_config(cfg)
+        run.write_status("running", iteration=0, total=cfg.iters, message="loading data", started=t_start,
+                         pid=os.getpid())
     box, labels = [], []
     if cfg.box_data:
-        if not cfg.box_images:
-            raise DataError("--box-data needs --box-images")
         box, _ = read_box_dataset(cfg.box_data, cfg.box_images)
     if cfg.label_data:
-        if not cfg.label_images:
-            raise DataError("--label-data needs --label-images")
         labels, _ = read_label_dataset(cfg.label_data, cfg.label_images)
     if not box and not labels:
         raise DataError("no training images: give --box-data and/or --label-data with existing images")
@@ -207,19 +162,18 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    start_it, opt_tensors, opt_state = 0, None, None
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        log.warning("--resume: no checkpoint in %s yet, starting from %s", run_dir, cfg.model)
+    start_it, opt_state = 0, None
+    resume_from = run.latest_checkpoint() if resume else None
+    if resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s yet, starting from %s", run.path, cfg.model)
     if resume_from is not None:
-        model, opt_tensors, opt_state = load_run_checkpoint(resume_from)
+        model, opt_state = run.load_checkpoint(resume_from)
         start_it = int(opt_state["iteration"])
         if opt_state.get("vocabulary") != names:
             raise DataError("the data's vocabulary differs from the run being resumed; use a new --out")
         log.info("resuming from %s at iteration %d", resume_from, start_it)
     else:
         model = load_detector(cfg.model)
-    model.config = model.config.replace(image_label_rule=cfg.image_loss, image_label_weight=cfg.image_loss_weight)
     model.to(device).train()
 
     embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
@@ -243,15 +197,15 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if opt_tensors is not None:
-        restore_optimizer(optimizer, opt_tensors, opt_state)
-    step = TrainStep(model)
+    if resume_from is not None:
+        run.restore_optimizer(resume_from, optimizer)
+    step = TrainStep(model, cfg.image_label_rule, cfg.image_label_weight)
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
     sampler = MixedSampler(len(box), len(labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
                            cfg.seed, rank)
-    stop = StopFlag(run_dir)
+    stop = StopFlag(run)
     skipped: set[str] = set()
     window: dict[str, list[float]] = {}
     step_times: list[float] = []
@@ -302,7 +256,7 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
         it += 1
         step_times.append(time.time() - t0)
         bar.update(1)
-        if rank == 0 and (it % cfg.log_every == 0 or it == cfg.iters or it == start_it + 1):
+        if rank == 0 and (it % cfg.log_interval == 0 or it == cfg.iters or it == start_it + 1):
             recent = step_times[-50:]
             sec = sum(recent) / len(recent)
             n_imgs = cfg.box_batch if kind == "box" else cfg.label_batch
@@ -310,13 +264,12 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
                     "eta_s": sec * (cfg.iters - it), "time": time.time() - t_start, "kind": kind,
                     **{k: sum(v) / len(v) for k, v in window.items() if v}}
             window = {}
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(last) + "\n")
-            write_status(run_dir, "running", iteration=it, total=cfg.iters, message=f"loss {last.get('loss', 0):.4f}")
+            run.append_metrics(last)
+            run.write_status("running", iteration=it, total=cfg.iters, message=f"loss {last.get('loss', 0):.4f}")
             if on_progress:
                 on_progress(last)
-        if rank == 0 and it % cfg.checkpoint_every == 0 and it < cfg.iters:
-            _save(run_dir, model, optimizer, it, names, trained_names)
+        if rank == 0 and it % cfg.checkpoint_interval == 0 and it < cfg.iters:
+            _save(run, model, optimizer, it, names, trained_names)
     bar.close()
 
     result = {"state": state, "iteration": it, "total": cfg.iters, "vocabulary": names,
@@ -326,25 +279,25 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
         dist.all_gather_object(checks, [float(p.detach().double().sum()) for p in params])
         result["rank_checksums"] = checks
     if rank == 0:
-        _save(run_dir, model, optimizer, it, names, trained_names)
+        _save(run, model, optimizer, it, names, trained_names)
         if state == "finished" and cfg.eval_data:
             from .evaluate import evaluate_model
 
             result["evaluation"] = evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
                                                   embedder=embedder)
-            write_json(run_dir / "eval.json", result["evaluation"])
-        write_json(run_dir / "metrics.json", result)
-        (run_dir / "CANCEL").unlink(missing_ok=True)
-        write_status(run_dir, state, iteration=it, total=cfg.iters,
-                     message="done" if state == "finished" else "stopped; resume with --resume")
+            run.write_evaluation(result["evaluation"])
+        run.write_summary(result)
+        run.clear_cancel()
+        run.write_status(state, iteration=it, total=cfg.iters,
+                         message="done" if state == "finished" else "stopped; resume with --resume")
     if world > 1:
         dist.barrier()
     return result
 
 
-def _save(run_dir, model, optimizer, it, names, trained_names) -> None:
+def _save(run: RunDir, model, optimizer, it, names, trained_names) -> None:
     known = set(model.config.trained_class_names)
     model.config.trained_class_names = list(model.config.trained_class_names) + [
         n for n in names if n.casefold() in trained_names and n not in known
     ]
-    save_run_checkpoint(run_dir, model, optimizer, it, {"vocabulary": names})
+    run.save_checkpoint(model, optimizer, it, {"vocabulary": names})

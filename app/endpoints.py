@@ -1,0 +1,71 @@
+"""The app's operations as callables, generated once from `AppService`'s `@endpoint` methods.
+
+Both the Gradio events (`app.ui`) and the named API endpoints (`register_api`) call these same
+objects, so the UI and the API take the same parameters and behave the same. Each one turns
+expected errors into one readable `gr.Error` (never a traceback) and, when it runs the model on a
+ZeroGPU Space, runs under `spaces.GPU`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+
+import gradio as gr
+
+from detector import CheckpointError, HubUnavailableError, ImageLoadError
+
+from .jobs import JobError
+from .service import AppService
+from .store import StoreError
+
+USER_ERRORS = (ValueError, ImageLoadError, StoreError, JobError, HubUnavailableError, CheckpointError,
+               FileNotFoundError)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Expected errors become one readable message in the UI / API response."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return wrapper
+
+
+def on_zero_gpu(fn: Callable) -> Callable:
+    """On a ZeroGPU Space, run `fn` on the GPU; elsewhere unchanged."""
+    if not os.environ.get("SPACE_ID"):
+        return fn
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def make_endpoints(service: AppService) -> dict[str, Callable]:
+    """name -> the service method, wrapped; `.endpoint` on each says {"gpu", "api"}."""
+    out = {}
+    for name, method in inspect.getmembers(type(service), callable):
+        spec = getattr(method, "endpoint", None)
+        if spec is None:
+            continue
+        bound = getattr(service, name)
+        fn = friendly(on_zero_gpu(bound) if spec["gpu"] else bound)
+        fn.endpoint = spec
+        out[name] = fn
+    return out
+
+
+def register_api(endpoints: dict[str, Callable]) -> None:
+    """Named API endpoints (`/name`) for every operation over plain values; operations on
+    uploaded files are reachable through their UI events, which carry the same name."""
+    for name, fn in endpoints.items():
+        if fn.endpoint["api"]:
+            gr.api(fn, api_name=name)

@@ -1,0 +1,63 @@
+"""The Gradio interface: Detect, Assign, Tag, Dataset, Train and Model tabs, one module each.
+
+Every event calls an operation from `app.endpoints` (generated from `AppService`), and the same
+operations are the named API endpoints (README, "API"). Errors reach the person as one readable
+message, never a traceback, and nothing they entered is lost.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..endpoints import make_endpoints, register_api
+from ..service import AppService
+from . import assign_tab, dataset_tab, detect_tab, model_tab, tag_tab, train_tab
+from .common import handler, launch_options
+from .tag_tab import allows_server_folders
+
+__all__ = ["allows_server_folders", "build_app", "launch_options"]
+
+
+def build_app(service: AppService) -> gr.Blocks:
+    ep = make_endpoints(service)
+    with gr.Blocks(title="Open-vocabulary detector") as demo:
+        gr.Markdown("# Detect anything you can name\nType a vocabulary, detect, tag images with what they "
+                    "contain, retrain in the background, and serve the new model, all on this page.")
+        header = gr.Markdown(model_tab.model_line(service.model_info()))
+        with gr.Tabs():
+            with gr.Tab("Detect"):
+                detect = detect_tab.build(ep, service.predictor.config)
+            with gr.Tab("Assign"):
+                assign_tab.build(ep)
+            with gr.Tab("Tag") as tag_page:
+                tag = tag_tab.build(ep, detect["vocabulary"])
+            with gr.Tab("Dataset") as dataset_page:
+                dataset = dataset_tab.build(ep)
+            with gr.Tab("Train"):
+                train = train_tab.build(ep)
+            with gr.Tab("Model") as model_page:
+                model = model_tab.build(ep)
+
+        # Every tab shows the store and the served model as they are now when it is opened.
+        for page, (fn, inputs, outputs) in ((tag_page, tag["refresh"]), (dataset_page, dataset["refresh"])):
+            page.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
+        served = handler(ep["model_info"], present=lambda info: (info, model_tab.model_line(info)))
+        model_page.select(served, None, [model["info"], header], api_name=False, show_progress="hidden")
+
+        def swapped(info: dict) -> tuple:
+            return info, model_tab.model_line(info), f"now serving `{info['source']}`"
+
+        train["use"].click(handler(ep["use_model"], prepare=train["need_run"], present=swapped), train["run"],
+                           [model["info"], header, train["msg"]], api_name=False)
+        model["load"].click(handler(ep["use_model"], present=swapped), model["source"],
+                            [model["info"], header, model["msg"]], api_name=False)
+
+        def on_load(first_untagged: int) -> tuple:
+            info = ep["model_info"]()
+            return (*tag["view_at"](first_untagged), *dataset["refresh"][0](), info, model_tab.model_line(info))
+
+        demo.load(handler(ep["first_untagged"], present=on_load), None, [*tag["refresh"][2], *dataset["refresh"][2], model["info"], header],
+                  api_name=False)
+        register_api(ep)
+    demo.app_endpoints = ep  # for inspection (tests): the operations every event and API call goes through
+    return demo

@@ -1,0 +1,69 @@
+"""What every tab shares: page styling, the image input, and `handler`, which ties a UI event to
+one app operation (an endpoint from `app.endpoints`) and shapes its result for the components."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+
+import gradio as gr
+
+from ..endpoints import friendly
+
+CSS = """
+.progress-outer {background:#e5e7eb;border-radius:6px;height:14px;width:100%}
+.progress-inner {background:#4f46e5;border-radius:6px;height:14px}
+#tag-image img {max-height: 460px; object-fit: contain}
+"""
+
+# Left/right arrows move through the tagging queue when the focus is not in a text field.
+HEAD = """
+<script>
+document.addEventListener('keydown', (e) => {
+  const t = e.target.tagName;
+  if (t === 'INPUT' || t === 'TEXTAREA' || e.target.isContentEditable) return;
+  const id = e.key === 'ArrowRight' ? 'tag-next' : e.key === 'ArrowLeft' ? 'tag-prev' : null;
+  if (id) { const b = document.getElementById(id); if (b) { b.click(); e.preventDefault(); } }
+});
+</script>
+"""
+
+
+def launch_options() -> dict:
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS, "head": HEAD}
+
+
+class ImageInput(gr.Image):
+    """An image input whose upload goes to `detector.images` untouched: one loader for every path
+    (EXIF, odd modes, huge images, clear errors) and no second decode by Gradio."""
+
+    is_template = True  # rendered by Gradio's own Image widget
+
+    def preprocess(self, payload):
+        if payload is not None and getattr(payload, "path", None):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None) -> Callable:
+    """A UI event function: `prepare` maps the components' values to the endpoint's arguments
+    (default: as they are), `present` maps its result to the output components' values."""
+
+    def run(*values):
+        args = prepare(*values) if prepare else values
+        result = endpoint(*args)
+        return present(result) if present else result
+
+    run.__name__ = getattr(endpoint, "__name__", "handler")  # no __wrapped__: Gradio reads run's own signature
+    wrapped = friendly(run)
+    del wrapped.__wrapped__
+    wrapped.endpoint = endpoint
+    return wrapped
+
+
+def json_file(data, name: str) -> str:
+    """A download for `data` (Gradio serves it from its cache folder)."""
+    with tempfile.NamedTemporaryFile("w", suffix=f"-{name}.json", delete=False, encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+    return f.name

@@ -1,0 +1,68 @@
+"""Dataset: counts per label, browse, rename / merge / delete labels, import and export."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from .common import handler
+
+
+def _present(summary: dict) -> tuple:
+    """dataset summary -> (plot, table, line, and the label list for every label picker)."""
+    labels = summary["labels"]
+    df = pd.DataFrame([{"label": k, "images": v["positive"], "not present": v["negative"]} for k, v in labels.items()],
+                      columns=["label", "images", "not present"])
+    pick = gr.update(choices=list(labels))
+    return (df, df, f"{summary['images']} images, {summary['tagged']} tagged, {len(labels)} labels",
+            pick, pick, pick, pick)
+
+
+def build(ep: dict) -> dict:
+    summary = gr.Markdown()
+    with gr.Row():
+        plot = gr.BarPlot(x="label", y="images", title="Images per label", label="Counts")
+        table = gr.Dataframe(interactive=False, label="Counts")
+    with gr.Row():
+        browse_label = gr.Dropdown([], label="Browse images of label")
+        gallery = gr.Gallery(label="Images", columns=6)
+    with gr.Row():
+        ren_old = gr.Dropdown([], label="Rename label")
+        ren_new = gr.Textbox(label="New name (an existing name merges)")
+        ren_btn = gr.Button("Rename")
+    with gr.Row():
+        merge_src = gr.Dropdown([], multiselect=True, label="Merge labels")
+        merge_into = gr.Textbox(label="into")
+        merge_btn = gr.Button("Merge")
+    with gr.Row():
+        del_label = gr.Dropdown([], label="Delete label")
+        del_btn = gr.Button("Delete", variant="stop")
+    with gr.Row():
+        imp_file = gr.File(label="Import labels (Detic/COCO JSON, CSV, JSONL)")
+        imp_btn = gr.Button("Import")
+        imp_msg = gr.Markdown()
+    with gr.Row():
+        exp_fmt = gr.Radio(["detic", "csv", "coco_detections"], value="detic", label="Export format")
+        exp_btn = gr.Button("Export")
+        exp_file = gr.File(label="Export")
+
+    out = [plot, table, summary, browse_label, ren_old, merge_src, del_label]
+
+    def picked(*values):
+        if not all(v for v in values) or not all(str(v).strip() for v in values if isinstance(v, str)):
+            raise gr.Error("pick a label (and type the new name) first")
+        return values
+
+    browse_label.change(handler(ep["images_with_label"], present=lambda rows: [(r["path"], r["name"]) for r in rows],
+                                prepare=lambda label: (label or "",)), browse_label, gallery, api_name=False)
+    ren_btn.click(handler(ep["rename_label"], prepare=picked, present=_present), [ren_old, ren_new], out,
+                  api_name=False)
+    merge_btn.click(handler(ep["merge_labels"], present=_present), [merge_src, merge_into], out, api_name=False)
+    del_btn.click(handler(ep["delete_label"], prepare=picked, present=_present), del_label, out, api_name=False)
+
+    def imported(result: dict) -> tuple:
+        return (f"imported {result['images']} image(s), skipped {result['skipped']}", *_present(ep["dataset"]()))
+
+    imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [imp_msg, *out], api_name="import_labels")
+    exp_btn.click(handler(ep["export_labels"]), exp_fmt, exp_file, api_name=False)
+    return {"refresh": (handler(ep["dataset"], present=_present), [], out)}

@@ -1,0 +1,71 @@
+"""Detect: one image or many, a typed vocabulary, thresholds; boxes, table and JSON out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from detector.vocabulary import PRESETS
+
+from .common import ImageInput, handler, json_file
+
+
+def _rows(records: list[dict]) -> list[list]:
+    return [[r["class_name"], r["score"], *r["box"]] for r in records]
+
+
+def fill_preset(name: str | None):
+    """Pure UI: a preset's names into the vocabulary box (no app operation)."""
+    return ", ".join(PRESETS[name]) if name else gr.update()
+
+
+fill_preset.ui_only = True
+
+
+def build(ep: dict, defaults) -> dict:
+    """`defaults`: the served model's DetectorConfig (initial thresholds)."""
+    with gr.Row():
+        with gr.Column():
+            image = ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
+                               elem_id="detect-image")
+            vocabulary = gr.Textbox(label="Vocabulary (comma or newline separated)", value="person, cup, laptop",
+                                    lines=2, elem_id="vocabulary")
+            preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
+            with gr.Row():
+                score = gr.Slider(0, 1, value=defaults.score_threshold, step=0.01, label="Score threshold")
+                nms = gr.Slider(0.05, 1, value=defaults.nms_threshold, step=0.05, label="NMS IoU")
+                max_det = gr.Slider(1, 300, value=defaults.max_detections, step=1, label="Max detections")
+            detect_btn = gr.Button("Detect", variant="primary", elem_id="detect-button")
+        with gr.Column():
+            out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
+            table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False)
+            download = gr.File(label="Detections (JSON)")
+    with gr.Accordion("Many images at once", open=False):
+        batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
+        batch_btn = gr.Button("Detect all")
+        batch_gallery = gr.Gallery(label="Results", columns=4)
+        batch_json = gr.File(label="All detections (JSON)")
+
+    def need_image(image, *rest):
+        if image is None:
+            raise gr.Error("upload an image (or use the webcam) first")
+        return (image, *rest)
+
+    detect = handler(ep["detect"], prepare=need_image,
+                     present=lambda r: (r[0], _rows(r[1]), json_file(r[1], "detections")))
+    inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
+    detect_btn.click(detect, inputs, outputs, api_name="detect")
+    vocabulary.submit(detect, inputs, outputs, api_name=False)
+    for slider in (score, nms, max_det):
+        slider.release(detect, inputs, outputs, api_name=False)
+    preset.change(fill_preset, preset, vocabulary, api_name=False)
+
+    def batch_present(results):
+        gallery = [(r["drawn"], f"{Path(r['image']).name}: {len(r['detections'])}") for r in results]
+        return gallery, json_file([{"image": r["image"], "detections": r["detections"]} for r in results],
+                                  "detections")
+
+    batch_btn.click(handler(ep["detect_batch"], present=batch_present), [batch_files, vocabulary, score, nms, max_det],
+                    [batch_gallery, batch_json], api_name="detect_batch")
+    return {"vocabulary": vocabulary}

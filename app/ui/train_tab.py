@@ -1,0 +1,93 @@
+"""Train: start a background fine-tuning run from the tags, follow it, use its model."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import gradio as gr
+import pandas as pd
+
+from detector.config import IMAGE_LABEL_RULES
+from train.run_dir import ACTIVE_STATES
+
+from .common import handler
+
+
+def progress_html(status: dict) -> str:
+    """Progress bar and one status line; every value from the run is escaped (it may hold user text)."""
+    total = max(1, int(status.get("total") or 1))
+    it = int(status.get("iteration") or 0)
+    pct = 100 * min(it, total) / total
+    metrics = status.get("metrics") or []
+    eta = metrics[-1].get("eta_s") if metrics else None
+    line = (f"<b>{html.escape(str(status.get('state', '?')))}</b> · iteration {it} / {total} · "
+            f"{html.escape(str(status.get('message', '')))}")
+    if eta and status.get("state") in ACTIVE_STATES:
+        line += f" · ETA {float(eta):.0f} s"
+    return (f"<div class='progress-outer'><div class='progress-inner' style='width:{pct:.1f}%'></div></div>"
+            f"<p>{line}</p>")
+
+
+def _present_status(status: dict) -> tuple:
+    """training_status -> (run id, progress, loss curve, log, evaluation)."""
+    if status.get("state") == "none":
+        return "", "No training runs yet.", pd.DataFrame({"iteration": [], "loss": []}), "", ""
+    curve = pd.DataFrame([{"iteration": m["iteration"], "loss": m["loss"]} for m in status["metrics"] if "loss" in m],
+                         columns=["iteration", "loss"])
+    evaluation = json.dumps(status["evaluation"], indent=2) if status.get("evaluation") else ""
+    return status["id"], progress_html(status), curve, status.get("log", ""), evaluation
+
+
+def _present_runs(runs: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"run": r["id"], "state": r.get("state"), "iteration": r.get("iteration"),
+                          "total": r.get("total"), "AP50": ((r.get("evaluation") or {}).get("all") or {}).get("AP50")}
+                         for r in runs], columns=["run", "state", "iteration", "total", "AP50"])
+
+
+def build(ep: dict) -> dict:
+    with gr.Row():
+        with gr.Column():
+            iters = gr.Number(300, label="Iterations", precision=0, minimum=1)
+            rule = gr.Radio(list(IMAGE_LABEL_RULES), value=IMAGE_LABEL_RULES[0], label="Image-label loss")
+            ratio = gr.Textbox("1:1", label="Box : image-label batches")
+            base = gr.Textbox(label="Start from (empty = the live model)")
+            with gr.Accordion("Optional: box labels and validation", open=False):
+                box = gr.Textbox(label="Box-labelled COCO JSON (on this machine)")
+                box_images = gr.Textbox(label="its image folder")
+                eval_data = gr.Textbox(label="Validation COCO JSON")
+                eval_images = gr.Textbox(label="its image folder")
+                novel = gr.Textbox(label="Novel class names (comma separated)")
+                label_size = gr.Number(320, label="Shorter side of tagged images", precision=0, minimum=32)
+                box_size = gr.Number(640, label="Shorter side of box-labelled images", precision=0, minimum=32)
+                weight = gr.Number(0.1, label="Weight λ of the image-label loss", minimum=0)
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary")
+                cancel = gr.Button("Cancel", variant="stop")
+            msg = gr.Markdown()
+        with gr.Column():
+            run = gr.Textbox(label="Run", interactive=False)
+            status = gr.HTML()
+            curve = gr.LinePlot(x="iteration", y="loss", title="Training loss", label="Loss")
+            evaluation = gr.Code(label="Evaluation", language="json")
+            use = gr.Button("Use this run's model (hot swap)")
+    log = gr.Textbox(label="Log (tail)", lines=8, interactive=False)
+    history = gr.Dataframe(label="Runs", interactive=False)
+    timer = gr.Timer(2.0)
+
+    inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight]
+    start.click(handler(ep["start_training"], present=lambda run_id: (run_id, f"started run `{run_id}`")), inputs,
+                [run, msg], api_name=False)
+
+    def need_run(run_id):
+        if not run_id:
+            raise gr.Error("no run selected")
+        return (run_id,)
+
+    cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False)
+    status_out = [run, status, curve, log, evaluation]
+    timer.tick(handler(ep["training_status"], present=_present_status), run, status_out, api_name=False,
+               show_progress="hidden")
+    timer.tick(handler(ep["training_runs"], present=_present_runs), None, history, api_name=False,
+               show_progress="hidden")
+    return {"use": use, "run": run, "msg": msg, "need_run": need_run}

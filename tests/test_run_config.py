@@ -1,0 +1,121 @@
+"""A training run is described once (`RunConfig`): every field survives app -> config file -> CLI
+-> the training loop, and the CLI's flags are generated from it."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from app.jobs import finetune_argv
+from train import cli
+from train.run_config import RunConfig
+from train.run_dir import RunDir
+
+
+def _non_default_config(tmp_path) -> RunConfig:
+    """Every field set to something other than its default."""
+    values = {
+        "model": "tiny", "box_data": str(tmp_path / "b.json"), "box_images": str(tmp_path / "bi"),
+        "label_data": str(tmp_path / "l.json"), "label_images": str(tmp_path / "li"), "iters": 77,
+        "box_batch": 3, "label_batch": 5, "box_size": 96, "label_size": 48, "jitter": (0.5, 1.5), "ratio": "1:4",
+        "image_label_rule": "image_box", "image_label_weight": 0.37, "lr": 3e-3, "weight_decay": 0.02, "warmup": 7,
+        "clip": 2.5, "checkpoint_every": 11, "log_every": 3, "seed": 9, "device": "cpu",
+        "eval_data": str(tmp_path / "v.json"), "eval_images": str(tmp_path / "vi"), "novel": ["red star", "猫"],
+    }
+    cfg = RunConfig(**values)
+    default = RunConfig()
+    missing = [f.name for f in dataclasses.fields(RunConfig) if getattr(cfg, f.name) == getattr(default, f.name)]
+    assert not missing, f"the test must set every field: {missing}"
+    return cfg
+
+
+def test_every_field_survives_app_config_file_cli_and_training_loop(tmp_path, monkeypatch):
+    cfg = _non_default_config(tmp_path)
+    run = RunDir.create(tmp_path / "runs")
+    run.write_config(cfg)  # what the app does
+    seen = {}
+
+    def fake_finetune(c, out, resume=False, on_progress=None):
+        seen.update(cfg=c, out=out, resume=resume)
+        return {"state": "finished", "iteration": c.iters, "total": c.iters, "seconds": 0.0}
+
+    monkeypatch.setattr("train.finetune.finetune", fake_finetune)
+    argv = finetune_argv(run)  # what the app launches
+    assert cli.main(argv[argv.index("train") + 1:]) == 0
+    assert seen["cfg"] == cfg and seen["cfg"].to_dict() == json.loads(run.file(RunDir.CONFIG).read_text())
+    assert str(seen["out"]) == str(run.path) and seen["resume"] is False
+
+
+def test_every_field_is_a_flag_that_overrides_the_config_file(tmp_path, monkeypatch):
+    target = _non_default_config(tmp_path)
+    flags = []
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(target, f.name)
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        flags += [f"--{f.name.replace('_', '-')}", text]
+    (tmp_path / "run").mkdir()
+    base = tmp_path / "run" / RunDir.CONFIG
+    base.write_text(RunConfig(model="offline").to_json())
+    seen = {}
+    monkeypatch.setattr("train.finetune.finetune", lambda c, out, resume=False: seen.update(cfg=c) or
+                        {"state": "finished", "iteration": 0, "total": 0, "seconds": 0.0})
+    assert cli.main(["finetune", "--config", str(base), *flags]) == 0
+    assert seen["cfg"] == target
+
+
+def test_old_flag_names_and_json_round_trip():
+    import argparse
+
+    from train.run_config import add_config_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    cfg = config_from_args(p.parse_args(["--image-loss", "max_score", "--image-loss-weight", "0.5"]))
+    assert (cfg.image_label_rule, cfg.image_label_weight) == ("max_score", 0.5)
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(SystemExit):
+        p.parse_args(["--image-loss", "biggest"])
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"iters": 0}, "iters"), ({"ratio": "x"}, "ratio"), ({"image_label_rule": "biggest"}, "image_label_rule"),
+    ({"box_data": "b.json"}, "box_images"), ({"jitter": (2.0, 1.0)}, "jitter"), ({"surprise": 1}, "surprise"),
+])
+def test_bad_configs_name_the_field(bad, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_dict(bad)
+
+
+def test_schedule_defaults_are_derived_once():
+    assert RunConfig(iters=40).warmup_iters == 4 and RunConfig(iters=40).log_interval == 2
+    assert RunConfig(iters=40).checkpoint_interval == 50 and RunConfig(iters=10_000).checkpoint_interval == 500
+    assert RunConfig(iters=40, log_every=7).log_interval == 7
+
+
+def test_app_start_training_writes_every_setting_it_is_given(tmp_path, tiny_predictor):
+    """The app's parameters (the λ included) reach the config file the CLI reads."""
+    from app.service import AppService
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    h = service.store.add_image(_png())
+    service.tag(h, "cat")
+    service.jobs.start = lambda run: run.id  # launch nothing: this test is about the config file
+    run_id = service.start_training(iters=12, image_label_rule="max_score", ratio="1:4", image_label_weight=0.25,
+                                    novel="cat", label_size=48, box_size=80)
+    cfg = service.jobs.run(run_id).read_config()
+    assert (cfg.iters, cfg.image_label_rule, cfg.ratio, cfg.image_label_weight, cfg.novel, cfg.label_size,
+            cfg.box_size) == (12, "max_score", "1:4", 0.25, ["cat"], 48, 80)
+    labels = json.loads(Path(cfg.label_data).read_text())
+    assert cfg.label_data.startswith(str(service.jobs.runs_dir / run_id)) and len(labels["images"]) == 1
+
+
+def _png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,175 @@
+"""`RunConfig`: everything that defines a fine-tuning run, in one torch-free dataclass.
+
+It is the only description of a run. The app fills one in and writes it into the run's folder
+(`RunDir.write_config`); `python -m train finetune --config RUN/run_config.json` reads it back;
+the CLI's flags are generated from these fields (`add_config_arguments`), so a field added here is
+settable everywhere and can never be dropped on the way. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector.config import IMAGE_LABEL_RULES
+
+
+def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, **extra})
+
+
+@dataclass
+class RunConfig:
+    model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id")
+    box_data: str | None = _opt(None, "COCO detection JSON (box labels)")
+    box_images: str | None = _opt(None, "folder the box JSON's file_name entries are relative to")
+    label_data: str | None = _opt(None, "image-level labels: Detic JSON, CSV or JSONL")
+    label_images: str | None = _opt(None, "folder the label file's image paths are relative to")
+    iters: int = _opt(1000, "training iterations")
+    box_batch: int = _opt(4, "images per box-labelled batch")
+    label_batch: int = _opt(8, "images per image-labelled batch")
+    box_size: int = _opt(640, "shorter side of box-labelled images")
+    label_size: int = _opt(320, "shorter side of image-labelled images (Detic: half the box size)")
+    jitter: tuple[float, float] = _opt((0.8, 1.25), "scale jitter range, e.g. 0.8,1.25")
+    ratio: str = _opt("1:1", "box : image-label batches, e.g. 1:4")
+    image_label_rule: str = _opt("max_size", "which proposal an image-level label trains",
+                                 choices=IMAGE_LABEL_RULES, aliases=("--image-loss",))
+    image_label_weight: float = _opt(0.1, "lambda of the image-label loss", aliases=("--image-loss-weight",))
+    lr: float = _opt(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    warmup: int = _opt(100, "linear warm-up iterations (at most a tenth of the run)")
+    clip: float = _opt(1.0, "gradient-norm clipping")
+    checkpoint_every: int | None = _opt(None, "iterations between checkpoints (default: a quarter of the run, 50..500)")
+    log_every: int | None = _opt(None, "iterations between metric lines (default: a twentieth of the run, 1..10)")
+    seed: int = _opt(0, "seed of sampling, augmentation and RoI sampling")
+    device: str | None = _opt(None, "cpu, cuda, cuda:1 … (default: cuda when available)")
+    eval_data: str | None = _opt(None, "COCO JSON to evaluate on when training finishes")
+    eval_images: str | None = _opt(None, "folder of the evaluation images")
+    novel: list[str] = _opt(list, "novel class names reported separately by the evaluation (comma separated)")
+
+    def __post_init__(self) -> None:
+        self.jitter = tuple(float(v) for v in self.jitter)
+        self.novel = [str(n).strip() for n in (self.novel or []) if str(n).strip()]
+        self.validate()
+
+    def validate(self) -> None:
+        """Every mistake that can be found without touching files; ValueError names the field."""
+        from .sampler import parse_ratio
+
+        if self.iters < 1:
+            raise ValueError("iters must be >= 1")
+        for name in ("box_batch", "label_batch", "box_size", "label_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.image_label_rule not in IMAGE_LABEL_RULES:
+            raise ValueError(f"image_label_rule must be one of {', '.join(IMAGE_LABEL_RULES)}, "
+                             f"got {self.image_label_rule!r}")
+        if self.image_label_weight < 0 or self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
+            raise ValueError("image_label_weight >= 0, lr > 0, weight_decay >= 0 and clip > 0 are required")
+        if len(self.jitter) != 2 or not 0 < self.jitter[0] <= self.jitter[1]:
+            raise ValueError("jitter must be two scales lo,hi with 0 < lo <= hi")
+        if self.warmup < 0 or (self.checkpoint_every or 1) < 1 or (self.log_every or 1) < 1:
+            raise ValueError("warmup >= 0, checkpoint_every >= 1 and log_every >= 1 are required")
+        parse_ratio(self.ratio)
+        for data, images in (("box_data", "box_images"), ("label_data", "label_images"),
+                             ("eval_data", "eval_images")):
+            if getattr(self, data) and not getattr(self, images):
+                raise ValueError(f"{data} needs {images}")
+
+    # --- schedule derived from the run length (the one place these are computed) ---------------
+    @property
+    def warmup_iters(self) -> int:
+        return max(1, min(self.warmup, self.iters // 10 or 1))
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.checkpoint_every or max(50, min(500, self.iters // 4))
+
+    @property
+    def log_interval(self) -> int:
+        return self.log_every or max(1, min(10, self.iters // 20))
+
+    # --- JSON round trip ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["jitter"] = list(self.jitter)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        if not isinstance(d, dict):
+            raise ValueError("a run config must be a JSON object")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown run config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"run config is not valid JSON: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# --- the CLI, generated from the fields ---------------------------------------------------------
+def _base_type(annotation) -> tuple[type, bool]:
+    """(element type, is a list/tuple) of a field's annotation, `X | None` unwrapped."""
+    hint = annotation
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def _parse_list(kind: type):
+    def parse(text: str) -> list:
+        return [kind(v.strip()) for v in str(text).split(",") if v.strip()]
+
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=RunConfig) -> None:
+    """One flag per field (`--box-data` for `box_data`); defaults stay unset so that flags given
+    on the command line override a `--config` file and everything else comes from the file."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, many = _base_type(hints[f.name])
+        flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f"{f.metadata.get('help', '')} (default: {shown})"}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _parse_list(kind) if many else kind
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        parser.add_argument(*flags, **kw)
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None, cls=RunConfig) -> RunConfig:
+    """`base` (e.g. read from --config) with every field given on the command line replaced."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return (base.replace(**given) if base is not None else cls(**given)) if given or base is None else base

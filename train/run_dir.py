@@ -1,0 +1,203 @@
+"""`RunDir`: a training run's folder, and the only code that names or touches its files.
+
+    RUN/
+      run_config.json                  the RunConfig the run was started with
+      image_labels.json                the label snapshot the app exported for this run (if any)
+      job.json                         pid + command of the process the launcher started
+      status.json                      state, iteration, total, message, pid of the trainer
+      metrics.jsonl                    one line per logged iteration (tail-able)
+      metrics.json                     final summary
+      eval.json                        evaluation when the run finished with eval data
+      CANCEL                           present = stop after the current step, with a checkpoint
+      stdout.log, train.log            the process's output and the trainer's log
+      model.safetensors, config.json   the newest weights: RUN itself loads as a model
+      checkpoints/iter_0000500/        model + optimizer (safetensors) + trainer_state.json
+      checkpoints/latest.json          points at the newest complete checkpoint
+
+Every JSON write is atomic (`detector.files`); a checkpoint is assembled in a temporary folder and
+renamed into place before `latest.json` points at it, so a run killed at any moment resumes from
+a complete checkpoint. Torch is imported only by the checkpoint methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from detector.files import atomic_write_json, read_json
+
+from .run_config import RunConfig
+
+KEEP_CHECKPOINTS = 2
+ACTIVE_STATES = ("queued", "running")
+
+
+class RunDir:
+    CONFIG = "run_config.json"
+    LABELS = "image_labels.json"
+    JOB = "job.json"
+    STATUS = "status.json"
+    METRICS_LOG = "metrics.jsonl"
+    SUMMARY = "metrics.json"
+    EVALUATION = "eval.json"
+    CANCEL = "CANCEL"
+    STDOUT = "stdout.log"
+    TRAIN_LOG = "train.log"
+    CHECKPOINTS = "checkpoints"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, runs_root: str | Path) -> RunDir:
+        """A new, empty run folder under `runs_root`, named so that names sort by start time."""
+        root = Path(runs_root)
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    # --- configuration and inputs ---------------------------------------------------------
+    def write_config(self, cfg: RunConfig) -> Path:
+        return atomic_write_json(self.file(self.CONFIG), cfg.to_dict())
+
+    def read_config(self) -> RunConfig:
+        return RunConfig.load(self.file(self.CONFIG))
+
+    def write_labels(self, detic_json: dict) -> Path:
+        """The snapshot of image-level labels this run trains on (Detic JSON)."""
+        return atomic_write_json(self.file(self.LABELS), detic_json, indent=None)
+
+    # --- process and status ---------------------------------------------------------------
+    def write_job(self, pid: int, argv: list[str]) -> None:
+        atomic_write_json(self.file(self.JOB), {"pid": pid, "argv": argv})
+
+    def job(self) -> dict:
+        return read_json(self.file(self.JOB)) or {}
+
+    def status(self) -> dict:
+        return read_json(self.file(self.STATUS)) or {}
+
+    def write_status(self, state: str, **fields) -> dict:
+        """Merge `fields` into status.json. The trainer passes `pid=os.getpid()` itself; nobody
+        else writes a pid here (the launcher's record is job.json)."""
+        status = {**self.status(), **fields, "state": state, "updated": time.time()}
+        atomic_write_json(self.file(self.STATUS), status)
+        return status
+
+    def request_cancel(self) -> None:
+        self.file(self.CANCEL).write_text("cancel requested\n", encoding="utf-8")
+
+    def cancel_requested(self) -> bool:
+        return self.file(self.CANCEL).exists()
+
+    def clear_cancel(self) -> None:
+        self.file(self.CANCEL).unlink(missing_ok=True)
+
+    # --- metrics, evaluation, logs --------------------------------------------------------
+    def append_metrics(self, row: dict) -> None:
+        with open(self.file(self.METRICS_LOG), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def metrics(self) -> list[dict]:
+        path = self.file(self.METRICS_LOG)
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written right now
+                continue
+        return rows
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.file(self.SUMMARY), summary)
+
+    def summary(self) -> dict:
+        return read_json(self.file(self.SUMMARY)) or {}
+
+    def write_evaluation(self, evaluation: dict) -> None:
+        atomic_write_json(self.file(self.EVALUATION), evaluation)
+
+    def evaluation(self) -> dict | None:
+        return read_json(self.file(self.EVALUATION))
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.file(self.STDOUT)
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    # --- checkpoints (torch) ----------------------------------------------------------------
+    def save_checkpoint(self, model, optimizer, iteration: int, extra: dict) -> Path:
+        """model + optimizer + trainer state as `checkpoints/iter_N`, then the model as RUN itself."""
+        import torch
+
+        from detector.checkpoint import atomic_save_tensors, save_checkpoint
+
+        ckpts = self.file(self.CHECKPOINTS)
+        final = ckpts / f"iter_{iteration:07d}"
+        tmp = ckpts / f".tmp-iter_{iteration:07d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(model, tmp)
+        sd = optimizer.state_dict()
+        tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+        atomic_save_tensors(tensors, tmp / "optimizer.safetensors", {"format": "pt"})
+        atomic_write_json(tmp / "trainer_state.json",
+                          {"iteration": iteration, "param_groups": sd["param_groups"], **extra})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_json(ckpts / "latest.json", {"checkpoint": final.name, "iteration": iteration})
+        save_checkpoint(model, self.path)
+        for old in sorted(p for p in ckpts.glob("iter_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        info = read_json(self.file(self.CHECKPOINTS) / "latest.json")
+        if not info:
+            return None
+        path = self.file(self.CHECKPOINTS) / info["checkpoint"]
+        return path if (path / "model.safetensors").exists() else None
+
+    @staticmethod
+    def load_checkpoint(path: Path, map_location="cpu"):
+        """(model, trainer state) of a checkpoint folder."""
+        from detector.checkpoint import load_checkpoint
+
+        model = load_checkpoint(path, map_location=map_location)
+        state = read_json(path / "trainer_state.json")
+        if state is None:
+            raise ValueError(f"'{path}' has no readable trainer_state.json")
+        return model, state
+
+    @staticmethod
+    def restore_optimizer(path: Path, optimizer) -> None:
+        """Load a checkpoint folder's optimizer state into `optimizer` (built over the same params)."""
+        from safetensors.torch import load_file
+
+        state: dict[int, dict] = {}
+        for key, v in load_file(str(path / "optimizer.safetensors")).items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        groups = read_json(path / "trainer_state.json")["param_groups"]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
