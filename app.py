@@ -1,7 +1,8 @@
 """Start the app: `python app.py [--host 127.0.0.1] [--port 7860] [--model auto] [--data-dir DIR]`.
 
 Environment: APP_HOST, APP_PORT, APP_MODEL, DATA_DIR, APP_USERNAME + APP_PASSWORD (optional
-login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1. On a Hugging Face Space (SPACE_ID set)
+login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1, APP_ALLOWED_DIRS and APP_ALLOW_SERVER_TOKEN
+(what visitors may make the server read or use: see app/policy.py and docs/security.md). On a Hugging Face Space (SPACE_ID set)
 the app listens on 0.0.0.0 and keeps its data in /data when persistent storage is attached.
 """
 
@@ -33,7 +34,8 @@ def launch_kwargs(args: argparse.Namespace, data_dir, env=os.environ) -> dict:
         "server_name": args.host, "server_port": args.port, "share": args.share,
         "auth": (user, password) if user and password else None,
         "max_file_size": env.get("APP_MAX_FILE_SIZE", "50mb"),
-        "allowed_paths": [str(data_dir)],
+        # Nothing of the data folder is served: the UI shows stored images as pixels it sends itself.
+        "allowed_paths": [],
         **launch_options(),
     }
 

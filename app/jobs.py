@@ -39,9 +39,10 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def finetune_argv(run: RunDir) -> list[str]:
+def finetune_argv(run: RunDir, resume: bool = False) -> list[str]:
     """The command that trains `run` from its saved config (the only way the app starts one)."""
-    return [sys.executable, "-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG))]
+    return [sys.executable, "-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG)),
+            *(["--resume"] if resume else [])]
 
 
 class TrainingJobs:
@@ -67,16 +68,20 @@ class TrainingJobs:
             raise JobError(f"no training run {run_id!r}")
         return run
 
-    def start(self, run: RunDir) -> str:
-        """Launch the run whose config is already in `run`; refuses while another run is active."""
+    def start(self, run: RunDir, resume: bool = False) -> str:
+        """Launch the run whose config is already in `run` (with `resume`, from its last
+        checkpoint); refuses while another run is active."""
         with self._lock():
             active = self.active()
             if active:
                 raise JobError(f"a training run is already active ({active['id']}); cancel it or wait for it")
             run.read_config()  # a run is only started from a valid config
-            run.write_status("queued", iteration=0, total=run.read_config().iters, message="starting",
-                             started=time.time())
-            argv = finetune_argv(run)
+            run.clear_cancel()
+            run.clear_job()
+            run.write_status("queued", iteration=run.status().get("iteration", 0) if resume else 0,
+                             total=run.read_config().iters, message="resuming" if resume else "starting",
+                             started=time.time(), pid=None)
+            argv = finetune_argv(run, resume)
             with open(run.file(RunDir.STDOUT), "ab") as log:
                 proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},

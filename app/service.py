@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from train.run_config import RunConfig
 from train.run_dir import ACTIVE_STATES, RunDir
 
 from .jobs import JobError, TrainingJobs
+from .policy import AccessPolicy
 from .store import IMAGE_SUFFIXES, LabelStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,9 @@ class ModelInfo:
 
 class AppService:
     def __init__(self, data_dir: str | Path | None = None, model: str | None = None,
-                 predictor: Predictor | None = None, device: str | None = None):
+                 predictor: Predictor | None = None, device: str | None = None, policy: AccessPolicy | None = None):
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.policy = policy or AccessPolicy.from_env()
         self.store = LabelStore(self.data_dir)
         self.jobs = TrainingJobs(self.data_dir / "runs")
         self.models_dir = self.data_dir / "models"
@@ -141,7 +144,7 @@ class AppService:
         """Add image files, bytes or zip archives; returns {added: [hashes], skipped: [reasons]}."""
         added, skipped = [], []
         for f in files or []:
-            path = Path(getattr(f, "name", f)) if not isinstance(f, (bytes, bytearray)) else None
+            path = _upload_path(f)
             if path is not None and path.suffix.lower() == ".zip":
                 a, s = self._add_zip(path)
                 added += a
@@ -149,7 +152,7 @@ class AppService:
                 continue
             try:
                 added.append(self.store.add_image(f if path is None else path))
-            except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+            except (ValueError, OSError) as e:  # one bad file must not stop the others
                 skipped.append(f"{path.name if path else 'upload'}: {e}")
         return {"added": list(dict.fromkeys(added)), "skipped": skipped}
 
@@ -167,7 +170,7 @@ class AppService:
                         continue
                     try:
                         added.append(self.store.add_image(z.read(m), Path(m.filename).name))
-                    except Exception as e:  # noqa: BLE001
+                    except (ValueError, OSError) as e:
                         skipped.append(f"{m.filename}: {e}")
         except zipfile.BadZipFile:
             skipped.append(f"{path.name}: not a valid zip file")
@@ -175,10 +178,10 @@ class AppService:
 
     @endpoint()
     def add_folder(self, folder: str) -> dict:
-        """Add every image under a folder on the server (local use; see `allows_server_folders`)."""
-        folder_path = Path(folder).expanduser()
+        """Add every image under a server folder the operator allows (`APP_ALLOWED_DIRS`)."""
+        folder_path = self.policy.server_path(folder, "folder")
         if not folder_path.is_dir():
-            raise StoreError(f"not a folder on the server: {folder}")
+            raise StoreError(f"not a folder on the server: {Path(folder).name}")
         files = sorted(p for p in folder_path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         return self.add_images(files)
 
@@ -198,9 +201,13 @@ class AppService:
             index = max(0, min(int(index or 0), len(rows) - 1))
             row = rows[index]
             view.update(index=index, image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
-                                            "path": str(self.store.image_dir / row["file"]),
                                             "positives": row["positives"], "negatives": row["negatives"]})
         return view
+
+    @endpoint(api=False)
+    def image_preview(self, image_hash: str, max_side: int = 1024):
+        """A stored image as an RGB array for display (the data folder itself is never served)."""
+        return load_image(self.store.image_path(image_hash), max_side=max_side).array
 
     @endpoint()
     def first_untagged(self) -> int:
@@ -209,10 +216,15 @@ class AppService:
 
     @endpoint()
     def tag(self, image_hash: str, positives: str | list[str], negatives: str | list[str] = "") -> dict:
-        """Set an image's tags to exactly these; returns them as stored."""
+        """Add tags to an image (present / not present); other tags stay. Returns its tags as stored."""
         pos = parse_vocabulary(positives) if _nonempty(positives) else []
         neg = parse_vocabulary(negatives) if _nonempty(negatives) else []
-        return self.store.set_tags(image_hash, pos, neg)
+        return self.store.add_tags(image_hash, pos, neg)
+
+    @endpoint()
+    def untag(self, image_hash: str, names: str | list[str]) -> dict:
+        """Remove tags from an image; other tags stay. Returns its tags as stored."""
+        return self.store.remove_tags(image_hash, parse_vocabulary(names) if _nonempty(names) else [])
 
     @endpoint(gpu=True)
     def suggest(self, image_hash: str, vocabulary: str | list[str] = "", score_threshold: float | None = None) -> list[str]:
@@ -237,8 +249,7 @@ class AppService:
     @endpoint()
     def images_with_label(self, label: str) -> list[dict]:
         """Stored images tagged present with `label`: [{hash, name, path}]."""
-        return [{"hash": r["hash"], "name": r["original_name"] or r["hash"][:12],
-                 "path": str(self.store.image_dir / r["file"])}
+        return [{"hash": r["hash"], "name": r["original_name"] or r["hash"][:12]}
                 for r in self.store.images() if label in r["positives"]]
 
     @endpoint()
@@ -261,11 +272,51 @@ class AppService:
         return self.dataset()
 
     @endpoint(api=False)
-    def import_labels(self, file) -> dict:
-        """Tags from a Detic/COCO JSON, CSV or JSONL file (or a folder per class)."""
-        if file is None:
-            raise StoreError("choose a Detic/COCO JSON, CSV or JSONL file")
-        return self.store.import_labels(getattr(file, "name", file))
+    def import_labels(self, files: list) -> dict:
+        """Tags from uploaded label files (Detic/COCO JSON, CSV, JSONL), with the images uploaded
+        beside them (files or zips) or already in the store (matched by sha256 or name), or in an
+        allowed server folder. Each file is imported whole or not at all; returns what happened."""
+        from train.data import DataError, read_label_rows
+
+        files = [f for f in (files if isinstance(files, (list, tuple)) else [files]) if f is not None]
+        label_files = [p for p in map(_upload_path, files) if p and p.suffix.lower() in (".json", ".csv", ".jsonl")]
+        if not label_files:
+            raise StoreError("choose a Detic/COCO JSON, CSV or JSONL label file (and, optionally, its images)")
+        images = [f for f in files if _upload_path(f) not in label_files]
+        uploaded = self.add_images(images)
+        by_name = {}
+        for h in uploaded["added"]:
+            row = self.store._image(h)
+            by_name.setdefault(row["original_name"], h)
+        report = {"imported": 0, "images_added": len(uploaded["added"]), "missing": [],
+                  "skipped": list(uploaded["skipped"])}
+        for path in label_files:
+            try:
+                rows = read_label_rows(path)
+            except DataError as e:
+                raise StoreError(str(e)) from None
+            matched, missing = [], []
+            for name, pos, neg, sha in rows:
+                h = (self.store.find_image(name, sha) if sha else None) or by_name.get(Path(name).name) \
+                    or self.store.find_image(name) or self._from_allowed_folders(name)
+                if h is None:
+                    missing.append(Path(name).name)
+                elif pos or neg:
+                    matched.append((h, pos, neg))
+            self.store.import_tags(matched)
+            report["imported"] += len(matched)
+            report["missing"] += missing
+        return report
+
+    def _from_allowed_folders(self, name: str) -> str | None:
+        for folder in self.policy.allowed_dirs:
+            candidate = (folder / name).resolve()
+            if (folder in candidate.parents) and candidate.is_file():
+                try:
+                    return self.store.add_image(candidate)
+                except (ValueError, OSError):
+                    return None
+        return None
 
     @endpoint()
     def export_labels(self, fmt: str = "detic") -> str:
@@ -273,7 +324,8 @@ class AppService:
         return str(self.export(fmt))
 
     def export(self, fmt: str) -> Path:
-        out = self.data_dir / "exports"
+        """A fresh file in a private temporary folder (never a path inside the data folder)."""
+        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
         if fmt == "detic":
             return atomic_write_json(out / "image_labels.json", self.store.export_detic(), indent=1)
         if fmt == "csv":
@@ -304,6 +356,11 @@ class AppService:
                        eval_images: str = "", novel: str = "", label_size: int = 320, box_size: int = 640,
                        image_label_weight: float = 0.1) -> str:
         """Snapshot the tags into a new run folder and train in the background; returns the run id."""
+        base_model = self._model_source(base_model) if base_model else ""
+        box_data, box_images, eval_data, eval_images = (
+            str(self.policy.server_path(v, what)) if v else ""
+            for v, what in ((box_data, "box data"), (box_images, "image folder"), (eval_data, "evaluation data"),
+                            (eval_images, "image folder")))
         tagged, _ = self.store.progress()
         if tagged == 0 and not box_data:
             raise StoreError("nothing to train on: tag some images (or give a box-labelled COCO file) first")
@@ -339,6 +396,15 @@ class AppService:
         return f"cancel requested for {run_id}; it stops after the current step with a checkpoint"
 
     @endpoint()
+    def resume_training(self, run_id: str) -> str:
+        """Continue a cancelled or failed run from its last checkpoint (or from the start)."""
+        run = self.jobs.run(run_id)
+        state = self.jobs.status(run_id).get("state")
+        if state not in ("cancelled", "failed"):
+            raise JobError(f"run {run_id} is {state}: only a cancelled or failed run can be resumed")
+        return self.jobs.start(run, resume=True)
+
+    @endpoint()
     def training_runs(self) -> list[dict]:
         """Every run, newest first: id, state, iteration, total, message, evaluation."""
         return self.jobs.runs()
@@ -364,15 +430,25 @@ class AppService:
         source = (source or "").strip()
         if not source:
             raise ValueError("type a preset, a local folder, a Hub id or pick a finished run")
-        try:
-            path = str(self.jobs.run(source).path)
-        except JobError:
-            path = source
+        path = self._model_source(source)
         new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:
             self.predictor = new
             self.serving = ModelInfo(source=path, note="hot-swapped")
         return self.model_info()
+
+    def _model_source(self, source: str) -> str:
+        """A preset, a Hub id or one of this app's runs, as given; a server folder only when allowed."""
+        from detector.hub import looks_like_repo_id
+        from detector.presets import PRESETS
+
+        try:
+            return str(self.jobs.run(source).path)
+        except JobError:
+            pass
+        if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
+            return source
+        return str(self.policy.server_path(source, "model folder"))
 
     @endpoint()
     def model_info(self) -> dict:
@@ -387,15 +463,28 @@ class AppService:
         repo_id = (repo_id or "").strip()
         if not repo_id:
             raise ValueError("type a Hub repo id like 'you/my-detector'")
-        token = token or os.environ.get("HF_TOKEN")
-        if not token:
-            raise ValueError("a Hugging Face token is needed: type one or set HF_TOKEN")
-        folder = self.models_dir / "push"
-        self.predictor.save_pretrained(folder)
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=bool(private), exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="upload detector")
+        token = self.policy.hub_token(token)
+        folder = Path(tempfile.mkdtemp(prefix="ovd-push-"))
+        try:
+            self.predictor.save_pretrained(folder)
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=bool(private), exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="upload detector")
+        except Exception as e:  # noqa: BLE001 - offline, bad token, no rights: one readable line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"could not push to '{repo_id}': {first}") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         return str(getattr(commit, "commit_url", commit))
+
+
+def _upload_path(f) -> Path | None:
+    """The local path of an uploaded file (Gradio gives str / FileData / tempfile objects)."""
+    if isinstance(f, (bytes, bytearray)) or f is None:
+        return None
+    if isinstance(f, (str, Path)):
+        return Path(f)
+    return Path(getattr(f, "path", None) or getattr(f, "name", None) or str(f))
 
 
 def _nonempty(value) -> bool:

@@ -26,6 +26,7 @@ from PIL import Image
 from detector.files import atomic_write
 from detector.images import ImageLoadError, load_image
 from detector.vocabulary import clean_name
+from train.data import join_labels
 
 SCHEMA_VERSION = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -152,21 +153,49 @@ class LabelStore:
     def labels(self) -> list[str]:
         return [r["name"] for r in self.db.query("SELECT name FROM labels ORDER BY name COLLATE NOCASE")]
 
-    def set_tags(self, image: str, positives: Iterable[str] = (), negatives: Iterable[str] = ()) -> dict:
-        """Replace the image's tags with exactly these (idempotent). A name in both lists is an error."""
-        self._image(image)
+    def _clean_tags(self, positives: Iterable[str], negatives: Iterable[str]) -> tuple[list[str], list[str]]:
         pos = list(dict.fromkeys(_clean_label(n) for n in positives))
         neg = list(dict.fromkeys(_clean_label(n) for n in negatives))
         both = {n.casefold() for n in pos} & {n.casefold() for n in neg}
         if both:
             raise StoreError(f"a label cannot be both present and not present: {', '.join(sorted(both))}")
-        now = time.time()
+        return pos, neg
+
+    def _upsert_tags(self, image: str, pos: list[str], neg: list[str], now: float) -> None:
+        for names, positive in ((pos, 1), (neg, 0)):
+            for n in names:
+                self.db.conn.execute(
+                    "INSERT INTO tags VALUES (?, ?, ?, ?) ON CONFLICT (image, label) "
+                    "DO UPDATE SET positive = excluded.positive, updated = excluded.updated",
+                    [image, self._label_id(n), positive, now])
+
+    def add_tags(self, image: str, positives: Iterable[str] = (), negatives: Iterable[str] = ()) -> dict:
+        """Add tags (a name already on the other side switches side). An operation, not a replacement:
+        two people adding tags to one image at once both keep theirs."""
+        self._image(image)
+        pos, neg = self._clean_tags(positives, negatives)
+        with self.db.conn:
+            self._upsert_tags(image, pos, neg, time.time())
+        return self.tags(image)
+
+    def remove_tags(self, image: str, names: Iterable[str]) -> dict:
+        """Remove these names from the image's tags (present or not present); others stay."""
+        self._image(image)
+        with self.db.conn:
+            for n in names:
+                label = self._label_id(n, create=False)
+                if label is not None:
+                    self.db.conn.execute("DELETE FROM tags WHERE image = ? AND label = ?", [image, label])
+        return self.tags(image)
+
+    def set_tags(self, image: str, positives: Iterable[str] = (), negatives: Iterable[str] = ()) -> dict:
+        """Replace the image's tags with exactly these (one transaction; for imports and scripts —
+        the app's editors use `add_tags` / `remove_tags`)."""
+        self._image(image)
+        pos, neg = self._clean_tags(positives, negatives)
         with self.db.conn:
             self.db.conn.execute("DELETE FROM tags WHERE image = ?", [image])
-            for names, positive in ((pos, 1), (neg, 0)):
-                for n in names:
-                    self.db.conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
-                                         [image, self._label_id(n), positive, now])
+            self._upsert_tags(image, pos, neg, time.time())
         return self.tags(image)
 
     def tags(self, image: str) -> dict:
@@ -245,33 +274,28 @@ class LabelStore:
         w.writerow(["image", "labels", "negatives", "original_name"])
         for row in self.images():
             if row["positives"] or row["negatives"]:
-                w.writerow([row["file"], ";".join(row["positives"]), ";".join(row["negatives"]), row["original_name"]])
+                w.writerow([row["file"], join_labels(row["positives"]), join_labels(row["negatives"]),
+                            row["original_name"]])
         return buf.getvalue()
 
-    def import_labels(self, path: str | Path, image_dir: str | Path | None = None) -> dict[str, int]:
-        """Import Detic/COCO JSON, CSV/JSONL (as `train` reads them) or a folder per class."""
-        from train.data import DataError, read_label_dataset
+    def find_image(self, name: str, sha256: str | None = None) -> str | None:
+        """Hash of a stored image matching a label file's entry: by sha256, by stored file name, or
+        by original name (the first image stored under it)."""
+        if sha256 and self.db["images"].count_where("hash = ?", [sha256]):
+            return sha256
+        base = Path(str(name).replace("\\", "/")).name
+        row = self.db.conn.execute("SELECT hash FROM images WHERE file = ? OR file LIKE ? OR original_name = ? "
+                                   "ORDER BY added LIMIT 1", [name, f"%/{base}", base]).fetchone()
+        return row[0] if row else None
 
-        path = Path(path)
-        if path.is_dir():
-            samples = [(p, [cls.name], []) for cls in sorted(path.iterdir()) if cls.is_dir()
-                       for p in sorted(cls.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            try:
-                read, _ = read_label_dataset(path, image_dir or path.parent)
-            except DataError as e:
-                raise StoreError(str(e)) from None
-            samples = [(s.path, s.positives, s.negatives) for s in read]
-        added, skipped = 0, 0
-        for p, pos, neg in samples:
-            try:
-                h = self.add_image(p)
-            except ImageLoadError:
-                skipped += 1
-                continue
-            current = self.tags(h)
-            self.set_tags(h, dict.fromkeys([*current["positives"], *pos]),
-                          [n for n in dict.fromkeys([*current["negatives"], *neg])
-                           if n.casefold() not in {x.casefold() for x in [*current["positives"], *pos]}])
-            added += 1
-        return {"images": added, "skipped": skipped}
+    def import_tags(self, rows: list[tuple[str, list[str], list[str]]]) -> None:
+        """(image hash, positives, negatives) added in ONE transaction: all of a file or none of it."""
+        cleaned = [(h, *self._clean_tags(pos, neg)) for h, pos, neg in rows]
+        now = time.time()
+        with self.db.conn:
+            for h, pos, neg in cleaned:
+                self._image(h)
+                current = self.tags(h)
+                keep_neg = [n for n in dict.fromkeys([*current["negatives"], *neg])
+                            if n.casefold() not in {x.casefold() for x in pos}]
+                self._upsert_tags(h, pos, keep_neg, now)

@@ -37,27 +37,40 @@ def main(argv: list[str] | None = None) -> int:
     from .hub import HubUnavailableError
     from .images import ImageLoadError, load_image
 
+    for target in (args.out, args.annotated if args.annotated and len(args.images) == 1 else None):
+        if target is not None and not target.parent.is_dir():  # before any work is done
+            print(f"error: the folder of '{target}' does not exist", file=sys.stderr)
+            return 2
     try:
         predictor = Predictor.from_pretrained(args.model, device=args.device)
-        images = [load_image(p) for p in args.images]  # decoded once: for the model and the drawing
+        paths, images, bad = [], [], []
+        for p in args.images:  # decoded once: for the model and the drawing; bad ones listed, not fatal
+            try:
+                images.append(load_image(p))
+                paths.append(p)
+            except ImageLoadError as e:
+                bad.append(str(e))
         dets = predictor.predict(images, args.vocabulary, args.score_threshold,
-                                 args.nms_threshold, args.max_detections)
+                                 args.nms_threshold, args.max_detections) if images else []
     except (ImageLoadError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = [{"image": str(path), "detections": detections_to_records(d)} for path, d in zip(args.images, dets)]
-    text = json.dumps(result if len(result) > 1 else result[0], indent=2, ensure_ascii=False)
+    result = [{"image": str(path), "detections": detections_to_records(d)} for path, d in zip(paths, dets)]
+    text = json.dumps(result if len(args.images) > 1 else (result[0] if result else []), indent=2,
+                      ensure_ascii=False)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
-    else:
+    elif result:
         print(text)
     if args.annotated:
         from PIL import Image
 
-        for path, image, d in zip(args.images, images, dets):
+        for path, image, d in zip(paths, images, dets):
             target = args.annotated
             if len(args.images) > 1:
                 target.mkdir(parents=True, exist_ok=True)
                 target = target / (Path(path).stem + ".png")
             Image.fromarray(annotate(image, d)).save(target)
-    return 0
+    for message in bad:
+        print(f"error: {message}", file=sys.stderr)
+    return 2 if bad else 0

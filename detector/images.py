@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_SIDE = int(os.environ.get("OVD_MAX_IMAGE_SIDE", "4096"))
 MAX_PIXELS = 250_000_000  # refuse decompression bombs before decoding
+# Pixels actually decoded (after JPEG's reduced-size draft): bounds decode memory to ~200 MB RGB.
+MAX_DECODED_PIXELS = int(os.environ.get("OVD_MAX_DECODED_PIXELS", "64000000"))
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -37,9 +40,19 @@ class LoadedImage:
 
 
 def _describe(source) -> str:
+    """How an error names the input: a file by its name only (never a server or temp path),
+    anything else as "the uploaded image" (never an object repr)."""
     if isinstance(source, (str, Path)):
-        return f"'{source}'"
-    return f"the {type(source).__name__} input"
+        return f"'{Path(source).name}'"
+    return "the uploaded image"
+
+
+def _reason(e: BaseException) -> str:
+    """The decoder's complaint without object reprs or file paths (error texts reach visitors)."""
+    if isinstance(e, UnidentifiedImageError):
+        return "unknown or damaged image format"
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(e))
+    return re.sub(r"(/[^\s/'\"]+)+/([^\s/'\"]+)", r"\2", text)[:160]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -94,7 +107,7 @@ def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
             img = Image.open(io.BytesIO(source))
         elif isinstance(source, (str, Path)):
             if not Path(source).is_file():
-                raise ImageLoadError(f"image file not found: '{source}'")
+                raise ImageLoadError(f"image file not found: {_describe(source)}")
             img = Image.open(source)
         elif hasattr(source, "read"):
             img = Image.open(source)
@@ -107,6 +120,9 @@ def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
             original = (img.width, img.height)
         if img.format == "JPEG" and max(img.size) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))  # decode huge JPEGs at reduced resolution
+        if img.width * img.height > MAX_DECODED_PIXELS:
+            raise ImageLoadError(f"{_describe(source)} is too large to decode ({img.width} x {img.height} pixels; "
+                                 f"at most {MAX_DECODED_PIXELS // 1_000_000} megapixels, or a JPEG)")
         img = _to_rgb(ImageOps.exif_transpose(img))
         if max(img.size) > max_side:
             img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
@@ -116,5 +132,5 @@ def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
     except Image.DecompressionBombError:
         raise ImageLoadError(f"{_describe(source)} is too large (over {MAX_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageLoadError(f"{_describe(source)} is not a readable image ({e})") from None
+        raise ImageLoadError(f"{_describe(source)} is not a readable image ({_reason(e)})") from None
     return LoadedImage(array, original)

@@ -27,6 +27,8 @@ from .presets import load_detector
 from .text_encoders import build_text_encoder
 from .vocabulary import parse_vocabulary
 
+MAX_ASPECT = 8  # thinner images are padded to this aspect ratio before the model sees them
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,8 +113,15 @@ class Predictor:
         return torch.autocast("cpu", enabled=False)
 
     def _tensor(self, img: LoadedImage) -> torch.Tensor:
-        # [3, H, W]: the model batches images itself; the batch goes channels_last in the backbone.
-        return torch.from_numpy(img.array).to(self.device).permute(2, 0, 1).float().div_(255)
+        """[3, H, W] in [0, 1]; the model batches images itself (channels_last in the backbone).
+
+        A very thin image (4000 x 8) would shrink to under one feature-map cell, so it is padded
+        at the bottom / right to at most MAX_ASPECT : 1; boxes keep their coordinates and are
+        clipped to the real image afterwards (`to_detections`)."""
+        t = torch.from_numpy(img.array).to(self.device).permute(2, 0, 1).float().div_(255)
+        h, w = t.shape[-2:]
+        pad_h, pad_w = max(0, -(-w // MAX_ASPECT) - h), max(0, -(-h // MAX_ASPECT) - w)
+        return torch.nn.functional.pad(t, (0, pad_w, 0, pad_h)) if pad_h or pad_w else t
 
     def clear_cache(self) -> None:
         """Forget cached image encodings (e.g. before timing the full pipeline)."""
@@ -185,7 +194,7 @@ class Predictor:
             with torch.inference_mode(), self._autocast():
                 det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections,
                                           background=self._background, clip_weights=self.clip_weights(names))[0]
-            results.append(to_detections(det, names, img.scale))
+            results.append(to_detections(det, names, img.scale, img.array.shape[:2]))
         return results
 
     def assign(self, image, labels, vocabulary=None, num_proposals: int | None = None) -> Assignment:
@@ -205,7 +214,7 @@ class Predictor:
                                     emb, num_proposals)[0]
         rules = {r: [(c.proposal, [names[k] for k in c.labels]) for c in cs] for r, cs in out["choices"].items()}
         return Assignment(
-            proposals=out["proposals"].float().cpu().numpy() * img.scale,
+            proposals=_clip(out["proposals"].float().cpu().numpy(), img.array.shape[:2]) * img.scale,
             objectness=out["objectness"].float().cpu().numpy(),
             scores=out["scores"].float().cpu().numpy(),
             labels=labels,
@@ -213,11 +222,24 @@ class Predictor:
         )
 
 
-def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float = 1.0) -> sv.Detections:
+def _clip(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return np.clip(boxes.reshape(-1, 4), 0, [w, h, w, h])
+
+
+def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float = 1.0,
+                  size: tuple[int, int] | None = None) -> sv.Detections:
+    """Boxes clipped to the decoded image (`size` = its height, width), then scaled to original pixels."""
     class_id = det["labels"].cpu().numpy().astype(int)
+    boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)
+    scores = det["scores"].float().cpu().numpy()
+    if size:  # padding (thin images) can leave boxes with nothing of the image inside: drop them
+        boxes = _clip(boxes, size)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
     return sv.Detections(
-        xyxy=det["boxes"].float().cpu().numpy().reshape(-1, 4) * scale,
-        confidence=det["scores"].float().cpu().numpy(),
+        xyxy=boxes * scale,
+        confidence=scores,
         class_id=class_id,
         data={"class_name": np.array([names[i] for i in class_id], dtype=object).astype(str)
               if len(class_id) else np.array([], dtype=str)},

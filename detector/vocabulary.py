@@ -99,8 +99,11 @@ PRESETS = {
 
 
 def normalize_name(name: str) -> str:
-    """NFC-normalise, trim and collapse internal whitespace; case is kept."""
+    """NFC-normalise, drop control and invisible format characters (NUL, zero-width space / joiner,
+    BOM, bidi controls), trim and collapse internal whitespace; case is kept."""
     name = unicodedata.normalize("NFC", str(name))
+    name = "".join(" " if c in "\t\n\r" else c for c in name
+                   if c in "\t\n\r" or unicodedata.category(c) not in ("Cc", "Cf"))
     return re.sub(r"\s+", " ", name).strip()
 
 

@@ -30,7 +30,7 @@ def running(tmp_path_factory, small_image):
     service._demo = demo
     port = _free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                allowed_paths=[str(data)], **launch_options())
+                **launch_options())
     files = tmp_path_factory.mktemp("files")
     paths = []
     for i in range(3):
@@ -65,7 +65,7 @@ def test_binds_to_loopback_by_default_with_limits_and_optional_login(tmp_path):
     args = script.build_parser({}).parse_args([])
     kw = script.launch_kwargs(args, tmp_path, {})
     assert (kw["server_name"], kw["server_port"], kw["auth"], kw["share"]) == ("127.0.0.1", 7860, None, False)
-    assert kw["max_file_size"] == "50mb" and kw["allowed_paths"] == [str(tmp_path)] and "theme" in kw
+    assert kw["max_file_size"] == "50mb" and kw["allowed_paths"] == [] and "theme" in kw
     env = {"APP_USERNAME": "ann", "APP_PASSWORD": "pw", "APP_PORT": "9000", "APP_MAX_FILE_SIZE": "5mb"}
     kw = script.launch_kwargs(script.build_parser(env).parse_args(["--host", "0.0.0.0"]), tmp_path, env)
     assert (kw["server_name"], kw["server_port"], kw["auth"], kw["max_file_size"]) == ("0.0.0.0", 9000, ("ann", "pw"), "5mb")

@@ -32,7 +32,7 @@ def test_detect_and_tag_in_a_real_browser(tmp_path, small_image):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                allowed_paths=[str(tmp_path / "data")], **launch_options())
+                **launch_options())
     photo = tmp_path / "astronaut.png"
     Image.fromarray(np.asarray(Image.fromarray(small_image).resize((256, 256)))).save(photo)
     SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path / "screenshots")

@@ -1,5 +1,4 @@
 import io
-import json
 import subprocess
 import sys
 import textwrap
@@ -102,22 +101,17 @@ def test_export_loads_in_pycocotools_and_train_reads_identical_labels(store):
     assert rows[0].startswith("image,labels,negatives") and len(rows) == 5
 
 
-def test_import_detic_csv_and_class_folders(store, tmp_path):
-    folder = tmp_path / "classes"
-    for i, cls in enumerate(["apple", "pear"]):
-        (folder / cls).mkdir(parents=True)
-        (folder / cls / f"{i}.png").write_bytes(png(20 + i))
-    (folder / "pear" / "broken.png").write_bytes(b"nope")
-    assert store.import_labels(folder) == {"images": 2, "skipped": 1}
-    (tmp_path / "l.csv").write_text("image,labels\nclasses/apple/0.png,apple;red fruit\n")
-    store.import_labels(tmp_path / "l.csv", tmp_path)
-    apple = [r for r in store.images() if "apple" in r["positives"]][0]
-    assert apple["positives"] == ["apple", "red fruit"]
-    exported = tmp_path / "export.json"
-    exported.write_text(json.dumps(store.export_detic()))
-    other = LabelStore(tmp_path / "other")
-    assert other.import_labels(exported, store.image_dir)["images"] == 2
-    assert other.counts() == store.counts()
+def test_tag_operations_keep_other_tags_and_csv_round_trips_every_label(store, tmp_path):
+    from train.data import read_label_rows
+
+    h = store.add_image(png(30))
+    store.add_tags(h, ["salt; pepper", 'say "cheese"'], ["dog"])
+    store.add_tags(h, ["dog"])  # switches side, keeps the rest
+    store.remove_tags(h, ['say "cheese"', "never there"])
+    assert store.tags(h) == {"positives": ["dog", "salt; pepper"], "negatives": []}
+    (tmp_path / "labels.csv").write_text(store.export_csv(), encoding="utf-8")
+    (row,) = read_label_rows(tmp_path / "labels.csv")
+    assert sorted(row[1]) == ["dog", "salt; pepper"]  # the separator inside a label survives
 
 
 def test_killed_writer_leaves_database_consistent(tmp_path):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import random
@@ -126,49 +127,124 @@ def read_box_dataset(json_path: str | Path, image_dir: str | Path) -> tuple[list
     return samples, stats
 
 
-def _split_labels(value) -> list[str]:
-    if isinstance(value, str):
-        value = value.replace("|", ";").split(";")
-    return [n for n in (normalize_name(v) for v in (value or [])) if n]
+LABEL_SEPARATOR = ";"  # between labels in one CSV cell; a label containing it is quoted
+
+
+def join_labels(names: list[str]) -> str:
+    """One CSV cell holding several labels: `a;b`, with csv quoting for labels that contain `;` or quotes,
+    so every label the app accepts round-trips through `split_labels`."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=LABEL_SEPARATOR, lineterminator="").writerow(names)
+    return buf.getvalue()
+
+
+def split_labels(cell: str) -> list[str]:
+    try:
+        row = next(csv.reader([cell], delimiter=LABEL_SEPARATOR, strict=True), [])
+    except csv.Error as e:
+        raise ValueError(f"badly quoted labels {cell[:60]!r} ({e})") from None
+    return [n for n in row if normalize_name(n)]
+
+
+def _clean_names(value, where: str) -> list[str]:
+    """Names of one entry, cleaned (`detector.vocabulary.clean_name`); DataError naming `where`."""
+    from detector.vocabulary import clean_name
+
+    if value is None or value == "":
+        return []
+    try:
+        if isinstance(value, str):
+            value = split_labels(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"labels must be text, got {json.dumps(value)[:60]}")
+        return [clean_name(v) for v in value if normalize_name(v)]
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from None
+
+
+def read_label_rows(path: str | Path) -> list[tuple[str, list[str], list[str], str | None]]:
+    """(image name, positives, negatives, sha256 or None) per entry of a Detic/COCO JSON, CSV or JSONL
+    label file, names cleaned. Any malformed entry is one DataError naming the file and the entry:
+    nothing is read half."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise DataError(f"label file not found: '{name}'")
+    rows: list[tuple[str, list[str], list[str], str | None]] = []
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"'{name}' is not UTF-8 text") from None
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            if not reader.fieldnames or "image" not in reader.fieldnames or "labels" not in reader.fieldnames:
+                raise DataError(f"'{name}' needs a header line with 'image' and 'labels' columns")
+            for row in reader:
+                where = f"'{name}' line {reader.line_num}"
+                if None in row or not (row.get("image") or "").strip():
+                    raise DataError(f"{where}: expected an image name and labels in the header's columns")
+                rows.append((row["image"].strip(), _clean_names(row["labels"], where),
+                             _clean_names(row.get("negatives") or "", where), None))
+        except csv.Error as e:
+            raise DataError(f"'{name}' line {reader.line_num}: {e}") from None
+    elif suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"'{name}' line {n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or "labels" not in row:
+                raise DataError(f"{where}: expected {{\"image\": \"name\", \"labels\": [...]}}")
+            rows.append((row["image"], _clean_names(row["labels"], where), _clean_names(row.get("negatives"), where),
+                         None))
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"'{name}' is not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise DataError(f"'{name}' is not Detic/COCO JSON: it needs an 'images' list and 'categories'")
+        cats = data.get("categories")
+        if not isinstance(cats, list) or not cats:
+            raise DataError(f"'{name}' has no 'categories' list")
+        names: dict[int, str] = {}
+        for i, c in enumerate(cats):
+            where = f"'{name}' category {i + 1}"
+            if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+                raise DataError(f"{where}: needs an integer 'id' and a text 'name'")
+            names[c["id"]] = _clean_names([c["name"]], where)[0] if normalize_name(c["name"]) else ""
+            if not names[c["id"]]:
+                raise DataError(f"{where}: the name is empty")
+        for i, info in enumerate(data["images"]):
+            where = f"'{name}' image {i + 1}"
+            if not isinstance(info, dict) or not isinstance(info.get("file_name"), str):
+                raise DataError(f"{where}: needs a 'file_name'")
+            ids = []
+            for key in ("pos_category_ids", "neg_category_ids"):
+                value = info.get(key, [])
+                if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+                    raise DataError(f"{where}: '{key}' must be a list of category ids")
+                unknown = [v for v in value if v not in names]
+                if unknown:
+                    raise DataError(f"{where}: unknown category ids {unknown}")
+                ids.append([names[v] for v in value])
+            sha = info.get("sha256") if isinstance(info.get("sha256"), str) else None
+            rows.append((info["file_name"], ids[0], ids[1], sha))
+    return rows
 
 
 def read_label_dataset(path: str | Path, image_dir: str | Path) -> tuple[list[LabelSample], DataStats]:
-    """Image-level labels from Detic/COCO JSON, CSV or JSONL (by file extension)."""
+    """Image-level labels from Detic/COCO JSON, CSV or JSONL (by file extension), images under `image_dir`."""
     path, image_dir = Path(path), Path(image_dir)
     _image_dir_check(image_dir)
-    raw: list[tuple[str, list[str], list[str]]] = []
-    if path.suffix.lower() == ".csv":
-        if not path.is_file():
-            raise DataError(f"dataset file not found: '{path}'")
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "image" not in reader.fieldnames or "labels" not in reader.fieldnames:
-                raise DataError(f"'{path}' needs a header with 'image' and 'labels' columns")
-            for row in reader:
-                raw.append((row["image"], _split_labels(row["labels"]), _split_labels(row.get("negatives") or "")))
-    elif path.suffix.lower() == ".jsonl":
-        if not path.is_file():
-            raise DataError(f"dataset file not found: '{path}'")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                raw.append((row["image"], _split_labels(row["labels"]), _split_labels(row.get("negatives"))))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"'{path}' line {n}: expected {{\"image\": ..., \"labels\": [...]}} ({e})") from None
-    else:
-        data = _read_json(path)
-        names = _category_names(data, path)
-        for info in data["images"]:
-            pos, neg = info.get("pos_category_ids", []), info.get("neg_category_ids", [])
-            unknown = [c for c in [*pos, *neg] if c not in names]
-            if unknown:
-                raise DataError(f"'{path}': image {info.get('id')} uses unknown category ids {unknown}")
-            raw.append((info["file_name"], [names[c] for c in pos], [names[c] for c in neg]))
     stats = DataStats()
     samples = []
-    for file_name, pos, neg in raw:
+    for file_name, pos, neg, _ in read_label_rows(path):
         p = image_dir / file_name
         if not p.is_file():
             stats.skipped_missing += 1

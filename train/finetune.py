@@ -172,6 +172,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         if opt_state.get("vocabulary") != names:
             raise DataError("the data's vocabulary differs from the run being resumed; use a new --out")
         log.info("resuming from %s at iteration %d", resume_from, start_it)
+        if rank == 0:
+            run.truncate_metrics(start_it)
     else:
         model = load_detector(cfg.model)
     model.to(device).train()

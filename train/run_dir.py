@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from detector.files import atomic_write_json, read_json
+from detector.files import atomic_write, atomic_write_json, read_json
 
 from .run_config import RunConfig
 
@@ -90,6 +90,9 @@ class RunDir:
     def write_job(self, pid: int, argv: list[str]) -> None:
         atomic_write_json(self.file(self.JOB), {"pid": pid, "argv": argv})
 
+    def clear_job(self) -> None:
+        self.file(self.JOB).unlink(missing_ok=True)
+
     def job(self) -> dict:
         return read_json(self.file(self.JOB)) or {}
 
@@ -116,6 +119,11 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         with open(self.file(self.METRICS_LOG), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+    def truncate_metrics(self, after_iteration: int) -> None:
+        """Drop metric lines past `after_iteration` (a resumed run re-does them: one line per iteration)."""
+        kept = [m for m in self.metrics() if int(m.get("iteration", 0)) <= after_iteration]
+        atomic_write(self.file(self.METRICS_LOG), "".join(json.dumps(m) + "\n" for m in kept))
 
     def metrics(self) -> list[dict]:
         path = self.file(self.METRICS_LOG)

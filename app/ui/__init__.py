@@ -13,9 +13,8 @@ from ..endpoints import make_endpoints, register_api
 from ..service import AppService
 from . import assign_tab, dataset_tab, detect_tab, model_tab, tag_tab, train_tab
 from .common import handler, launch_options
-from .tag_tab import allows_server_folders
 
-__all__ = ["allows_server_folders", "build_app", "launch_options"]
+__all__ = ["build_app", "launch_options"]
 
 
 def build_app(service: AppService) -> gr.Blocks:
@@ -30,7 +29,7 @@ def build_app(service: AppService) -> gr.Blocks:
             with gr.Tab("Assign"):
                 assign_tab.build(ep)
             with gr.Tab("Tag") as tag_page:
-                tag = tag_tab.build(ep, detect["vocabulary"])
+                tag = tag_tab.build(ep, detect["vocabulary"], service.policy.server_folders)
             with gr.Tab("Dataset") as dataset_page:
                 dataset = dataset_tab.build(ep)
             with gr.Tab("Train"):

@@ -6,7 +6,7 @@ import gradio as gr
 
 from detector.annotate import RULE_COLOURS
 
-from .common import ImageInput, handler
+from .common import ImageInput, handler, png_file
 
 
 def build(ep: dict) -> None:
@@ -30,4 +30,5 @@ def build(ep: dict) -> None:
             raise gr.Error("upload an image first")
         return image, tags, vocab or None, int(props)
 
-    btn.click(handler(ep["assign"], prepare=need_image), [image, tags, vocab, props], [out, table], api_name="assign")
+    btn.click(handler(ep["assign"], prepare=need_image, present=lambda r: (png_file(r[0]), r[1])),
+              [image, tags, vocab, props], [out, table], api_name="assign")

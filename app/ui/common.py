@@ -3,11 +3,16 @@ one app operation (an endpoint from `app.endpoints`) and shapes its result for t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from ..endpoints import friendly
 
@@ -62,8 +67,32 @@ def handler(endpoint: Callable, present: Callable | None = None, prepare: Callab
     return wrapped
 
 
+OUTPUTS = Path(tempfile.gettempdir()) / "ovd-outputs"
+KEEP_OUTPUTS_S = 3600
+
+
+def _output_path(suffix: str) -> Path:
+    """A fresh, uniquely named file for one response. Unique names matter: Gradio caches returned
+    arrays under a content hash, so identical concurrent requests rewrote one file while another
+    response was streaming it. Files older than an hour are pruned."""
+    OUTPUTS.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUTS.iterdir():
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
+                old.unlink()
+    return OUTPUTS / f"{uuid.uuid4().hex}{suffix}"
+
+
 def json_file(data, name: str) -> str:
-    """A download for `data` (Gradio serves it from its cache folder)."""
-    with tempfile.NamedTemporaryFile("w", suffix=f"-{name}.json", delete=False, encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-    return f.name
+    """A download for `data`."""
+    path = _output_path(f"-{name}.json")
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def png_file(array) -> str:
+    """An image output as its own PNG file (see `_output_path`)."""
+    path = _output_path(".png")
+    Image.fromarray(array).save(path, compress_level=1)
+    return str(path)

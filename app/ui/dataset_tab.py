@@ -38,7 +38,9 @@ def build(ep: dict) -> dict:
         del_label = gr.Dropdown([], label="Delete label")
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
-        imp_file = gr.File(label="Import labels (Detic/COCO JSON, CSV, JSONL)")
+        imp_file = gr.File(label="Import labels: a Detic/COCO JSON, CSV or JSONL file, plus its images (files or a "
+                                 ".zip) unless they are already here", file_count="multiple",
+                           file_types=[".json", ".csv", ".jsonl", "image", ".zip"])
         imp_btn = gr.Button("Import")
         imp_msg = gr.Markdown()
     with gr.Row():
@@ -53,15 +55,21 @@ def build(ep: dict) -> dict:
             raise gr.Error("pick a label (and type the new name) first")
         return values
 
-    browse_label.change(handler(ep["images_with_label"], present=lambda rows: [(r["path"], r["name"]) for r in rows],
+    browse_label.change(handler(ep["images_with_label"],
+                                present=lambda rows: [(ep["image_preview"](r["hash"], 256), r["name"]) for r in rows],
                                 prepare=lambda label: (label or "",)), browse_label, gallery, api_name=False)
     ren_btn.click(handler(ep["rename_label"], prepare=picked, present=_present), [ren_old, ren_new], out,
                   api_name=False)
     merge_btn.click(handler(ep["merge_labels"], present=_present), [merge_src, merge_into], out, api_name=False)
     del_btn.click(handler(ep["delete_label"], prepare=picked, present=_present), del_label, out, api_name=False)
 
-    def imported(result: dict) -> tuple:
-        return (f"imported {result['images']} image(s), skipped {result['skipped']}", *_present(ep["dataset"]()))
+    def imported(r: dict) -> tuple:
+        msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
+        if r["missing"]:
+            msg += f"; {len(r['missing'])} not found: " + ", ".join(r["missing"][:10]) + ("…" if len(r["missing"]) > 10 else "")
+        if r["skipped"]:
+            msg += f"; {len(r['skipped'])} unreadable: " + "; ".join(r["skipped"][:5])
+        return (msg, *_present(ep["dataset"]()))
 
     imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [imp_msg, *out], api_name="import_labels")
     exp_btn.click(handler(ep["export_labels"]), exp_fmt, exp_file, api_name=False)

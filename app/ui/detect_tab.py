@@ -8,7 +8,7 @@ import gradio as gr
 
 from detector.vocabulary import PRESETS
 
-from .common import ImageInput, handler, json_file
+from .common import ImageInput, handler, json_file, png_file
 
 
 def _rows(records: list[dict]) -> list[list]:
@@ -53,7 +53,7 @@ def build(ep: dict, defaults) -> dict:
         return (image, *rest)
 
     detect = handler(ep["detect"], prepare=need_image,
-                     present=lambda r: (r[0], _rows(r[1]), json_file(r[1], "detections")))
+                     present=lambda r: (png_file(r[0]), _rows(r[1]), json_file(r[1], "detections")))
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
     detect_btn.click(detect, inputs, outputs, api_name="detect")
     vocabulary.submit(detect, inputs, outputs, api_name=False)
@@ -62,7 +62,7 @@ def build(ep: dict, defaults) -> dict:
     preset.change(fill_preset, preset, vocabulary, api_name=False)
 
     def batch_present(results):
-        gallery = [(r["drawn"], f"{Path(r['image']).name}: {len(r['detections'])}") for r in results]
+        gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {len(r['detections'])}") for r in results]
         return gallery, json_file([{"image": r["image"], "detections": r["detections"]} for r in results],
                                   "detections")
 

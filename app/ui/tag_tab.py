@@ -7,34 +7,30 @@ import gradio as gr
 from .common import handler
 
 
-def allows_server_folders() -> bool:
-    """Reading server folders is for local use: on by default unless the app is served publicly."""
-    import os
-
-    return os.environ.get("APP_ALLOW_SERVER_FOLDERS", "1") == "1"
-
-
-def _present_view(view: dict) -> tuple:
-    """tag_view -> (image, status, present dropdown, absent dropdown, index, hash)."""
-    labels, img = view["labels"], view["image"]
+def _status(view: dict) -> str:
+    img = view["image"]
     if img is None:
-        return (None, "No images yet: upload some above.", gr.update(choices=labels, value=[]),
-                gr.update(choices=labels, value=[]), 0, "")
-    status = (f"**Image {view['index'] + 1} / {view['count']}** · tagged {view['tagged']} / {view['count']} · "
-              f"`{img['name']}`")
-    return (img["path"], status, gr.update(choices=labels, value=img["positives"]),
-            gr.update(choices=labels, value=img["negatives"]), view["index"], img["hash"])
+        return "No images yet: upload some above."
+    return (f"**Image {view['index'] + 1} / {view['count']}** · tagged {view['tagged']} / {view['count']} · "
+            f"`{img['name']}`")
 
 
-def build(ep: dict, vocabulary: gr.Textbox) -> dict:
+def _shown(view: dict) -> dict:
+    """What the editor shows, so a change is sent as the tags added and removed since (operations,
+    not a replacement: another person's concurrent edits of the same image survive)."""
+    img = view["image"] or {}
+    return {"hash": img.get("hash", ""), "positives": img.get("positives", []), "negatives": img.get("negatives", [])}
+
+
+def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
     with gr.Accordion("Add images", open=True):
         with gr.Row():
             upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
                              elem_id="tag-upload")
             with gr.Column():
-                folder = gr.Textbox(label="Folder on this machine", visible=allows_server_folders(),
+                folder = gr.Textbox(label="Folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
                                     placeholder="/path/to/photos")
-                folder_btn = gr.Button("Add folder", visible=allows_server_folders())
+                folder_btn = gr.Button("Add folder", visible=server_folders)
         upload_msg = gr.Markdown()
     with gr.Row():
         with gr.Column(scale=3):
@@ -54,8 +50,17 @@ def build(ep: dict, vocabulary: gr.Textbox) -> dict:
             suggest_msg = gr.Markdown()
     index = gr.State(0)
     current = gr.Textbox(visible=False)
-    view_out = [image, status, positives, negatives, index, current]
+    shown = gr.State({})
+    view_out = [image, status, positives, negatives, index, current, shown]
     view = ep["tag_view"]
+
+    def _present_view(v: dict) -> tuple:
+        """tag_view -> (image, status, present, not present, index, hash, shown tags)."""
+        img = v["image"]
+        picture = ep["image_preview"](img["hash"]) if img else None
+        return (picture, _status(v), gr.update(choices=v["labels"], value=img["positives"] if img else []),
+                gr.update(choices=v["labels"], value=img["negatives"] if img else []), v["index"],
+                img["hash"] if img else "", _shown(v))
 
     def added(result: dict) -> tuple:
         msg = f"added {len(result['added'])} image(s)"
@@ -70,21 +75,26 @@ def build(ep: dict, vocabulary: gr.Textbox) -> dict:
     next_untagged.click(handler(ep["first_untagged"], present=lambda i: _present_view(view(i))), None, view_out,
                         api_name=False)
 
-    def save(image_hash, pos, neg, index):
-        """Saved on every change; only the status line is returned (re-setting the dropdowns would
-        fire another change). A change that merely mirrors the store (navigation) writes nothing."""
-        pos, neg = pos or [], neg or []
-        if image_hash:
-            stored = view(index)["image"]
-            if stored and stored["hash"] == image_hash and (sorted(pos), sorted(neg)) != (
-                    sorted(stored["positives"]), sorted(stored["negatives"])):
-                ep["tag"](image_hash, pos, neg)
-        return index
+    def save(image_hash, pos, neg, index, before):
+        """Saved on every change as the difference to what was shown; only the status line and the
+        shown state are returned (re-setting the dropdowns would fire another change)."""
+        pos, neg = list(pos or []), list(neg or [])
+        if image_hash and (before or {}).get("hash") == image_hash:
+            add_pos = [n for n in pos if n not in before["positives"]]
+            add_neg = [n for n in neg if n not in before["negatives"]]
+            removed = [n for n in before["positives"] if n not in pos and n not in add_neg] + \
+                      [n for n in before["negatives"] if n not in neg and n not in add_pos]
+            if removed:
+                ep["untag"](image_hash, removed)
+            if add_pos or add_neg:
+                ep["tag"](image_hash, add_pos, add_neg)
+            before = {"hash": image_hash, "positives": pos, "negatives": neg}
+        return _status(view(index)), before
 
-    save_handler = handler(save, present=lambda i: _present_view(view(i))[1])
+    save_handler = handler(save)
     save_handler.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
-        dropdown.change(save_handler, [current, positives, negatives, index], status, api_name=False,
+        dropdown.change(save_handler, [current, positives, negatives, index, shown], [status, shown], api_name=False,
                         show_progress="hidden")
 
     def need_image(image_hash, vocab):
@@ -97,16 +107,15 @@ def build(ep: dict, vocabulary: gr.Textbox) -> dict:
                                                      f"{len(names)} suggestion(s)" if names else "nothing detected")),
                       [current, vocabulary], [suggestions, suggest_msg], api_name=False)
 
-    def accept(image_hash, pos, checked, neg, index):
-        merged = list(dict.fromkeys([*(pos or []), *(checked or [])]))
-        if image_hash:
-            ep["tag"](image_hash, merged, [n for n in neg or [] if n not in merged])
+    def accept(image_hash, checked, index):
+        if image_hash and checked:
+            ep["tag"](image_hash, list(checked), [])
         return index
 
     accept_handler = handler(accept,
                              present=lambda i: (*_present_view(view(i)), gr.update(choices=[], value=[])))
     accept_handler.endpoint = ep["tag"]
-    accept_btn.click(accept_handler, [current, positives, suggestions, negatives, index], [*view_out, suggestions],
+    accept_btn.click(accept_handler, [current, suggestions, index], [*view_out, suggestions],
                      api_name=False)
     refresh = handler(view, present=_present_view)
     return {"refresh": (refresh, [index], view_out), "view_at": lambda i: _present_view(view(i))}

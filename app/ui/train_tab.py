@@ -64,6 +64,7 @@ def build(ep: dict) -> dict:
             with gr.Row():
                 start = gr.Button("Start training", variant="primary")
                 cancel = gr.Button("Cancel", variant="stop")
+                resume = gr.Button("Resume")
             msg = gr.Markdown()
         with gr.Column():
             run = gr.Textbox(label="Run", interactive=False)
@@ -85,6 +86,8 @@ def build(ep: dict) -> dict:
         return (run_id,)
 
     cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False)
+    resume.click(handler(ep["resume_training"], prepare=need_run, present=lambda run_id: f"resuming run `{run_id}`"),
+                 run, msg, api_name=False)
     status_out = [run, status, curve, log, evaluation]
     timer.tick(handler(ep["training_status"], present=_present_status), run, status_out, api_name=False,
                show_progress="hidden")
