@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 PRESETS: dict[str, DetectorConfig] = {
     # Real weights, no network: ImageNet EfficientNet-Lite0 (frozen) + all-MiniLM-L6-v2 names.
-    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384),
+    # Before any training: selective-search proposals, scored by the same network's ImageNet
+    # head mapped onto the vocabulary (detector.imagenet_scorer); see docs/offline_zero_shot.md.
+    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384,
+                              region_scoring=True, region_scorer="imagenet", region_top_k=50,
+                              part_suppression=0.9),
     # The classic: ResNet-50 (ImageNet weights when downloadable) + CLIP ViT-B/32 names.
     "resnet50-clip": DetectorConfig(
         backbone="resnet50", text_encoder="clip", embed_dim=512,
@@ -79,5 +83,7 @@ def load_detector(source: str | Path | None = None, device: str = "cpu"):
             model.init_report = init_from_torchvision_coco(model)
             if model.init_report is None:
                 log.warning("COCO detector weights unavailable: '%s' localisation is random", source)
+            else:
+                model.config.rpn_trained = True  # COCO-trained RPN and box regression
         return model.to(device).eval()
     return load_checkpoint(value, map_location=device)
