@@ -39,8 +39,11 @@ PRESETS: dict[str, DetectorConfig] = {
         text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
         region_scoring=True, mult_proposal_score=True, min_size=800, max_size=1333,
     ),
-    # Tiny random model (tiny CNN + tiny open_clip text tower): tests and smoke runs.
+    # Tiny random model (tiny CNN + tiny open_clip text tower): tests and smoke runs. It exercises
+    # the RPN code path (rpn_trained=True although its RPN is random); tests of the
+    # selective-search path set rpn_trained=False.
     "tiny": DetectorConfig(
+        rpn_trained=True,
         backbone="tiny", text_encoder="tiny_clip", embed_dim=64, text_encoder_options={"dim": 64},
         fpn_channels=32, box_head_convs=1, representation_size=128, min_size=128, max_size=256,
         anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
