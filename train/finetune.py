@@ -176,6 +176,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
             run.truncate_metrics(start_it)
     else:
         model = load_detector(cfg.model)
+    if box:  # box batches train the RPN: from now on the model proposes with it (not selective search)
+        model.config.rpn_trained = True
     model.to(device).train()
 
     embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),

@@ -8,7 +8,10 @@ from .common import handler
 
 
 def model_line(info: dict) -> str:
-    return f"Model: `{info['source']}` ({info['note']})"
+    line = f"Model: `{info['source']}` ({info['note']})"
+    if info.get("capabilities"):  # what this model can and cannot recognise, said up front
+        line += f"  \n{info['capabilities']}"
+    return line
 
 
 def build(ep: dict) -> dict:
