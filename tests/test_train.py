@@ -82,7 +82,7 @@ def test_crowd_degenerate_and_missing_images_are_counted(syn, tmp_path):
 @pytest.mark.parametrize("content, match", [
     ("{broken", "not valid JSON"),
     ('{"images": []}', "no 'categories'"),
-    ('[1, 2]', "COCO-style"),
+    ('[1, 2]', "not Detic/COCO JSON"),
     ('{"images": [{"id": 1, "file_name": "x.png", "pos_category_ids": [7]}], "categories": [{"id": 1, "name": "a"}]}',
      "unknown category ids"),
 ])
