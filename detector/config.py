@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")
+IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")  # the one list (see detector.image_labels)
+# Keys older checkpoints wrote; the image-label rule, weight and scope are now arguments of
+# `OpenVocabDetector.image_label_loss` (a training choice, not part of the model).
+LEGACY_KEYS = ("image_label_rule", "image_label_weight", "image_label_scope")
 
 
 @dataclass
@@ -55,11 +58,8 @@ class DetectorConfig:
     ensemble_weight_trained: float = 0.35  # w for names in trained_class_names
     ensemble_weight_untrained: float = 0.65  # w for other names; w = 1 before any training
     init_weights: str = ""  # "torchvision_coco_frcnn_v2": backbone/FPN/RPN/box head from COCO
-    # --- image-label loss (Detic max-size)
-    image_label_rule: str = "max_size"
-    image_label_weight: float = 0.1
+    # --- image-label loss (Detic): top proposals per image-labelled image (Detic's WS_NUM_PROPS)
     image_label_num_proposals: int = 128
-    image_label_scope: str = "classifier"  # "classifier" or "box_head" (Detic's original)
     # --- inference
     score_threshold: float = 0.3
     nms_threshold: float = 0.5
@@ -71,12 +71,8 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
-        if self.image_label_rule not in IMAGE_LABEL_RULES:
-            raise ValueError(
-                f"image_label_rule must be one of {IMAGE_LABEL_RULES}, got {self.image_label_rule!r}"
-            )
-        if self.image_label_scope not in ("classifier", "box_head"):
-            raise ValueError("image_label_scope must be 'classifier' or 'box_head'")
+        if self.image_label_num_proposals < 1:
+            raise ValueError("image_label_num_proposals must be >= 1")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
             raise ValueError("score_threshold and nms_threshold must lie in [0, 1]")
         if self.max_detections < 1 or self.min_size < 16 or self.max_size < self.min_size:
@@ -94,6 +90,7 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown detector config keys: {', '.join(unknown)}")

@@ -18,8 +18,8 @@ def test_config_rejects_bad_json(bad):
 
 
 def test_config_validates_values():
-    with pytest.raises(ValueError, match="image_label_rule"):
-        DetectorConfig(image_label_rule="biggest")
+    with pytest.raises(ValueError, match="image_label_num_proposals"):
+        DetectorConfig(image_label_num_proposals=0)
     with pytest.raises(ValueError):
         DetectorConfig(score_threshold=1.5)
 
