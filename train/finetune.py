@@ -62,6 +62,7 @@ class FinetuneConfig:
     ratio: str = "1:1"  # box : image-label batches
     image_loss: str = "max_size"
     image_loss_weight: float = 0.1
+    image_loss_scope: str = "box_head"  # "box_head" (Detic) or "classifier"
     lr: float = 2e-4
     weight_decay: float = 1e-4
     warmup: int = 100
@@ -90,15 +91,17 @@ def learning_rate(cfg: FinetuneConfig, it: int) -> float:
 class TrainStep(nn.Module):
     """One module whose forward covers both kinds of batch, so DDP can wrap it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, image_loss: dict | None = None):
         super().__init__()
         self.model = model
+        self.image_loss = image_loss or {}  # rule / weight / scope of the image-label loss
 
     def forward(self, kind: str, images, payload, class_embeddings):
         if kind == "box":
             return self.model(images, payload, class_embeddings)
         positives, negatives = payload
-        return self.model.image_label_loss(images, positives, class_embeddings, negatives=negatives)
+        return self.model.image_label_loss(images, positives, class_embeddings, negatives=negatives,
+                                           **self.image_loss)
 
 
 class StopFlag:
@@ -219,7 +222,6 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
         log.info("resuming from %s at iteration %d", resume_from, start_it)
     else:
         model = load_detector(cfg.model)
-    model.config = model.config.replace(image_label_rule=cfg.image_loss, image_label_weight=cfg.image_loss_weight)
     model.to(device).train()
 
     embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
@@ -245,7 +247,7 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if opt_tensors is not None:
         restore_optimizer(optimizer, opt_tensors, opt_state)
-    step = TrainStep(model)
+    step = TrainStep(model, {"rule": cfg.image_loss, "weight": cfg.image_loss_weight, "scope": cfg.image_loss_scope})
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
@@ -297,6 +299,8 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
                 for k, v in losses.items():
                     window.setdefault(k, []).append(float(v.detach()))
                 window.setdefault("loss", []).append(float(loss.detach()))
+                for k, v in (model.image_label_stats if kind == "label" else {}).items():
+                    window.setdefault(f"stats_{k}", []).append(v)
             else:
                 log.warning("iteration %d: non-finite loss %s, step skipped", it, float(loss))
         it += 1
