@@ -64,6 +64,23 @@ def experiment_config(size: int, large: bool, text: str = "minilm"):
     )
 
 
+def markdown_table(results: dict[str, list[dict]]) -> str:
+    """Mean ± std over seeds, and the per-seed novel AP50 (to see whether every seed moved)."""
+    def ms(rows, key):
+        vals = [100 * r[key] for r in rows]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
+
+    lines = ["| variant | novel AP50 | base AP50 | novel AP | base AP | novel AP50 per seed |",
+             "|---|---|---|---|---|---|"]
+    for variant, rows in results.items():
+        rows = sorted(rows, key=lambda r: r["seed"])
+        per_seed = " / ".join(f"{100 * r['novel_AP50']:.1f}" for r in rows)
+        lines.append(f"| {variant} | {ms(rows, 'novel_AP50')} | {ms(rows, 'base_AP50')} | {ms(rows, 'novel_AP')} "
+                     f"| {ms(rows, 'base_AP')} | {per_seed} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("runs/detic_synthetic"))
@@ -77,20 +94,26 @@ def main() -> None:
     ap.add_argument("--ratio", default="1:1", help="box : image-label batches in phase 2")
     ap.add_argument("--label-scale", type=float, default=0.5,
                     help="image-labelled images' resolution relative to box images (Detic: 0.5)")
+    ap.add_argument("--tag", default="", help="suffix for the variants' names (settings sweeps in one --work)")
     ap.add_argument("--lr", type=float, default=2e-4, help="Detic's AdamW learning rate (see docs/experiments.md)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the result table here")
     ap.add_argument("--text", choices=["minilm", "hashed"], default="minilm",
                     help="names' embeddings: real MiniLM, or structure-free hashed vectors (control)")
+    ap.add_argument("--summary", action="store_true", help="print the table of --work/results.json and exit")
     args = ap.parse_args()
+    if args.summary:
+        print(markdown_table(json.loads((args.work / "results.json").read_text())))
+        return
     size = 320 if args.large else 128
-    iters = args.iters or (3000 if args.large else 120)
-    box_iters = args.box_iters or (3000 if args.large else 150)
+    cpu_box_iters, cpu_iters = (300, 100) if args.benchmark == "hard" else (150, 120)
+    iters = args.iters or (3000 if args.large else cpu_iters)
+    box_iters = args.box_iters or (3000 if args.large else cpu_box_iters)
     data = args.work / "data"
     bench = BENCHMARKS[args.benchmark]
     if not (data / "meta.json").exists():
         bench.generate(data, seed=0, n_box=1000 if args.large else 240, n_label=1000 if args.large else 240,
                  n_val=200 if args.large else 80, size=size)
-    results: dict[str, list[dict]] = {v: [] for v in args.variants}
+    results: dict[str, list[dict]] = {v + args.tag: [] for v in args.variants}
     t0 = time.time()
     for seed in args.seeds:
         init = args.work / f"init_seed{seed}"
@@ -113,7 +136,7 @@ def main() -> None:
             half = spec == "half"
             rule, scope = spec if isinstance(spec, tuple) else (None, "box_head")
             cfg = FinetuneConfig(
-                out=str(args.work / f"{variant}_seed{seed}"), model=str(phase1), iters=iters // 2 if half else iters,
+                out=str(args.work / f"{variant}{args.tag}_seed{seed}"), model=str(phase1), iters=iters // 2 if half else iters,
                 label_data=str(data / "image_labels.json") if rule else None,
                 label_images=str(data / "images") if rule else None, image_loss=rule or "max_size",
                 image_loss_scope=scope, ratio=args.ratio,
@@ -125,24 +148,22 @@ def main() -> None:
                 sys.exit(f"{variant} seed {seed} stopped at iteration {result['iteration']}; re-run to redo it")
             ev = result["evaluation"]
             row = {"seed": seed, "novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"],
-                   "novel_AP": ev["novel"]["AP"], "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"]}
-            results[variant].append(row)
-            print(f"[{time.time() - t0:7.0f}s] {variant} seed {seed}: " + json.dumps(row), flush=True)
+                   "novel_AP": ev["novel"]["AP"], "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"],
+                   "box_iters": box_iters, "iters": cfg.iters, "ratio": args.ratio, "label_size": cfg.label_size,
+                   "image_stats": {k: v for k, v in result["last"].items() if k.startswith("stats_")}}
+            results[variant + args.tag].append(row)
+            print(f"[{time.time() - t0:7.0f}s] {variant}{args.tag} seed {seed}: " + json.dumps(row), flush=True)
 
-    lines = ["| variant | novel AP50 | base AP50 | novel AP | base AP |", "|---|---|---|---|---|"]
-    def ms(rows, key):
-        vals = [100 * r[key] for r in rows]
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
-
-    for variant, rows in results.items():
-        lines.append(f"| {variant} | {ms(rows, 'novel_AP50')} | {ms(rows, 'base_AP50')} | {ms(rows, 'novel_AP')} | {ms(rows, 'base_AP')} |")
-    table = "\n".join(lines)
+    table = markdown_table(results)
     cmd = "python bench/detic_synthetic.py " + " ".join(sys.argv[1:])
     print(table)
     print(f"({len(args.seeds)} seeds, {box_iters} box-only + {iters} iterations per variant, "
           f"{time.time() - t0:.0f} s total; command: {cmd})")
-    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    merged = json.loads((args.work / "results.json").read_text()) if (args.work / "results.json").exists() else {}
+    for variant, rows in results.items():  # runs of other variants / seeds in the same --work are kept
+        seeds = {r["seed"] for r in rows}
+        merged[variant] = [r for r in merged.get(variant, []) if r["seed"] not in seeds] + rows
+    (args.work / "results.json").write_text(json.dumps(merged, indent=2))
     if args.markdown:
         args.markdown.write_text(table + f"\n\n{len(args.seeds)} seeds; phase 1 {box_iters} box-only iterations, "
                                  f"phase 2 {iters} iterations per variant; "
