@@ -202,7 +202,8 @@ def _finetune(cfg, run_dir, rank, world, on_progress) -> dict:
     if not box and not labels:
         raise DataError("no training images: give --box-data and/or --label-data with existing images")
     if not box:
-        log.info("image labels only: the RPN and box regression get no signal; only the classifier learns")
+        log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
+                 "classifier" if cfg.image_loss_scope == "classifier" else "classifier, box head and neck")
     names = vocabulary_of(box, labels)
     names_index = {n.casefold(): i for i, n in enumerate(names)}
 
