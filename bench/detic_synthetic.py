@@ -32,9 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import hard_synthetic  # noqa: E402
-from detector import OpenVocabDetector, save_checkpoint  # noqa: E402
+from detector import OpenVocabDetector, load_checkpoint, save_checkpoint  # noqa: E402
+from detector.embedding_cache import VocabularyEmbedder  # noqa: E402
 from detector.presets import PRESETS  # noqa: E402
+from detector.text_encoders import build_text_encoder  # noqa: E402
 from train import synthetic  # noqa: E402
+from train.evaluate import evaluate_model  # noqa: E402
 from train.finetune import FinetuneConfig, finetune  # noqa: E402
 from train.run_state import read_json  # noqa: E402
 
@@ -64,6 +67,17 @@ def experiment_config(size: int, large: bool, text: str = "minilm"):
     )
 
 
+def plain_scores(run_dir: str, data: Path, novel: list[str]) -> dict[str, float]:
+    """The same checkpoint scored by class score alone (not Detic's sqrt(class * objectness))."""
+    model = load_checkpoint(run_dir)
+    model.config = model.config.replace(mult_proposal_score=False)
+    embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
+                                  model.config.prompt)
+    ev = evaluate_model(model, data / "val.json", data / "images", novel, embedder=embedder)
+    return {"novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"], "novel_AP": ev["novel"]["AP"],
+            "base_AP": ev["base"]["AP"]}
+
+
 def markdown_table(results: dict[str, list[dict]]) -> str:
     """Mean ± std over seeds, and the per-seed novel AP50 (to see whether every seed moved)."""
     def ms(rows, key):
@@ -71,13 +85,15 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
 
-    lines = ["| variant | novel AP50 | base AP50 | novel AP | base AP | novel AP50 per seed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| variant | novel AP50 | base AP50 | novel AP | base AP | novel AP50 per seed "
+             "| plain scores: novel / base AP50 |", "|---|---|---|---|---|---|---|"]
     for variant, rows in results.items():
         rows = sorted(rows, key=lambda r: r["seed"])
         per_seed = " / ".join(f"{100 * r['novel_AP50']:.1f}" for r in rows)
+        plain = [r["plain_scores"] for r in rows if "plain_scores" in r]
+        plain = f"{ms(plain, 'novel_AP50')} / {ms(plain, 'base_AP50')}" if len(plain) == len(rows) else "–"
         lines.append(f"| {variant} | {ms(rows, 'novel_AP50')} | {ms(rows, 'base_AP50')} | {ms(rows, 'novel_AP')} "
-                     f"| {ms(rows, 'base_AP')} | {per_seed} |")
+                     f"| {ms(rows, 'base_AP')} | {per_seed} | {plain} |")
     return "\n".join(lines)
 
 
@@ -150,7 +166,8 @@ def main() -> None:
             row = {"seed": seed, "novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"],
                    "novel_AP": ev["novel"]["AP"], "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"],
                    "box_iters": box_iters, "iters": cfg.iters, "ratio": args.ratio, "label_size": cfg.label_size,
-                   "image_stats": {k: v for k, v in result["last"].items() if k.startswith("stats_")}}
+                   "image_stats": {k: v for k, v in result["last"].items() if k.startswith("stats_")},
+                   "plain_scores": plain_scores(cfg.out, data, bench.NOVEL)}
             results[variant + args.tag].append(row)
             print(f"[{time.time() - t0:7.0f}s] {variant}{args.tag} seed {seed}: " + json.dumps(row), flush=True)
 

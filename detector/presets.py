@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 PRESETS: dict[str, DetectorConfig] = {
     # Real weights, no network: ImageNet EfficientNet-Lite0 (frozen) + all-MiniLM-L6-v2 names.
-    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384),
+    # Scores are Detic's sqrt(class score * objectness) (see docs/experiments.md, issue 11).
+    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384,
+                              mult_proposal_score=True),
     # The classic: ResNet-50 (ImageNet weights when downloadable) + CLIP ViT-B/32 names.
     "resnet50-clip": DetectorConfig(
         backbone="resnet50", text_encoder="clip", embed_dim=512,
-        text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+        text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, mult_proposal_score=True,
     ),
     # Works before any training (issue: a useful model on first launch): COCO-trained
     # localisation (torchvision Faster R-CNN v2) + CLIP ViT-B/32 region scores, ensembled with
