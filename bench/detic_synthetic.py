@@ -67,15 +67,16 @@ def experiment_config(size: int, large: bool, text: str = "minilm"):
     )
 
 
-def plain_scores(run_dir: str, data: Path, novel: list[str]) -> dict[str, float]:
-    """The same checkpoint scored by class score alone (not Detic's sqrt(class * objectness))."""
+def scores(run_dir: str, data: Path, novel: list[str], detic_scoring: bool = True) -> dict[str, float]:
+    """AP of a run's checkpoint on the validation set, scoring detections by Detic's
+    sqrt(class score * objectness) or (`detic_scoring=False`) by the class score alone."""
     model = load_checkpoint(run_dir)
-    model.config = model.config.replace(mult_proposal_score=False)
+    model.config = model.config.replace(mult_proposal_score=detic_scoring)
     embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
                                   model.config.prompt)
     ev = evaluate_model(model, data / "val.json", data / "images", novel, embedder=embedder)
     return {"novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"], "novel_AP": ev["novel"]["AP"],
-            "base_AP": ev["base"]["AP"]}
+            "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"]}
 
 
 def markdown_table(results: dict[str, list[dict]]) -> str:
@@ -156,18 +157,14 @@ def main() -> None:
                 label_data=str(data / "image_labels.json") if rule else None,
                 label_images=str(data / "images") if rule else None, image_loss=rule or "max_size",
                 image_loss_scope=scope, ratio=args.ratio,
-                warmup=min(20, iters // 10), eval_data=str(data / "val.json"), eval_images=str(data / "images"),
-                novel=bench.NOVEL, **common,
+                warmup=min(20, iters // 10), **common,
             )
             result = finetune(cfg)
             if result["state"] != "finished":  # Ctrl-C / SIGTERM: the run stopped cleanly; so do we
                 sys.exit(f"{variant} seed {seed} stopped at iteration {result['iteration']}; re-run to redo it")
-            ev = result["evaluation"]
-            row = {"seed": seed, "novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"],
-                   "novel_AP": ev["novel"]["AP"], "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"],
-                   "box_iters": box_iters, "iters": cfg.iters, "ratio": args.ratio, "label_size": cfg.label_size,
+            row = {"seed": seed, **scores(cfg.out, data, bench.NOVEL), "box_iters": box_iters, "iters": cfg.iters, "ratio": args.ratio, "label_size": cfg.label_size,
                    "image_stats": {k: v for k, v in result["last"].items() if k.startswith("stats_")},
-                   "plain_scores": plain_scores(cfg.out, data, bench.NOVEL)}
+                   "plain_scores": scores(cfg.out, data, bench.NOVEL, detic_scoring=False)}
             results[variant + args.tag].append(row)
             print(f"[{time.time() - t0:7.0f}s] {variant}{args.tag} seed {seed}: " + json.dumps(row), flush=True)
 
