@@ -124,14 +124,18 @@ def choice_stats(boxes: list[torch.Tensor], class_logits: list[torch.Tensor], ch
     proposal, how often it is the whole-image box, and the chosen proposal's score for the label."""
     size, x, y, image_box, score = [], [], [], [], []
     for b, lg, image_choices, (h, w) in zip(boxes, class_logits, choices, image_sizes):
+        if not image_choices:
+            continue
+        rows = b.detach().float().cpu().tolist()  # one device sync per image
+        probs = torch.sigmoid(lg.detach().float()).cpu()
         for c in image_choices:
-            x1, y1, x2, y2 = (float(v) for v in b[c.proposal])
+            x1, y1, x2, y2 = rows[c.proposal]
             for k in c.labels:
                 size.append((x2 - x1) * (y2 - y1) / max(h * w, 1))
                 x.append((x1 + x2) / 2 / max(w, 1))
                 y.append((y1 + y2) / 2 / max(h, 1))
-                image_box.append(float(c.proposal == len(b) - 1))
-                score.append(float(torch.sigmoid(lg[c.proposal, k].float())))
+                image_box.append(float(c.proposal == len(rows) - 1))
+                score.append(float(probs[c.proposal, k]))
     if not size:
         return {}
     mean = lambda v: sum(v) / len(v)  # noqa: E731
