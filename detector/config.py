@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")  # the one list (Detic §3.3 and its ablations)
-# Keys older checkpoints carry that are no longer part of a detector (the run owns them now).
-LEGACY_KEYS = frozenset({"image_label_rule", "image_label_weight"})
+IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")  # the one list (see detector.image_labels)
+IMAGE_LABEL_SCOPES = ("box_head", "classifier")  # what the image-label loss trains (detector.image_labels)
+# Keys older checkpoints wrote; the image-label rule, weight and scope are now arguments of
+# `OpenVocabDetector.image_label_loss` (a training choice, not part of the model).
+LEGACY_KEYS = ("image_label_rule", "image_label_weight", "image_label_scope")
 
 
 @dataclass
@@ -62,9 +64,8 @@ class DetectorConfig:
     ensemble_weight_trained: float = 0.35  # w for names in trained_class_names
     ensemble_weight_untrained: float = 0.65  # w for other names; w = 1 before any training
     init_weights: str = ""  # "torchvision_coco_frcnn_v2": backbone/FPN/RPN/box head from COCO
-    # --- image-label training (Detic); the rule and its weight are the run's (train.RunConfig)
+    # --- image-label training (Detic): top proposals per image (WS_NUM_PROPS); rule, weight and scope are the run's
     image_label_num_proposals: int = 128
-    image_label_scope: str = "classifier"  # "classifier" or "box_head" (Detic's original)
     # --- inference
     score_threshold: float = 0.3
     nms_threshold: float = 0.5
@@ -79,8 +80,8 @@ class DetectorConfig:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
         if self.region_scorer not in ("clip", "imagenet"):
             raise ValueError("region_scorer must be 'clip' or 'imagenet'")
-        if self.image_label_scope not in ("classifier", "box_head"):
-            raise ValueError("image_label_scope must be 'classifier' or 'box_head'")
+        if self.image_label_num_proposals < 1:
+            raise ValueError("image_label_num_proposals must be >= 1")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
             raise ValueError("score_threshold and nms_threshold must lie in [0, 1]")
         if self.max_detections < 1 or self.min_size < 16 or self.max_size < self.min_size:

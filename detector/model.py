@@ -3,8 +3,9 @@
 Three entry points share one backbone/RPN/RoI stack:
 - `forward(images, targets, class_embeddings)`: box-labelled training (standard loss dict) or
   inference (list of {boxes, scores, labels}); labels are 0-based indices into the vocabulary.
-- `image_label_loss(images, labels, class_embeddings)`: Detic's image-label loss (no RPN or box
-  regression loss; by default only the classifier receives gradients).
+- `image_label_loss(images, labels, class_embeddings, rule=, weight=, scope=)`: Detic's
+  image-label loss (no RPN or box-regression loss; by default it trains the classifier, the box
+  head and the neck, as Detic does).
 - `encode(images)` + `classify(regions, class_embeddings)`: inference split at the point where
   the vocabulary enters, so a new vocabulary or threshold re-uses the cached image work.
 """
@@ -26,7 +27,19 @@ from torchvision.ops import MultiScaleRoIAlign
 from .backbones import build_backbone, count_parameters
 from .classifier import ZeroShotBoxPredictor
 from .config import IMAGE_LABEL_RULES, DetectorConfig
-from .image_labels import Choice, choose_proposals, image_label_loss, negative_terms, with_image_box
+from .image_labels import (
+    DEFAULT_RULE,
+    DEFAULT_SCOPE,
+    DEFAULT_WEIGHT,
+    Choice,
+    check_rule,
+    check_scope,
+    choice_stats,
+    choose_proposals,
+    image_label_loss,
+    negative_terms,
+    with_image_box,
+)
 from .roi_heads import ZeroShotRoIHeads, select_detections
 from .rpn import ScoredRPN
 
@@ -116,6 +129,7 @@ class OpenVocabDetector(GeneralizedRCNN):
         self.config = cfg
         self.backbone_pretrained = spec.pretrained
         self.class_names: list[str] = []
+        self.image_label_stats: dict[str, float] = {}  # Detic's diagnostics of the last image-label batch
         self.register_buffer("class_embeddings", torch.zeros(0, cfg.embed_dim), persistent=False)
 
     # --- vocabulary --------------------------------------------------------------------------
@@ -215,7 +229,7 @@ class OpenVocabDetector(GeneralizedRCNN):
                 p_clip = scores.new_zeros(scores.shape)
                 p_clip[: len(regions)] = region_scorer.probabilities(regions, emb).to(scores.device)
                 scores = ensemble(scores, p_clip, clip_weights)
-            if cfg.mult_proposal_score:
+            if cfg.mult_proposal_score and not self.uses_selective_search:  # objectness means something
                 scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])
             det = select_detections(
                 enc.boxes[i], scores,
@@ -237,27 +251,34 @@ class OpenVocabDetector(GeneralizedRCNN):
         x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
         return image_list, proposals, objectness, x
 
-    def image_label_loss(self, images, labels: list[list[int]], class_embeddings=None, rule: str = "max_size",
-                         weight: float = 0.1, negatives: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    def image_label_loss(self, images, labels: list[list[int]], class_embeddings=None, *,
+                         rule: str = DEFAULT_RULE, weight: float = DEFAULT_WEIGHT, scope: str = DEFAULT_SCOPE,
+                         negatives: list[list[int]] | None = None,
+                         num_proposals: int | None = None) -> dict[str, torch.Tensor]:
         """Detic's loss for images with image-level labels only: `{"loss_image_label": weight·L}`.
 
-        The rule and weight (λ) belong to the training run (`train.RunConfig`), not to the model.
-
-        With `image_label_scope="classifier"` (default) the proposals and RoI features are
-        computed without gradients, so only the zero-shot classifier learns from image labels;
-        "box_head" also lets the gradient into the box head and neck, as in Detic's code.
+        `rule`: one of `IMAGE_LABEL_RULES`; `weight`: Detic's λ; `scope="box_head"` (default, as
+        in Detic) lets the gradient of the chosen proposals' logits into the box head and neck;
+        "classifier" computes proposals and RoI features without gradients (and without
+        normalisation-statistics updates), so only the zero-shot classifier learns. Never an RPN
+        or box-regression loss. Detic's diagnostics of the choices are left in
+        `self.image_label_stats` (plain floats).
         """
+        check_rule(rule)
+        check_scope(scope)
         emb = self._embeddings(class_embeddings)
-        cfg = self.config
-        if cfg.image_label_scope == "box_head":
-            _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
+        k = num_proposals or self.config.image_label_num_proposals
+        if scope == "box_head":
+            image_list, proposals, _, x = self._label_proposals(images, k)
         else:  # frozen for this batch: no gradients and no normalisation-statistics updates
             with torch.no_grad(), eval_mode(self.backbone, self.rpn, self.roi_heads.box_head):
-                _, proposals, _, x = self._label_proposals(images, cfg.image_label_num_proposals)
+                image_list, proposals, _, x = self._label_proposals(images, k)
         logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
         per_image = list(logits.split([len(p) for p in proposals]))
         choices = [choose_proposals(rule, p, lg.detach(), lb) for p, lg, lb in zip(proposals, per_image, labels)]
         neg = [negative_terms(lg.detach(), n) for lg, n in zip(per_image, negatives or [[] for _ in labels])]
+        self.image_label_stats = choice_stats(proposals, [lg.detach() for lg in per_image], choices,
+                                              list(image_list.image_sizes))
         return {"loss_image_label": weight * image_label_loss(per_image, choices, neg)}
 
     @torch.no_grad()

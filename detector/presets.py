@@ -19,15 +19,16 @@ log = logging.getLogger(__name__)
 
 PRESETS: dict[str, DetectorConfig] = {
     # Real weights, no network: ImageNet EfficientNet-Lite0 (frozen) + all-MiniLM-L6-v2 names.
+    # Scores are Detic's sqrt(class score * objectness) once the RPN is trained (docs/experiments.md).
     # Before any training: selective-search proposals, scored by the same network's ImageNet
     # head mapped onto the vocabulary (detector.imagenet_scorer); see docs/offline_zero_shot.md.
     "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384,
                               region_scoring=True, region_scorer="imagenet", region_top_k=50,
-                              part_suppression=0.9),
+                              part_suppression=0.9, mult_proposal_score=True),
     # The classic: ResNet-50 (ImageNet weights when downloadable) + CLIP ViT-B/32 names.
     "resnet50-clip": DetectorConfig(
         backbone="resnet50", text_encoder="clip", embed_dim=512,
-        text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+        text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, mult_proposal_score=True,
     ),
     # Works before any training (issue: a useful model on first launch): COCO-trained
     # localisation (torchvision Faster R-CNN v2) + CLIP ViT-B/32 region scores, ensembled with

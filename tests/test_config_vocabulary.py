@@ -20,6 +20,8 @@ def test_config_rejects_bad_json(bad):
 def test_config_validates_values():
     with pytest.raises(ValueError, match="nope"):
         DetectorConfig.from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="image_label_num_proposals"):
+        DetectorConfig(image_label_num_proposals=0)
     with pytest.raises(ValueError):
         DetectorConfig(score_threshold=1.5)
 

@@ -166,14 +166,21 @@ def test_resume_matches_uninterrupted_run(syn, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_image_labels_only_trains_only_the_classifier(syn, tmp_path):
+@pytest.mark.parametrize("scope", ["box_head", "classifier"])
+def test_image_labels_only_never_train_rpn_or_box_regression(syn, tmp_path, scope):
     start = load_checkpoint_of_preset(tmp_path)
-    _train(syn, tmp_path / "run", model=str(start), box_data=None, box_images=None, iters=4)
+    _train(syn, tmp_path / "run", model=str(start), box_data=None, box_images=None, iters=4,
+           image_label_scope=scope)
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "only the classifier learns" in log
+    assert "RPN and box regression get no signal" in log
     before, after = load_checkpoint(start).state_dict(), load_checkpoint(tmp_path / "run").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("roi_heads.box_predictor.cls_score.") for k in changed)
+    assert any(k.startswith("roi_heads.box_predictor.cls_score.") for k in changed)
+    assert not any(k.startswith(("rpn.", "roi_heads.box_predictor.bbox_pred", "backbone.body")) for k in changed)
+    if scope == "classifier":
+        assert all(k.startswith("roi_heads.box_predictor.cls_score.") for k in changed)
+    else:  # Detic's scope: the chosen proposals' features learn too
+        assert any(k.startswith("roi_heads.box_head") for k in changed)
 
 
 def load_checkpoint_of_preset(tmp_path):

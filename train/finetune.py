@@ -47,16 +47,17 @@ def learning_rate(cfg: RunConfig, it: int) -> float:
 class TrainStep(nn.Module):
     """One module whose forward covers both kinds of batch, so DDP can wrap it."""
 
-    def __init__(self, model: nn.Module, rule: str, weight: float):
+    def __init__(self, model: nn.Module, image_loss: dict | None = None):
         super().__init__()
-        self.model, self.rule, self.weight = model, rule, weight
+        self.model = model
+        self.image_loss = image_loss or {}  # rule / weight / scope of the image-label loss
 
     def forward(self, kind: str, images, payload, class_embeddings):
         if kind == "box":
             return self.model(images, payload, class_embeddings)
         positives, negatives = payload
-        return self.model.image_label_loss(images, positives, class_embeddings, rule=self.rule, weight=self.weight,
-                                           negatives=negatives)
+        return self.model.image_label_loss(images, positives, class_embeddings, negatives=negatives,
+                                           **self.image_loss)
 
 
 class StopFlag:
@@ -154,7 +155,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if not box and not labels:
         raise DataError("no training images: give --box-data and/or --label-data with existing images")
     if not box:
-        log.info("image labels only: the RPN and box regression get no signal; only the classifier learns")
+        log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
+                 "classifier" if cfg.image_label_scope == "classifier" else "classifier, box head and neck")
     names = vocabulary_of(box, labels)
     names_index = {n.casefold(): i for i, n in enumerate(names)}
 
@@ -203,7 +205,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume_from is not None:
         run.restore_optimizer(resume_from, optimizer)
-    step = TrainStep(model, cfg.image_label_rule, cfg.image_label_weight)
+    step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
+                             "scope": cfg.image_label_scope})
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
@@ -255,6 +258,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
                 for k, v in losses.items():
                     window.setdefault(k, []).append(float(v.detach()))
                 window.setdefault("loss", []).append(float(loss.detach()))
+                for k, v in (model.image_label_stats if kind == "label" else {}).items():
+                    window.setdefault(f"stats_{k}", []).append(v)
             else:
                 log.warning("iteration %d: non-finite loss %s, step skipped", it, float(loss))
         it += 1

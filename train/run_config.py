@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector.config import IMAGE_LABEL_RULES
+from detector.config import IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
 
 
 def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
@@ -42,6 +42,8 @@ class RunConfig:
     image_label_rule: str = _opt("max_size", "which proposal an image-level label trains",
                                  choices=IMAGE_LABEL_RULES, aliases=("--image-loss",))
     image_label_weight: float = _opt(0.1, "lambda of the image-label loss", aliases=("--image-loss-weight",))
+    image_label_scope: str = _opt("box_head", "what image labels train: box_head (Detic: classifier, box head and "
+                                  "neck) or classifier (its projection only)", choices=IMAGE_LABEL_SCOPES)
     lr: float = _opt(2e-4, "peak learning rate (AdamW)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
     warmup: int = _opt(100, "linear warm-up iterations (at most a tenth of the run)")
@@ -71,6 +73,8 @@ class RunConfig:
         if self.image_label_rule not in IMAGE_LABEL_RULES:
             raise ValueError(f"image_label_rule must be one of {', '.join(IMAGE_LABEL_RULES)}, "
                              f"got {self.image_label_rule!r}")
+        if self.image_label_scope not in IMAGE_LABEL_SCOPES:
+            raise ValueError(f"image_label_scope must be one of {', '.join(IMAGE_LABEL_SCOPES)}")
         if self.image_label_weight < 0 or self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
             raise ValueError("image_label_weight >= 0, lr > 0, weight_decay >= 0 and clip > 0 are required")
         if len(self.jitter) != 2 or not 0 < self.jitter[0] <= self.jitter[1]:
