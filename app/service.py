@@ -420,8 +420,10 @@ class AppService:
                 return {"state": "none", "id": "", "metrics": [], "log": "", "evaluation": None}
             run_id = chosen["id"]
         run = self.jobs.run(run_id)
-        return {**self.jobs.status(run_id), "metrics": run.metrics(), "log": run.log_tail(),
-                "evaluation": run.evaluation()}
+        metrics = run.metrics()
+        return {**self.jobs.status(run_id), "metrics": metrics, "log": run.log_tail(),
+                "evaluation": run.evaluation(), "evaluation_before": run.evaluation(before=True),
+                "image_label_choices": _choice_summary(metrics)}
 
     # --- model -------------------------------------------------------------------------------
     @endpoint()
@@ -476,6 +478,16 @@ class AppService:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return str(getattr(commit, "commit_url", commit))
+
+
+def _choice_summary(metrics: list[dict]) -> dict | None:
+    """Mean of Detic's diagnostics of the proposals image labels trained (relative size, centre,
+    how often the whole-image box), over the run's logged image-label iterations."""
+    keys = sorted({k for m in metrics for k in m if k.startswith("stats_")})
+    if not keys:
+        return None
+    return {k[len("stats_"):]: round(sum(m[k] for m in metrics if k in m) / sum(1 for m in metrics if k in m), 4)
+            for k in keys}
 
 
 def _upload_path(f) -> Path | None:

@@ -330,3 +330,20 @@ def test_evaluation_of_an_image_above_the_decode_limit_is_in_original_pixels(tmp
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     assert evaluate_model(tiny_predictor, tmp_path / "gt.json", tmp_path, score_threshold=0.0,
                           max_detections=1)["all"]["AP50"] < 0.5
+
+
+def test_run_diagnostic_before_after_and_chosen_proposals(syn, tmp_path):
+    """Issue 11's per-run diagnostic: AP before and after on the validation set, and where the
+    image labels' chosen proposals were; the Train tab renders both."""
+    from app.service import _choice_summary
+    from app.ui.train_tab import diagnostics_html
+
+    _train(syn, tmp_path / "run", iters=4, eval_data=str(syn / "val.json"), eval_images=str(syn / "images"),
+           novel=list(NOVEL))
+    run = RunDir(tmp_path / "run")
+    before, after = run.evaluation(before=True), run.evaluation()
+    assert {"novel", "base", "all"} <= set(before) and {"novel", "base", "all"} <= set(after)
+    choices = _choice_summary(run.metrics())
+    assert 0 < choices["select_size"] <= 1 and 0 <= choices["select_image_box"] <= 1
+    shown = diagnostics_html({"evaluation_before": before, "evaluation": after, "image_label_choices": choices})
+    assert "novel AP50" in shown and "→" in shown and "covering" in shown

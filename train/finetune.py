@@ -201,6 +201,13 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         log.info("vocabulary: %d classes, %d with boxes (box batches classify over those only)",
                  len(names), len(box_ids))
 
+    if rank == 0 and cfg.eval_data and resume_from is None:  # the "before" of the run's diagnostic
+        from .evaluate import evaluate_model
+
+        run.write_status("running", iteration=0, total=cfg.iters, message="evaluating the starting model")
+        run.write_evaluation(evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
+                                            embedder=embedder), before=True)
+        model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume_from is not None:

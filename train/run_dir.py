@@ -7,7 +7,7 @@
       status.json                      state, iteration, total, message, pid of the trainer
       metrics.jsonl                    one line per logged iteration (tail-able)
       metrics.json                     final summary
-      eval.json                        evaluation when the run finished with eval data
+      eval.json, eval_before.json      evaluation of the trained / starting model (with eval data)
       CANCEL                           present = stop after the current step, with a checkpoint
       stdout.log, train.log            the process's output and the trainer's log
       model.safetensors, config.json   the newest weights: RUN itself loads as a model
@@ -44,6 +44,7 @@ class RunDir:
     METRICS_LOG = "metrics.jsonl"
     SUMMARY = "metrics.json"
     EVALUATION = "eval.json"
+    EVALUATION_BEFORE = "eval_before.json"
     CANCEL = "CANCEL"
     STDOUT = "stdout.log"
     TRAIN_LOG = "train.log"
@@ -143,11 +144,11 @@ class RunDir:
     def summary(self) -> dict:
         return read_json(self.file(self.SUMMARY)) or {}
 
-    def write_evaluation(self, evaluation: dict) -> None:
-        atomic_write_json(self.file(self.EVALUATION), evaluation)
+    def write_evaluation(self, evaluation: dict, before: bool = False) -> None:
+        atomic_write_json(self.file(self.EVALUATION_BEFORE if before else self.EVALUATION), evaluation)
 
-    def evaluation(self) -> dict | None:
-        return read_json(self.file(self.EVALUATION))
+    def evaluation(self, before: bool = False) -> dict | None:
+        return read_json(self.file(self.EVALUATION_BEFORE if before else self.EVALUATION))
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.file(self.STDOUT)

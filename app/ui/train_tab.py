@@ -29,14 +29,36 @@ def progress_html(status: dict) -> str:
             f"<p>{line}</p>")
 
 
+def _ap50(ev: dict | None, part: str) -> str:
+    value = ((ev or {}).get(part) or {}).get("AP50")
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def diagnostics_html(status: dict) -> str:
+    """What the run did: novel / base AP50 before → after (with validation data) and where the
+    image labels' chosen proposals were (Detic's diagnostics)."""
+    parts = []
+    before, after = status.get("evaluation_before"), status.get("evaluation")
+    if before or after:
+        parts.append(" · ".join(f"{part} AP50 {_ap50(before, part)} → {_ap50(after, part)}"
+                                for part in ("novel", "base", "all") if (before or after or {}).get(part)))
+    choices = status.get("image_label_choices") or {}
+    if "select_size" in choices:
+        parts.append(f"image labels trained proposals covering {100 * choices['select_size']:.0f}% of the image "
+                     f"on average" + (f", the whole image {100 * choices['select_image_box']:.0f}% of the time"
+                                      if "select_image_box" in choices else ""))
+    return "".join(f"<p>{html.escape(p)}</p>" for p in parts)
+
+
 def _present_status(status: dict) -> tuple:
     """training_status -> (run id, progress, loss curve, log, evaluation)."""
     if status.get("state") == "none":
         return "", "No training runs yet.", pd.DataFrame({"iteration": [], "loss": []}), "", ""
     curve = pd.DataFrame([{"iteration": m["iteration"], "loss": m["loss"]} for m in status["metrics"] if "loss" in m],
                          columns=["iteration", "loss"])
-    evaluation = json.dumps(status["evaluation"], indent=2) if status.get("evaluation") else ""
-    return status["id"], progress_html(status), curve, status.get("log", ""), evaluation
+    evaluation = json.dumps({"after": status.get("evaluation"), "before": status.get("evaluation_before"),
+                             "image_label_choices": status.get("image_label_choices")}, indent=2)
+    return status["id"], progress_html(status) + diagnostics_html(status), curve, status.get("log", ""), evaluation
 
 
 def _present_runs(runs: list[dict]) -> pd.DataFrame:
