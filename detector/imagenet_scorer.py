@@ -1,9 +1,10 @@
 """Region scores from the packaged ImageNet classifier, mapped onto any vocabulary offline.
 
 `ImageNetRegionScorer` is the offline twin of the CLIP region scorer (same `RegionScorer`
-interface, same place in the pipeline): each proposal is cropped with context, the packaged
-EfficientNet-Lite0 *with its 1000-class head* gives the crop's ImageNet distribution p [1000],
-and a name's score is the probability mass on the ImageNet classes that match the name:
+interface, same place in the pipeline): the packaged EfficientNet-Lite0 *with its 1000-class
+head* gives each proposal an ImageNet distribution p [1000] (by default from RoIAlign on
+whole-image feature maps, see `ImageNetRegionScorer`; or from a crop per proposal), and a name's
+score is the probability mass on the ImageNet classes that match the name:
 
     score(region, name) = sum_k p_k * a(name, k),    a(name, k) = sigmoid((cos(t_name, m_k) - c) / T)
 
