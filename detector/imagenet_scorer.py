@@ -1,9 +1,10 @@
 """Region scores from the packaged ImageNet classifier, mapped onto any vocabulary offline.
 
 `ImageNetRegionScorer` is the offline twin of the CLIP region scorer (same `RegionScorer`
-interface, same place in the pipeline): each proposal is cropped with context, the packaged
-EfficientNet-Lite0 *with its 1000-class head* gives the crop's ImageNet distribution p [1000],
-and a name's score is the probability mass on the ImageNet classes that match the name:
+interface, same place in the pipeline): the packaged EfficientNet-Lite0 *with its 1000-class
+head* gives each proposal an ImageNet distribution p [1000] (by default from RoIAlign on
+whole-image feature maps, see `ImageNetRegionScorer`; or from a crop per proposal), and a name's
+score is the probability mass on the ImageNet classes that match the name:
 
     score(region, name) = sum_k p_k * a(name, k),    a(name, k) = sigmoid((cos(t_name, m_k) - c) / T)
 
@@ -91,11 +92,23 @@ def embed_texts(encoder, texts: list[str]) -> torch.Tensor:
 
 
 class ImageNetRegionScorer:
+    """`mode="roi"` (default, F-VLM style): one pass of the network over the whole image (shorter
+    side `min_size`, longer side at most `max_size`, as the detector's input), then each box's
+    ImageNet distribution = the 1000-class head on the box's average of the final 1280-channel
+    map (RoIAlign 7x7 at stride 32, no context): the network's own global pooling restricted to
+    the box. `mode="crop"`: each box is cropped as a square of `context` x its longer side and
+    run through the network at `crop_size` (costs one network pass per box)."""
+
     kind = "imagenet"
     capabilities = CAPABILITIES
 
     def __init__(self, encoder, context: float = 1.5, device: torch.device | str = "cpu", batch_size: int = 32,
-                 crop_size: int = CROP_SIZE):
+                 crop_size: int = CROP_SIZE, mode: str = "roi", min_size: int = 640, max_size: int = 1066,
+                 levels: int = 3, level_side: float = 224.0):
+        if mode not in ("roi", "crop"):
+            raise ValueError("mode must be 'roi' or 'crop'")
+        self.mode, self.min_size, self.max_size, self.levels = mode, min_size, max_size, levels
+        self.level_side = level_side
         from .lite_weights import create_efficientnet_lite0, packaged_lite0_state_dict
 
         state = packaged_lite0_state_dict()
@@ -123,10 +136,36 @@ class ImageNetRegionScorer:
         return self.net(x).float().softmax(-1)
 
     @torch.inference_mode()
+    def roi_distribution(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """[3, H, W] in [0, 1], boxes [N, 4] in its pixels -> ImageNet softmax [N, 1000] from
+        whole-image feature maps (see the class docstring)."""
+        h, w = image.shape[-2:]
+        s0 = min(self.min_size / min(h, w), self.max_size / max(h, w))
+        # Each box is read at the level where its longer side is closest to the classifier's
+        # training scale (ImageNet objects fill much of a 224 px crop): level i is the image at
+        # s0 / 2**i, i = round(log2(side / 224)) clipped to the levels.
+        side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1).values.clamp(min=1) * s0
+        level = torch.log2(side / self.level_side).round().clamp(0, self.levels - 1).long()
+        out = torch.zeros(len(boxes), 1000, device=boxes.device)
+        for i in level.unique().tolist():
+            sel = level == i
+            x = F.interpolate(image[None], scale_factor=s0 / 2**i, mode="bilinear", align_corners=False,
+                              recompute_scale_factor=True, antialias=i > 0)
+            x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+            fmap = self.net.forward_features(x)  # conv_head + BN + ReLU6 included: [1, 1280, h/32, w/32]
+            pooled = roi_align(fmap.float(), [boxes[sel].float() * (x.shape[-1] / w)], output_size=7,
+                               spatial_scale=fmap.shape[-1] / x.shape[-1], sampling_ratio=2, aligned=True).mean((2, 3))
+            dtype = next(self.net.classifier.parameters()).dtype
+            out[sel] = self.net.classifier(pooled.to(dtype)).float().softmax(-1)
+        return out
+
+    @torch.inference_mode()
     def embed_regions(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         if len(boxes) == 0:
             return torch.zeros(0, 1000, device=self.device)
         image = image.float().to(self.device)
+        if self.mode == "roi":
+            return self.roi_distribution(image, boxes.to(self.device))
         squares = square_context_boxes(boxes.float().to(self.device), self.context)
         out = []
         for i in range(0, len(squares), self.batch_size):

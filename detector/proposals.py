@@ -7,7 +7,7 @@ One module for both users of unsupervised proposals:
 
 Pipeline (`selective_search`): resize so the longer side is `work_side` (the graph-segmentation
 parameters are in pixels, so a fixed working size makes them mean the same on every image) ->
-OpenCV contrib's selective search (one Felzenszwalb segmentation, k=`scale`, `sigma`,
+OpenCV contrib's selective search (a Felzenszwalb segmentation per k in `scale` + `extra_scales`, `sigma`,
 `min_size`; colour + size + texture + fill similarity) -> boxes in the image's pixels ->
 `filter_proposals`: AlignDet's rules (w, h >= 32 px, scaled down for small images; aspect ratio
 <= 3; sqrt(box area / image area) <= 0.8), near-duplicates removed (IoU >= `dedup_iou`), and at
@@ -32,6 +32,7 @@ from torchvision.ops import box_iou, nms
 @dataclass(frozen=True)
 class ProposalParams:
     scale: float = 300.0  # Felzenszwalb k: larger -> larger segments
+    extra_scales: tuple[float, ...] = ()  # more segmentations (other k), their hierarchies pooled
     sigma: float = 0.9
     min_size: int = 100  # smallest segment, pixels at the working size
     work_side: int = 512  # longer image side selective search runs at
@@ -69,7 +70,8 @@ def raw_selective_search(rgb: np.ndarray, params: ProposalParams = ALIGNDET) -> 
                                           interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     search = seg.createSelectiveSearchSegmentation()
     search.addImage(np.ascontiguousarray(small[..., ::-1]))  # OpenCV expects BGR
-    search.addGraphSegmentation(seg.createGraphSegmentation(params.sigma, params.scale, params.min_size))
+    for k in (params.scale, *params.extra_scales):  # as OpenCV's own "quality" mode: one hierarchy per k
+        search.addGraphSegmentation(seg.createGraphSegmentation(params.sigma, k, params.min_size))
     search.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(
         seg.createSelectiveSearchSegmentationStrategyColor(),
         seg.createSelectiveSearchSegmentationStrategySize(),
@@ -125,5 +127,8 @@ def best_iou(proposals: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # Detection-time proposals for a detector whose RPN is untrained: objects may fill the frame
-# (no upper size limit) and be long and thin; more proposals, since each one is a candidate box.
-DETECTION = ProposalParams(max_sqrt_area=1.0, max_aspect=5.0, top_k=50)
+# (no upper size limit) and be long and thin. Three segmentation scales (k = 100, 300, 1000; fine
+# ones find small objects, coarse ones whole objects that one k splits into parts), pooled, then
+# the 50 largest after de-duplication. Chosen on the issue-14 benchmark images (see
+# docs/offline_zero_shot.md).
+DETECTION = ProposalParams(max_sqrt_area=1.0, max_aspect=5.0, top_k=50, extra_scales=(100.0, 1000.0))

@@ -124,5 +124,6 @@ def build_region_scorer(cfg, encoder, device: torch.device | str = "cpu") -> Reg
     if cfg.region_scorer == "imagenet":
         from .imagenet_scorer import ImageNetRegionScorer
 
-        return ImageNetRegionScorer(encoder, cfg.region_context, device=device)
+        return ImageNetRegionScorer(encoder, cfg.region_context, device=device, min_size=cfg.min_size,
+                                    max_size=cfg.max_size)
     raise ValueError(f"unknown region_scorer {cfg.region_scorer!r}; choose 'clip' or 'imagenet'")

@@ -120,7 +120,7 @@ def suppress_parts(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
 def select_detections(boxes, scores, score_thresh, nms_thresh, max_detections,
                       part_ratio: float = 0.0) -> dict[str, torch.Tensor]:
     """Class-agnostic `boxes` [N, 4] and `scores` [N, C] -> per-class NMS'd detections
-    (and, with `part_ratio` > 0, `suppress_parts` after NMS)."""
+    (and, with `part_ratio` > 0, `suppress_parts` before NMS)."""
     box_idx, cls_idx = torch.where(scores > score_thresh)
     flat = scores[box_idx, cls_idx]
     if flat.numel() > MAX_CANDIDATES:
@@ -129,9 +129,10 @@ def select_detections(boxes, scores, score_thresh, nms_thresh, max_detections,
     b = boxes[box_idx].float()
     keep = remove_small_boxes(b, 1e-2)
     b, flat, cls_idx = b[keep], flat[keep], cls_idx[keep]
+    if part_ratio > 0:  # before NMS, so a near-duplicate of the whole cannot remove the whole first
+        keep = suppress_parts(b, flat, cls_idx, part_ratio)
+        b, flat, cls_idx = b[keep], flat[keep], cls_idx[keep]
     keep = batched_nms(b, flat, cls_idx, nms_thresh)
-    if part_ratio > 0:
-        keep = keep[suppress_parts(b[keep], flat[keep], cls_idx[keep], part_ratio)]
     keep = keep[:max_detections]
     return {"boxes": b[keep], "scores": flat[keep], "labels": cls_idx[keep]}
 

@@ -174,3 +174,53 @@ def test_offline_model_names_the_rocket_and_the_cup(offline_predictor):
         img, _ = _small(image)
         det = offline_predictor.predict(img, "cat, dog, cup, rocket, car, person", score_threshold=0.0)[0]
         assert det["class_name"][0] == name, (image, list(zip(det["class_name"][:5], det.confidence[:5])))
+
+
+def test_roi_scores_of_the_whole_image_match_the_classifier(offline_predictor):
+    # RoI mode pools the network's own final map over the box: for the whole-image box that is the
+    # classifier's global average pooling, so the distribution equals the plain forward pass
+    # (checked at the finest level only: one level, the image at the detector's input size).
+
+    scorer = offline_predictor.region_scorer
+    assert scorer.mode == "roi" and scorer.levels == 3
+    scorer.levels = 1
+    try:
+        _check_whole_image_roi(scorer)
+    finally:
+        scorer.levels = 3
+
+
+def _check_whole_image_roi(scorer):
+    import torch.nn.functional as F
+
+    chelsea, _ = _small("chelsea", side=320)
+    image = torch.from_numpy(chelsea).permute(2, 0, 1).float() / 255
+    h, w = image.shape[-2:]
+    whole = torch.tensor([[0.0, 0.0, float(w), float(h)]])
+    roi = scorer.embed_regions(image, whole)[0]
+    s = min(scorer.min_size / min(h, w), scorer.max_size / max(h, w))
+    x = F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+    with torch.inference_mode():
+        direct = scorer.class_distribution(x)[0]
+    assert int(roi.argmax()) == int(direct.argmax())
+    assert (roi - direct).abs().sum() < 0.2
+    # A box on part of the image gives a different distribution (the pooling is restricted to it).
+    part = scorer.embed_regions(image, torch.tensor([[0.0, 0.0, w / 4, h / 4]]))[0]
+    assert (part - roi).abs().sum() > 0.2
+
+
+def test_roi_levels_read_big_boxes_at_coarse_scale(offline_predictor):
+    # A frame-filling cat read at the classifier's own scale (224 px) is a confident cat; read at
+    # the detector's input size (640 px short side) it is mostly fur and the cat mass drops.
+    scorer = offline_predictor.region_scorer
+    names, emb = offline_predictor.embed(["cat"])
+    chelsea, _ = _small("chelsea")
+    image = torch.from_numpy(chelsea).permute(2, 0, 1).float() / 255
+    whole = torch.tensor([[0.0, 0.0, float(image.shape[-1]), float(image.shape[-2])]])
+    p_levels = float(scorer.probabilities(scorer.embed_regions(image, whole), emb)[0, 0])
+    scorer.levels = 1
+    try:
+        p_fine = float(scorer.probabilities(scorer.embed_regions(image, whole), emb)[0, 0])
+    finally:
+        scorer.levels = 3
+    assert p_levels >= 0.8 and p_levels > p_fine
