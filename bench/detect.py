@@ -9,6 +9,8 @@ edits the vocabulary or threshold.
     python bench/detect.py --model offline --size 640 [--device cuda] [--runs 10]
     python bench/detect.py --model coco-clip --region-scoring --same-architecture-offline
 
+`--vs-offline-before` times the model against the pre-issue-14 `offline` model (RPN proposals, no
+region scores) on a real 640 px photograph, interleaved in one process.
 `--region-scoring` adds the latency of the same model with and without CLIP region scoring.
 `--same-architecture-offline` builds the preset's exact architecture with random weights when
 its downloads are unavailable (latency does not depend on the weights' values).
@@ -60,6 +62,9 @@ def main() -> None:
     ap.add_argument("--test-proposals", type=int, default=None,
                     help="override rpn_post_nms_top_n_test (proposals classified per image)")
     ap.add_argument("--region-scoring", action="store_true", help="also time with vs without CLIP region scores")
+    ap.add_argument("--vs-offline-before", action="store_true",
+                    help="also time today's pre-issue-14 offline model (RPN proposals, no region scores) on "
+                         "the same image, interleaved with ours, and report ours / that")
     ap.add_argument("--same-architecture-offline", action="store_true",
                     help="random weights of the same architecture (no downloads)")
     args = ap.parse_args()
@@ -134,6 +139,31 @@ def main() -> None:
                          "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,
                          "ours_img_per_s": 1 / t[0], "baseline_img_per_s": None})
         ours.region_scorer = scorer
+
+    if args.vs_offline_before:
+        from detector import OpenVocabDetector
+        from detector.presets import PRESETS
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            old_cfg = PRESETS["offline"].replace(rpn_trained=True, region_scoring=False, part_suppression=0.0,
+                                                 min_size=args.size, max_size=int(args.size * 4 / 3) + 1)
+            before = Predictor(OpenVocabDetector(old_cfg), device=args.device)
+        from PIL import Image
+        from skimage import data
+
+        # A real photograph: selective search finds few regions in random noise.
+        photo = np.array(Image.fromarray(data.astronaut()).resize((w, h)))
+        before.cache_size = ours.cache_size = 0
+        before.predict(photo, vocab)
+        t_ours, t_before = [], []
+        for _ in range(args.runs):  # interleaved, so a busy machine slows both alike
+            t_ours += timed(lambda: ours.predict(photo, vocab), 1, args.device)
+            t_before += timed(lambda: before.predict(photo, vocab), 1, args.device)
+        o, b = summary(t_ours), summary(t_before)
+        rows.append({"case": "batch 1 vs offline before", "images": 1, "ours_median_s": o[0], "ours_p95_s": o[1],
+                     "baseline_median_s": b[0], "baseline_p95_s": b[1], "ratio": o[0] / b[0],
+                     "ours_img_per_s": 1 / o[0], "baseline_img_per_s": 1 / b[0]})
 
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model={args.model} backbone={ours.config.backbone} input={h}x{w} device={dev} vocabulary=80 names "

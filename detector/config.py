@@ -32,6 +32,10 @@ class DetectorConfig:
     box_head_fcs: int = 1
     representation_size: int = 1024
     # --- RPN
+    # Whether the RPN (and the class-agnostic box regression, trained by the same box losses) has
+    # ever been trained: from boxes, from a COCO init or by AlignDet pre-training. Until then
+    # proposals come from selective search (detector.proposals) and boxes are not refined.
+    rpn_trained: bool = False
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -50,8 +54,9 @@ class DetectorConfig:
     federated_threshold: int = 50  # use federated loss when the vocabulary is larger
     federated_num_classes: int = 50
     mult_proposal_score: bool = False  # Detic: score = sqrt(cls * objectness)
-    # --- CLIP region scores, ensembled with the head (F-VLM): p_head^(1-w) * p_clip^w
-    region_scoring: bool = False  # needs a CLIP text encoder (its image tower scores the crops)
+    # --- region scores, ensembled with the head (F-VLM): p_head^(1-w) * p_region^w
+    region_scoring: bool = False
+    region_scorer: str = "clip"  # "clip" (needs a CLIP text encoder) or "imagenet" (packaged, offline)
     region_top_k: int = 100  # proposals scored by CLIP per image (the others get p_clip = 0)
     region_context: float = 1.5  # crop = box grown by this factor about its centre
     ensemble_weight_trained: float = 0.35  # w for names in trained_class_names
@@ -64,6 +69,7 @@ class DetectorConfig:
     score_threshold: float = 0.3
     nms_threshold: float = 0.5
     max_detections: int = 100
+    part_suppression: float = 0.0  # > 0: drop boxes inside a same-name box scoring >= this x theirs
     min_size: int = 640
     max_size: int = 1066
     # --- bookkeeping: class names this checkpoint's classifier was trained on
@@ -71,6 +77,8 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
+        if self.region_scorer not in ("clip", "imagenet"):
+            raise ValueError("region_scorer must be 'clip' or 'imagenet'")
         if self.image_label_scope not in ("classifier", "box_head"):
             raise ValueError("image_label_scope must be 'classifier' or 'box_head'")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:

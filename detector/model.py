@@ -72,7 +72,7 @@ class EncodedImages:
     boxes: list[torch.Tensor]  # per image [N, 4] refined (class-agnostic) boxes, input coords
     image_sizes: list[tuple[int, int]]  # network-input sizes
     original_sizes: list[tuple[int, int]]
-    region_embeddings: list[torch.Tensor | None] | None = None  # CLIP crops of the top boxes
+    region_embeddings: list[torch.Tensor | None] | None = None  # region-scorer features of the top boxes
 
     def select(self, i: int) -> EncodedImages:
         regions = [self.region_embeddings[i]] if self.region_embeddings is not None else None
@@ -149,30 +149,60 @@ class OpenVocabDetector(GeneralizedRCNN):
         _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets, class_embeddings=emb)
         return {**rpn_losses, **roi_losses}
 
+    # --- proposals: the RPN once trained, selective search before ----------------------------
+    @property
+    def uses_selective_search(self) -> bool:
+        return not self.config.rpn_trained
+
+    def propose(self, images, image_list, features) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(proposals in network-input coordinates, objectness) per image.
+
+        While `config.rpn_trained` is False the RPN's weights are random, so proposals come from
+        selective search on the images as given (`detector.proposals`), with objectness 1."""
+        if not self.uses_selective_search:
+            proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
+            return proposals, objectness
+        from .proposals import DETECTION, selective_search
+
+        proposals, objectness = [], []
+        device = image_list.tensors.device
+        for img, size in zip(images, image_list.image_sizes):
+            orig = tuple(img.shape[-2:])
+            boxes = selective_search(img, DETECTION)
+            if len(boxes) == 0:  # e.g. a blank image: the whole image is the only region
+                boxes = torch.tensor([[0.0, 0.0, float(orig[1]), float(orig[0])]])
+            proposals.append(resize_boxes(boxes.to(device), orig, size))
+            objectness.append(torch.ones(len(boxes), device=device))
+        return proposals, objectness
+
     # --- inference split at the vocabulary ----------------------------------------------------
     @torch.no_grad()
     def encode(self, images: list[torch.Tensor]) -> EncodedImages:
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
-        proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
+        proposals, objectness = self.propose(images, image_list, features)
         x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
-        deltas = self.roi_heads.box_predictor.bbox_pred(x.flatten(1))
-        boxes = self.roi_heads.decode_boxes(deltas, proposals, image_list.image_sizes)
+        if self.uses_selective_search:  # box regression is as untrained as the RPN: keep the boxes
+            boxes = [p.clone() for p in proposals]
+        else:
+            deltas = self.roi_heads.box_predictor.bbox_pred(x.flatten(1))
+            boxes = self.roi_heads.decode_boxes(deltas, proposals, image_list.image_sizes)
         counts = [len(p) for p in proposals]
         return EncodedImages(proposals, objectness, list(x.split(counts)), boxes,
                              list(image_list.image_sizes), original_sizes)
 
     @torch.no_grad()
     def classify(self, enc: EncodedImages, class_embeddings=None, score_threshold=None,
-                 nms_threshold=None, max_detections=None, background=None,
+                 nms_threshold=None, max_detections=None, region_scorer=None,
                  clip_weights: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
         """Detections (original image coordinates) for `enc` under a vocabulary.
 
-        With CLIP region embeddings in `enc` (and the `background` text embedding), class
-        probabilities are F-VLM's ensemble p_head^(1-w) * p_clip^w with per-class `clip_weights`.
+        With region features in `enc` and the `region_scorer` that made them (CLIP or ImageNet,
+        see `detector.region_scorer`), class probabilities are F-VLM's ensemble
+        p_head^(1-w) * p_region^w with per-class weights `clip_weights` (w).
         """
-        from .region_scorer import ensemble, region_probabilities
+        from .region_scorer import ensemble
 
         emb = self._embeddings(class_embeddings)
         cfg = self.config
@@ -181,9 +211,9 @@ class OpenVocabDetector(GeneralizedRCNN):
             logits = self.roi_heads.box_predictor.cls_score(enc.box_features[i].float(), emb)
             scores = torch.sigmoid(logits[:, :-1].float())
             regions = enc.region_embeddings[i] if enc.region_embeddings is not None else None
-            if regions is not None and background is not None and clip_weights is not None:
+            if regions is not None and region_scorer is not None and clip_weights is not None:
                 p_clip = scores.new_zeros(scores.shape)
-                p_clip[: len(regions)] = region_probabilities(regions, emb, background).to(scores.device)
+                p_clip[: len(regions)] = region_scorer.probabilities(regions, emb).to(scores.device)
                 scores = ensemble(scores, p_clip, clip_weights)
             if cfg.mult_proposal_score:
                 scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])
@@ -192,6 +222,7 @@ class OpenVocabDetector(GeneralizedRCNN):
                 cfg.score_threshold if score_threshold is None else score_threshold,
                 cfg.nms_threshold if nms_threshold is None else nms_threshold,
                 cfg.max_detections if max_detections is None else max_detections,
+                part_ratio=cfg.part_suppression,
             )
             det["boxes"] = resize_boxes(det["boxes"], enc.image_sizes[i], enc.original_sizes[i])
             out.append(det)
@@ -201,7 +232,7 @@ class OpenVocabDetector(GeneralizedRCNN):
     def _label_proposals(self, images, num_proposals):
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
-        proposals, objectness, _ = self.rpn(image_list, features, compute_losses=False)
+        proposals, objectness = self.propose(images, image_list, features)
         proposals = [with_image_box(p[:num_proposals], s) for p, s in zip(proposals, image_list.image_sizes)]
         x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
         return image_list, proposals, objectness, x

@@ -56,17 +56,10 @@ class Predictor:
             raise ValueError(f"text encoder '{cfg.text_encoder}' gives {self.embedder.encoder.dim}-d "
                              f"embeddings but the model expects {cfg.embed_dim}")
         self.region_scorer = None
-        self._background = None
-        if cfg.region_scoring:
-            from .region_scorer import RegionScorer
-            from .text_encoders import ClipEncoder
+        if cfg.region_scoring:  # CLIP or ImageNet crops (detector.region_scorer)
+            from .region_scorer import build_region_scorer
 
-            if not isinstance(self.embedder.encoder, ClipEncoder):
-                raise ValueError("region_scoring needs a CLIP text encoder ('clip' or 'tiny_clip')")
-            self.embedder.encoder.model.to(self.device)
-            self.embedder.encoder.device = str(self.device)
-            self.region_scorer = RegionScorer(self.embedder.encoder, cfg.region_context)
-            self._background = self.embedder(["background"])[1][0].to(self.device)
+            self.region_scorer = build_region_scorer(cfg, self.embedder.encoder, self.device)
         self._cache: OrderedDict[str, EncodedImages] = OrderedDict()
         self.cache_size = cache_size
         self._lock = threading.Lock()
@@ -96,6 +89,9 @@ class Predictor:
             "device": str(self.device),
             "trained_class_names": len(cfg.trained_class_names),
             "region_scoring": cfg.region_scoring,
+            "region_scorer": self.region_scorer.kind if self.region_scorer is not None else None,
+            "proposals": "selective search (RPN not trained yet)" if self.model.uses_selective_search else "RPN",
+            "capabilities": self.region_scorer.capabilities if self.region_scorer is not None else None,
             "ensemble": ({"w_trained": cfg.ensemble_weight_trained, "w_untrained": cfg.ensemble_weight_untrained,
                           "note": "w = 1 (CLIP only) until the head is trained"} if cfg.region_scoring else None),
         }
@@ -184,7 +180,7 @@ class Predictor:
         for img, enc in zip(loaded, encoded):
             with torch.inference_mode(), self._autocast():
                 det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections,
-                                          background=self._background, clip_weights=self.clip_weights(names))[0]
+                                          region_scorer=self.region_scorer, clip_weights=self.clip_weights(names))[0]
             results.append(to_detections(det, names, img.scale))
         return results
 

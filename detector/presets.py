@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 PRESETS: dict[str, DetectorConfig] = {
     # Real weights, no network: ImageNet EfficientNet-Lite0 (frozen) + all-MiniLM-L6-v2 names.
-    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384),
+    # Before any training: selective-search proposals, scored by the same network's ImageNet
+    # head mapped onto the vocabulary (detector.imagenet_scorer); see docs/offline_zero_shot.md.
+    "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384,
+                              region_scoring=True, region_scorer="imagenet", region_top_k=50,
+                              part_suppression=0.9),
     # The classic: ResNet-50 (ImageNet weights when downloadable) + CLIP ViT-B/32 names.
     "resnet50-clip": DetectorConfig(
         backbone="resnet50", text_encoder="clip", embed_dim=512,
@@ -35,8 +39,11 @@ PRESETS: dict[str, DetectorConfig] = {
         text_encoder_options={"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
         region_scoring=True, mult_proposal_score=True, min_size=800, max_size=1333,
     ),
-    # Tiny random model (tiny CNN + tiny open_clip text tower): tests and smoke runs.
+    # Tiny random model (tiny CNN + tiny open_clip text tower): tests and smoke runs. It exercises
+    # the RPN code path (rpn_trained=True although its RPN is random); tests of the
+    # selective-search path set rpn_trained=False.
     "tiny": DetectorConfig(
+        rpn_trained=True,
         backbone="tiny", text_encoder="tiny_clip", embed_dim=64, text_encoder_options={"dim": 64},
         fpn_channels=32, box_head_convs=1, representation_size=128, min_size=128, max_size=256,
         anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
@@ -79,5 +86,7 @@ def load_detector(source: str | Path | None = None, device: str = "cpu"):
             model.init_report = init_from_torchvision_coco(model)
             if model.init_report is None:
                 log.warning("COCO detector weights unavailable: '%s' localisation is random", source)
+            else:
+                model.config.rpn_trained = True  # COCO-trained RPN and box regression
         return model.to(device).eval()
     return load_checkpoint(value, map_location=device)

@@ -1,18 +1,44 @@
-"""CLIP region scores: how well each proposal's crop matches each name, before any training.
+"""Region scores: how well each proposal's crop matches each name, before any training.
 
-Crops are taken with context around each box (`context` x the box size, as CLIP saw whole
-objects in context) and resized to CLIP's input size in one batched `roi_align`, then embedded
-by the open_clip image tower. The embeddings do not depend on the vocabulary, so they are cached
-with the rest of an image's encoding; scoring a new vocabulary is one matrix product.
+One interface (`RegionScorer`), two implementations:
+- `ClipRegionScorer`: crops through the open_clip image tower; a crop's score for a name is a
+  softmax over the vocabulary plus a "background" prompt (needs a CLIP text encoder).
+- `detector.imagenet_scorer.ImageNetRegionScorer`: crops through the packaged ImageNet
+  EfficientNet-Lite0 with its 1000-class head; ImageNet classes are mapped onto the names through
+  text-embedding similarity (works fully offline, with MiniLM names).
+
+Both split the work at the vocabulary: `embed_regions` (per image, cached with the rest of the
+image's encoding) and `probabilities` (per vocabulary, one matrix product). The detector's
+`classify` ensembles the result with the zero-shot head (F-VLM), whichever scorer made it.
+
+Crops are taken with context around each box (`context` x the box size, as the classifiers saw
+whole objects in context) and resized to the network's input size in one batched `roi_align`.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .text_encoders import ClipEncoder
+
+
+class RegionScorer(Protocol):
+    """What the predictor and `OpenVocabDetector.classify` need from a region scorer."""
+
+    kind: str
+    capabilities: str  # one line for people: what this scorer can and cannot recognise
+
+    def embed_regions(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """`image` [3, H, W] in [0, 1], `boxes` [N, 4] in its pixels -> vocabulary-free [N, F]."""
+        ...
+
+    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """[N, F] region features x [C, D] name embeddings -> [N, C] probabilities in [0, 1]."""
+        ...
 
 
 def expand_boxes(boxes: torch.Tensor, context: float, height: int, width: int) -> torch.Tensor:
@@ -25,11 +51,16 @@ def expand_boxes(boxes: torch.Tensor, context: float, height: int, width: int) -
                         out[:, 2].clamp(0, width), out[:, 3].clamp(0, height)], dim=1)
 
 
-class RegionScorer:
-    def __init__(self, clip: ClipEncoder, context: float = 1.5, batch_size: int = 64):
+class ClipRegionScorer:
+    kind = "clip"
+    capabilities = "CLIP region scores: most everyday objects and people, by name."
+
+    def __init__(self, clip: ClipEncoder, context: float = 1.5, batch_size: int = 64,
+                 background: torch.Tensor | None = None):
         self.clip = clip
         self.context = context
         self.batch_size = batch_size
+        self.background = background if background is not None else clip.encode(["a background"])[0]
 
     @torch.inference_mode()
     def embed_regions(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -47,6 +78,9 @@ class RegionScorer:
                               sampling_ratio=2, aligned=True)
             out.append(self.clip.encode_images(crops))
         return torch.cat(out)
+
+    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        return region_probabilities(regions, class_embeddings, self.background)
 
 
 def region_probabilities(region_embeddings: torch.Tensor, class_embeddings: torch.Tensor,
@@ -72,3 +106,23 @@ def class_weights(names: list[str], trained: list[str], w_trained: float, w_untr
         return torch.ones(len(names))
     known = {n.casefold() for n in trained}
     return torch.tensor([w_trained if n.casefold() in known else w_untrained for n in names])
+
+
+def build_region_scorer(cfg, encoder, device: torch.device | str = "cpu") -> RegionScorer:
+    """The scorer `cfg.region_scorer` names ("clip" or "imagenet"), on `device`.
+
+    `encoder` is the text encoder of the classifier's vocabulary embeddings: the scorer's
+    `probabilities` receive those embeddings, so it must live in the same space."""
+    device = torch.device(device)
+    if cfg.region_scorer == "clip":
+        if not isinstance(encoder, ClipEncoder):
+            raise ValueError("the 'clip' region scorer needs a CLIP text encoder ('clip' or 'tiny_clip')")
+        encoder.model.to(device)
+        encoder.device = str(device)
+        background = encoder.encode([cfg.prompt.format("background")])[0].to(device)
+        return ClipRegionScorer(encoder, cfg.region_context, background=background)
+    if cfg.region_scorer == "imagenet":
+        from .imagenet_scorer import ImageNetRegionScorer
+
+        return ImageNetRegionScorer(encoder, cfg.region_context, device=device)
+    raise ValueError(f"unknown region_scorer {cfg.region_scorer!r}; choose 'clip' or 'imagenet'")

