@@ -1,4 +1,4 @@
-"""Background training runs: `python -m train finetune --config RUN/run_config.json`, one at a time.
+"""Background training runs: `python -m train {finetune,pretrain} --config RUN/<config>.json`, one at a time.
 
 The app never trains in its own process: a crash or a slow step cannot freeze the UI, and a run
 survives an app restart. This module only starts, polls and cancels; everything about a run is
@@ -39,9 +39,15 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def train_argv(run: RunDir, command: str | None = None) -> list[str]:
+    """The command that runs `run` from its saved config (the only way the app starts one):
+    `command` is the `python -m train` sub-command, by default the one the saved config is for."""
+    command = command or run.command()
+    return [sys.executable, "-m", "train", command, "--config", str(run.file(RunDir.CONFIG_FILES[command]))]
+
+
 def finetune_argv(run: RunDir) -> list[str]:
-    """The command that trains `run` from its saved config (the only way the app starts one)."""
-    return [sys.executable, "-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG))]
+    return train_argv(run, "finetune")
 
 
 class TrainingJobs:
@@ -73,10 +79,10 @@ class TrainingJobs:
             active = self.active()
             if active:
                 raise JobError(f"a training run is already active ({active['id']}); cancel it or wait for it")
-            run.read_config()  # a run is only started from a valid config
-            run.write_status("queued", iteration=0, total=run.read_config().iters, message="starting",
-                             started=time.time())
-            argv = finetune_argv(run)
+            cfg = run.read_config()  # a run is only started from a valid config
+            run.write_status("queued", iteration=0, total=cfg.iters, message="starting", started=time.time(),
+                             command=cfg.COMMAND)
+            argv = train_argv(run, cfg.COMMAND)
             with open(run.file(RunDir.STDOUT), "ab") as log:
                 proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
