@@ -71,8 +71,11 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder '{folder}' does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    paths = []
+    for root, dirs, files in os.walk(folder, followlinks=True):  # hidden folders/files are skipped
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    paths.sort()
     if not paths:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under '{folder}'")
     return paths
