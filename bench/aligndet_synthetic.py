@@ -36,7 +36,7 @@ from train.finetune import finetune  # noqa: E402
 from train.pretrain import pretrain  # noqa: E402
 from train.run_config import PretrainConfig, RunConfig  # noqa: E402
 from train.run_dir import RunDir  # noqa: E402
-from train.synthetic import BASE, generate  # noqa: E402
+from train.synthetic import BASE, NOVEL, generate  # noqa: E402
 
 
 def subset(data: Path, fraction: float, seed: int, out: Path) -> Path:
@@ -48,6 +48,17 @@ def subset(data: Path, fraction: float, seed: int, out: Path) -> Path:
     out.write_text(json.dumps({**coco, "images": keep, "annotations": [a for a in coco["annotations"]
                                                                          if a["image_id"] in ids]}))
     return out
+
+
+def _finetune(model, box, data, iters, size, lr, wd, seed, out) -> tuple[dict, float]:
+    t = time.time()
+    result = finetune(RunConfig(model=str(model), box_data=str(box), box_images=str(data / "images"), iters=iters,
+                                box_batch=4, box_size=size, lr=lr, weight_decay=wd, warmup=min(50, iters // 10),
+                                seed=seed, checkpoint_every=10**9, log_every=25, eval_data=str(data / "val.json"),
+                                eval_images=str(data / "images"), novel=NOVEL), out)
+    if result["state"] != "finished":
+        sys.exit(f"{out.name} stopped; re-run to redo it")
+    return result["evaluation"], time.time() - t
 
 
 def main() -> None:
@@ -105,19 +116,17 @@ def main() -> None:
                 for name in inits:
                     out = args.work / f"{name}_{frac:g}_{sched}_seed{seed}"
                     recipe = name == "aligndet_recipe"
-                    t = time.time()
-                    result = finetune(RunConfig(
-                        model=str(init if name == "preset" else pre), box_data=str(box),
-                        box_images=str(data / "images"), iters=iters, box_batch=4, box_size=size,
-                        lr=lr * (1.5 if recipe else 1), weight_decay=wd * (0.5 if recipe else 1),
-                        warmup=min(50, iters // 10), seed=seed, checkpoint_every=10**9, log_every=25,
-                        eval_data=str(data / "val.json"), eval_images=str(data / "images"),
-                    ), out)
-                    if result["state"] != "finished":
-                        sys.exit(f"{out.name} stopped; re-run to redo it")
-                    ev = result["evaluation"]["base"]  # the classes that have boxes
+                    run = RunDir(out)
+                    if run.status().get("state") == "finished" and run.evaluation():  # done before: reuse
+                        evaluation, seconds = run.evaluation(), run.summary().get("seconds", 0.0)
+                        print(f"{out.name}: reusing the finished run", flush=True)
+                    else:
+                        evaluation, seconds = _finetune(init if name == "preset" else pre, box, data, iters, size,
+                                                        lr * (1.5 if recipe else 1), wd * (0.5 if recipe else 1),
+                                                        seed, out)
+                    ev = evaluation["base"]  # the classes that have boxes (novel ones never do here)
                     row = {"seed": seed, "fraction": frac, "schedule": sched, "init": name,
-                           "AP": ev["AP"], "AP50": ev["AP50"], "seconds": time.time() - t}
+                           "AP": ev["AP"], "AP50": ev["AP50"], "seconds": seconds}
                     rows.append(row)
                     print(f"[{time.time() - t0:7.0f}s] " + json.dumps(row), flush=True)
                     shutil.rmtree(out / "checkpoints", ignore_errors=True)
