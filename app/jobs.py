@@ -1,4 +1,4 @@
-"""Background training runs: `python -m train finetune --config RUN/run_config.json`, one at a time.
+"""Background training runs: `python -m train {finetune,pretrain} --config RUN/<config>.json`, one at a time.
 
 The app never trains in its own process: a crash or a slow step cannot freeze the UI, and a run
 survives an app restart. This module only starts, polls and cancels; everything about a run is
@@ -39,10 +39,16 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def finetune_argv(run: RunDir, resume: bool = False) -> list[str]:
-    """The command that trains `run` from its saved config (the only way the app starts one)."""
-    return [sys.executable, "-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG)),
+def train_argv(run: RunDir, command: str | None = None, resume: bool = False) -> list[str]:
+    """The command that runs `run` from its saved config (the only way the app starts one):
+    `command` is the `python -m train` sub-command, by default the one the saved config is for."""
+    command = command or run.command()
+    return [sys.executable, "-m", "train", command, "--config", str(run.file(RunDir.CONFIG_FILES[command])),
             *(["--resume"] if resume else [])]
+
+
+def finetune_argv(run: RunDir, resume: bool = False) -> list[str]:
+    return train_argv(run, "finetune", resume)
 
 
 class TrainingJobs:
@@ -75,13 +81,13 @@ class TrainingJobs:
             active = self.active()
             if active:
                 raise JobError(f"a training run is already active ({active['id']}); cancel it or wait for it")
-            run.read_config()  # a run is only started from a valid config
+            cfg = run.read_config()  # a run is only started from a valid config
             run.clear_cancel()
             run.clear_job()
             run.write_status("queued", iteration=run.status().get("iteration", 0) if resume else 0,
-                             total=run.read_config().iters, message="resuming" if resume else "starting",
-                             started=time.time(), pid=None)
-            argv = finetune_argv(run, resume)
+                             total=cfg.iters, message="resuming" if resume else "starting",
+                             started=time.time(), pid=None, command=cfg.COMMAND)
+            argv = train_argv(run, cfg.COMMAND, resume)
             with open(run.file(RunDir.STDOUT), "ab") as log:
                 proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},

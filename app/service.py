@@ -23,7 +23,7 @@ from detector.annotate import annotate, coco_annotations, detections_to_records,
 from detector.files import atomic_write, atomic_write_json
 from detector.images import load_image
 from detector.vocabulary import parse_vocabulary
-from train.run_config import RunConfig
+from train.run_config import PretrainConfig, RunConfig
 from train.run_dir import ACTIVE_STATES, RunDir
 
 from .jobs import JobError, TrainingJobs
@@ -375,6 +375,25 @@ class AppService:
             if tagged:
                 cfg = cfg.replace(label_data=str(run.write_labels(self.store.export_detic())),
                                   label_images=str(self.store.image_dir))
+            if not cfg.model:
+                cfg = cfg.replace(model=self._current_source())
+            run.write_config(cfg)
+            return self.jobs.start(run)
+        except Exception:
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
+
+    @endpoint()
+    def start_pretraining(self, iters: int = 1000, base_model: str = "", size: int = 640, batch: int = 4) -> str:
+        """Pre-train neck, RPN and box head on the stored images, no labels needed (AlignDet), in
+        the background; returns the run id. Its model is what "Start training" should start from."""
+        if not self.store.images():
+            raise StoreError("no images yet: add some images first (no labels needed)")
+        base_model = self._model_source(base_model) if base_model else ""
+        cfg = PretrainConfig(images=str(self.store.image_dir), model=base_model, iters=int(iters),
+                             size=int(size), batch=int(batch), device=self.device)  # validated before writing
+        run = RunDir.create(self.jobs.runs_dir)
+        try:
             if not cfg.model:
                 cfg = cfg.replace(model=self._current_source())
             run.write_config(cfg)

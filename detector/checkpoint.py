@@ -19,6 +19,9 @@ from .files import atomic_write
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Modules that exist only while pre-training (train.pretrain) and are saved with its checkpoints so
+# it can resume: a detector loads without them. Nothing else is ever dropped.
+PRETRAINING_ONLY = ("aligndet_projector.",)
 
 
 class CheckpointError(ValueError):
@@ -70,11 +73,20 @@ def read_checkpoint(path: str | Path) -> tuple[DetectorConfig, dict[str, torch.T
     return config, state
 
 
+def split_pretraining_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(detector tensors, pre-training-only tensors such as the AlignDet projector)."""
+    extra = {k: v for k, v in state.items() if k.startswith(PRETRAINING_ONLY)}
+    return {k: v for k, v in state.items() if k not in extra}, extra
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Build an OpenVocabDetector from a checkpoint; every key must match (strict)."""
+    """Build an OpenVocabDetector from a checkpoint; every key must match (strict), except the
+    pre-training-only modules (`PRETRAINING_ONLY`), which are dropped and listed in
+    `model.dropped_keys`."""
     from .model import OpenVocabDetector
 
     config, state = read_checkpoint(path)
+    state, extra = split_pretraining_state(state)
     # The checkpoint holds every weight: skip downloading / reading pre-trained backbones.
     model = OpenVocabDetector(config.replace(backbone_weights="none"))
     model.config = config
@@ -85,4 +97,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
             f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
             f"(e.g. {result.unexpected_keys[:3]})"
         )
+    model.dropped_keys = sorted(extra)
     return model.to(map_location).eval()

@@ -75,6 +75,9 @@ class DetectorConfig:
     max_size: int = 1066
     # --- bookkeeping: class names this checkpoint's classifier was trained on
     trained_class_names: list[str] = field(default_factory=list)
+    # how the neck / RPN / box head were pre-trained without labels, e.g. "aligndet: 240 images,
+    # 300 iterations" (train.pretrain); empty when they were not
+    pretrained_heads: str = ""
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)

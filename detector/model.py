@@ -129,7 +129,7 @@ class OpenVocabDetector(GeneralizedRCNN):
         self.config = cfg
         self.backbone_pretrained = spec.pretrained
         self.class_names: list[str] = []
-        self.image_label_stats: dict[str, float] = {}  # Detic's diagnostics of the last image-label batch
+        self.dropped_keys: list[str] = []  # pre-training-only tensors a checkpoint load left out
         self.register_buffer("class_embeddings", torch.zeros(0, cfg.embed_dim), persistent=False)
 
     # --- vocabulary --------------------------------------------------------------------------

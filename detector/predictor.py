@@ -90,6 +90,7 @@ class Predictor:
             "parameters": self.model.parameter_counts(),
             "device": str(self.device),
             "trained_class_names": len(cfg.trained_class_names),
+            "pretrained_heads": cfg.pretrained_heads or None,
             "region_scoring": cfg.region_scoring,
             "region_scorer": self.region_scorer.kind if self.region_scorer is not None else None,
             "proposals": "selective search (RPN not trained yet)" if self.model.uses_selective_search else "RPN",

@@ -1,7 +1,8 @@
-"""`python -m train {finetune,evaluate,synthetic}`: the training CLIs (same functions the app calls).
+"""`python -m train {finetune,pretrain,evaluate,synthetic}`: the training CLIs (same functions the app calls).
 
-`finetune`'s flags are generated from `RunConfig`'s fields; `--config RUN/run_config.json`
-starts from a saved config (what the app launches), and flags given beside it override it.
+`finetune`'s flags are generated from `RunConfig`'s fields, `pretrain`'s from `PretrainConfig`'s;
+`--config RUN/<config>.json` starts from a saved config (what the app launches), and flags given
+beside it override it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .run_config import RunConfig, add_config_arguments, config_from_args
+from .run_config import ConfigBase, PretrainConfig, RunConfig, add_config_arguments, config_from_args
 from .run_dir import RunDir
 
 
@@ -26,6 +27,17 @@ def _finetune_parser(sub) -> None:
     add_config_arguments(p)
 
 
+def _pretrain_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="AlignDet pre-training of neck, RPN and box head on unlabelled images",
+                       description="Box-domain pre-training (AlignDet) on a folder of unlabelled images: "
+                                   "selective-search pseudo boxes, two views, box-level contrastive + regression "
+                                   "losses, frozen backbone. The run folder is a model that finetune starts from.")
+    p.add_argument("--config", type=Path, help=f"a saved config (RUN/{RunDir.PRETRAIN_CONFIG}); flags override it")
+    p.add_argument("--out", type=Path, help="run directory (default: the folder of --config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config_arguments(p, PretrainConfig)
+
+
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="COCO box AP of a model on a COCO dataset (all / novel / base / per class)")
     p.add_argument("--model", required=True, help="run directory, checkpoint folder, preset or Hub id")
@@ -36,19 +48,24 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--device", default=None)
 
 
-def finetune_command(args: argparse.Namespace) -> tuple[RunConfig, Path]:
-    """The (config, run directory) a `finetune` command line asks for."""
-    base = RunConfig.load(args.config) if args.config else None
+def run_command(args: argparse.Namespace, cls: type[ConfigBase] = RunConfig) -> tuple[ConfigBase, Path]:
+    """The (config, run directory) a `finetune` (or `pretrain`, with its `cls`) command line asks for."""
+    base = cls.load(args.config) if args.config else None
     out = args.out or (args.config.parent if args.config else None)
     if out is None:
-        raise ValueError("give --out RUN_DIR (or --config RUN/run_config.json)")
-    return config_from_args(args, base), out
+        raise ValueError(f"give --out RUN_DIR (or --config RUN/{RunDir.CONFIG_FILES[cls.COMMAND]})")
+    return config_from_args(args, base, cls), out
+
+
+def finetune_command(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    return run_command(args, RunConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     _finetune_parser(sub)
+    _pretrain_parser(sub)
     _evaluate_parser(sub)
     sub.add_parser("synthetic", help="write the synthetic open-vocabulary benchmark", add_help=False)
     args, rest = ap.parse_known_args(argv)
@@ -75,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             summary = {k: result[k] for k in ("state", "iteration", "total", "seconds")}
             summary["evaluation"] = result.get("evaluation")
             print(json.dumps(summary, indent=2))
+        elif args.command == "pretrain":
+            out = args.out or (args.config.parent if args.config else None)
+            cfg, out = run_command(args, PretrainConfig)
+            from .pretrain import pretrain
+
+            result = pretrain(cfg, out, resume=args.resume)
+            print(json.dumps({k: result[k] for k in ("state", "iteration", "total", "images", "seconds")}, indent=2))
         else:
             from detector import Predictor
 

@@ -285,7 +285,7 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
             if on_progress:
                 on_progress(last)
         if rank == 0 and it % cfg.checkpoint_interval == 0 and it < cfg.iters:
-            _save(run, model, optimizer, it, names, trained_names)
+            _save(run, model, optimizer, it, names, trained_names, bool(box))
     bar.close()
 
     result = {"state": state, "iteration": it, "total": cfg.iters, "vocabulary": names,
@@ -295,7 +295,7 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         dist.all_gather_object(checks, [float(p.detach().double().sum()) for p in params])
         result["rank_checksums"] = checks
     if rank == 0:
-        _save(run, model, optimizer, it, names, trained_names)
+        _save(run, model, optimizer, it, names, trained_names, bool(box))
         if state == "finished" and cfg.eval_data:
             from .evaluate import evaluate_model
 
@@ -311,7 +311,9 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     return result
 
 
-def _save(run: RunDir, model, optimizer, it, names, trained_names) -> None:
+def _save(run: RunDir, model, optimizer, it, names, trained_names, trained_boxes: bool = False) -> None:
+    if trained_boxes and it > 0:  # box batches train the RPN and the box regression
+        model.config.rpn_trained = True
     known = set(model.config.trained_class_names)
     model.config.trained_class_names = list(model.config.trained_class_names) + [
         n for n in names if n.casefold() in trained_names and n not in known

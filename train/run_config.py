@@ -1,4 +1,5 @@
-"""`RunConfig`: everything that defines a fine-tuning run, in one torch-free dataclass.
+"""`RunConfig` (fine-tuning) and `PretrainConfig` (AlignDet pre-training): everything that defines
+a training run, in torch-free dataclasses that share one JSON round trip and one CLI generator.
 
 It is the only description of a run. The app fills one in and writes it into the run's folder
 (`RunDir.write_config`); `python -m train finetune --config RUN/run_config.json` reads it back;
@@ -15,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from detector.config import IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
 
@@ -25,8 +26,74 @@ def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
     return field(**factory, metadata={"help": help, **extra})
 
 
+class ConfigBase:
+    """What every run config shares: the JSON round trip and the schedule derived from the run
+    length. Subclasses are dataclasses with `iters`, `warmup`, `checkpoint_every`, `log_every`,
+    and name the `python -m train` sub-command that runs them in `COMMAND`."""
+
+    COMMAND: ClassVar[str] = ""
+
+    def validate(self) -> None:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def _validate_schedule(self) -> None:
+        if self.iters < 1:
+            raise ValueError("iters must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
+            raise ValueError("lr > 0, weight_decay >= 0 and clip > 0 are required")
+        if len(self.jitter) != 2 or not 0 < self.jitter[0] <= self.jitter[1]:
+            raise ValueError("jitter must be two scales lo,hi with 0 < lo <= hi")
+        if self.warmup < 0 or (self.checkpoint_every or 1) < 1 or (self.log_every or 1) < 1:
+            raise ValueError("warmup >= 0, checkpoint_every >= 1 and log_every >= 1 are required")
+
+    # --- schedule derived from the run length (the one place these are computed) ---------------
+    @property
+    def warmup_iters(self) -> int:
+        return max(1, min(self.warmup, self.iters // 10 or 1))
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.checkpoint_every or max(50, min(500, self.iters // 4))
+
+    @property
+    def log_interval(self) -> int:
+        return self.log_every or max(1, min(10, self.iters // 20))
+
+    # --- JSON round trip ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ValueError("a run config must be a JSON object")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.COMMAND} config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"run config is not valid JSON: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
-class RunConfig:
+class RunConfig(ConfigBase):
+    COMMAND: ClassVar[str] = "finetune"
+
     model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id")
     box_data: str | None = _opt(None, "COCO detection JSON (box labels)")
     box_images: str | None = _opt(None, "folder the box JSON's file_name entries are relative to")
@@ -65,8 +132,7 @@ class RunConfig:
         """Every mistake that can be found without touching files; ValueError names the field."""
         from .sampler import parse_ratio
 
-        if self.iters < 1:
-            raise ValueError("iters must be >= 1")
+        self._validate_schedule()
         for name in ("box_batch", "label_batch", "box_size", "label_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -75,63 +141,63 @@ class RunConfig:
                              f"got {self.image_label_rule!r}")
         if self.image_label_scope not in IMAGE_LABEL_SCOPES:
             raise ValueError(f"image_label_scope must be one of {', '.join(IMAGE_LABEL_SCOPES)}")
-        if self.image_label_weight < 0 or self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
-            raise ValueError("image_label_weight >= 0, lr > 0, weight_decay >= 0 and clip > 0 are required")
-        if len(self.jitter) != 2 or not 0 < self.jitter[0] <= self.jitter[1]:
-            raise ValueError("jitter must be two scales lo,hi with 0 < lo <= hi")
-        if self.warmup < 0 or (self.checkpoint_every or 1) < 1 or (self.log_every or 1) < 1:
-            raise ValueError("warmup >= 0, checkpoint_every >= 1 and log_every >= 1 are required")
+        if self.image_label_weight < 0:
+            raise ValueError("image_label_weight >= 0 is required")
         parse_ratio(self.ratio)
         for data, images in (("box_data", "box_images"), ("label_data", "label_images"),
                              ("eval_data", "eval_images")):
             if getattr(self, data) and not getattr(self, images):
                 raise ValueError(f"{data} needs {images}")
 
-    # --- schedule derived from the run length (the one place these are computed) ---------------
-    @property
-    def warmup_iters(self) -> int:
-        return max(1, min(self.warmup, self.iters // 10 or 1))
 
-    @property
-    def checkpoint_interval(self) -> int:
-        return self.checkpoint_every or max(50, min(500, self.iters // 4))
+@dataclass
+class PretrainConfig(ConfigBase):
+    """AlignDet box-domain pre-training of everything but the frozen backbone, on unlabelled images
+    (`train.pretrain`). The output folder is a detector checkpoint that `finetune` starts from."""
 
-    @property
-    def log_interval(self) -> int:
-        return self.log_every or max(1, min(10, self.iters // 20))
+    COMMAND: ClassVar[str] = "pretrain"
 
-    # --- JSON round trip ----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["jitter"] = list(self.jitter)
-        return d
+    images: str | None = _opt(None, "folder of unlabelled images (searched recursively)")
+    model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id")
+    iters: int = _opt(1000, "pre-training iterations")
+    batch: int = _opt(4, "images per batch (each gives two views)")
+    size: int = _opt(640, "shorter side of the views before scale jitter")
+    jitter: tuple[float, float] = _opt((0.5, 1.5), "scale jitter range of each view, e.g. 0.5,1.5")
+    proposals: int = _opt(50, "selective-search proposals kept per image (AlignDet: ~50)")
+    momentum: float = _opt(0.996, "EMA momentum at the start; rises to 1.0 on a cosine schedule")
+    temperature: float = _opt(0.5, "InfoNCE temperature")
+    projector_dim: int = _opt(256, "output size of the fc-ReLU-fc projector (dropped after pre-training)")
+    contrastive_weight: float = _opt(1.0, "weight of the box-level InfoNCE loss")
+    regression_weight: float = _opt(1.0, "weight of the L1 box regression to the proposals")
+    lr: float = _opt(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    warmup: int = _opt(100, "linear warm-up iterations (at most a tenth of the run)")
+    clip: float = _opt(1.0, "gradient-norm clipping")
+    workers: int = _opt(0, "processes computing proposals (0: one per CPU core, at most 8)")
+    checkpoint_every: int | None = _opt(None, "iterations between checkpoints (default: a quarter of the run, 50..500)")
+    log_every: int | None = _opt(None, "iterations between metric lines (default: a twentieth of the run, 1..10)")
+    seed: int = _opt(0, "seed of sampling, augmentation and RoI sampling")
+    device: str | None = _opt(None, "cpu, cuda, cuda:1 … (default: cuda when available)")
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+    def __post_init__(self) -> None:
+        self.jitter = tuple(float(v) for v in self.jitter)
+        self.validate()
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        if not isinstance(d, dict):
-            raise ValueError("a run config must be a JSON object")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown run config keys: {', '.join(unknown)}")
-        return cls(**d)
+    def validate(self) -> None:
+        self._validate_schedule()
+        if not self.images:
+            raise ValueError("images: give the folder of unlabelled images (--images DIR)")
+        for name in ("batch", "size", "proposals", "projector_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError("momentum must lie in [0, 1]")
+        if self.temperature <= 0 or self.contrastive_weight < 0 or self.regression_weight < 0 or self.workers < 0:
+            raise ValueError("temperature > 0, contrastive_weight >= 0, regression_weight >= 0 and workers >= 0 "
+                             "are required")
 
-    @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"run config is not valid JSON: {e}") from None
 
-    @classmethod
-    def load(cls, path: str | Path) -> RunConfig:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
-
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
+CONFIGS: dict[str, type[ConfigBase]] = {c.COMMAND: c for c in (RunConfig, PretrainConfig)}
 
 # --- the CLI, generated from the fields ---------------------------------------------------------
 def _base_type(annotation) -> tuple[type, bool]:
@@ -173,7 +239,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=RunConfig) -> None
         parser.add_argument(*flags, **kw)
 
 
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None, cls=RunConfig) -> RunConfig:
+def config_from_args(args: argparse.Namespace, base: ConfigBase | None = None, cls=RunConfig) -> ConfigBase:
     """`base` (e.g. read from --config) with every field given on the command line replaced."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return (base.replace(**given) if base is not None else cls(**given)) if given or base is None else base

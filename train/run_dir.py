@@ -1,7 +1,8 @@
 """`RunDir`: a training run's folder, and the only code that names or touches its files.
 
     RUN/
-      run_config.json                  the RunConfig the run was started with
+      run_config.json                  the RunConfig a fine-tuning run was started with, or
+      pretrain_config.json             the PretrainConfig of a pre-training run (one of the two)
       image_labels.json                the label snapshot the app exported for this run (if any)
       job.json                         pid + command of the process the launcher started
       status.json                      state, iteration, total, message, pid of the trainer
@@ -12,7 +13,10 @@
       stdout.log, train.log            the process's output and the trainer's log
       model.safetensors, config.json   the newest weights: RUN itself loads as a model
       checkpoints/iter_0000500/        model + optimizer (safetensors) + trainer_state.json
+                                       (+ NAME.safetensors for a trainer's other state, e.g. momentum)
       checkpoints/latest.json          points at the newest complete checkpoint
+    ../.cache/NAME/                    content-addressed caches shared by the runs of one folder
+                                       (e.g. proposals per image hash), so re-runs skip done work
 
 Every JSON write is atomic (`detector.files`); a checkpoint is assembled in a temporary folder and
 renamed into place before `latest.json` points at it, so a run killed at any moment resumes from
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from detector.files import atomic_write, atomic_write_json, read_json
 
-from .run_config import RunConfig
+from .run_config import CONFIGS, ConfigBase, RunConfig
 
 KEEP_CHECKPOINTS = 2
 ACTIVE_STATES = ("queued", "running")
@@ -38,6 +42,8 @@ ACTIVE_STATES = ("queued", "running")
 
 class RunDir:
     CONFIG = "run_config.json"
+    PRETRAIN_CONFIG = "pretrain_config.json"
+    CONFIG_FILES = {"finetune": CONFIG, "pretrain": PRETRAIN_CONFIG}  # command -> its config file
     LABELS = "image_labels.json"
     JOB = "job.json"
     STATUS = "status.json"
@@ -49,6 +55,7 @@ class RunDir:
     STDOUT = "stdout.log"
     TRAIN_LOG = "train.log"
     CHECKPOINTS = "checkpoints"
+    CACHE = ".cache"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -77,11 +84,25 @@ class RunDir:
         return self.path.is_dir()
 
     # --- configuration and inputs ---------------------------------------------------------
-    def write_config(self, cfg: RunConfig) -> Path:
-        return atomic_write_json(self.file(self.CONFIG), cfg.to_dict())
+    def write_config(self, cfg: ConfigBase) -> Path:
+        return atomic_write_json(self.file(self.CONFIG_FILES[cfg.COMMAND]), cfg.to_dict())
 
-    def read_config(self) -> RunConfig:
-        return RunConfig.load(self.file(self.CONFIG))
+    def command(self) -> str:
+        """The `python -m train` sub-command this run's saved config is for."""
+        return next((c for c, name in self.CONFIG_FILES.items() if self.file(name).exists()), RunConfig.COMMAND)
+
+    def config_path(self) -> Path:
+        return self.file(self.CONFIG_FILES[self.command()])
+
+    def read_config(self) -> ConfigBase:
+        """The saved config (a RunConfig or a PretrainConfig, whichever this run has)."""
+        return CONFIGS[self.command()].load(self.config_path())
+
+    def cache_dir(self, name: str) -> Path:
+        """A content-addressed cache shared with the other runs in the same parent folder."""
+        path = self.path.parent / self.CACHE / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def write_labels(self, detic_json: dict) -> Path:
         """The snapshot of image-level labels this run trains on (Detic JSON)."""
@@ -157,8 +178,10 @@ class RunDir:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
     # --- checkpoints (torch) ----------------------------------------------------------------
-    def save_checkpoint(self, model, optimizer, iteration: int, extra: dict) -> Path:
-        """model + optimizer + trainer state as `checkpoints/iter_N`, then the model as RUN itself."""
+    def save_checkpoint(self, model, optimizer, iteration: int, extra: dict,
+                        states: dict[str, dict] | None = None) -> Path:
+        """model + optimizer + trainer state as `checkpoints/iter_N`, then the model as RUN itself.
+        `states`: more named state dicts the trainer needs to resume (NAME.safetensors)."""
         import torch
 
         from detector.checkpoint import atomic_save_tensors, save_checkpoint
@@ -171,6 +194,8 @@ class RunDir:
         sd = optimizer.state_dict()
         tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
         atomic_save_tensors(tensors, tmp / "optimizer.safetensors", {"format": "pt"})
+        for name, state in (states or {}).items():
+            atomic_save_tensors(state, tmp / f"{name}.safetensors", {"format": "pt"})
         atomic_write_json(tmp / "trainer_state.json",
                           {"iteration": iteration, "param_groups": sd["param_groups"], **extra})
         shutil.rmtree(final, ignore_errors=True)
@@ -193,11 +218,22 @@ class RunDir:
         """(model, trainer state) of a checkpoint folder."""
         from detector.checkpoint import load_checkpoint
 
-        model = load_checkpoint(path, map_location=map_location)
+        return load_checkpoint(path, map_location=map_location), RunDir.trainer_state(path)
+
+    @staticmethod
+    def trainer_state(path: Path) -> dict:
+        """A checkpoint folder's trainer state (iteration, optimizer groups, the trainer's extras)."""
         state = read_json(path / "trainer_state.json")
         if state is None:
             raise ValueError(f"'{path}' has no readable trainer_state.json")
-        return model, state
+        return state
+
+    @staticmethod
+    def load_tensors(path: Path, name: str) -> dict:
+        """A state dict saved with `save_checkpoint(..., states={name: ...})`."""
+        from safetensors.torch import load_file
+
+        return load_file(str(path / f"{name}.safetensors"))
 
     @staticmethod
     def restore_optimizer(path: Path, optimizer) -> None:

@@ -1,4 +1,5 @@
-"""Train: start a background fine-tuning run from the tags, follow it, use its model."""
+"""Train: start a background fine-tuning run from the tags (or an AlignDet pre-training run on the
+stored images, no labels needed), follow it, use its model."""
 
 from __future__ import annotations
 
@@ -87,6 +88,13 @@ def build(ep: dict) -> dict:
                 start = gr.Button("Start training", variant="primary")
                 cancel = gr.Button("Cancel", variant="stop")
                 resume = gr.Button("Resume")
+            with gr.Accordion("Pre-train on my images (no labels needed)", open=False):
+                gr.Markdown("AlignDet: teaches the neck, proposals and box head what objects in *your* images "
+                            "look like, from the stored images alone. When it is done, press *Use this run's model* "
+                            "and train from your tags as usual (training starts from the live model).")
+                pre_iters = gr.Number(1000, label="Pre-training iterations", precision=0, minimum=1)
+                pre_size = gr.Number(640, label="Shorter side of the images", precision=0, minimum=32)
+                pre_start = gr.Button("Pre-train on my images")
             msg = gr.Markdown()
         with gr.Column():
             run = gr.Textbox(label="Run", interactive=False)
@@ -101,6 +109,10 @@ def build(ep: dict) -> dict:
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight]
     start.click(handler(ep["start_training"], present=lambda run_id: (run_id, f"started run `{run_id}`")), inputs,
                 [run, msg], api_name=False)
+
+    pre_start.click(handler(ep["start_pretraining"], prepare=lambda n, size, src: (n, src, size),
+                            present=lambda run_id: (run_id, f"started pre-training run `{run_id}`")),
+                    [pre_iters, pre_size, base], [run, msg], api_name=False)
 
     def need_run(run_id):
         if not run_id:
