@@ -343,7 +343,7 @@ def test_user_and_error_text_is_inert_in_a_real_browser(public, tmp_path):
     flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
     # The payload everywhere text reaches the page: a label, a failed run's message, error toasts.
-    h = service.store.add_image(_png(tmp_path / "x.png", 10))
+    h = service.store.add_image(_png(tmp_path / "x.png", 10).read_bytes(), original_name=XSS + ".png")
     service.tag(h, XSS)
     from train.run_config import RunConfig
     from train.run_dir import RunDir
@@ -355,6 +355,10 @@ def test_user_and_error_text_is_inert_in_a_real_browser(public, tmp_path):
         browser = p.chromium.launch(executable_path=chromium, args=flags)
         page = browser.new_page()
         page.goto(base + "/", wait_until="load")
+        page.locator("#vocabulary textarea").fill(XSS)  # a class name: drawn into the image, listed in the table
+        page.locator("#detect-image input[type=file]").set_input_files(str(tmp_path / "x.png"))
+        page.locator("#detect-button").click()
+        page.wait_for_timeout(4000)
         page.get_by_role("tab", name="Tag").click()
         page.wait_for_timeout(1500)
         page.get_by_role("tab", name="Dataset").click()
