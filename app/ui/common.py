@@ -4,6 +4,7 @@ one app operation (an endpoint from `app.endpoints`) and shapes its result for t
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import tempfile
 import time
@@ -14,12 +15,13 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from ..endpoints import friendly
+from ..endpoints import USER_ERRORS, friendly
 
 CSS = """
 .progress-outer {background:#e5e7eb;border-radius:6px;height:14px;width:100%}
 .progress-inner {background:#4f46e5;border-radius:6px;height:14px}
 #tag-image img {max-height: 460px; object-fit: contain}
+.tab-message {min-height: 1.5em}
 """
 
 # Left/right arrows move through the tagging queue when the focus is not in a text field.
@@ -51,14 +53,35 @@ class ImageInput(gr.Image):
         return super().preprocess(payload)
 
 
-def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None) -> Callable:
+def tab_message(elem_id: str) -> gr.Markdown:
+    """The one place a tab reports what happened: results, progress and errors. Events pass it as
+    `show_progress_on`, so a failure marks this line, never the tab's outputs (which keep their
+    values and stay usable)."""
+    return gr.Markdown(elem_id=elem_id, elem_classes=["tab-message"])
+
+
+def error_text(message: str) -> str:
+    """An error for a tab's message line: escaped (it may hold user text), marked as an error."""
+    return f"⚠️ {html.escape(str(message))}"
+
+
+def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None,
+            error: Callable | None = None) -> Callable:
     """A UI event function: `prepare` maps the components' values to the endpoint's arguments
-    (default: as they are), `present` maps its result to the output components' values."""
+    (default: as they are), `present` maps its result to the output components' values.
+    `error` (UI-only events): `error(text, *values)` maps an expected error to the outputs instead
+    of raising, typically no-op updates plus the text in the tab's message line. Events that are also API
+    endpoints leave it out, so API callers get the error as an error."""
 
     def run(*values):
-        args = prepare(*values) if prepare else values
-        result = endpoint(*args)
-        return present(result) if present else result
+        try:
+            args = prepare(*values) if prepare else values
+            result = endpoint(*args)
+            return present(result) if present else result
+        except (gr.Error, *USER_ERRORS) as e:
+            if error is None:
+                raise
+            return error(e.message if isinstance(e, gr.Error) else str(e), *values)
 
     run.__name__ = getattr(endpoint, "__name__", "handler")  # no __wrapped__: Gradio reads run's own signature
     wrapped = friendly(run)

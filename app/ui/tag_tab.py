@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .common import handler
+from .common import error_text, handler, tab_message
 
 
 def _status(view: dict) -> str:
@@ -23,15 +23,13 @@ def _shown(view: dict) -> dict:
 
 
 def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
-    with gr.Accordion("Add images", open=True):
-        with gr.Row():
-            upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
-                             elem_id="tag-upload")
-            with gr.Column():
-                folder = gr.Textbox(label="Folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
-                                    placeholder="/path/to/photos")
-                folder_btn = gr.Button("Add folder", visible=server_folders)
-        upload_msg = gr.Markdown()
+    with gr.Accordion("Add images", open=True), gr.Row():
+        upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
+                         elem_id="tag-upload")
+        with gr.Column():
+            folder = gr.Textbox(label="Folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
+                                placeholder="/path/to/photos")
+            folder_btn = gr.Button("Add folder", visible=server_folders)
     with gr.Row():
         with gr.Column(scale=3):
             image = gr.Image(label="Image", interactive=False, elem_id="tag-image")
@@ -41,13 +39,14 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
                 next_btn = gr.Button("Next ▶", elem_id="tag-next")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="tag-status")
+            msg = tab_message("tag-msg")
             positives = gr.Dropdown([], multiselect=True, allow_custom_value=True,
                                     label="Present (type a new name and press Enter)", elem_id="tag-positives")
-            negatives = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Not present (optional)")
+            negatives = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Not present (optional)",
+                                    elem_id="tag-negatives")
             suggest_btn = gr.Button("Suggest from the current model")
             suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)")
             accept_btn = gr.Button("Add checked suggestions")
-            suggest_msg = gr.Markdown()
     index = gr.State(0)
     current = gr.Textbox(visible=False)
     shown = gr.State({})
@@ -63,21 +62,24 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
                 img["hash"] if img else "", _shown(v))
 
     def added(result: dict) -> tuple:
-        msg = f"added {len(result['added'])} image(s)"
+        text = f"added {len(result['added'])} image(s)"
         if result["skipped"]:
-            msg += f"; skipped {len(result['skipped'])}: " + "; ".join(result["skipped"][:5])
-        return (msg, *_present_view(view(ep["first_untagged"]())))
+            text += f"; skipped {len(result['skipped'])}: " + "; ".join(result["skipped"][:5])
+        return (text, *_present_view(view(ep["first_untagged"]())))
 
-    upload.upload(handler(ep["add_images"], present=added), upload, [upload_msg, *view_out], api_name="add_images")
-    folder_btn.click(handler(ep["add_folder"], present=added), folder, [upload_msg, *view_out], api_name=False)
-    prev_btn.click(handler(view, present=_present_view, prepare=lambda i: (i - 1,)), index, view_out, api_name=False)
-    next_btn.click(handler(view, present=_present_view, prepare=lambda i: (i + 1,)), index, view_out, api_name=False)
+    upload.upload(handler(ep["add_images"], present=added), upload, [msg, *view_out], api_name="add_images",
+                  show_progress_on=msg)
+    folder_btn.click(handler(ep["add_folder"], present=added), folder, [msg, *view_out], api_name=False,
+                     show_progress_on=msg)
+    prev_btn.click(handler(view, present=_present_view, prepare=lambda i: (i - 1,)), index, view_out, api_name=False,
+                   show_progress_on=msg)
+    next_btn.click(handler(view, present=_present_view, prepare=lambda i: (i + 1,)), index, view_out, api_name=False,
+                   show_progress_on=msg)
     next_untagged.click(handler(ep["first_untagged"], present=lambda i: _present_view(view(i))), None, view_out,
-                        api_name=False)
+                        api_name=False, show_progress_on=msg)
 
     def save(image_hash, pos, neg, index, before):
-        """Saved on every change as the difference to what was shown; only the status line and the
-        shown state are returned (re-setting the dropdowns would fire another change)."""
+        """Saved on every change as the difference to what was shown (add / remove operations)."""
         pos, neg = list(pos or []), list(neg or [])
         if image_hash and (before or {}).get("hash") == image_hash:
             add_pos = [n for n in pos if n not in before["positives"]]
@@ -88,13 +90,28 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
                 ep["untag"](image_hash, removed)
             if add_pos or add_neg:
                 ep["tag"](image_hash, add_pos, add_neg)
-            before = {"hash": image_hash, "positives": pos, "negatives": neg}
-        return _status(view(index)), before
+        return index, pos, neg
 
-    save_handler = handler(save)
-    save_handler.endpoint = ep["tag"]
+    def saved(result) -> tuple:
+        """The editor as stored. The dropdowns are re-set only where the store differs from what
+        they hold (a name that switched side): re-setting them fires another change."""
+        index, pos, neg = result
+        out = list(_present_view(view(index)))
+        stored = out[6]
+        if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
+            out[2] = out[3] = gr.update()
+        out[0] = gr.update()  # same image: not sent again
+        return (*out, "")
+
+    def refused(message, image_hash, pos, neg, index, before):
+        """A refused edit (e.g. a name too long): the editor goes back to the stored tags, so no
+        chip stays that was not saved."""
+        return (*_present_view(view(index)), error_text(message))
+
+    save_event = handler(save, present=saved, error=refused)
+    save_event.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
-        dropdown.change(save_handler, [current, positives, negatives, index, shown], [status, shown], api_name=False,
+        dropdown.change(save_event, [current, positives, negatives, index, shown], [*view_out, msg], api_name=False,
                         show_progress="hidden")
 
     def need_image(image_hash, vocab):
@@ -105,7 +122,7 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
     suggest_btn.click(handler(ep["suggest"], prepare=need_image,
                               present=lambda names: (gr.update(choices=names, value=[]),
                                                      f"{len(names)} suggestion(s)" if names else "nothing detected")),
-                      [current, vocabulary], [suggestions, suggest_msg], api_name=False)
+                      [current, vocabulary], [suggestions, msg], api_name=False, show_progress_on=msg)
 
     def accept(image_hash, checked, index):
         if image_hash and checked:
@@ -116,6 +133,6 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
                              present=lambda i: (*_present_view(view(i)), gr.update(choices=[], value=[])))
     accept_handler.endpoint = ep["tag"]
     accept_btn.click(accept_handler, [current, suggestions, index], [*view_out, suggestions],
-                     api_name=False)
+                     api_name=False, show_progress_on=msg)
     refresh = handler(view, present=_present_view)
     return {"refresh": (refresh, [index], view_out), "view_at": lambda i: _present_view(view(i))}

@@ -1,0 +1,153 @@
+"""A person's flows through the real UI in headless Chromium (Debian's, driven by Playwright), one
+test per behaviour of issue 10: errors stay in one place, the page tells the truth about the
+model, suggestions belong to one image, labelling by keyboard. Screenshots go to a temporary
+folder, or to $SCREENSHOTS_DIR (`make screenshots`)."""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.service import AppService
+from app.ui import build_app, launch_options
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, small_image):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(4):
+        p = folder / f"photo_{i}.png"
+        Image.fromarray(np.roll(small_image, 23 * i, axis=1)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (see .ci/run)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def app(tmp_path, browser, tiny_predictor):
+    """-> (service, page) for a fresh data folder and a served app, the page opened on it."""
+    from playwright.sync_api import expect
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    demo = build_app(service)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **launch_options())
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    service.url = f"http://127.0.0.1:{port}/"
+    try:
+        page.goto(service.url, wait_until="load")
+        expect(page.locator("#detect-button")).to_be_visible(timeout=60_000)
+        yield service, page
+    finally:
+        page.close()
+        demo.close()
+
+
+def _wait(page, condition, what: str, timeout_s: float = 30):
+    for _ in range(int(timeout_s * 10)):
+        if condition():
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _error_badges(page) -> int:
+    """Components showing Gradio's red "Error" status (other than a tab's message line)."""
+    return page.locator("[data-testid=status-tracker]:visible").evaluate_all(
+        "els => els.filter(e => !e.closest('.tab-message') && e.textContent.includes('Error')).length")
+
+
+def test_a_failing_action_leaves_the_dataset_tab_usable(app, photos, shots, tmp_path):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(p) for p in photos[:2]]
+    service.tag(hashes[0], "mug")
+    service.tag(hashes[1], "plate")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("2 images, 2 tagged, 2 labels")).to_be_visible(timeout=30_000)
+
+    # Rename with an empty name: the message says why; chart, table and pickers keep working.
+    page.get_by_label("Rename label").click()
+    page.get_by_role("option", name="mug").click()
+    page.get_by_role("button", name="Rename").click()
+    msg = page.locator("#dataset-msg")
+    expect(msg).to_contain_text("type the new name", timeout=30_000)
+    assert _error_badges(page) == 0
+    page.screenshot(path=str(shots / "dataset-error.png"), full_page=True)
+
+    # A bad JSON import: an error on the message line only.
+    bad = tmp_path / "labels.json"
+    bad.write_text("{not json")
+    page.locator("#dataset-import input[type=file]").set_input_files(str(bad))
+    page.get_by_role("button", name="Import").click()
+    expect(msg.locator(".error")).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert _error_badges(page) == 0
+
+    # The tab is still usable: a good rename goes through and every view shows it.
+    page.get_by_label("New name").fill("espresso cup")
+    page.get_by_role("button", name="Rename").click()
+    expect(msg).to_contain_text("renamed", timeout=30_000)
+    expect(page.locator("#dataset-table")).to_contain_text("espresso cup")
+    assert service.store.counts()["espresso cup"]["positive"] == 1
+
+
+def test_the_tag_editor_shows_what_is_stored(app, photos):
+    from playwright.sync_api import expect
+
+    from detector.vocabulary import MAX_NAME_LENGTH
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug")
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 1 / 1", timeout=30_000)
+
+    # A name typed on the other side switches side: both editors show the stored tags.
+    neg = page.locator("#tag-negatives input")
+    neg.fill("mug")
+    neg.press("Enter")
+    _wait(page, lambda: service.store.tags(h)["negatives"] == ["mug"], "mug saved as not present")
+    expect(page.locator("#tag-positives")).not_to_contain_text("mug", timeout=30_000)
+    expect(page.locator("#tag-negatives")).to_contain_text("mug")
+
+    # A refused name: the message says why and no chip stays that was not saved.
+    pos = page.locator("#tag-positives input")
+    pos.fill("x" * (MAX_NAME_LENGTH + 1))
+    pos.press("Enter")
+    expect(page.locator("#tag-msg")).to_contain_text("at most", timeout=30_000)
+    expect(page.locator("#tag-positives")).not_to_contain_text("xxxx")
+    assert service.store.tags(h) == {"positives": [], "negatives": ["mug"]}
+    assert _error_badges(page) == 0
