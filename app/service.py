@@ -452,8 +452,11 @@ class AppService:
 
     @endpoint()
     def model_info(self) -> dict:
-        """What is being served: source, why, architecture, parameters, device."""
-        return {"source": self.serving.source, "note": self.serving.note, **self.predictor.info()}
+        """What is being served: source, why, architecture, parameters, device, and `limits`: what
+        keeps its answers from being meaningful (empty when nothing does)."""
+        info = self.predictor.info()
+        info.setdefault("rpn_trained", getattr(self.predictor.model.config, "rpn_trained", None))
+        return {"source": self.serving.source, "note": self.serving.note, **info, "limits": model_limits(info)}
 
     @endpoint(api=False)
     def push_to_hub(self, repo_id: str, token: str = "", private: bool = True) -> str:
@@ -476,6 +479,27 @@ class AppService:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return str(getattr(commit, "commit_url", commit))
+
+
+HOW_TO_GET_WEIGHTS = ("Get real weights: on a machine with internet the app loads the 'coco-clip' preset; "
+                      "offline, fill its caches as in docs/models.md (\"Running fully offline\"). Or tag images "
+                      "and train on the Train tab, then use that run's model.")
+
+
+def model_limits(info: dict) -> list[str]:
+    """What is missing for the served model to give meaningful answers, one sentence each, from
+    `Predictor.info()` (fields read with .get: older and newer predictors both work)."""
+    limits = []
+    if info.get("backbone_pretrained") is False:
+        limits.append("The backbone's weights are random (no pre-trained weights were loaded).")
+    if info.get("rpn_trained") is False and "selective search" not in str(info.get("proposals") or ""):
+        limits.append("The proposal network (RPN) is untrained: boxes are not real object locations.")
+    if not info.get("trained_class_names") and not info.get("region_scoring") and not info.get("region_scorer"):
+        limits.append("The classifier head has never been trained and there are no region scores: names and "
+                      "confidences are random, not what is in the image.")
+    if limits:
+        limits.append(HOW_TO_GET_WEIGHTS)
+    return limits
 
 
 def _upload_path(f) -> Path | None:

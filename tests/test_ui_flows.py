@@ -151,3 +151,37 @@ def test_the_tag_editor_shows_what_is_stored(app, photos):
     expect(page.locator("#tag-positives")).not_to_contain_text("xxxx")
     assert service.store.tags(h) == {"positives": [], "negatives": ["mug"]}
     assert _error_badges(page) == 0
+
+
+def test_model_limits_say_what_is_missing():
+    from app.service import HOW_TO_GET_WEIGHTS, model_limits
+
+    random_model = {"backbone_pretrained": False, "trained_class_names": 0, "region_scoring": False,
+                    "rpn_trained": False}
+    limits = model_limits(random_model)
+    assert any("backbone" in m for m in limits) and any("RPN" in m for m in limits)
+    assert any("never been trained" in m for m in limits) and limits[-1] == HOW_TO_GET_WEIGHTS
+    assert "docs/models.md" in HOW_TO_GET_WEIGHTS and "Train tab" in HOW_TO_GET_WEIGHTS
+    # trained on tags, or scored by CLIP / an ImageNet scorer, with a trained or selective-search localiser: honest
+    assert model_limits({"backbone_pretrained": True, "trained_class_names": 3, "rpn_trained": True}) == []
+    assert model_limits({"backbone_pretrained": True, "trained_class_names": 0, "region_scoring": True}) == []
+    assert model_limits({"backbone_pretrained": True, "trained_class_names": 0, "region_scorer": "imagenet",
+                         "rpn_trained": False, "proposals": "selective search (RPN not trained yet)"}) == []
+
+
+def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, photos, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    banner = page.locator("#honesty-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("never been trained")
+    expect(banner).to_contain_text("docs/models.md")
+    page.screenshot(path=str(shots / "untrained-banner.png"))
+
+    # An empty vocabulary: the Detect line says so; the outputs are not replaced by error badges.
+    page.locator("#detect-image input[type=file]").set_input_files(str(photos[0]))
+    page.locator("#vocabulary textarea").fill(" , ")
+    page.locator("#detect-button").click()
+    expect(page.locator("#detect-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
+    assert _error_badges(page) == 0

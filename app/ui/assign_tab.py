@@ -6,7 +6,7 @@ import gradio as gr
 
 from detector.annotate import RULE_COLOURS
 
-from .common import ImageInput, handler, png_file
+from .common import ImageInput, handler, png_file, tab_message
 
 
 def build(ep: dict) -> None:
@@ -20,6 +20,7 @@ def build(ep: dict) -> None:
             vocab = gr.Textbox(label="Vocabulary (optional; defaults to the tags)")
             props = gr.Slider(5, 300, value=50, step=1, label="Proposals shown")
             btn = gr.Button("Show assignment", variant="primary")
+            msg = tab_message("assign-msg")
         with gr.Column():
             out = gr.Image(label="Assignment", format="png")
             table = gr.Dataframe(headers=["rule", "proposal", "box", "labels"], interactive=False,
@@ -31,4 +32,4 @@ def build(ep: dict) -> None:
         return image, tags, vocab or None, int(props)
 
     btn.click(handler(ep["assign"], prepare=need_image, present=lambda r: (png_file(r[0]), r[1])),
-              [image, tags, vocab, props], [out, table], api_name="assign")
+              [image, tags, vocab, props], [out, table], api_name="assign", show_progress_on=msg)

@@ -22,6 +22,8 @@ CSS = """
 .progress-inner {background:#4f46e5;border-radius:6px;height:14px}
 #tag-image img {max-height: 460px; object-fit: contain}
 .tab-message {min-height: 1.5em}
+#honesty-banner {background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:8px 12px;color:#78350f}
+#honesty-banner ul {margin:4px 0 4px 18px}
 """
 
 # Left/right arrows move through the tagging queue when the focus is not in a text field.

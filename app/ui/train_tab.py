@@ -11,7 +11,7 @@ import pandas as pd
 from detector.config import IMAGE_LABEL_RULES
 from train.run_dir import ACTIVE_STATES
 
-from .common import handler
+from .common import handler, tab_message
 
 
 def progress_html(status: dict) -> str:
@@ -65,7 +65,7 @@ def build(ep: dict) -> dict:
                 start = gr.Button("Start training", variant="primary")
                 cancel = gr.Button("Cancel", variant="stop")
                 resume = gr.Button("Resume")
-            msg = gr.Markdown()
+            msg = tab_message("train-msg")
         with gr.Column():
             run = gr.Textbox(label="Run", interactive=False)
             status = gr.HTML()
@@ -78,16 +78,16 @@ def build(ep: dict) -> dict:
 
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight]
     start.click(handler(ep["start_training"], present=lambda run_id: (run_id, f"started run `{run_id}`")), inputs,
-                [run, msg], api_name=False)
+                [run, msg], api_name=False, show_progress_on=msg)
 
     def need_run(run_id):
         if not run_id:
             raise gr.Error("no run selected")
         return (run_id,)
 
-    cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False)
+    cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False, show_progress_on=msg)
     resume.click(handler(ep["resume_training"], prepare=need_run, present=lambda run_id: f"resuming run `{run_id}`"),
-                 run, msg, api_name=False)
+                 run, msg, api_name=False, show_progress_on=msg)
     status_out = [run, status, curve, log, evaluation]
     timer.tick(handler(ep["training_status"], present=_present_status), run, status_out, api_name=False,
                show_progress="hidden")
