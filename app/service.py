@@ -129,14 +129,26 @@ class AppService:
                  "detections": detections_to_records(d)} for f, im, d in zip(images, loaded, dets)]
 
     @endpoint(gpu=True, api=False)
-    def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int = 50):
-        """-> (drawing of the proposals and each rule's choice, rows [rule, proposal, box, labels])."""
+    def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int | None = None,
+               shown: int = 50):
+        """Which proposal each image-label rule trains, among the `num_proposals` top proposals
+        it considers (default: as many as training considers, `image_label_num_proposals`), with
+        the top `shown` drawn faintly and every chosen one drawn in its rule's colour.
+        -> (drawing, rows [rule, proposal, rank among those considered, % of the image's area, box,
+        labels]); the whole-image box has no rank."""
         loaded = load_image(image)
-        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, int(num_proposals))
-        rows = [[rule, idx if idx < len(a.proposals) - 1 else "whole image",
-                 [round(float(v), 1) for v in a.proposals[idx]], ", ".join(names)]
-                for rule, choices in a.rules.items() for idx, names in choices]
-        return draw_assignment(loaded, a), rows
+        considered = int(num_proposals or self.predictor.config.image_label_num_proposals)
+        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, considered)
+        n = len(a.proposals) - 1  # the whole-image box is last
+        h, w = loaded.original_size
+        rows = []
+        for rule, choices in a.rules.items():
+            for idx, names in choices:
+                x1, y1, x2, y2 = (float(v) for v in a.proposals[idx])
+                area = 100 * max(0.0, x2 - x1) * max(0.0, y2 - y1) / max(1, w * h)
+                rows.append([rule, idx if idx < n else "whole image", f"{idx + 1} of {n}" if idx < n else "—",
+                             round(area, 1), [round(v, 1) for v in (x1, y1, x2, y2)], ", ".join(names)])
+        return draw_assignment(loaded, a, faint=int(shown)), rows
 
     # --- tagging -----------------------------------------------------------------------------
     @endpoint(api=False)

@@ -185,3 +185,44 @@ def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, 
     page.locator("#detect-button").click()
     expect(page.locator("#detect-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
     assert _error_badges(page) == 0
+
+
+def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, photos, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(p) for p in photos[:2]]
+    service.tag(hashes[1], "mug")
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 1 / 2", timeout=30_000)
+    names = page.locator("#tag-suggest-vocabulary textarea, #tag-suggest-vocabulary input").first
+    assert "mug" in names.get_attribute("placeholder")  # empty = the dataset's labels, shown
+
+    names.fill("cat, dog, mug, person")
+    page.locator("#tag-suggest").click()
+    expect(page.locator("#tag-msg")).to_contain_text("suggestion", timeout=60_000)
+    suggestions = page.locator("#tag-suggestions")
+    expect(suggestions).to_contain_text("photo_0.png")
+    page.screenshot(path=str(shots / "tag-suggestions.png"), full_page=True)
+
+    # ▶: the suggestions were for the previous image and are gone.
+    page.locator("#tag-next").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 2", timeout=30_000)
+    expect(suggestions).not_to_contain_text("photo_0.png")
+    assert suggestions.locator("input[type=checkbox]").count() == 0
+    assert names.input_value() == "cat, dog, mug, person"  # the person's names stay
+
+
+def test_assign_defaults_to_the_proposals_training_considers(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    considered = service.predictor.config.image_label_num_proposals
+    page.get_by_role("tab", name="Assign").click()
+    slider = page.locator("#assign-considered input[type=number]")
+    expect(slider).to_have_value(str(considered), timeout=30_000)
+    expect(page.locator("#assign-considered")).to_contain_text(f"training considers {considered}")
+    page.locator("#assign-image input[type=file]").set_input_files(str(photos[0]))
+    page.get_by_role("button", name="Show assignment").click()
+    expect(page.locator("#assign-msg")).to_contain_text("max_size trains", timeout=60_000)
+    expect(page.locator("#assign-table")).to_contain_text("% of image")

@@ -25,11 +25,11 @@ def build_app(service: AppService) -> gr.Blocks:
         header = gr.HTML(model_tab.model_header(service.model_info()))
         with gr.Tabs():
             with gr.Tab("Detect"):
-                detect = detect_tab.build(ep, service.predictor.config)
+                detect_tab.build(ep, service.predictor.config)
             with gr.Tab("Assign"):
-                assign_tab.build(ep)
+                assign_tab.build(ep, service.predictor.config)
             with gr.Tab("Tag") as tag_page:
-                tag = tag_tab.build(ep, detect["vocabulary"], service.policy.server_folders)
+                tag = tag_tab.build(ep, service.policy.server_folders)
             with gr.Tab("Dataset") as dataset_page:
                 dataset = dataset_tab.build(ep)
             with gr.Tab("Train"):

@@ -22,7 +22,12 @@ def _shown(view: dict) -> dict:
     return {"hash": img.get("hash", ""), "positives": img.get("positives", []), "negatives": img.get("negatives", [])}
 
 
-def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
+def _no_suggestions() -> tuple:
+    """(suggestions, image they are for): none; suggestions belong to one image."""
+    return gr.update(choices=[], value=[], label="Suggestions (check to accept)"), ""
+
+
+def build(ep: dict, server_folders: bool) -> dict:
     with gr.Accordion("Add images", open=True), gr.Row():
         upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
                          elem_id="tag-upload")
@@ -44,22 +49,34 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
                                     label="Present (type a new name and press Enter)", elem_id="tag-positives")
             negatives = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Not present (optional)",
                                     elem_id="tag-negatives")
-            suggest_btn = gr.Button("Suggest from the current model")
-            suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)")
-            accept_btn = gr.Button("Add checked suggestions")
+            suggest_vocab = gr.Textbox(label="Suggest from these names (empty = the dataset's labels)",
+                                       elem_id="tag-suggest-vocabulary")
+            suggest_btn = gr.Button("Suggest from the current model", elem_id="tag-suggest")
+            suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)", elem_id="tag-suggestions")
+            accept_btn = gr.Button("Add checked suggestions", elem_id="tag-accept")
     index = gr.State(0)
     current = gr.Textbox(visible=False)
     shown = gr.State({})
-    view_out = [image, status, positives, negatives, index, current, shown]
+    suggested_for = gr.State("")  # the image the suggestions were made for
+    view_out = [image, status, positives, negatives, index, current, shown, suggestions, suggested_for,
+                suggest_vocab]
     view = ep["tag_view"]
 
     def _present_view(v: dict) -> tuple:
-        """tag_view -> (image, status, present, not present, index, hash, shown tags)."""
+        """tag_view -> (image, status, present, not present, index, hash, shown tags, suggestions,
+        their image, suggestion names' hint). Moving to an image clears the suggestions."""
         img = v["image"]
         picture = ep["image_preview"](img["hash"]) if img else None
+        hint = ", ".join(v["labels"][:30]) + ("…" if len(v["labels"]) > 30 else "")
         return (picture, _status(v), gr.update(choices=v["labels"], value=img["positives"] if img else []),
                 gr.update(choices=v["labels"], value=img["negatives"] if img else []), v["index"],
-                img["hash"] if img else "", _shown(v))
+                img["hash"] if img else "", _shown(v), *_no_suggestions(),
+                gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"))
+
+    def _same_image(out: list) -> list:
+        """A view of the image already shown: picture and suggestions are kept."""
+        out[0] = out[7] = out[8] = gr.update()
+        return out
 
     def added(result: dict) -> tuple:
         text = f"added {len(result['added'])} image(s)"
@@ -100,13 +117,12 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
         stored = out[6]
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
             out[2] = out[3] = gr.update()
-        out[0] = gr.update()  # same image: not sent again
-        return (*out, "")
+        return (*_same_image(out), "")
 
     def refused(message, image_hash, pos, neg, index, before):
         """A refused edit (e.g. a name too long): the editor goes back to the stored tags, so no
         chip stays that was not saved."""
-        return (*_present_view(view(index)), error_text(message))
+        return (*_same_image(list(_present_view(view(index)))), error_text(message))
 
     save_event = handler(save, present=saved, error=refused)
     save_event.endpoint = ep["tag"]
@@ -114,25 +130,32 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
         dropdown.change(save_event, [current, positives, negatives, index, shown], [*view_out, msg], api_name=False,
                         show_progress="hidden")
 
-    def need_image(image_hash, vocab):
+    def suggest(image_hash, vocab, index):
+        """Suggestions for the image shown, labelled with its name; they belong to that image."""
         if not image_hash:
             raise gr.Error("no image selected")
-        return image_hash, vocab
+        names = ep["suggest"](image_hash, vocab)
+        name = (view(index)["image"] or {}).get("name", "")
+        return (gr.update(choices=names, value=[], label=f"Suggestions for {name} (check to accept)"), image_hash,
+                f"{len(names)} suggestion(s)" if names else "nothing detected")
 
-    suggest_btn.click(handler(ep["suggest"], prepare=need_image,
-                              present=lambda names: (gr.update(choices=names, value=[]),
-                                                     f"{len(names)} suggestion(s)" if names else "nothing detected")),
-                      [current, vocabulary], [suggestions, msg], api_name=False, show_progress_on=msg)
+    suggest_handler = handler(suggest)
+    suggest_handler.endpoint = ep["suggest"]
+    suggest_btn.click(suggest_handler, [current, suggest_vocab, index], [suggestions, suggested_for, msg],
+                      api_name=False, show_progress_on=msg)
 
-    def accept(image_hash, checked, index):
+    def accept(image_hash, checked, for_image, index):
+        checked = list(checked or [])
+        if checked and for_image != image_hash:
+            raise gr.Error("these suggestions were made for another image: press Suggest again")
         if image_hash and checked:
-            ep["tag"](image_hash, list(checked), [])
-        return index
+            ep["tag"](image_hash, checked, [])
+        return index, checked
 
-    accept_handler = handler(accept,
-                             present=lambda i: (*_present_view(view(i)), gr.update(choices=[], value=[])))
+    accept_handler = handler(accept, present=lambda r: (*_present_view(view(r[0])),
+                                                        f"added {', '.join(r[1])}" if r[1] else "nothing checked"))
     accept_handler.endpoint = ep["tag"]
-    accept_btn.click(accept_handler, [current, suggestions, index], [*view_out, suggestions],
+    accept_btn.click(accept_handler, [current, suggestions, suggested_for, index], [*view_out, msg],
                      api_name=False, show_progress_on=msg)
     refresh = handler(view, present=_present_view)
     return {"refresh": (refresh, [index], view_out), "view_at": lambda i: _present_view(view(i))}
