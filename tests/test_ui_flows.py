@@ -226,3 +226,101 @@ def test_assign_defaults_to_the_proposals_training_considers(app, photos):
     page.get_by_role("button", name="Show assignment").click()
     expect(page.locator("#assign-msg")).to_contain_text("max_size trains", timeout=60_000)
     expect(page.locator("#assign-table")).to_contain_text("% of image")
+
+
+def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(np.roll(np.asarray(Image.open(photos[i % 4])), 7 * i, axis=0), f"img_{i}.png")
+              for i in range(10)]
+    service.tag(hashes[9], "mug")  # a label to start with; "cup" is typed below, then labels are cup, mug
+
+    # Keys do nothing outside the Tag tab.
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("1")
+    page.get_by_role("tab", name="Tag").click()
+    status = page.locator("#tag-status")
+    expect(status).to_contain_text("Image 1 / 10", timeout=30_000)
+    expect(page.locator("#tag-keys")).to_contain_text("1 mug")
+    page.wait_for_timeout(500)
+    assert service.store.progress() == (1, 10)
+
+    # Image 1: t focuses the tag box, type a new name, Enter adds it, Ctrl+Enter goes on.
+    page.locator("#tag-image").click()
+    page.keyboard.press("t")
+    page.keyboard.type("cup")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Control+Enter")
+    expect(status).to_contain_text("Image 2 / 10", timeout=30_000)
+    assert service.store.tags(hashes[0])["positives"] == ["cup"]
+    expect(page.locator("#tag-keys")).to_contain_text("1 cup")
+
+    # Images 2-9: a number key, then Enter.
+    for i in range(1, 9):
+        page.keyboard.press("2" if i % 2 else "1")
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text(f"Image {i + 2} / 10", timeout=30_000)
+    # Image 10 (already "mug"): 1 adds "cup"; 2 again removes "mug", 2 once more puts it back.
+    page.keyboard.press("1")
+    page.keyboard.press("2")
+    page.keyboard.press("2")
+    _wait(page, lambda: service.store.tags(hashes[9])["positives"] == ["cup", "mug"], "image 10 tagged cup, mug")
+    expect(status).to_contain_text("tagged 10 / 10", timeout=30_000)
+    assert service.store.progress() == (10, 10)
+    assert [service.store.tags(h)["positives"] for h in hashes[1:9]] == [["mug"], ["cup"]] * 4
+    page.screenshot(path=str(shots / "tag-keyboard.png"), full_page=True)
+
+    # u: every image is tagged, and it says so instead of jumping back to image 1.
+    page.keyboard.press("u")
+    expect(page.locator("#tag-msg")).to_contain_text("all 10 images are tagged", timeout=30_000)
+    expect(status).to_contain_text("Image 10 / 10")
+
+
+def test_uploads_report_duplicates(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    service.store.add_image(photos[0])
+    page.get_by_role("tab", name="Tag").click()
+    page.locator("#tag-upload input[type=file]").set_input_files([str(p) for p in photos[:3]])
+    expect(page.locator("#tag-msg")).to_contain_text("added 2 new image(s); 1 duplicate(s) already here: photo_0.png",
+                                                     timeout=60_000)
+
+
+def test_deleting_a_label_asks_for_confirmation(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug, plate")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("1 images, 1 tagged, 2 labels")).to_be_visible(timeout=30_000)
+    page.get_by_label("Delete label").click()
+    page.get_by_role("option", name="plate").click()
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("to delete 'plate' (1 image(s) present", timeout=30_000)
+    assert "plate" in service.store.labels()
+    page.locator("#dataset-delete-confirm input").check()
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("deleted", timeout=30_000)
+    assert service.store.labels() == ["mug"]
+    expect(page.locator("#dataset-delete-confirm input")).not_to_be_checked()
+
+
+def test_exports_are_named_after_the_dataset_and_date(tmp_path, tiny_predictor):
+    import time
+
+    service = AppService(tmp_path / "holiday photos", predictor=tiny_predictor)
+    path = Path(service.export_labels("csv"))
+    assert path.name == f"holiday-photos_{time.strftime('%Y-%m-%d')}_image_labels.csv"
+
+
+def test_the_chosen_model_survives_a_restart_and_says_so(tmp_path, tiny_predictor):
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    service.use_model("tiny")
+    restarted = AppService(tmp_path / "data", device="cpu")
+    info = restarted.model_info()
+    assert info["source"] == "tiny" and "restored after a restart" in info["note"]
+    # an explicit --model wins
+    assert AppService(tmp_path / "data", model="tiny", device="cpu").model_info()["note"] == "loaded 'tiny'"

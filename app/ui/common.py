@@ -22,18 +22,42 @@ CSS = """
 .progress-inner {background:#4f46e5;border-radius:6px;height:14px}
 #tag-image img {max-height: 460px; object-fit: contain}
 .tab-message {min-height: 1.5em}
+.hotkey {display: none !important}
 #honesty-banner {background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:8px 12px;color:#78350f}
 #honesty-banner ul {margin:4px 0 4px 18px}
 """
 
-# Left/right arrows move through the tagging queue when the focus is not in a text field.
+# Labelling keys, active only while the Tag tab is shown (see the legend there, `tag_tab._keys`):
+# 1-9 toggle the first labels, Enter / Ctrl+Enter next image (Ctrl+Enter also from the tag box,
+# after the typed name is added), arrows move, u next untagged, t focuses the tag box, Esc leaves it.
 HEAD = """
 <script>
 document.addEventListener('keydown', (e) => {
-  const t = e.target.tagName;
-  if (t === 'INPUT' || t === 'TEXTAREA' || e.target.isContentEditable) return;
-  const id = e.key === 'ArrowRight' ? 'tag-next' : e.key === 'ArrowLeft' ? 'tag-prev' : null;
-  if (id) { const b = document.getElementById(id); if (b) { b.click(); e.preventDefault(); } }
+  const tab = document.getElementById('tag-image');
+  if (!tab || !tab.checkVisibility()) return;
+  const t = e.target;
+  const typing = t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable;
+  const click = (id, delay) => {
+    const b = document.getElementById(id);
+    if (!b) return;
+    e.preventDefault();
+    delay ? setTimeout(() => b.click(), delay) : b.click();
+  };
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    if (typing) { t.blur(); return click('tag-next', 300); }
+    return click('tag-next');
+  }
+  if (typing) { if (e.key === 'Escape') t.blur(); return; }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === 'Enter' && t.tagName !== 'BUTTON') return click('tag-next');
+  if (e.key === 'ArrowRight') return click('tag-next');
+  if (e.key === 'ArrowLeft') return click('tag-prev');
+  if (e.key === 'u') return click('tag-next-untagged');
+  if (/^[1-9]$/.test(e.key)) return click('tag-key-' + e.key);
+  if (e.key === 't') {
+    const box = document.querySelector('#tag-positives input');
+    if (box) { e.preventDefault(); box.focus(); }
+  }
 });
 </script>
 """

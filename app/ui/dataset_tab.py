@@ -37,6 +37,7 @@ def build(ep: dict) -> dict:
         merge_btn = gr.Button("Merge")
     with gr.Row():
         del_label = gr.Dropdown([], label="Delete label")
+        del_confirm = gr.Checkbox(False, label="Yes, remove it from every image", elem_id="dataset-delete-confirm")
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
         imp_file = gr.File(label="Import labels: a Detic/COCO JSON, CSV or JSONL file, plus its images (files or a "
@@ -72,8 +73,18 @@ def build(ep: dict) -> dict:
                   [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
     merge_btn.click(handler(ep["merge_labels"], present=done("merged"), error=failed), [merge_src, merge_into],
                     [*out, msg], api_name=False, show_progress_on=msg)
-    del_btn.click(handler(ep["delete_label"], prepare=picked, present=done("deleted"), error=failed), del_label,
-                  [*out, msg], api_name=False, show_progress_on=msg)
+    def confirmed(label, sure):
+        if not label:
+            raise gr.Error("pick a label first")
+        if not sure:
+            images = ep["dataset"]()["labels"].get(label, {})
+            raise gr.Error(f"tick 'Yes, remove it from every image' to delete {label!r} "
+                           f"({images.get('positive', 0)} image(s) present, {images.get('negative', 0)} not present)")
+        return (label,)
+
+    del_btn.click(handler(ep["delete_label"], prepare=confirmed, present=lambda s: (*done("deleted")(s), False),
+                          error=lambda m, *_: (*failed(m), gr.update())), [del_label, del_confirm],
+                  [*out, msg, del_confirm], api_name=False, show_progress_on=msg)
 
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from .common import error_text, handler, tab_message
+
+HOTKEYS = 9  # number keys 1-9 toggle the first nine labels as present
+TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
+
+
+def _keys(labels: list[str]) -> str:
+    """The key legend, with the labels the number keys toggle (names escaped: they are user text)."""
+    numbers = " · ".join(f"**{i}** {html.escape(n)}" for i, n in enumerate(labels[:HOTKEYS], 1))
+    return (f"Keys: {numbers or 'tag an image to get number keys'} · **Enter** / **Ctrl+Enter** next · "
+            "**←/→** previous / next · **u** next untagged · **t** tag box (**Esc** leaves it)")
 
 
 def _status(view: dict) -> str:
@@ -40,7 +52,7 @@ def build(ep: dict, server_folders: bool) -> dict:
             image = gr.Image(label="Image", interactive=False, elem_id="tag-image")
             with gr.Row():
                 prev_btn = gr.Button("◀ Previous", elem_id="tag-prev")
-                next_untagged = gr.Button("Next untagged")
+                next_untagged = gr.Button("Next untagged", elem_id="tag-next-untagged")
                 next_btn = gr.Button("Next ▶", elem_id="tag-next")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="tag-status")
@@ -54,48 +66,101 @@ def build(ep: dict, server_folders: bool) -> dict:
             suggest_btn = gr.Button("Suggest from the current model", elem_id="tag-suggest")
             suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)", elem_id="tag-suggestions")
             accept_btn = gr.Button("Add checked suggestions", elem_id="tag-accept")
-    index = gr.State(0)
+    keys = gr.Markdown(elem_id="tag-keys")
+    hotkeys = [gr.Button(str(i), elem_id=f"tag-key-{i}", elem_classes=["hotkey"]) for i in range(1, HOTKEYS + 1)]
+    # What the page shows, kept in the page (not in server-side state) so every event carries one
+    # consistent snapshot: the image, its place and the tags the editor showed when the person acted.
+    index = gr.Number(0, precision=0, visible=False)
     current = gr.Textbox(visible=False)
-    shown = gr.State({})
+    shown = gr.JSON({}, visible=False)
     suggested_for = gr.State("")  # the image the suggestions were made for
-    view_out = [image, status, positives, negatives, index, current, shown, suggestions, suggested_for,
-                suggest_vocab]
+    # `shown` last: a change fired while a response is being applied then either still sees the
+    # old `shown` (another image's hash: nothing is saved) or sees everything new.
+    view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
+                keys, shown]
     view = ep["tag_view"]
 
-    def _present_view(v: dict) -> tuple:
-        """tag_view -> (image, status, present, not present, index, hash, shown tags, suggestions,
-        their image, suggestion names' hint). Moving to an image clears the suggestions."""
+    def _editor(v: dict) -> dict:
+        """The view of the image already shown: its status, tags and the key legend. Events that
+        edit the image shown return only these, so none of them can move the page to another image."""
         img = v["image"]
-        picture = ep["image_preview"](img["hash"]) if img else None
         hint = ", ".join(v["labels"][:30]) + ("…" if len(v["labels"]) > 30 else "")
-        return (picture, _status(v), gr.update(choices=v["labels"], value=img["positives"] if img else []),
-                gr.update(choices=v["labels"], value=img["negatives"] if img else []), v["index"],
-                img["hash"] if img else "", _shown(v), *_no_suggestions(),
-                gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"))
+        return {status: _status(v),
+                positives: gr.update(choices=v["labels"], value=img["positives"] if img else []),
+                negatives: gr.update(choices=v["labels"], value=img["negatives"] if img else []),
+                suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"),
+                keys: _keys(v["labels"]), shown: _shown(v)}
 
-    def _same_image(out: list) -> list:
-        """A view of the image already shown: picture and suggestions are kept."""
-        out[0] = out[7] = out[8] = gr.update()
-        return out
+    def _present_view(v: dict) -> dict:
+        """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
+        image clears the suggestions (they belong to one image)."""
+        img = v["image"]
+        no_suggestions, for_image = _no_suggestions()
+        return {index: v["index"], current: img["hash"] if img else "",
+                image: ep["image_preview"](img["hash"]) if img else None,
+                suggestions: no_suggestions, suggested_for: for_image, **_editor(v)}
 
-    def added(result: dict) -> tuple:
-        text = f"added {len(result['added'])} image(s)"
+    def as_tuple(values: dict) -> tuple:
+        return tuple(values.get(c, gr.update()) for c in view_out)
+
+    def added(result: dict) -> dict:
+        text = f"added {len(result['new'])} new image(s)"
+        if result["duplicates"]:
+            names = ", ".join(result["duplicates"][:5]) + ("…" if len(result["duplicates"]) > 5 else "")
+            text += f"; {len(result['duplicates'])} duplicate(s) already here: {names}"
         if result["skipped"]:
             text += f"; skipped {len(result['skipped'])}: " + "; ".join(result["skipped"][:5])
-        return (text, *_present_view(view(ep["first_untagged"]())))
+        return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
-    upload.upload(handler(ep["add_images"], present=added), upload, [msg, *view_out], api_name="add_images",
-                  show_progress_on=msg)
-    folder_btn.click(handler(ep["add_folder"], present=added), folder, [msg, *view_out], api_name=False,
-                     show_progress_on=msg)
-    prev_btn.click(handler(view, present=_present_view, prepare=lambda i: (i - 1,)), index, view_out, api_name=False,
-                   show_progress_on=msg)
-    next_btn.click(handler(view, present=_present_view, prepare=lambda i: (i + 1,)), index, view_out, api_name=False,
-                   show_progress_on=msg)
-    next_untagged.click(handler(ep["first_untagged"], present=lambda i: _present_view(view(i))), None, view_out,
-                        api_name=False, show_progress_on=msg)
+    # In order, every one (a key pressed twice quickly counts twice): a save lands before ▶.
+    queued = {"concurrency_id": TAG_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
+    outputs = [*view_out, msg]
+    upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
+                  show_progress_on=msg, **queued)
+    folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
+                     show_progress_on=msg, **queued)
+    moved = {"present": lambda v: {msg: "", **_present_view(v)}}
+    prev_btn.click(handler(view, prepare=lambda i: (int(i or 0) - 1,), **moved), index, outputs, api_name=False,
+                   show_progress_on=msg, **queued)
+    next_btn.click(handler(view, prepare=lambda i: (int(i or 0) + 1,), **moved), index, outputs, api_name=False,
+                   show_progress_on=msg, **queued)
 
-    def save(image_hash, pos, neg, index, before):
+    def untagged(i: int) -> dict:
+        """Next untagged, or where every image is tagged, says so (and stays)."""
+        v = view(i)
+        if v["count"] and v["tagged"] == v["count"]:
+            return {msg: f"all {v['count']} images are tagged"}
+        return {msg: "", **_present_view(v)}
+
+    next_untagged.click(handler(ep["first_untagged"], present=untagged), None, outputs,
+                        api_name=False, show_progress_on=msg, **queued)
+
+    def toggle(image_hash, number):
+        """Number key `number`: the label at that place becomes present, or stops being present."""
+        if not image_hash:
+            raise gr.Error("no image selected")
+        labels = view(0)["labels"]
+        if number > len(labels):
+            raise gr.Error(f"key {number}: there are only {len(labels)} labels")
+        name = labels[number - 1]
+        if name in ep["tag_view"](_index_of(image_hash))["image"]["positives"]:
+            ep["untag"](image_hash, [name])
+            return image_hash, f"removed {name}"
+        ep["tag"](image_hash, [name], [])
+        return image_hash, f"added {name}"
+
+    def _index_of(image_hash: str) -> int:
+        return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
+
+    def edited(image_hash: str, text: str = "") -> dict:
+        return {msg: text, **_editor(view(_index_of(image_hash)))}
+
+    for number, key in enumerate(hotkeys, 1):
+        toggled = handler(toggle, prepare=lambda h, n=number: (h, n), present=lambda r: edited(*r))
+        toggled.endpoint = ep["tag"]
+        key.click(toggled, current, outputs, api_name=False, show_progress="hidden", **queued)
+
+    def save(image_hash, pos, neg, before):
         """Saved on every change as the difference to what was shown (add / remove operations)."""
         pos, neg = list(pos or []), list(neg or [])
         if image_hash and (before or {}).get("hash") == image_hash:
@@ -107,35 +172,35 @@ def build(ep: dict, server_folders: bool) -> dict:
                 ep["untag"](image_hash, removed)
             if add_pos or add_neg:
                 ep["tag"](image_hash, add_pos, add_neg)
-        return index, pos, neg
+        return image_hash, pos, neg
 
-    def saved(result) -> tuple:
+    def saved(result) -> dict:
         """The editor as stored. The dropdowns are re-set only where the store differs from what
         they hold (a name that switched side): re-setting them fires another change."""
-        index, pos, neg = result
-        out = list(_present_view(view(index)))
-        stored = out[6]
+        image_hash, pos, neg = result
+        out = edited(image_hash)
+        stored = out[shown]
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
-            out[2] = out[3] = gr.update()
-        return (*_same_image(out), "")
+            del out[positives], out[negatives]
+        return out
 
-    def refused(message, image_hash, pos, neg, index, before):
+    def refused(message, image_hash, pos, neg, before):
         """A refused edit (e.g. a name too long): the editor goes back to the stored tags, so no
         chip stays that was not saved."""
-        return (*_same_image(list(_present_view(view(index)))), error_text(message))
+        return edited(image_hash, error_text(message))
 
     save_event = handler(save, present=saved, error=refused)
     save_event.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
-        dropdown.change(save_event, [current, positives, negatives, index, shown], [*view_out, msg], api_name=False,
-                        show_progress="hidden")
+        dropdown.change(save_event, [current, positives, negatives, shown], outputs, api_name=False,
+                        show_progress="hidden", **queued)
 
-    def suggest(image_hash, vocab, index):
+    def suggest(image_hash, vocab, i):
         """Suggestions for the image shown, labelled with its name; they belong to that image."""
         if not image_hash:
             raise gr.Error("no image selected")
         names = ep["suggest"](image_hash, vocab)
-        name = (view(index)["image"] or {}).get("name", "")
+        name = (view(i)["image"] or {}).get("name", "")
         return (gr.update(choices=names, value=[], label=f"Suggestions for {name} (check to accept)"), image_hash,
                 f"{len(names)} suggestion(s)" if names else "nothing detected")
 
@@ -144,18 +209,23 @@ def build(ep: dict, server_folders: bool) -> dict:
     suggest_btn.click(suggest_handler, [current, suggest_vocab, index], [suggestions, suggested_for, msg],
                       api_name=False, show_progress_on=msg)
 
-    def accept(image_hash, checked, for_image, index):
+    def accept(image_hash, checked, for_image):
         checked = list(checked or [])
         if checked and for_image != image_hash:
             raise gr.Error("these suggestions were made for another image: press Suggest again")
         if image_hash and checked:
             ep["tag"](image_hash, checked, [])
-        return index, checked
+        return image_hash, checked
 
-    accept_handler = handler(accept, present=lambda r: (*_present_view(view(r[0])),
-                                                        f"added {', '.join(r[1])}" if r[1] else "nothing checked"))
+    def accepted(result) -> dict:
+        image_hash, checked = result
+        no_suggestions, for_image = _no_suggestions()
+        return {suggestions: no_suggestions, suggested_for: for_image,
+                **edited(image_hash, f"added {', '.join(checked)}" if checked else "nothing checked")}
+
+    accept_handler = handler(accept, present=accepted)
     accept_handler.endpoint = ep["tag"]
-    accept_btn.click(accept_handler, [current, suggestions, suggested_for, index], [*view_out, msg],
-                     api_name=False, show_progress_on=msg)
-    refresh = handler(view, present=_present_view)
-    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: _present_view(view(i))}
+    accept_btn.click(accept_handler, [current, suggestions, suggested_for], outputs,
+                     api_name=False, show_progress_on=msg, **queued)
+    refresh = handler(view, present=lambda v: as_tuple(_present_view(v)))
+    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: as_tuple(_present_view(view(i)))}
