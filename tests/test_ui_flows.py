@@ -324,3 +324,52 @@ def test_the_chosen_model_survives_a_restart_and_says_so(tmp_path, tiny_predicto
     assert info["source"] == "tiny" and "restored after a restart" in info["note"]
     # an explicit --model wins
     assert AppService(tmp_path / "data", model="tiny", device="cpu").model_info()["note"] == "loaded 'tiny'"
+
+
+def _fake_run(service, state: str, iteration: int, total: int, losses: list[float]):
+    from train.run_dir import RunDir
+
+    run = RunDir.create(service.jobs.runs_dir)
+    run.write_status(state, iteration=iteration, total=total, message="stopped")
+    for i, loss in enumerate(losses, 1):
+        run.append_metrics({"iteration": i, "loss": loss})
+    return run.id
+
+
+def test_loss_curve_is_smoothed_with_the_raw_points_kept():
+    from app.ui.train_tab import loss_curve
+
+    curve = loss_curve([{"iteration": i, "loss": v} for i, v in enumerate([4.0, 0.0, 4.0, 0.0], 1)])
+    raw, smooth = curve[curve.series == "raw"], curve[curve.series == "smoothed"]
+    assert list(raw.loss) == [4.0, 0.0, 4.0, 0.0] and list(raw.iteration) == [1, 2, 3, 4]
+    assert smooth.loss.iloc[0] == 4.0 and 0 < smooth.loss.iloc[-1] < 4 and smooth.loss.std() < raw.loss.std()
+    assert curve.iteration.dtype.kind == "i"
+
+
+def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    old = _fake_run(service, "cancelled", 6, 30, [3.0, 2.5, 2.8, 2.0, 2.2, 1.9])
+    time_sorted_second = _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    assert old < time_sorted_second
+    page.get_by_role("tab", name="Train").click()
+    history = page.locator("#train-history")
+    expect(history).to_contain_text(old, timeout=30_000)
+    expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)  # the newest, by default
+
+    history.get_by_text(old).click()
+    expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=30_000)
+    expect(page.locator("#train-status")).to_contain_text("iteration 6 / 30")
+    expect(page.locator("#train-run textarea, #train-run input").first).to_have_value(old)
+    page.wait_for_timeout(2500)  # the 2 s refresh keeps the opened run
+    expect(page.locator("#train-status")).to_contain_text("iteration 6 / 30")
+    page.screenshot(path=str(shots / "train-history.png"), full_page=True)
+
+    # Dataset counts start from zero: a label with one image has a visible bar.
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.locator("#dataset-plot").screenshot(path=str(shots / "dataset-plot.png"))

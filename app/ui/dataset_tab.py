@@ -22,7 +22,8 @@ def build(ep: dict) -> dict:
     summary = gr.Markdown()
     msg = tab_message("dataset-msg")
     with gr.Row():
-        plot = gr.BarPlot(x="label", y="images", title="Images per label", label="Counts")
+        plot = gr.BarPlot(x="label", y="images", title="Images per label", label="Counts", y_lim=[0, None],
+                          x_label_angle=-35, sort="-y", elem_id="dataset-plot")
         table = gr.Dataframe(interactive=False, label="Counts", elem_id="dataset-table")
     with gr.Row():
         browse_label = gr.Dropdown([], label="Browse images of label")

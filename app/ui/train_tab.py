@@ -29,12 +29,32 @@ def progress_html(status: dict) -> str:
             f"<p>{line}</p>")
 
 
+SMOOTHING = 0.8  # weight of the running average (TensorBoard-style, bias-corrected)
+
+
+def smoothed(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled to zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * float(v)
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
+def loss_curve(metrics: list[dict]) -> pd.DataFrame:
+    """Long format for the plot: every logged loss ("raw", drawn faint) and its running average
+    ("smoothed"), at integer iterations."""
+    rows = [(int(m["iteration"]), float(m["loss"])) for m in metrics if "loss" in m and "iteration" in m]
+    its, losses = [r[0] for r in rows], [r[1] for r in rows]
+    return pd.DataFrame({"iteration": its * 2, "loss": losses + smoothed(losses),
+                         "series": ["raw"] * len(rows) + ["smoothed"] * len(rows)})
+
+
 def _present_status(status: dict) -> tuple:
     """training_status -> (run id, progress, loss curve, log, evaluation)."""
     if status.get("state") == "none":
-        return "", "No training runs yet.", pd.DataFrame({"iteration": [], "loss": []}), "", ""
-    curve = pd.DataFrame([{"iteration": m["iteration"], "loss": m["loss"]} for m in status["metrics"] if "loss" in m],
-                         columns=["iteration", "loss"])
+        return "", "No training runs yet.", loss_curve([]), "", ""
+    curve = loss_curve(status["metrics"])
     evaluation = json.dumps(status["evaluation"], indent=2) if status.get("evaluation") else ""
     return status["id"], progress_html(status), curve, status.get("log", ""), evaluation
 
@@ -67,13 +87,15 @@ def build(ep: dict) -> dict:
                 resume = gr.Button("Resume")
             msg = tab_message("train-msg")
         with gr.Column():
-            run = gr.Textbox(label="Run", interactive=False)
-            status = gr.HTML()
-            curve = gr.LinePlot(x="iteration", y="loss", title="Training loss", label="Loss")
+            run = gr.Textbox(label="Run", interactive=False, elem_id="train-run")
+            status = gr.HTML(elem_id="train-status")
+            curve = gr.LinePlot(x="iteration", y="loss", color="series", title="Training loss", label="Loss",
+                                color_map={"raw": "#c7d2fe", "smoothed": "#4338ca"}, y_lim=[0, None],
+                                elem_id="train-curve")
             evaluation = gr.Code(label="Evaluation", language="json")
             use = gr.Button("Use this run's model (hot swap)")
     log = gr.Textbox(label="Log (tail)", lines=8, interactive=False)
-    history = gr.Dataframe(label="Runs", interactive=False)
+    history = gr.Dataframe(label="Runs (click a row to open it)", interactive=False, elem_id="train-history")
     timer = gr.Timer(2.0)
 
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight]
@@ -93,4 +115,15 @@ def build(ep: dict) -> dict:
                show_progress="hidden")
     timer.tick(handler(ep["training_runs"], present=_present_runs), None, history, api_name=False,
                show_progress="hidden")
+
+    def open_run(runs: pd.DataFrame, evt: gr.SelectData):
+        """A history row opens its run: status, curve, log and evaluation; Cancel, Resume and Use
+        then act on it."""
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if runs is None or not len(runs) or row is None or row >= len(runs):
+            return tuple(gr.update() for _ in status_out)
+        return _present_status(ep["training_status"](str(runs.iloc[row]["run"])))
+
+    open_run.endpoint = ep["training_status"]
+    history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
     return {"use": use, "run": run, "msg": msg, "need_run": need_run}
