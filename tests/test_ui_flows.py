@@ -117,7 +117,7 @@ def test_a_failing_action_leaves_the_dataset_tab_usable(app, photos, shots, tmp_
     assert _error_badges(page) == 0
 
     # The tab is still usable: a good rename goes through and every view shows it.
-    page.get_by_label("New name").fill("espresso cup")
+    page.get_by_role("textbox", name="New name (an existing name merges)").fill("espresso cup")
     page.get_by_role("button", name="Rename").click()
     expect(msg).to_contain_text("renamed", timeout=30_000)
     expect(page.locator("#dataset-table")).to_contain_text("espresso cup")
@@ -185,6 +185,12 @@ def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, 
     page.locator("#detect-button").click()
     expect(page.locator("#detect-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
     assert _error_badges(page) == 0
+
+    # Enter in the vocabulary box detects.
+    page.locator("#vocabulary textarea").fill("person, flag")
+    page.locator("#vocabulary textarea").press("Enter")
+    expect(page.locator("#detect-output img")).to_be_visible(timeout=60_000)
+    assert page.locator("#vocabulary textarea").input_value() == "person, flag"
 
 
 def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, photos, shots):
@@ -373,3 +379,36 @@ def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots
     expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
     page.wait_for_timeout(1000)
     page.locator("#dataset-plot").screenshot(path=str(shots / "dataset-plot.png"))
+
+
+def test_rename_on_dataset_then_tag_on_tag_keeps_the_rename(app, photos):
+    """Issue 10's sequence: Tag shows an image tagged "mug"; Dataset renames mug -> espresso cup;
+    back on Tag (without a reload) "plate" is added. The rename stays, and Tag offers only the
+    current labels."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug")
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-positives")).to_contain_text("mug", timeout=30_000)
+
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    page.get_by_label("Rename label").click()
+    page.get_by_role("option", name="mug").click()
+    page.get_by_role("textbox", name="New name (an existing name merges)").fill("espresso cup")
+    page.get_by_role("button", name="Rename").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("renamed", timeout=30_000)
+
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-positives")).to_contain_text("espresso cup", timeout=30_000)
+    box = page.locator("#tag-positives input")
+    box.fill("plate")
+    box.press("Enter")
+    _wait(page, lambda: service.store.tags(h)["positives"] == ["espresso cup", "plate"], "plate added")
+    page.wait_for_timeout(500)
+    assert service.store.tags(h)["positives"] == ["espresso cup", "plate"]
+    assert service.dataset()["labels"]["espresso cup"]["positive"] == 1 and "mug" not in service.store.labels()
+    box.click()
+    expect(page.get_by_role("option", name="mug", exact=True)).to_have_count(0)

@@ -29,8 +29,8 @@ def build(ep: dict, defaults) -> dict:
         with gr.Column():
             image = ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                elem_id="detect-image")
-            vocabulary = gr.Textbox(label="Vocabulary (comma or newline separated)", value="person, cup, laptop",
-                                    lines=2, elem_id="vocabulary")
+            vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value="person, cup, laptop",
+                                    lines=1, max_lines=4, elem_id="vocabulary")
             preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
             with gr.Row():
                 score = gr.Slider(0, 1, value=defaults.score_threshold, step=0.01, label="Score threshold")
