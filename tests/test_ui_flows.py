@@ -143,13 +143,19 @@ def test_the_tag_editor_shows_what_is_stored(app, photos):
     expect(page.locator("#tag-positives")).not_to_contain_text("mug", timeout=30_000)
     expect(page.locator("#tag-negatives")).to_contain_text("mug")
 
+    # Undo puts it back where it was.
+    page.locator("#tag-undo").click()
+    _wait(page, lambda: service.store.tags(h) == {"positives": ["mug"], "negatives": []}, "undo")
+    expect(page.locator("#tag-positives")).to_contain_text("mug", timeout=30_000)
+    expect(page.locator("#tag-negatives")).not_to_contain_text("mug")
+
     # A refused name: the message says why and no chip stays that was not saved.
     pos = page.locator("#tag-positives input")
     pos.fill("x" * (MAX_NAME_LENGTH + 1))
     pos.press("Enter")
     expect(page.locator("#tag-msg")).to_contain_text("at most", timeout=30_000)
     expect(page.locator("#tag-positives")).not_to_contain_text("xxxx")
-    assert service.store.tags(h) == {"positives": [], "negatives": ["mug"]}
+    assert service.store.tags(h) == {"positives": ["mug"], "negatives": []}
     assert _error_badges(page) == 0
 
 
@@ -281,6 +287,17 @@ def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
     page.keyboard.press("u")
     expect(page.locator("#tag-msg")).to_contain_text("all 10 images are tagged", timeout=30_000)
     expect(status).to_contain_text("Image 10 / 10")
+
+    # z undoes the last change (2 put "mug" back on image 10); a second z has nothing to undo.
+    page.keyboard.press("z")
+    expect(page.locator("#tag-msg")).to_contain_text("undone: mug", timeout=30_000)
+    assert service.store.tags(hashes[9])["positives"] == ["cup"]
+    expect(page.locator("#tag-positives")).not_to_contain_text("mug")
+    page.keyboard.press("z")
+    expect(page.locator("#tag-msg")).to_contain_text("nothing to undo", timeout=30_000)
+    # A number with no label says so.
+    page.keyboard.press("5")
+    expect(page.locator("#tag-msg")).to_contain_text("there are only 2 labels", timeout=30_000)
 
 
 def test_uploads_report_duplicates(app, photos):

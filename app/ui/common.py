@@ -29,7 +29,8 @@ CSS = """
 
 # Labelling keys, active only while the Tag tab is shown (see the legend there, `tag_tab._keys`):
 # 1-9 toggle the first labels, Enter / Ctrl+Enter next image (Ctrl+Enter also from the tag box,
-# after the typed name is added), arrows move, u next untagged, t focuses the tag box, Esc leaves it.
+# after the typed name is added), arrows move, u next untagged, z undo, t focuses the tag box,
+# Esc leaves it.
 HEAD = """
 <script>
 document.addEventListener('keydown', (e) => {
@@ -53,6 +54,7 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'ArrowRight') return click('tag-next');
   if (e.key === 'ArrowLeft') return click('tag-prev');
   if (e.key === 'u') return click('tag-next-untagged');
+  if (e.key === 'z') return click('tag-undo');
   if (/^[1-9]$/.test(e.key)) return click('tag-key-' + e.key);
   if (e.key === 't') {
     const box = document.querySelector('#tag-positives input');

@@ -16,7 +16,7 @@ def _keys(labels: list[str]) -> str:
     """The key legend, with the labels the number keys toggle (names escaped: they are user text)."""
     numbers = " · ".join(f"**{i}** {html.escape(n)}" for i, n in enumerate(labels[:HOTKEYS], 1))
     return (f"Keys: {numbers or 'tag an image to get number keys'} · **Enter** / **Ctrl+Enter** next · "
-            "**←/→** previous / next · **u** next untagged · **t** tag box (**Esc** leaves it)")
+            "**←/→** previous / next · **u** next untagged · **z** undo · **t** tag box (**Esc** leaves it)")
 
 
 def _status(view: dict) -> str:
@@ -54,6 +54,7 @@ def build(ep: dict, server_folders: bool) -> dict:
                 prev_btn = gr.Button("◀ Previous", elem_id="tag-prev")
                 next_untagged = gr.Button("Next untagged", elem_id="tag-next-untagged")
                 next_btn = gr.Button("Next ▶", elem_id="tag-next")
+                undo_btn = gr.Button("↶ Undo last change", elem_id="tag-undo")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="tag-status")
             msg = tab_message("tag-msg")
@@ -74,6 +75,7 @@ def build(ep: dict, server_folders: bool) -> dict:
     current = gr.Textbox(visible=False)
     shown = gr.JSON({}, visible=False)
     suggested_for = gr.State("")  # the image the suggestions were made for
+    last_edit = gr.State(None)  # {"hash", "touched": names, "before": their tags before} for Undo
     # `shown` last: a change fired while a response is being applied then either still sees the
     # old `shown` (another image's hash: nothing is saved) or sees everything new.
     view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
@@ -106,15 +108,15 @@ def build(ep: dict, server_folders: bool) -> dict:
     def added(result: dict) -> dict:
         text = f"added {len(result['new'])} new image(s)"
         if result["duplicates"]:
-            names = ", ".join(result["duplicates"][:5]) + ("…" if len(result["duplicates"]) > 5 else "")
+            names = ", ".join(map(html.escape, result["duplicates"][:5])) + ("…" if len(result["duplicates"]) > 5 else "")
             text += f"; {len(result['duplicates'])} duplicate(s) already here: {names}"
         if result["skipped"]:
-            text += f"; skipped {len(result['skipped'])}: " + "; ".join(result["skipped"][:5])
+            text += f"; skipped {len(result['skipped'])}: " + "; ".join(map(html.escape, result["skipped"][:5]))
         return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
     # In order, every one (a key pressed twice quickly counts twice): a save lands before ▶.
     queued = {"concurrency_id": TAG_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
-    outputs = [*view_out, msg]
+    outputs = [*view_out, msg, last_edit]
     upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
                   show_progress_on=msg, **queued)
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
@@ -143,11 +145,19 @@ def build(ep: dict, server_folders: bool) -> dict:
         if number > len(labels):
             raise gr.Error(f"key {number}: there are only {len(labels)} labels")
         name = labels[number - 1]
-        if name in ep["tag_view"](_index_of(image_hash))["image"]["positives"]:
+        edit = _edit(image_hash, [name])
+        if name in edit["before"]["positives"]:
             ep["untag"](image_hash, [name])
-            return image_hash, f"removed {name}"
+            return image_hash, f"removed {html.escape(name)}", edit
         ep["tag"](image_hash, [name], [])
-        return image_hash, f"added {name}"
+        return image_hash, f"added {html.escape(name)}", edit
+
+    def _edit(image_hash: str, touched: list[str], before: dict | None = None) -> dict:
+        """What Undo needs: the names an edit touches and their tags before it."""
+        if before is None:
+            before = view(_index_of(image_hash))["image"]
+        return {"hash": image_hash, "touched": list(touched),
+                "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
 
     def _index_of(image_hash: str) -> int:
         return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
@@ -156,7 +166,9 @@ def build(ep: dict, server_folders: bool) -> dict:
         return {msg: text, **_editor(view(_index_of(image_hash)))}
 
     for number, key in enumerate(hotkeys, 1):
-        toggled = handler(toggle, prepare=lambda h, n=number: (h, n), present=lambda r: edited(*r))
+        toggled = handler(toggle, prepare=lambda h, n=number: (h, n),
+                          present=lambda r: {**edited(r[0], r[1]), last_edit: r[2]},
+                          error=lambda m, *_: {msg: error_text(m)})
         toggled.endpoint = ep["tag"]
         key.click(toggled, current, outputs, api_name=False, show_progress="hidden", **queued)
 
@@ -172,13 +184,17 @@ def build(ep: dict, server_folders: bool) -> dict:
                 ep["untag"](image_hash, removed)
             if add_pos or add_neg:
                 ep["tag"](image_hash, add_pos, add_neg)
-        return image_hash, pos, neg
+            if removed or add_pos or add_neg:
+                return image_hash, pos, neg, _edit(image_hash, removed + add_pos + add_neg, before)
+        return image_hash, pos, neg, None
 
     def saved(result) -> dict:
         """The editor as stored. The dropdowns are re-set only where the store differs from what
         they hold (a name that switched side): re-setting them fires another change."""
-        image_hash, pos, neg = result
+        image_hash, pos, neg, edit = result
         out = edited(image_hash)
+        if edit:
+            out[last_edit] = edit
         stored = out[shown]
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
             del out[positives], out[negatives]
@@ -213,19 +229,40 @@ def build(ep: dict, server_folders: bool) -> dict:
         checked = list(checked or [])
         if checked and for_image != image_hash:
             raise gr.Error("these suggestions were made for another image: press Suggest again")
+        edit = None
         if image_hash and checked:
+            edit = _edit(image_hash, checked)
             ep["tag"](image_hash, checked, [])
-        return image_hash, checked
+        return image_hash, checked, edit
 
     def accepted(result) -> dict:
-        image_hash, checked = result
+        image_hash, checked, edit = result
         no_suggestions, for_image = _no_suggestions()
-        return {suggestions: no_suggestions, suggested_for: for_image,
-                **edited(image_hash, f"added {', '.join(checked)}" if checked else "nothing checked")}
+        return {suggestions: no_suggestions, suggested_for: for_image, **({last_edit: edit} if edit else {}),
+                **edited(image_hash, f"added {html.escape(', '.join(checked))}" if checked else "nothing checked")}
 
     accept_handler = handler(accept, present=accepted)
     accept_handler.endpoint = ep["tag"]
     accept_btn.click(accept_handler, [current, suggestions, suggested_for], outputs,
                      api_name=False, show_progress_on=msg, **queued)
+    def undo(image_hash, edit):
+        """Put the names the last change touched back as they were (remove, then re-add)."""
+        if not edit:
+            raise gr.Error("nothing to undo")
+        ep["untag"](edit["hash"], edit["touched"])
+        if edit["before"]["positives"] or edit["before"]["negatives"]:
+            ep["tag"](edit["hash"], edit["before"]["positives"], edit["before"]["negatives"])
+        return image_hash, edit
+
+    def undone(result) -> dict:
+        image_hash, edit = result
+        text = f"undone: {html.escape(', '.join(edit['touched']))}"
+        if edit["hash"] != image_hash:  # made on another image: this one's editor stays as it is
+            return {msg: text + " (on another image)", last_edit: None}
+        return {**edited(image_hash, text), last_edit: None}
+
+    undo_handler = handler(undo, present=undone, error=lambda m, *_: {msg: error_text(m)})
+    undo_handler.endpoint = ep["untag"]
+    undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
     refresh = handler(view, present=lambda v: as_tuple(_present_view(v)))
     return {"refresh": (refresh, [index], view_out), "view_at": lambda i: as_tuple(_present_view(view(i)))}
