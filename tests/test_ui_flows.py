@@ -373,20 +373,22 @@ def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots
     from playwright.sync_api import expect
 
     service, page = app
-    old = _fake_run(service, "cancelled", 6, 30, [3.0, 2.5, 2.8, 2.0, 2.2, 1.9])
-    time_sorted_second = _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
-    assert old < time_sorted_second
+    cancelled = _fake_run(service, "cancelled", 6, 30, [3.0, 2.5, 2.8, 2.0, 2.2, 1.9])
+    finished = _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    old = min(cancelled, finished)  # run ids sort by start time (same second here: by their suffix)
     page.get_by_role("tab", name="Train").click()
     history = page.locator("#train-history")
     expect(history).to_contain_text(old, timeout=30_000)
-    expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)  # the newest, by default
+    newest_state, old_state, old_progress = (("finished", "cancelled", "iteration 6 / 30") if old == cancelled
+                                             else ("cancelled", "finished", "iteration 4 / 4"))
+    expect(page.locator("#train-status")).to_contain_text(newest_state, timeout=30_000)  # by default
 
     history.get_by_text(old).click()
-    expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=30_000)
-    expect(page.locator("#train-status")).to_contain_text("iteration 6 / 30")
+    expect(page.locator("#train-status")).to_contain_text(old_state, timeout=30_000)
+    expect(page.locator("#train-status")).to_contain_text(old_progress)
     expect(page.locator("#train-run textarea, #train-run input").first).to_have_value(old)
     page.wait_for_timeout(2500)  # the 2 s refresh keeps the opened run
-    expect(page.locator("#train-status")).to_contain_text("iteration 6 / 30")
+    expect(page.locator("#train-status")).to_contain_text(old_progress)
     page.screenshot(path=str(shots / "train-history.png"), full_page=True)
 
     # Dataset counts start from zero: a label with one image has a visible bar.

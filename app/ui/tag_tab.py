@@ -162,8 +162,10 @@ def build(ep: dict, server_folders: bool) -> dict:
     def _index_of(image_hash: str) -> int:
         return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
 
-    def edited(image_hash: str, text: str = "") -> dict:
-        return {msg: text, **_editor(view(_index_of(image_hash)))}
+    def edited(image_hash: str, text: str | None = None) -> dict:
+        """The editor of the image shown, as stored, and `text` on the message line (None: the
+        line keeps what it says, e.g. the upload report while the editor settles)."""
+        return {**({} if text is None else {msg: text}), **_editor(view(_index_of(image_hash)))}
 
     for number, key in enumerate(hotkeys, 1):
         toggled = handler(toggle, prepare=lambda h, n=number: (h, n),
@@ -192,7 +194,7 @@ def build(ep: dict, server_folders: bool) -> dict:
         """The editor as stored. The dropdowns are re-set only where the store differs from what
         they hold (a name that switched side): re-setting them fires another change."""
         image_hash, pos, neg, edit = result
-        out = edited(image_hash)
+        out = edited(image_hash, "" if edit else None)
         if edit:
             out[last_edit] = edit
         stored = out[shown]
