@@ -456,6 +456,18 @@ class AppService:
         return self.jobs.start(run, resume=True)
 
     @endpoint()
+    def delete_run(self, run_id: str) -> str:
+        """Delete a run that is not active and not the model being served."""
+        run = self.jobs.run(run_id)
+        state = self.jobs.status(run_id).get("state")
+        if state in ACTIVE_STATES:
+            raise JobError(f"run {run_id} is {state}: cancel it first")
+        if Path(self.serving.source) == run.path:
+            raise JobError(f"run {run_id} is the model being served: load another one first")
+        run.delete()
+        return f"deleted run {run_id}"
+
+    @endpoint()
     def training_runs(self) -> list[dict]:
         """Every run, newest first: id, state, iteration, total, message, evaluation."""
         return self.jobs.runs()

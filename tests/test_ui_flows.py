@@ -391,6 +391,17 @@ def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots
     expect(page.locator("#train-status")).to_contain_text(old_progress)
     page.screenshot(path=str(shots / "train-history.png"), full_page=True)
 
+    # Delete asks first, then removes the run everywhere.
+    page.locator("#train-delete").click()
+    expect(page.locator("#train-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
+    assert (service.jobs.runs_dir / old).is_dir()
+    page.locator("#train-delete-confirm input").check()
+    page.locator("#train-delete").click()
+    expect(page.locator("#train-msg")).to_contain_text(f"deleted run {old}", timeout=30_000)
+    assert not (service.jobs.runs_dir / old).exists()
+    expect(history).not_to_contain_text(old, timeout=30_000)
+    assert [r["id"] for r in service.training_runs()] == [max(cancelled, finished)]
+
     # Dataset counts start from zero: a label with one image has a visible bar.
     h = service.store.add_image(photos[0])
     service.tag(h, "mug")
@@ -431,3 +442,17 @@ def test_rename_on_dataset_then_tag_on_tag_keeps_the_rename(app, photos):
     assert service.dataset()["labels"]["espresso cup"]["positive"] == 1 and "mug" not in service.store.labels()
     box.click()
     expect(page.get_by_role("option", name="mug", exact=True)).to_have_count(0)
+
+
+def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
+    from app.jobs import JobError
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    served = _fake_run(service, "finished", 1, 1, [1.0])
+    service.serving.source = str(service.jobs.run(served).path)
+    with pytest.raises(JobError, match="being served"):
+        service.delete_run(served)
+    starting = _fake_run(service, "queued", 0, 5, [])
+    with pytest.raises(JobError, match="cancel it first"):
+        service.delete_run(starting)
+    assert {r["id"] for r in service.training_runs()} == {served, starting}

@@ -94,6 +94,10 @@ def build(ep: dict) -> dict:
                                 elem_id="train-curve")
             evaluation = gr.Code(label="Evaluation", language="json")
             use = gr.Button("Use this run's model (hot swap)")
+            with gr.Row():
+                delete_sure = gr.Checkbox(False, label="Yes, delete this run and its checkpoints",
+                                          elem_id="train-delete-confirm")
+                delete = gr.Button("Delete run", variant="stop", elem_id="train-delete")
     log = gr.Textbox(label="Log (tail)", lines=8, interactive=False)
     history = gr.Dataframe(label="Runs (click a row to open it)", interactive=False, elem_id="train-history")
     timer = gr.Timer(2.0)
@@ -125,5 +129,14 @@ def build(ep: dict) -> dict:
         return _present_status(ep["training_status"](str(runs.iloc[row]["run"])))
 
     open_run.endpoint = ep["training_status"]
+
+    def sure(run_id, confirmed):
+        need_run(run_id)
+        if not confirmed:
+            raise gr.Error(f"tick 'Yes, delete this run' to delete {run_id}")
+        return (run_id,)
+
+    delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False)),
+                 [run, delete_sure], [run, msg, delete_sure], api_name=False, show_progress_on=msg)
     history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
     return {"use": use, "run": run, "msg": msg, "need_run": need_run}
