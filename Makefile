@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench install install-test browser
+.PHONY: run test lint bench install install-test browser screenshots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: install-test
 # The browser test drives Debian's chromium (Playwright's own browser download is not used).
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "install Debian's chromium (apt-get install chromium) for the browser test"; exit 1; }
+
+# Regenerates docs/screenshots/ from the browser tests (the test suite itself writes only to temp folders).
+screenshots: install-test browser
+	SCREENSHOTS_DIR=docs/screenshots HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_browser.py tests/test_ui_flows.py
 
 bench: install-test
 	$(BIN)/python bench/detect.py

@@ -14,13 +14,14 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from detector import Predictor
 from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
-from detector.files import atomic_write, atomic_write_json
+from detector.files import atomic_write, atomic_write_json, read_json
 from detector.images import load_image
 from detector.vocabulary import parse_vocabulary
 from train.run_config import PretrainConfig, RunConfig
@@ -75,12 +76,34 @@ class AppService:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
         self._lock = threading.Lock()
+        source = model or "auto"
         if predictor is None:
-            predictor, note = self._load_default(model)
+            restored = self._restore_choice() if source == "auto" else None
+            predictor, note, source = restored or (*self._load_default(model), source)
         else:
             note = "given"
         self.predictor = predictor
-        self.serving = ModelInfo(source=model or "auto", note=note)
+        self.serving = ModelInfo(source=source, note=note)
+
+    @property
+    def choice_file(self) -> Path:
+        """DATA_DIR/models/live.json: the model a person chose last (`use_model`), served again
+        after a restart unless the app is started with another `--model`."""
+        return self.models_dir / "live.json"
+
+    def _restore_choice(self) -> tuple[Predictor, str, str] | None:
+        choice = read_json(self.choice_file)
+        if not choice or not choice.get("source"):
+            return None
+        source, when = choice["source"], time.strftime("%Y-%m-%d %H:%M", time.localtime(choice.get("chosen", 0)))
+        try:
+            predictor = Predictor.from_pretrained(source, device=self.device)
+        except Exception as e:  # noqa: BLE001 - a deleted run, an unreachable Hub: say so, serve the default
+            log.warning("the last chosen model %s could not be loaded (%s): serving the default", source, e)
+            predictor, note = self._load_default(None)
+            return predictor, f"{note}; the last chosen model '{Path(source).name}' could not be loaded " \
+                              f"({str(e).splitlines()[0][:120]})", "auto"
+        return predictor, f"restored after a restart: the model last chosen on {when}", source
 
     def _load_default(self, model: str | None) -> tuple[Predictor, str]:
         """`auto` (default): the COCO + CLIP preset when its weights can be fetched, otherwise
@@ -129,19 +152,33 @@ class AppService:
                  "detections": detections_to_records(d)} for f, im, d in zip(images, loaded, dets)]
 
     @endpoint(gpu=True, api=False)
-    def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int = 50):
-        """-> (drawing of the proposals and each rule's choice, rows [rule, proposal, box, labels])."""
+    def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int | None = None,
+               shown: int = 50):
+        """Which proposal each image-label rule trains, among the `num_proposals` top proposals
+        it considers (default: as many as training considers, `image_label_num_proposals`), with
+        the top `shown` drawn faintly and every chosen one drawn in its rule's colour.
+        -> (drawing, rows [rule, proposal, rank among those considered, % of the image's area, box,
+        labels]); the whole-image box has no rank."""
         loaded = load_image(image)
-        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, int(num_proposals))
-        rows = [[rule, idx if idx < len(a.proposals) - 1 else "whole image",
-                 [round(float(v), 1) for v in a.proposals[idx]], ", ".join(names)]
-                for rule, choices in a.rules.items() for idx, names in choices]
-        return draw_assignment(loaded, a), rows
+        considered = int(num_proposals or self.predictor.config.image_label_num_proposals)
+        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, considered)
+        n = len(a.proposals) - 1  # the whole-image box is last
+        h, w = loaded.original_size
+        rows = []
+        for rule, choices in a.rules.items():
+            for idx, names in choices:
+                x1, y1, x2, y2 = (float(v) for v in a.proposals[idx])
+                area = 100 * max(0.0, x2 - x1) * max(0.0, y2 - y1) / max(1, w * h)
+                rows.append([rule, idx if idx < n else "whole image", f"{idx + 1} of {n}" if idx < n else "—",
+                             round(area, 1), [round(v, 1) for v in (x1, y1, x2, y2)], ", ".join(names)])
+        return draw_assignment(loaded, a, faint=int(shown)), rows
 
     # --- tagging -----------------------------------------------------------------------------
     @endpoint(api=False)
     def add_images(self, files: list) -> dict:
-        """Add image files, bytes or zip archives; returns {added: [hashes], skipped: [reasons]}."""
+        """Add image files, bytes or zip archives; returns {added: [hashes], new: [hashes not in the
+        store before], duplicates: [names of images already there or given twice], skipped: [reasons]}."""
+        before = {r["hash"] for r in self.store.images()}
         added, skipped = [], []
         for f in files or []:
             path = _upload_path(f)
@@ -154,7 +191,15 @@ class AppService:
                 added.append(self.store.add_image(f if path is None else path))
             except (ValueError, OSError) as e:  # one bad file must not stop the others
                 skipped.append(f"{path.name if path else 'upload'}: {e}")
-        return {"added": list(dict.fromkeys(added)), "skipped": skipped}
+        seen, new, duplicates = set(), [], []
+        for h in added:
+            if h in before or h in seen:
+                row = self.store._image(h)
+                duplicates.append(row["original_name"] or h[:12])
+            else:
+                new.append(h)
+            seen.add(h)
+        return {"added": list(dict.fromkeys(added)), "new": new, "duplicates": duplicates, "skipped": skipped}
 
     def _add_zip(self, path: Path) -> tuple[list[str], list[str]]:
         added, skipped = [], []
@@ -320,18 +365,24 @@ class AppService:
 
     @endpoint()
     def export_labels(self, fmt: str = "detic") -> str:
-        """Write an export file under DATA_DIR/exports; returns its path."""
+        """Write an export file (named after the dataset and today's date); returns its path."""
         return str(self.export(fmt))
+
+    def export_name(self, what: str) -> str:
+        """`<dataset>_<YYYY-MM-DD>_<what>`: the dataset is the data folder's name."""
+        dataset = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.data_dir.resolve().name) or "dataset"
+        return f"{dataset}_{time.strftime('%Y-%m-%d')}_{what}"
 
     def export(self, fmt: str) -> Path:
         """A fresh file in a private temporary folder (never a path inside the data folder)."""
         out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
         if fmt == "detic":
-            return atomic_write_json(out / "image_labels.json", self.store.export_detic(), indent=1)
+            return atomic_write_json(out / self.export_name("image_labels.json"), self.store.export_detic(), indent=1)
         if fmt == "csv":
-            return atomic_write(out / "image_labels.csv", self.store.export_csv())
+            return atomic_write(out / self.export_name("image_labels.csv"), self.store.export_csv())
         if fmt == "coco_detections":
-            return atomic_write_json(out / "detections_coco.json", self.detections_coco(), indent=None)
+            return atomic_write_json(out / self.export_name("detections_coco.json"), self.detections_coco(),
+                                     indent=None)
         raise ValueError(f"unknown export format {fmt!r}: detic, csv or coco_detections")
 
     @endpoint(gpu=True)
@@ -424,6 +475,18 @@ class AppService:
         return self.jobs.start(run, resume=True)
 
     @endpoint()
+    def delete_run(self, run_id: str) -> str:
+        """Delete a run that is not active and not the model being served."""
+        run = self.jobs.run(run_id)
+        state = self.jobs.status(run_id).get("state")
+        if state in ACTIVE_STATES:
+            raise JobError(f"run {run_id} is {state}: cancel it first")
+        if Path(self.serving.source) == run.path:
+            raise JobError(f"run {run_id} is the model being served: load another one first")
+        run.delete()
+        return f"deleted run {run_id}"
+
+    @endpoint()
     def training_runs(self) -> list[dict]:
         """Every run, newest first: id, state, iteration, total, message, evaluation."""
         return self.jobs.runs()
@@ -452,10 +515,19 @@ class AppService:
         if not source:
             raise ValueError("type a preset, a local folder, a Hub id or pick a finished run")
         path = self._model_source(source)
+        note = "hot-swapped"
+        try:
+            status = self.jobs.status(source)
+        except JobError:
+            status = None
+        if status is not None and status.get("state") != "finished":
+            note += (f"; unfinished run ({status.get('state')} at iteration {status.get('iteration', 0)} of "
+                     f"{status.get('total', '?')}): its last checkpoint")
         new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:
             self.predictor = new
-            self.serving = ModelInfo(source=path, note="hot-swapped")
+            self.serving = ModelInfo(source=path, note=note)
+            atomic_write_json(self.choice_file, {"source": path, "chosen": time.time()})
         return self.model_info()
 
     def _model_source(self, source: str) -> str:
@@ -473,8 +545,11 @@ class AppService:
 
     @endpoint()
     def model_info(self) -> dict:
-        """What is being served: source, why, architecture, parameters, device."""
-        return {"source": self.serving.source, "note": self.serving.note, **self.predictor.info()}
+        """What is being served: source, why, architecture, parameters, device, and `limits`: what
+        keeps its answers from being meaningful (empty when nothing does)."""
+        info = self.predictor.info()
+        info.setdefault("rpn_trained", getattr(self.predictor.model.config, "rpn_trained", None))
+        return {"source": self.serving.source, "note": self.serving.note, **info, "limits": model_limits(info)}
 
     @endpoint(api=False)
     def push_to_hub(self, repo_id: str, token: str = "", private: bool = True) -> str:
@@ -507,6 +582,27 @@ def _choice_summary(metrics: list[dict]) -> dict | None:
         return None
     return {k[len("stats_"):]: round(sum(m[k] for m in metrics if k in m) / sum(1 for m in metrics if k in m), 4)
             for k in keys}
+
+
+HOW_TO_GET_WEIGHTS = ("Get real weights: on a machine with internet the app loads the 'coco-clip' preset; "
+                      "offline, fill its caches as in docs/models.md (\"Running fully offline\"). Or tag images "
+                      "and train on the Train tab, then use that run's model.")
+
+
+def model_limits(info: dict) -> list[str]:
+    """What is missing for the served model to give meaningful answers, one sentence each, from
+    `Predictor.info()` (fields read with .get: older and newer predictors both work)."""
+    limits = []
+    if info.get("backbone_pretrained") is False:
+        limits.append("The backbone's weights are random (no pre-trained weights were loaded).")
+    if info.get("rpn_trained") is False and "selective search" not in str(info.get("proposals") or ""):
+        limits.append("The proposal network (RPN) is untrained: boxes are not real object locations.")
+    if not info.get("trained_class_names") and not info.get("region_scoring") and not info.get("region_scorer"):
+        limits.append("The classifier head has never been trained and there are no region scores: names and "
+                      "confidences are random, not what is in the image.")
+    if limits:
+        limits.append(HOW_TO_GET_WEIGHTS)
+    return limits
 
 
 def _upload_path(f) -> Path | None:

@@ -126,11 +126,14 @@ def test_assign_endpoint(running):
     from gradio_client import handle_file
 
     _, client, paths, _ = running
-    image, table = client.predict(handle_file(str(paths[1])), "person, flag", "", 20, api_name="/assign")
+    image, table, said = client.predict(handle_file(str(paths[1])), "person, flag", "", 20, 10, api_name="/assign")
     rules = [r[0] for r in table["data"]]
     assert rules.count("max_size") == 1 and rules.count("image_box") == 1 and rules.count("max_score") == 2
     assert [r for r in table["data"] if r[0] == "image_box"][0][1] == "whole image"
     assert Image.open(image).size == (192, 192)
+    max_size = [r for r in table["data"] if r[0] == "max_size"][0]
+    assert max_size[2].endswith("of 20") or max_size[2] == "—"
+    assert "max_size trains" in said
 
 
 def test_tag_export_train_hot_swap_detect(running):

@@ -1,7 +1,7 @@
 """A person's path through the real UI in headless Chromium (Debian's, driven by Playwright):
 detect with a typed vocabulary, inspect the max-size assignment, tag an image, and see the Dataset
 tab reflect it without a reload. Screenshots go to a temporary folder, or to $SCREENSHOTS_DIR
-(`SCREENSHOTS_DIR=docs/screenshots make test` refreshes the README's pictures)."""
+(`make screenshots` refreshes the README's pictures)."""
 
 import os
 import shutil

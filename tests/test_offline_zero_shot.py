@@ -159,9 +159,11 @@ def test_offline_model_finds_the_cat_and_not_cats_everywhere(offline_predictor):
     info = offline_predictor.info()
     assert info["region_scorer"] == "imagenet" and info["proposals"].startswith("selective search")
     assert "person" in info["capabilities"]
-    from app.ui.model_tab import model_line
+    import html
 
-    assert info["capabilities"] in model_line({"source": "offline", "note": "", **info})  # the app's banner
+    from app.ui.model_tab import model_header
+
+    assert html.escape(info["capabilities"]) in model_header({"source": "offline", "note": "", **info})  # the banner
     chelsea, s = _small("chelsea")
     det = offline_predictor.predict(chelsea, "cat, dog, cup, rocket")[0]
     assert len(det) >= 1 and det["class_name"][0] == "cat" and det.confidence[0] >= 0.5

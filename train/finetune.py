@@ -305,7 +305,7 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         run.write_summary(result)
         run.clear_cancel()
         run.write_status(state, iteration=it, total=cfg.iters,
-                         message="done" if state == "finished" else "stopped; resume with --resume")
+                         message="done" if state == "finished" else "stopped; Resume continues it (--resume on the command line)")
     if world > 1:
         dist.barrier()
     return result

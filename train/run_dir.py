@@ -83,6 +83,13 @@ class RunDir:
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def delete(self) -> None:
+        """Remove the run: configuration, checkpoints, metrics and logs. Renamed aside first, so
+        a half-deleted run is never listed."""
+        doomed = self.path.with_name(f".deleting-{self.id}")
+        self.path.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
     # --- configuration and inputs ---------------------------------------------------------
     def write_config(self, cfg: ConfigBase) -> Path:
         return atomic_write_json(self.file(self.CONFIG_FILES[cfg.COMMAND]), cfg.to_dict())

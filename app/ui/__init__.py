@@ -22,14 +22,14 @@ def build_app(service: AppService) -> gr.Blocks:
     with gr.Blocks(title="Open-vocabulary detector") as demo:
         gr.Markdown("# Detect anything you can name\nType a vocabulary, detect, tag images with what they "
                     "contain, retrain in the background, and serve the new model, all on this page.")
-        header = gr.Markdown(model_tab.model_line(service.model_info()))
+        header = gr.HTML(model_tab.model_header(service.model_info()))
         with gr.Tabs():
             with gr.Tab("Detect"):
-                detect = detect_tab.build(ep, service.predictor.config)
+                detect_tab.build(ep, service.predictor.config)
             with gr.Tab("Assign"):
-                assign_tab.build(ep)
+                assign_tab.build(ep, service.predictor.config)
             with gr.Tab("Tag") as tag_page:
-                tag = tag_tab.build(ep, detect["vocabulary"], service.policy.server_folders)
+                tag = tag_tab.build(ep, service.policy.server_folders)
             with gr.Tab("Dataset") as dataset_page:
                 dataset = dataset_tab.build(ep)
             with gr.Tab("Train"):
@@ -40,23 +40,23 @@ def build_app(service: AppService) -> gr.Blocks:
         # Every tab shows the store and the served model as they are now when it is opened.
         for page, (fn, inputs, outputs) in ((tag_page, tag["refresh"]), (dataset_page, dataset["refresh"])):
             page.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
-        served = handler(ep["model_info"], present=lambda info: (info, model_tab.model_line(info)))
+        served = handler(ep["model_info"], present=lambda info: (info, model_tab.model_header(info)))
         model_page.select(served, None, [model["info"], header], api_name=False, show_progress="hidden")
 
         def swapped(info: dict) -> tuple:
-            return info, model_tab.model_line(info), f"now serving `{info['source']}`"
+            return info, model_tab.model_header(info), f"now serving `{info['source']}`"
 
         train["use"].click(handler(ep["use_model"], prepare=train["need_run"], present=swapped), train["run"],
-                           [model["info"], header, train["msg"]], api_name=False)
+                           [model["info"], header, train["msg"]], api_name=False, show_progress_on=train["msg"])
         model["load"].click(handler(ep["use_model"], present=swapped), model["source"],
-                            [model["info"], header, model["msg"]], api_name=False)
+                            [model["info"], header, model["msg"]], api_name=False, show_progress_on=model["msg"])
 
         def on_load(first_untagged: int) -> tuple:
             info = ep["model_info"]()
-            return (*tag["view_at"](first_untagged), *dataset["refresh"][0](), info, model_tab.model_line(info))
+            return (*tag["view_at"](first_untagged), *dataset["refresh"][0](), info, model_tab.model_header(info))
 
         demo.load(handler(ep["first_untagged"], present=on_load), None, [*tag["refresh"][2], *dataset["refresh"][2], model["info"], header],
-                  api_name=False)
+                  api_name=False, show_progress="hidden")
         register_api(ep)
     demo.app_endpoints = ep  # for inspection (tests): the operations every event and API call goes through
     return demo

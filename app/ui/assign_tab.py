@@ -6,10 +6,14 @@ import gradio as gr
 
 from detector.annotate import RULE_COLOURS
 
-from .common import ImageInput, handler, png_file
+from .common import ImageInput, handler, png_file, tab_message
+
+COLUMNS = ["rule", "proposal", "rank (by objectness)", "% of image", "box", "labels"]
 
 
-def build(ep: dict) -> None:
+def build(ep: dict, defaults) -> None:
+    """`defaults`: the served model's DetectorConfig (how many proposals training considers)."""
+    considered = defaults.image_label_num_proposals
     legend = ", ".join(f"<span style='color:{c.as_hex()}'>■ {rule}</span>" for rule, c in RULE_COLOURS.items())
     gr.Markdown(f"Which proposal does an image-level tag train? Grey: top proposals. {legend} "
                 "(max_size is Detic's default).")
@@ -18,17 +22,25 @@ def build(ep: dict) -> None:
             image = ImageInput(label="Image", type="filepath", elem_id="assign-image")
             tags = gr.Textbox(label="Image-level tags", value="person")
             vocab = gr.Textbox(label="Vocabulary (optional; defaults to the tags)")
-            props = gr.Slider(5, 300, value=50, step=1, label="Proposals shown")
+            props = gr.Slider(5, 300, value=considered, step=1, elem_id="assign-considered",
+                              label=f"Proposals considered (training considers {considered})")
+            shown = gr.Slider(0, 300, value=50, step=1, label="Proposals drawn (grey; chosen ones are always drawn)")
             btn = gr.Button("Show assignment", variant="primary")
+            msg = tab_message("assign-msg")
         with gr.Column():
             out = gr.Image(label="Assignment", format="png")
-            table = gr.Dataframe(headers=["rule", "proposal", "box", "labels"], interactive=False,
-                                 elem_id="assign-table")
+            table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="assign-table")
 
-    def need_image(image, tags, vocab, props):
+    def need_image(image, tags, vocab, props, shown):
         if image is None:
             raise gr.Error("upload an image first")
-        return image, tags, vocab or None, int(props)
+        return image, tags, vocab or None, int(props), int(shown)
 
-    btn.click(handler(ep["assign"], prepare=need_image, present=lambda r: (png_file(r[0]), r[1])),
-              [image, tags, vocab, props], [out, table], api_name="assign")
+    def present(result) -> tuple:
+        drawing, rows = result
+        said = "; ".join(f"{r[0]} trains proposal {r[2]} ({r[3]}% of the image)" if r[2] != "—" else
+                         f"{r[0]} trains the whole image" for r in rows)
+        return png_file(drawing), rows, said
+
+    btn.click(handler(ep["assign"], prepare=need_image, present=present),
+              [image, tags, vocab, props, shown], [out, table, msg], api_name="assign", show_progress_on=msg)

@@ -4,6 +4,7 @@ one app operation (an endpoint from `app.endpoints`) and shapes its result for t
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import tempfile
 import time
@@ -14,22 +15,51 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from ..endpoints import friendly
+from ..endpoints import USER_ERRORS, friendly
 
 CSS = """
 .progress-outer {background:#e5e7eb;border-radius:6px;height:14px;width:100%}
 .progress-inner {background:#4f46e5;border-radius:6px;height:14px}
 #tag-image img {max-height: 460px; object-fit: contain}
+.tab-message {min-height: 1.5em}
+.hotkey {display: none !important}
+#honesty-banner {background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:8px 12px;color:#78350f}
+#honesty-banner ul {margin:4px 0 4px 18px}
 """
 
-# Left/right arrows move through the tagging queue when the focus is not in a text field.
+# Labelling keys, active only while the Tag tab is shown (see the legend there, `tag_tab._keys`):
+# 1-9 toggle the first labels, Enter / Ctrl+Enter next image (Ctrl+Enter also from the tag box,
+# after the typed name is added), arrows move, u next untagged, z undo, t focuses the tag box,
+# Esc leaves it.
 HEAD = """
 <script>
 document.addEventListener('keydown', (e) => {
-  const t = e.target.tagName;
-  if (t === 'INPUT' || t === 'TEXTAREA' || e.target.isContentEditable) return;
-  const id = e.key === 'ArrowRight' ? 'tag-next' : e.key === 'ArrowLeft' ? 'tag-prev' : null;
-  if (id) { const b = document.getElementById(id); if (b) { b.click(); e.preventDefault(); } }
+  const tab = document.getElementById('tag-image');
+  if (!tab || !tab.checkVisibility()) return;
+  const t = e.target;
+  const typing = t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable;
+  const click = (id, delay) => {
+    const b = document.getElementById(id);
+    if (!b) return;
+    e.preventDefault();
+    delay ? setTimeout(() => b.click(), delay) : b.click();
+  };
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    if (typing) { t.blur(); return click('tag-next', 300); }
+    return click('tag-next');
+  }
+  if (typing) { if (e.key === 'Escape') t.blur(); return; }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === 'Enter' && t.tagName !== 'BUTTON') return click('tag-next');
+  if (e.key === 'ArrowRight') return click('tag-next');
+  if (e.key === 'ArrowLeft') return click('tag-prev');
+  if (e.key === 'u') return click('tag-next-untagged');
+  if (e.key === 'z') return click('tag-undo');
+  if (/^[1-9]$/.test(e.key)) return click('tag-key-' + e.key);
+  if (e.key === 't') {
+    const box = document.querySelector('#tag-positives input');
+    if (box) { e.preventDefault(); box.focus(); }
+  }
 });
 </script>
 """
@@ -51,14 +81,35 @@ class ImageInput(gr.Image):
         return super().preprocess(payload)
 
 
-def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None) -> Callable:
+def tab_message(elem_id: str) -> gr.Markdown:
+    """The one place a tab reports what happened: results, progress and errors. Events pass it as
+    `show_progress_on`, so a failure marks this line, never the tab's outputs (which keep their
+    values and stay usable)."""
+    return gr.Markdown(elem_id=elem_id, elem_classes=["tab-message"])
+
+
+def error_text(message: str) -> str:
+    """An error for a tab's message line: escaped (it may hold user text), marked as an error."""
+    return f"⚠️ {html.escape(str(message))}"
+
+
+def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None,
+            error: Callable | None = None) -> Callable:
     """A UI event function: `prepare` maps the components' values to the endpoint's arguments
-    (default: as they are), `present` maps its result to the output components' values."""
+    (default: as they are), `present` maps its result to the output components' values.
+    `error` (UI-only events): `error(text, *values)` maps an expected error to the outputs instead
+    of raising, typically no-op updates plus the text in the tab's message line. Events that are also API
+    endpoints leave it out, so API callers get the error as an error."""
 
     def run(*values):
-        args = prepare(*values) if prepare else values
-        result = endpoint(*args)
-        return present(result) if present else result
+        try:
+            args = prepare(*values) if prepare else values
+            result = endpoint(*args)
+            return present(result) if present else result
+        except (gr.Error, *USER_ERRORS) as e:
+            if error is None:
+                raise
+            return error(e.message if isinstance(e, gr.Error) else str(e), *values)
 
     run.__name__ = getattr(endpoint, "__name__", "handler")  # no __wrapped__: Gradio reads run's own signature
     wrapped = friendly(run)

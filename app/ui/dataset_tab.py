@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from .common import handler
+from .common import error_text, handler, tab_message
 
 
 def _present(summary: dict) -> tuple:
@@ -20,9 +20,11 @@ def _present(summary: dict) -> tuple:
 
 def build(ep: dict) -> dict:
     summary = gr.Markdown()
+    msg = tab_message("dataset-msg")
     with gr.Row():
-        plot = gr.BarPlot(x="label", y="images", title="Images per label", label="Counts")
-        table = gr.Dataframe(interactive=False, label="Counts")
+        plot = gr.BarPlot(x="label", y="images", title="Images per label", label="Counts", y_lim=[0, None],
+                          x_label_angle=-35, sort="-y", elem_id="dataset-plot")
+        table = gr.Dataframe(interactive=False, label="Counts", elem_id="dataset-table")
     with gr.Row():
         browse_label = gr.Dropdown([], label="Browse images of label")
         gallery = gr.Gallery(label="Images", columns=6)
@@ -36,32 +38,54 @@ def build(ep: dict) -> dict:
         merge_btn = gr.Button("Merge")
     with gr.Row():
         del_label = gr.Dropdown([], label="Delete label")
+        del_confirm = gr.Checkbox(False, label="Yes, remove it from every image", elem_id="dataset-delete-confirm")
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
         imp_file = gr.File(label="Import labels: a Detic/COCO JSON, CSV or JSONL file, plus its images (files or a "
                                  ".zip) unless they are already here", file_count="multiple",
-                           file_types=[".json", ".csv", ".jsonl", "image", ".zip"])
+                           file_types=[".json", ".csv", ".jsonl", "image", ".zip"], elem_id="dataset-import")
         imp_btn = gr.Button("Import")
-        imp_msg = gr.Markdown()
     with gr.Row():
         exp_fmt = gr.Radio(["detic", "csv", "coco_detections"], value="detic", label="Export format")
         exp_btn = gr.Button("Export")
         exp_file = gr.File(label="Export")
 
     out = [plot, table, summary, browse_label, ren_old, merge_src, del_label]
+    unchanged = tuple(gr.update() for _ in out)
 
     def picked(*values):
         if not all(v for v in values) or not all(str(v).strip() for v in values if isinstance(v, str)):
             raise gr.Error("pick a label (and type the new name) first")
         return values
 
+    def done(what: str):
+        """present for a label edit: the new summary everywhere, and what happened."""
+        return lambda summary: (*_present(summary), what)
+
+    def failed(message: str, *_) -> tuple:
+        """A failed edit changes nothing on the tab but its message line."""
+        return (*unchanged, error_text(message))
+
     browse_label.change(handler(ep["images_with_label"],
                                 present=lambda rows: [(ep["image_preview"](r["hash"], 256), r["name"]) for r in rows],
-                                prepare=lambda label: (label or "",)), browse_label, gallery, api_name=False)
-    ren_btn.click(handler(ep["rename_label"], prepare=picked, present=_present), [ren_old, ren_new], out,
-                  api_name=False)
-    merge_btn.click(handler(ep["merge_labels"], present=_present), [merge_src, merge_into], out, api_name=False)
-    del_btn.click(handler(ep["delete_label"], prepare=picked, present=_present), del_label, out, api_name=False)
+                                prepare=lambda label: (label or "",)), browse_label, gallery, api_name=False,
+                        show_progress_on=msg)
+    ren_btn.click(handler(ep["rename_label"], prepare=picked, present=done("renamed"), error=failed),
+                  [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
+    merge_btn.click(handler(ep["merge_labels"], present=done("merged"), error=failed), [merge_src, merge_into],
+                    [*out, msg], api_name=False, show_progress_on=msg)
+    def confirmed(label, sure):
+        if not label:
+            raise gr.Error("pick a label first")
+        if not sure:
+            images = ep["dataset"]()["labels"].get(label, {})
+            raise gr.Error(f"tick 'Yes, remove it from every image' to delete {label!r} "
+                           f"({images.get('positive', 0)} image(s) present, {images.get('negative', 0)} not present)")
+        return (label,)
+
+    del_btn.click(handler(ep["delete_label"], prepare=confirmed, present=lambda s: (*done("deleted")(s), False),
+                          error=lambda m, *_: (*failed(m), gr.update())), [del_label, del_confirm],
+                  [*out, msg, del_confirm], api_name=False, show_progress_on=msg)
 
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
@@ -71,6 +95,10 @@ def build(ep: dict) -> dict:
             msg += f"; {len(r['skipped'])} unreadable: " + "; ".join(r["skipped"][:5])
         return (msg, *_present(ep["dataset"]()))
 
-    imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [imp_msg, *out], api_name="import_labels")
-    exp_btn.click(handler(ep["export_labels"]), exp_fmt, exp_file, api_name=False)
+    # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)
+    imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [msg, *out], api_name="import_labels",
+                  show_progress_on=msg)
+    exp_btn.click(handler(ep["export_labels"], present=lambda path: (path, ""),
+                          error=lambda m, *_: (gr.update(), error_text(m))), exp_fmt, [exp_file, msg], api_name=False,
+                  show_progress_on=msg)
     return {"refresh": (handler(ep["dataset"], present=_present), [], out)}

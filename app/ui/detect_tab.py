@@ -8,7 +8,7 @@ import gradio as gr
 
 from detector.vocabulary import PRESETS
 
-from .common import ImageInput, handler, json_file, png_file
+from .common import ImageInput, handler, json_file, png_file, tab_message
 
 
 def _rows(records: list[dict]) -> list[list]:
@@ -29,14 +29,15 @@ def build(ep: dict, defaults) -> dict:
         with gr.Column():
             image = ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                elem_id="detect-image")
-            vocabulary = gr.Textbox(label="Vocabulary (comma or newline separated)", value="person, cup, laptop",
-                                    lines=2, elem_id="vocabulary")
+            vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value="person, cup, laptop",
+                                    lines=1, max_lines=4, elem_id="vocabulary")
             preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
             with gr.Row():
                 score = gr.Slider(0, 1, value=defaults.score_threshold, step=0.01, label="Score threshold")
                 nms = gr.Slider(0.05, 1, value=defaults.nms_threshold, step=0.05, label="NMS IoU")
                 max_det = gr.Slider(1, 300, value=defaults.max_detections, step=1, label="Max detections")
             detect_btn = gr.Button("Detect", variant="primary", elem_id="detect-button")
+            msg = tab_message("detect-msg")
         with gr.Column():
             out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False)
@@ -55,10 +56,10 @@ def build(ep: dict, defaults) -> dict:
     detect = handler(ep["detect"], prepare=need_image,
                      present=lambda r: (png_file(r[0]), _rows(r[1]), json_file(r[1], "detections")))
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
-    detect_btn.click(detect, inputs, outputs, api_name="detect")
-    vocabulary.submit(detect, inputs, outputs, api_name=False)
+    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg)
+    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg)
     for slider in (score, nms, max_det):
-        slider.release(detect, inputs, outputs, api_name=False)
+        slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg)
     preset.change(fill_preset, preset, vocabulary, api_name=False)
 
     def batch_present(results):
@@ -67,5 +68,5 @@ def build(ep: dict, defaults) -> dict:
                                   "detections")
 
     batch_btn.click(handler(ep["detect_batch"], present=batch_present), [batch_files, vocabulary, score, nms, max_det],
-                    [batch_gallery, batch_json], api_name="detect_batch")
+                    [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg)
     return {"vocabulary": vocabulary}

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
-from .common import handler
+from .common import handler, tab_message
 
 
-def model_line(info: dict) -> str:
-    line = f"Model: `{info['source']}` ({info['note']})"
-    if info.get("capabilities"):  # what this model can and cannot recognise, said up front
-        line += f"  \n{info['capabilities']}"
-    return line
+def model_header(info: dict) -> str:
+    """The page's model line, and a banner whenever the served model cannot give meaningful
+    answers (`limits`), saying what is missing and how to get it. Everything escaped."""
+    line = (f"<p id='model-line'>Model: <code>{html.escape(str(info['source']))}</code> "
+            f"({html.escape(str(info['note']))})</p>")
+    if info.get("capabilities"):
+        line += f"<p class='model-capabilities'>{html.escape(str(info['capabilities']))}</p>"
+    limits = info.get("limits") or []
+    if not limits:
+        return line
+    *missing, how = limits
+    items = "".join(f"<li>{html.escape(m)}</li>" for m in missing)
+    return (f"{line}<div id='honesty-banner' role='alert'><b>⚠️ This model cannot give meaningful answers "
+            f"yet.</b><ul>{items}</ul><p>{html.escape(how)}</p></div>")
 
 
 def build(ep: dict) -> dict:
@@ -24,7 +35,7 @@ def build(ep: dict) -> dict:
         token = gr.Textbox(label="Token (or set HF_TOKEN; never stored)", type="password")
         private = gr.Checkbox(True, label="Private")
         push = gr.Button("Push")
-    msg = gr.Markdown()
+    msg = tab_message("model-msg")
     push.click(handler(ep["push_to_hub"], present=lambda url: f"pushed: {url}"), [repo, token, private], msg,
-               api_name="push_to_hub")
+               api_name="push_to_hub", show_progress_on=msg)
     return {"info": info, "source": source, "load": load, "msg": msg}

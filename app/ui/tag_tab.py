@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
-from .common import handler
+from .common import error_text, handler, tab_message
+
+HOTKEYS = 9  # number keys 1-9 toggle the first nine labels as present
+TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
+
+
+def _keys(labels: list[str]) -> str:
+    """The key legend, with the labels the number keys toggle (names escaped: they are user text)."""
+    numbers = " · ".join(f"**{i}** {html.escape(n)}" for i, n in enumerate(labels[:HOTKEYS], 1))
+    return (f"Keys: {numbers or 'tag an image to get number keys'} · **Enter** / **Ctrl+Enter** next · "
+            "**←/→** previous / next · **u** next untagged · **z** undo · **t** tag box (**Esc** leaves it)")
 
 
 def _status(view: dict) -> str:
@@ -22,62 +34,148 @@ def _shown(view: dict) -> dict:
     return {"hash": img.get("hash", ""), "positives": img.get("positives", []), "negatives": img.get("negatives", [])}
 
 
-def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
-    with gr.Accordion("Add images", open=True):
-        with gr.Row():
-            upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
-                             elem_id="tag-upload")
-            with gr.Column():
-                folder = gr.Textbox(label="Folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
-                                    placeholder="/path/to/photos")
-                folder_btn = gr.Button("Add folder", visible=server_folders)
-        upload_msg = gr.Markdown()
+def _no_suggestions() -> tuple:
+    """(suggestions, image they are for): none; suggestions belong to one image."""
+    return gr.update(choices=[], value=[], label="Suggestions (check to accept)"), ""
+
+
+def build(ep: dict, server_folders: bool) -> dict:
+    with gr.Accordion("Add images", open=True), gr.Row():
+        upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
+                         elem_id="tag-upload")
+        with gr.Column():
+            folder = gr.Textbox(label="Folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
+                                placeholder="/path/to/photos")
+            folder_btn = gr.Button("Add folder", visible=server_folders)
     with gr.Row():
         with gr.Column(scale=3):
             image = gr.Image(label="Image", interactive=False, elem_id="tag-image")
             with gr.Row():
                 prev_btn = gr.Button("◀ Previous", elem_id="tag-prev")
-                next_untagged = gr.Button("Next untagged")
+                next_untagged = gr.Button("Next untagged", elem_id="tag-next-untagged")
                 next_btn = gr.Button("Next ▶", elem_id="tag-next")
+                undo_btn = gr.Button("↶ Undo last change", elem_id="tag-undo")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="tag-status")
+            msg = tab_message("tag-msg")
             positives = gr.Dropdown([], multiselect=True, allow_custom_value=True,
                                     label="Present (type a new name and press Enter)", elem_id="tag-positives")
-            negatives = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Not present (optional)")
-            suggest_btn = gr.Button("Suggest from the current model")
-            suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)")
-            accept_btn = gr.Button("Add checked suggestions")
-            suggest_msg = gr.Markdown()
-    index = gr.State(0)
+            negatives = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Not present (optional)",
+                                    elem_id="tag-negatives")
+            suggest_vocab = gr.Textbox(label="Suggest from these names (empty = the dataset's labels)",
+                                       elem_id="tag-suggest-vocabulary")
+            suggest_btn = gr.Button("Suggest from the current model", elem_id="tag-suggest")
+            suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)", elem_id="tag-suggestions")
+            accept_btn = gr.Button("Add checked suggestions", elem_id="tag-accept")
+    keys = gr.Markdown(elem_id="tag-keys")
+    hotkeys = [gr.Button(str(i), elem_id=f"tag-key-{i}", elem_classes=["hotkey"]) for i in range(1, HOTKEYS + 1)]
+    # What the page shows, kept in the page (not in server-side state) so every event carries one
+    # consistent snapshot: the image, its place and the tags the editor showed when the person acted.
+    index = gr.Number(0, precision=0, visible=False)
     current = gr.Textbox(visible=False)
-    shown = gr.State({})
-    view_out = [image, status, positives, negatives, index, current, shown]
+    shown = gr.JSON({}, visible=False)
+    suggested_for = gr.State("")  # the image the suggestions were made for
+    last_edit = gr.State(None)  # {"hash", "touched": names, "before": their tags before} for Undo
+    # `shown` last: a change fired while a response is being applied then either still sees the
+    # old `shown` (another image's hash: nothing is saved) or sees everything new.
+    view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
+                keys, shown]
     view = ep["tag_view"]
 
-    def _present_view(v: dict) -> tuple:
-        """tag_view -> (image, status, present, not present, index, hash, shown tags)."""
+    def _editor(v: dict) -> dict:
+        """The view of the image already shown: its status, tags and the key legend. Events that
+        edit the image shown return only these, so none of them can move the page to another image."""
         img = v["image"]
-        picture = ep["image_preview"](img["hash"]) if img else None
-        return (picture, _status(v), gr.update(choices=v["labels"], value=img["positives"] if img else []),
-                gr.update(choices=v["labels"], value=img["negatives"] if img else []), v["index"],
-                img["hash"] if img else "", _shown(v))
+        hint = ", ".join(v["labels"][:30]) + ("…" if len(v["labels"]) > 30 else "")
+        return {status: _status(v),
+                positives: gr.update(choices=v["labels"], value=img["positives"] if img else []),
+                negatives: gr.update(choices=v["labels"], value=img["negatives"] if img else []),
+                suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"),
+                keys: _keys(v["labels"]), shown: _shown(v)}
 
-    def added(result: dict) -> tuple:
-        msg = f"added {len(result['added'])} image(s)"
+    def _present_view(v: dict) -> dict:
+        """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
+        image clears the suggestions (they belong to one image)."""
+        img = v["image"]
+        no_suggestions, for_image = _no_suggestions()
+        return {index: v["index"], current: img["hash"] if img else "",
+                image: ep["image_preview"](img["hash"]) if img else None,
+                suggestions: no_suggestions, suggested_for: for_image, **_editor(v)}
+
+    def as_tuple(values: dict) -> tuple:
+        return tuple(values.get(c, gr.update()) for c in view_out)
+
+    def added(result: dict) -> dict:
+        text = f"added {len(result['new'])} new image(s)"
+        if result["duplicates"]:
+            names = ", ".join(map(html.escape, result["duplicates"][:5])) + ("…" if len(result["duplicates"]) > 5 else "")
+            text += f"; {len(result['duplicates'])} duplicate(s) already here: {names}"
         if result["skipped"]:
-            msg += f"; skipped {len(result['skipped'])}: " + "; ".join(result["skipped"][:5])
-        return (msg, *_present_view(view(ep["first_untagged"]())))
+            text += f"; skipped {len(result['skipped'])}: " + "; ".join(map(html.escape, result["skipped"][:5]))
+        return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
-    upload.upload(handler(ep["add_images"], present=added), upload, [upload_msg, *view_out], api_name="add_images")
-    folder_btn.click(handler(ep["add_folder"], present=added), folder, [upload_msg, *view_out], api_name=False)
-    prev_btn.click(handler(view, present=_present_view, prepare=lambda i: (i - 1,)), index, view_out, api_name=False)
-    next_btn.click(handler(view, present=_present_view, prepare=lambda i: (i + 1,)), index, view_out, api_name=False)
-    next_untagged.click(handler(ep["first_untagged"], present=lambda i: _present_view(view(i))), None, view_out,
-                        api_name=False)
+    # In order, every one (a key pressed twice quickly counts twice): a save lands before ▶.
+    queued = {"concurrency_id": TAG_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
+    outputs = [*view_out, msg, last_edit]
+    upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
+                  show_progress_on=msg, **queued)
+    folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
+                     show_progress_on=msg, **queued)
+    moved = {"present": lambda v: {msg: "", **_present_view(v)}}
+    prev_btn.click(handler(view, prepare=lambda i: (int(i or 0) - 1,), **moved), index, outputs, api_name=False,
+                   show_progress_on=msg, **queued)
+    next_btn.click(handler(view, prepare=lambda i: (int(i or 0) + 1,), **moved), index, outputs, api_name=False,
+                   show_progress_on=msg, **queued)
 
-    def save(image_hash, pos, neg, index, before):
-        """Saved on every change as the difference to what was shown; only the status line and the
-        shown state are returned (re-setting the dropdowns would fire another change)."""
+    def untagged(i: int) -> dict:
+        """Next untagged, or where every image is tagged, says so (and stays)."""
+        v = view(i)
+        if v["count"] and v["tagged"] == v["count"]:
+            return {msg: f"all {v['count']} images are tagged"}
+        return {msg: "", **_present_view(v)}
+
+    next_untagged.click(handler(ep["first_untagged"], present=untagged), None, outputs,
+                        api_name=False, show_progress_on=msg, **queued)
+
+    def toggle(image_hash, number):
+        """Number key `number`: the label at that place becomes present, or stops being present."""
+        if not image_hash:
+            raise gr.Error("no image selected")
+        labels = view(0)["labels"]
+        if number > len(labels):
+            raise gr.Error(f"key {number}: there are only {len(labels)} labels")
+        name = labels[number - 1]
+        edit = _edit(image_hash, [name])
+        if name in edit["before"]["positives"]:
+            ep["untag"](image_hash, [name])
+            return image_hash, f"removed {html.escape(name)}", edit
+        ep["tag"](image_hash, [name], [])
+        return image_hash, f"added {html.escape(name)}", edit
+
+    def _edit(image_hash: str, touched: list[str], before: dict | None = None) -> dict:
+        """What Undo needs: the names an edit touches and their tags before it."""
+        if before is None:
+            before = view(_index_of(image_hash))["image"]
+        return {"hash": image_hash, "touched": list(touched),
+                "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
+
+    def _index_of(image_hash: str) -> int:
+        return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
+
+    def edited(image_hash: str, text: str | None = None) -> dict:
+        """The editor of the image shown, as stored, and `text` on the message line (None: the
+        line keeps what it says, e.g. the upload report while the editor settles)."""
+        return {**({} if text is None else {msg: text}), **_editor(view(_index_of(image_hash)))}
+
+    for number, key in enumerate(hotkeys, 1):
+        toggled = handler(toggle, prepare=lambda h, n=number: (h, n),
+                          present=lambda r: {**edited(r[0], r[1]), last_edit: r[2]},
+                          error=lambda m, *_: {msg: error_text(m)})
+        toggled.endpoint = ep["tag"]
+        key.click(toggled, current, outputs, api_name=False, show_progress="hidden", **queued)
+
+    def save(image_hash, pos, neg, before):
+        """Saved on every change as the difference to what was shown (add / remove operations)."""
         pos, neg = list(pos or []), list(neg or [])
         if image_hash and (before or {}).get("hash") == image_hash:
             add_pos = [n for n in pos if n not in before["positives"]]
@@ -88,34 +186,85 @@ def build(ep: dict, vocabulary: gr.Textbox, server_folders: bool) -> dict:
                 ep["untag"](image_hash, removed)
             if add_pos or add_neg:
                 ep["tag"](image_hash, add_pos, add_neg)
-            before = {"hash": image_hash, "positives": pos, "negatives": neg}
-        return _status(view(index)), before
+            if removed or add_pos or add_neg:
+                return image_hash, pos, neg, _edit(image_hash, removed + add_pos + add_neg, before)
+        return image_hash, pos, neg, None
 
-    save_handler = handler(save)
-    save_handler.endpoint = ep["tag"]
+    def saved(result) -> dict:
+        """The editor as stored. The dropdowns are re-set only where the store differs from what
+        they hold (a name that switched side): re-setting them fires another change."""
+        image_hash, pos, neg, edit = result
+        out = edited(image_hash, "" if edit else None)
+        if edit:
+            out[last_edit] = edit
+        stored = out[shown]
+        if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
+            del out[positives], out[negatives]
+        return out
+
+    def refused(message, image_hash, pos, neg, before):
+        """A refused edit (e.g. a name too long): the editor goes back to the stored tags, so no
+        chip stays that was not saved."""
+        return edited(image_hash, error_text(message))
+
+    save_event = handler(save, present=saved, error=refused)
+    save_event.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
-        dropdown.change(save_handler, [current, positives, negatives, index, shown], [status, shown], api_name=False,
-                        show_progress="hidden")
+        dropdown.change(save_event, [current, positives, negatives, shown], outputs, api_name=False,
+                        show_progress="hidden", **queued)
 
-    def need_image(image_hash, vocab):
+    def suggest(image_hash, vocab, i):
+        """Suggestions for the image shown, labelled with its name; they belong to that image."""
         if not image_hash:
             raise gr.Error("no image selected")
-        return image_hash, vocab
+        names = ep["suggest"](image_hash, vocab)
+        name = (view(i)["image"] or {}).get("name", "")
+        return (gr.update(choices=names, value=[], label=f"Suggestions for {name} (check to accept)"), image_hash,
+                f"{len(names)} suggestion(s)" if names else "nothing detected")
 
-    suggest_btn.click(handler(ep["suggest"], prepare=need_image,
-                              present=lambda names: (gr.update(choices=names, value=[]),
-                                                     f"{len(names)} suggestion(s)" if names else "nothing detected")),
-                      [current, vocabulary], [suggestions, suggest_msg], api_name=False)
+    suggest_handler = handler(suggest)
+    suggest_handler.endpoint = ep["suggest"]
+    suggest_btn.click(suggest_handler, [current, suggest_vocab, index], [suggestions, suggested_for, msg],
+                      api_name=False, show_progress_on=msg)
 
-    def accept(image_hash, checked, index):
+    def accept(image_hash, checked, for_image):
+        checked = list(checked or [])
+        if checked and for_image != image_hash:
+            raise gr.Error("these suggestions were made for another image: press Suggest again")
+        edit = None
         if image_hash and checked:
-            ep["tag"](image_hash, list(checked), [])
-        return index
+            edit = _edit(image_hash, checked)
+            ep["tag"](image_hash, checked, [])
+        return image_hash, checked, edit
 
-    accept_handler = handler(accept,
-                             present=lambda i: (*_present_view(view(i)), gr.update(choices=[], value=[])))
+    def accepted(result) -> dict:
+        image_hash, checked, edit = result
+        no_suggestions, for_image = _no_suggestions()
+        return {suggestions: no_suggestions, suggested_for: for_image, **({last_edit: edit} if edit else {}),
+                **edited(image_hash, f"added {html.escape(', '.join(checked))}" if checked else "nothing checked")}
+
+    accept_handler = handler(accept, present=accepted)
     accept_handler.endpoint = ep["tag"]
-    accept_btn.click(accept_handler, [current, suggestions, index], [*view_out, suggestions],
-                     api_name=False)
-    refresh = handler(view, present=_present_view)
-    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: _present_view(view(i))}
+    accept_btn.click(accept_handler, [current, suggestions, suggested_for], outputs,
+                     api_name=False, show_progress_on=msg, **queued)
+    def undo(image_hash, edit):
+        """Put the names the last change touched back as they were (remove, then re-add)."""
+        if not edit:
+            raise gr.Error("nothing to undo")
+        ep["untag"](edit["hash"], edit["touched"])
+        if edit["before"]["positives"] or edit["before"]["negatives"]:
+            ep["tag"](edit["hash"], edit["before"]["positives"], edit["before"]["negatives"])
+        return image_hash, edit
+
+    def undone(result) -> dict:
+        image_hash, edit = result
+        text = f"undone: {html.escape(', '.join(edit['touched']))}"
+        if edit["hash"] != image_hash:  # made on another image: this one's editor stays as it is
+            return {msg: text + " (on another image)", last_edit: None}
+        return {**edited(image_hash, text), last_edit: None}
+
+    undo_handler = handler(undo, present=undone, error=lambda m, *_: {msg: error_text(m)})
+    undo_handler.endpoint = ep["untag"]
+    undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
+    refresh = handler(view, present=lambda v: as_tuple(_present_view(v)))
+    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: as_tuple(_present_view(view(i)))}

@@ -12,7 +12,7 @@ import pandas as pd
 from detector.config import IMAGE_LABEL_RULES
 from train.run_dir import ACTIVE_STATES
 
-from .common import handler
+from .common import handler, tab_message
 
 
 def progress_html(status: dict) -> str:
@@ -51,12 +51,32 @@ def diagnostics_html(status: dict) -> str:
     return "".join(f"<p>{html.escape(p)}</p>" for p in parts)
 
 
+SMOOTHING = 0.8  # weight of the running average (TensorBoard-style, bias-corrected)
+
+
+def smoothed(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled to zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * float(v)
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
+def loss_curve(metrics: list[dict]) -> pd.DataFrame:
+    """Long format for the plot: every logged loss ("raw", drawn faint) and its running average
+    ("smoothed"), at integer iterations."""
+    rows = [(int(m["iteration"]), float(m["loss"])) for m in metrics if "loss" in m and "iteration" in m]
+    its, losses = [r[0] for r in rows], [r[1] for r in rows]
+    return pd.DataFrame({"iteration": its * 2, "loss": losses + smoothed(losses),
+                         "series": ["raw"] * len(rows) + ["smoothed"] * len(rows)})
+
+
 def _present_status(status: dict) -> tuple:
     """training_status -> (run id, progress, loss curve, log, evaluation)."""
     if status.get("state") == "none":
-        return "", "No training runs yet.", pd.DataFrame({"iteration": [], "loss": []}), "", ""
-    curve = pd.DataFrame([{"iteration": m["iteration"], "loss": m["loss"]} for m in status["metrics"] if "loss" in m],
-                         columns=["iteration", "loss"])
+        return "", "No training runs yet.", loss_curve([]), "", ""
+    curve = loss_curve(status["metrics"])
     evaluation = json.dumps({"after": status.get("evaluation"), "before": status.get("evaluation_before"),
                              "image_label_choices": status.get("image_label_choices")}, indent=2)
     return status["id"], progress_html(status) + diagnostics_html(status), curve, status.get("log", ""), evaluation
@@ -95,20 +115,26 @@ def build(ep: dict) -> dict:
                 pre_iters = gr.Number(1000, label="Pre-training iterations", precision=0, minimum=1)
                 pre_size = gr.Number(640, label="Shorter side of the images", precision=0, minimum=32)
                 pre_start = gr.Button("Pre-train on my images")
-            msg = gr.Markdown()
+            msg = tab_message("train-msg")
         with gr.Column():
-            run = gr.Textbox(label="Run", interactive=False)
-            status = gr.HTML()
-            curve = gr.LinePlot(x="iteration", y="loss", title="Training loss", label="Loss")
+            run = gr.Textbox(label="Run", interactive=False, elem_id="train-run")
+            status = gr.HTML(elem_id="train-status")
+            curve = gr.LinePlot(x="iteration", y="loss", color="series", title="Training loss", label="Loss",
+                                color_map={"raw": "#c7d2fe", "smoothed": "#4338ca"}, y_lim=[0, None],
+                                elem_id="train-curve")
             evaluation = gr.Code(label="Evaluation", language="json")
             use = gr.Button("Use this run's model (hot swap)")
+            with gr.Row():
+                delete_sure = gr.Checkbox(False, label="Yes, delete this run and its checkpoints",
+                                          elem_id="train-delete-confirm")
+                delete = gr.Button("Delete run", variant="stop", elem_id="train-delete")
     log = gr.Textbox(label="Log (tail)", lines=8, interactive=False)
-    history = gr.Dataframe(label="Runs", interactive=False)
+    history = gr.Dataframe(label="Runs (click a row to open it)", interactive=False, elem_id="train-history")
     timer = gr.Timer(2.0)
 
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight]
     start.click(handler(ep["start_training"], present=lambda run_id: (run_id, f"started run `{run_id}`")), inputs,
-                [run, msg], api_name=False)
+                [run, msg], api_name=False, show_progress_on=msg)
 
     pre_start.click(handler(ep["start_pretraining"], prepare=lambda n, size, src: (n, src, size),
                             present=lambda run_id: (run_id, f"started pre-training run `{run_id}`")),
@@ -119,12 +145,32 @@ def build(ep: dict) -> dict:
             raise gr.Error("no run selected")
         return (run_id,)
 
-    cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False)
+    cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False, show_progress_on=msg)
     resume.click(handler(ep["resume_training"], prepare=need_run, present=lambda run_id: f"resuming run `{run_id}`"),
-                 run, msg, api_name=False)
+                 run, msg, api_name=False, show_progress_on=msg)
     status_out = [run, status, curve, log, evaluation]
     timer.tick(handler(ep["training_status"], present=_present_status), run, status_out, api_name=False,
                show_progress="hidden")
     timer.tick(handler(ep["training_runs"], present=_present_runs), None, history, api_name=False,
                show_progress="hidden")
+
+    def open_run(runs: pd.DataFrame, evt: gr.SelectData):
+        """A history row opens its run: status, curve, log and evaluation; Cancel, Resume and Use
+        then act on it."""
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if runs is None or not len(runs) or row is None or row >= len(runs):
+            return tuple(gr.update() for _ in status_out)
+        return _present_status(ep["training_status"](str(runs.iloc[row]["run"])))
+
+    open_run.endpoint = ep["training_status"]
+
+    def sure(run_id, confirmed):
+        need_run(run_id)
+        if not confirmed:
+            raise gr.Error(f"tick 'Yes, delete this run' to delete {run_id}")
+        return (run_id,)
+
+    delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False)),
+                 [run, delete_sure], [run, msg, delete_sure], api_name=False, show_progress_on=msg)
+    history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
     return {"use": use, "run": run, "msg": msg, "need_run": need_run}

@@ -1,0 +1,458 @@
+"""A person's flows through the real UI in headless Chromium (Debian's, driven by Playwright), one
+test per behaviour of issue 10: errors stay in one place, the page tells the truth about the
+model, suggestions belong to one image, labelling by keyboard. Screenshots go to a temporary
+folder, or to $SCREENSHOTS_DIR (`make screenshots`)."""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.service import AppService
+from app.ui import build_app, launch_options
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, small_image):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(4):
+        p = folder / f"photo_{i}.png"
+        Image.fromarray(np.roll(small_image, 23 * i, axis=1)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (see .ci/run)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def app(tmp_path, browser, tiny_predictor):
+    """-> (service, page) for a fresh data folder and a served app, the page opened on it."""
+    from playwright.sync_api import expect
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    demo = build_app(service)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **launch_options())
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    service.url = f"http://127.0.0.1:{port}/"
+    try:
+        page.goto(service.url, wait_until="load")
+        expect(page.locator("#detect-button")).to_be_visible(timeout=60_000)
+        yield service, page
+    finally:
+        page.close()
+        demo.close()
+
+
+def _wait(page, condition, what: str, timeout_s: float = 30):
+    for _ in range(int(timeout_s * 10)):
+        if condition():
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _error_badges(page) -> int:
+    """Components showing Gradio's red "Error" status (other than a tab's message line)."""
+    return page.locator("[data-testid=status-tracker]:visible").evaluate_all(
+        "els => els.filter(e => !e.closest('.tab-message') && e.textContent.includes('Error')).length")
+
+
+def test_a_failing_action_leaves_the_dataset_tab_usable(app, photos, shots, tmp_path):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(p) for p in photos[:2]]
+    service.tag(hashes[0], "mug")
+    service.tag(hashes[1], "plate")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("2 images, 2 tagged, 2 labels")).to_be_visible(timeout=30_000)
+
+    # Rename with an empty name: the message says why; chart, table and pickers keep working.
+    page.get_by_label("Rename label").click()
+    page.get_by_role("option", name="mug").click()
+    page.get_by_role("button", name="Rename").click()
+    msg = page.locator("#dataset-msg")
+    expect(msg).to_contain_text("type the new name", timeout=30_000)
+    assert _error_badges(page) == 0
+    page.screenshot(path=str(shots / "dataset-error.png"), full_page=True)
+
+    # A bad JSON import: an error on the message line only.
+    bad = tmp_path / "labels.json"
+    bad.write_text("{not json")
+    page.locator("#dataset-import input[type=file]").set_input_files(str(bad))
+    page.get_by_role("button", name="Import").click()
+    expect(msg.locator(".error")).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert _error_badges(page) == 0
+
+    # The tab is still usable: a good rename goes through and every view shows it.
+    page.get_by_role("textbox", name="New name (an existing name merges)").fill("espresso cup")
+    page.get_by_role("button", name="Rename").click()
+    expect(msg).to_contain_text("renamed", timeout=30_000)
+    expect(page.locator("#dataset-table")).to_contain_text("espresso cup")
+    assert service.store.counts()["espresso cup"]["positive"] == 1
+
+
+def test_the_tag_editor_shows_what_is_stored(app, photos):
+    from playwright.sync_api import expect
+
+    from detector.vocabulary import MAX_NAME_LENGTH
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug")
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 1 / 1", timeout=30_000)
+
+    # A name typed on the other side switches side: both editors show the stored tags.
+    neg = page.locator("#tag-negatives input")
+    neg.fill("mug")
+    neg.press("Enter")
+    _wait(page, lambda: service.store.tags(h)["negatives"] == ["mug"], "mug saved as not present")
+    expect(page.locator("#tag-positives")).not_to_contain_text("mug", timeout=30_000)
+    expect(page.locator("#tag-negatives")).to_contain_text("mug")
+
+    # Undo puts it back where it was.
+    page.locator("#tag-undo").click()
+    _wait(page, lambda: service.store.tags(h) == {"positives": ["mug"], "negatives": []}, "undo")
+    expect(page.locator("#tag-positives")).to_contain_text("mug", timeout=30_000)
+    expect(page.locator("#tag-negatives")).not_to_contain_text("mug")
+
+    # A refused name: the message says why and no chip stays that was not saved.
+    pos = page.locator("#tag-positives input")
+    pos.fill("x" * (MAX_NAME_LENGTH + 1))
+    pos.press("Enter")
+    expect(page.locator("#tag-msg")).to_contain_text("at most", timeout=30_000)
+    expect(page.locator("#tag-positives")).not_to_contain_text("xxxx")
+    assert service.store.tags(h) == {"positives": ["mug"], "negatives": []}
+    assert _error_badges(page) == 0
+
+
+def test_model_limits_say_what_is_missing():
+    from app.service import HOW_TO_GET_WEIGHTS, model_limits
+
+    random_model = {"backbone_pretrained": False, "trained_class_names": 0, "region_scoring": False,
+                    "rpn_trained": False}
+    limits = model_limits(random_model)
+    assert any("backbone" in m for m in limits) and any("RPN" in m for m in limits)
+    assert any("never been trained" in m for m in limits) and limits[-1] == HOW_TO_GET_WEIGHTS
+    assert "docs/models.md" in HOW_TO_GET_WEIGHTS and "Train tab" in HOW_TO_GET_WEIGHTS
+    # trained on tags, or scored by CLIP / an ImageNet scorer, with a trained or selective-search localiser: honest
+    assert model_limits({"backbone_pretrained": True, "trained_class_names": 3, "rpn_trained": True}) == []
+    assert model_limits({"backbone_pretrained": True, "trained_class_names": 0, "region_scoring": True}) == []
+    assert model_limits({"backbone_pretrained": True, "trained_class_names": 0, "region_scorer": "imagenet",
+                         "rpn_trained": False, "proposals": "selective search (RPN not trained yet)"}) == []
+
+
+def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, photos, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    banner = page.locator("#honesty-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("never been trained")
+    expect(banner).to_contain_text("docs/models.md")
+    page.screenshot(path=str(shots / "untrained-banner.png"))
+
+    # An empty vocabulary: the Detect line says so; the outputs are not replaced by error badges.
+    page.locator("#detect-image input[type=file]").set_input_files(str(photos[0]))
+    page.locator("#vocabulary textarea").fill(" , ")
+    page.locator("#detect-button").click()
+    expect(page.locator("#detect-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
+    assert _error_badges(page) == 0
+
+    # Enter in the vocabulary box detects.
+    page.locator("#vocabulary textarea").fill("person, flag")
+    page.locator("#vocabulary textarea").press("Enter")
+    expect(page.locator("#detect-output img")).to_be_visible(timeout=60_000)
+    assert page.locator("#vocabulary textarea").input_value() == "person, flag"
+
+
+def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, photos, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(p) for p in photos[:2]]
+    service.tag(hashes[1], "mug")
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 1 / 2", timeout=30_000)
+    names = page.locator("#tag-suggest-vocabulary textarea, #tag-suggest-vocabulary input").first
+    assert "mug" in names.get_attribute("placeholder")  # empty = the dataset's labels, shown
+
+    names.fill("cat, dog, mug, person")
+    page.locator("#tag-suggest").click()
+    expect(page.locator("#tag-msg")).to_contain_text("suggestion", timeout=60_000)
+    suggestions = page.locator("#tag-suggestions")
+    expect(suggestions).to_contain_text("photo_0.png")
+    page.screenshot(path=str(shots / "tag-suggestions.png"), full_page=True)
+
+    # ▶: the suggestions were for the previous image and are gone.
+    page.locator("#tag-next").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 2", timeout=30_000)
+    expect(suggestions).not_to_contain_text("photo_0.png")
+    assert suggestions.locator("input[type=checkbox]").count() == 0
+    assert names.input_value() == "cat, dog, mug, person"  # the person's names stay
+
+
+def test_assign_defaults_to_the_proposals_training_considers(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    considered = service.predictor.config.image_label_num_proposals
+    page.get_by_role("tab", name="Assign").click()
+    slider = page.locator("#assign-considered input[type=number]")
+    expect(slider).to_have_value(str(considered), timeout=30_000)
+    expect(page.locator("#assign-considered")).to_contain_text(f"training considers {considered}")
+    page.locator("#assign-image input[type=file]").set_input_files(str(photos[0]))
+    page.get_by_role("button", name="Show assignment").click()
+    expect(page.locator("#assign-msg")).to_contain_text("max_size trains", timeout=60_000)
+    expect(page.locator("#assign-table")).to_contain_text("% of image")
+
+
+def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(np.roll(np.asarray(Image.open(photos[i % 4])), 7 * i, axis=0), f"img_{i}.png")
+              for i in range(10)]
+    service.tag(hashes[9], "mug")  # a label to start with; "cup" is typed below, then labels are cup, mug
+
+    # Keys do nothing outside the Tag tab.
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("1")
+    page.get_by_role("tab", name="Tag").click()
+    status = page.locator("#tag-status")
+    expect(status).to_contain_text("Image 1 / 10", timeout=30_000)
+    expect(page.locator("#tag-keys")).to_contain_text("1 mug")
+    page.wait_for_timeout(500)
+    assert service.store.progress() == (1, 10)
+
+    # Image 1: t focuses the tag box, type a new name, Enter adds it, Ctrl+Enter goes on.
+    page.locator("#tag-image").click()
+    page.keyboard.press("t")
+    page.keyboard.type("cup")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Control+Enter")
+    expect(status).to_contain_text("Image 2 / 10", timeout=30_000)
+    assert service.store.tags(hashes[0])["positives"] == ["cup"]
+    expect(page.locator("#tag-keys")).to_contain_text("1 cup")
+
+    # Images 2-9: a number key, then Enter.
+    for i in range(1, 9):
+        page.keyboard.press("2" if i % 2 else "1")
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text(f"Image {i + 2} / 10", timeout=30_000)
+    # Image 10 (already "mug"): 1 adds "cup"; 2 again removes "mug", 2 once more puts it back.
+    page.keyboard.press("1")
+    page.keyboard.press("2")
+    page.keyboard.press("2")
+    _wait(page, lambda: service.store.tags(hashes[9])["positives"] == ["cup", "mug"], "image 10 tagged cup, mug")
+    expect(status).to_contain_text("tagged 10 / 10", timeout=30_000)
+    assert service.store.progress() == (10, 10)
+    assert [service.store.tags(h)["positives"] for h in hashes[1:9]] == [["mug"], ["cup"]] * 4
+    page.screenshot(path=str(shots / "tag-keyboard.png"), full_page=True)
+
+    # u: every image is tagged, and it says so instead of jumping back to image 1.
+    page.keyboard.press("u")
+    expect(page.locator("#tag-msg")).to_contain_text("all 10 images are tagged", timeout=30_000)
+    expect(status).to_contain_text("Image 10 / 10")
+
+    # z undoes the last change (2 put "mug" back on image 10); a second z has nothing to undo.
+    page.keyboard.press("z")
+    expect(page.locator("#tag-msg")).to_contain_text("undone: mug", timeout=30_000)
+    assert service.store.tags(hashes[9])["positives"] == ["cup"]
+    expect(page.locator("#tag-positives")).not_to_contain_text("mug")
+    page.keyboard.press("z")
+    expect(page.locator("#tag-msg")).to_contain_text("nothing to undo", timeout=30_000)
+    # A number with no label says so.
+    page.keyboard.press("5")
+    expect(page.locator("#tag-msg")).to_contain_text("there are only 2 labels", timeout=30_000)
+
+
+def test_uploads_report_duplicates(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    service.store.add_image(photos[0])
+    page.get_by_role("tab", name="Tag").click()
+    page.locator("#tag-upload input[type=file]").set_input_files([str(p) for p in photos[:3]])
+    expect(page.locator("#tag-msg")).to_contain_text("added 2 new image(s); 1 duplicate(s) already here: photo_0.png",
+                                                     timeout=60_000)
+
+
+def test_deleting_a_label_asks_for_confirmation(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug, plate")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("1 images, 1 tagged, 2 labels")).to_be_visible(timeout=30_000)
+    page.get_by_label("Delete label").click()
+    page.get_by_role("option", name="plate").click()
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("to delete 'plate' (1 image(s) present", timeout=30_000)
+    assert "plate" in service.store.labels()
+    page.locator("#dataset-delete-confirm input").check()
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("deleted", timeout=30_000)
+    assert service.store.labels() == ["mug"]
+    expect(page.locator("#dataset-delete-confirm input")).not_to_be_checked()
+
+
+def test_exports_are_named_after_the_dataset_and_date(tmp_path, tiny_predictor):
+    import time
+
+    service = AppService(tmp_path / "holiday photos", predictor=tiny_predictor)
+    path = Path(service.export_labels("csv"))
+    assert path.name == f"holiday-photos_{time.strftime('%Y-%m-%d')}_image_labels.csv"
+
+
+def test_the_chosen_model_survives_a_restart_and_says_so(tmp_path, tiny_predictor):
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    service.use_model("tiny")
+    restarted = AppService(tmp_path / "data", device="cpu")
+    info = restarted.model_info()
+    assert info["source"] == "tiny" and "restored after a restart" in info["note"]
+    # an explicit --model wins
+    assert AppService(tmp_path / "data", model="tiny", device="cpu").model_info()["note"] == "loaded 'tiny'"
+
+
+def _fake_run(service, state: str, iteration: int, total: int, losses: list[float]):
+    from train.run_dir import RunDir
+
+    run = RunDir.create(service.jobs.runs_dir)
+    run.write_status(state, iteration=iteration, total=total, message="stopped")
+    for i, loss in enumerate(losses, 1):
+        run.append_metrics({"iteration": i, "loss": loss})
+    return run.id
+
+
+def test_loss_curve_is_smoothed_with_the_raw_points_kept():
+    from app.ui.train_tab import loss_curve
+
+    curve = loss_curve([{"iteration": i, "loss": v} for i, v in enumerate([4.0, 0.0, 4.0, 0.0], 1)])
+    raw, smooth = curve[curve.series == "raw"], curve[curve.series == "smoothed"]
+    assert list(raw.loss) == [4.0, 0.0, 4.0, 0.0] and list(raw.iteration) == [1, 2, 3, 4]
+    assert smooth.loss.iloc[0] == 4.0 and 0 < smooth.loss.iloc[-1] < 4 and smooth.loss.std() < raw.loss.std()
+    assert curve.iteration.dtype.kind == "i"
+
+
+def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots):
+    from playwright.sync_api import expect
+
+    service, page = app
+    cancelled = _fake_run(service, "cancelled", 6, 30, [3.0, 2.5, 2.8, 2.0, 2.2, 1.9])
+    finished = _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    old = min(cancelled, finished)  # run ids sort by start time (same second here: by their suffix)
+    page.get_by_role("tab", name="Train").click()
+    history = page.locator("#train-history")
+    expect(history).to_contain_text(old, timeout=30_000)
+    newest_state, old_state, old_progress = (("finished", "cancelled", "iteration 6 / 30") if old == cancelled
+                                             else ("cancelled", "finished", "iteration 4 / 4"))
+    expect(page.locator("#train-status")).to_contain_text(newest_state, timeout=30_000)  # by default
+
+    history.get_by_text(old).click()
+    expect(page.locator("#train-status")).to_contain_text(old_state, timeout=30_000)
+    expect(page.locator("#train-status")).to_contain_text(old_progress)
+    expect(page.locator("#train-run textarea, #train-run input").first).to_have_value(old)
+    page.wait_for_timeout(2500)  # the 2 s refresh keeps the opened run
+    expect(page.locator("#train-status")).to_contain_text(old_progress)
+    page.screenshot(path=str(shots / "train-history.png"), full_page=True)
+
+    # Delete asks first, then removes the run everywhere.
+    page.locator("#train-delete").click()
+    expect(page.locator("#train-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
+    assert (service.jobs.runs_dir / old).is_dir()
+    page.locator("#train-delete-confirm input").check()
+    page.locator("#train-delete").click()
+    expect(page.locator("#train-msg")).to_contain_text(f"deleted run {old}", timeout=30_000)
+    assert not (service.jobs.runs_dir / old).exists()
+    expect(history).not_to_contain_text(old, timeout=30_000)
+    assert [r["id"] for r in service.training_runs()] == [max(cancelled, finished)]
+
+    # Dataset counts start from zero: a label with one image has a visible bar.
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.locator("#dataset-plot").screenshot(path=str(shots / "dataset-plot.png"))
+
+
+def test_rename_on_dataset_then_tag_on_tag_keeps_the_rename(app, photos):
+    """Issue 10's sequence: Tag shows an image tagged "mug"; Dataset renames mug -> espresso cup;
+    back on Tag (without a reload) "plate" is added. The rename stays, and Tag offers only the
+    current labels."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug")
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-positives")).to_contain_text("mug", timeout=30_000)
+
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    page.get_by_label("Rename label").click()
+    page.get_by_role("option", name="mug").click()
+    page.get_by_role("textbox", name="New name (an existing name merges)").fill("espresso cup")
+    page.get_by_role("button", name="Rename").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("renamed", timeout=30_000)
+
+    page.get_by_role("tab", name="Tag").click()
+    expect(page.locator("#tag-positives")).to_contain_text("espresso cup", timeout=30_000)
+    box = page.locator("#tag-positives input")
+    box.fill("plate")
+    box.press("Enter")
+    _wait(page, lambda: service.store.tags(h)["positives"] == ["espresso cup", "plate"], "plate added")
+    page.wait_for_timeout(500)
+    assert service.store.tags(h)["positives"] == ["espresso cup", "plate"]
+    assert service.dataset()["labels"]["espresso cup"]["positive"] == 1 and "mug" not in service.store.labels()
+    box.click()
+    expect(page.get_by_role("option", name="mug", exact=True)).to_have_count(0)
+
+
+def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
+    from app.jobs import JobError
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    served = _fake_run(service, "finished", 1, 1, [1.0])
+    service.serving.source = str(service.jobs.run(served).path)
+    with pytest.raises(JobError, match="being served"):
+        service.delete_run(served)
+    starting = _fake_run(service, "queued", 0, 5, [])
+    with pytest.raises(JobError, match="cancel it first"):
+        service.delete_run(starting)
+    assert {r["id"] for r in service.training_runs()} == {served, starting}
