@@ -114,13 +114,15 @@ def build(ep: dict, server_folders: bool) -> dict:
             text += f"; skipped {len(result['skipped'])}: " + "; ".join(map(html.escape, result["skipped"][:5]))
         return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
-    # In order, every one (a key pressed twice quickly counts twice): a save lands before ▶.
+    # The editor's quick events run in order, every one (a key pressed twice counts twice): a save
+    # lands before ▶. One queue for the whole server, so only quick store operations join it
+    # (uploads and Suggest, which can take long, do not).
     queued = {"concurrency_id": TAG_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
     outputs = [*view_out, msg, last_edit]
     upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
-                  show_progress_on=msg, **queued)
+                  show_progress_on=msg)
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
-                     show_progress_on=msg, **queued)
+                     show_progress_on=msg)
     moved = {"present": lambda v: {msg: "", **_present_view(v)}}
     prev_btn.click(handler(view, prepare=lambda i: (int(i or 0) - 1,), **moved), index, outputs, api_name=False,
                    show_progress_on=msg, **queued)
