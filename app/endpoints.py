@@ -9,6 +9,7 @@ ZeroGPU Space, runs under `spaces.GPU`.
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import os
 from collections.abc import Callable
@@ -33,7 +34,8 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            # Gradio may render a toast's text as HTML: user text in errors is escaped (quotes kept).
+            raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
 
     return wrapper
 
