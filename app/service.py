@@ -9,6 +9,7 @@ with and the next request sees the new one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -421,18 +422,7 @@ class AppService:
                         eval_data=eval_data or None, eval_images=eval_images or None,
                         novel=(novel or "").split(","), label_size=int(label_size), box_size=int(box_size),
                         device=self.device)  # validated before anything is written
-        run = RunDir.create(self.jobs.runs_dir)
-        try:
-            if tagged:
-                cfg = cfg.replace(label_data=str(run.write_labels(self.store.export_detic())),
-                                  label_images=str(self.store.image_dir))
-            if not cfg.model:
-                cfg = cfg.replace(model=self._current_source())
-            run.write_config(cfg)
-            return self.jobs.start(run)
-        except Exception:
-            shutil.rmtree(run.path, ignore_errors=True)
-            raise
+        return self._launch(cfg, self.store.export_detic() if tagged else None)
 
     @endpoint()
     def start_pretraining(self, iters: int = 1000, base_model: str = "", size: int = 640, batch: int = 4) -> str:
@@ -443,8 +433,15 @@ class AppService:
         base_model = self._model_source(base_model) if base_model else ""
         cfg = PretrainConfig(images=str(self.store.image_dir), model=base_model, iters=int(iters),
                              size=int(size), batch=int(batch), device=self.device)  # validated before writing
+        return self._launch(cfg)
+
+    def _launch(self, cfg, labels: dict | None = None) -> str:
+        """A new run folder holding `cfg` (and the label snapshot), started in the background;
+        the folder is removed again if anything fails before the process starts."""
         run = RunDir.create(self.jobs.runs_dir)
         try:
+            if labels is not None:
+                cfg = cfg.replace(label_data=str(run.write_labels(labels)), label_images=str(self.store.image_dir))
             if not cfg.model:
                 cfg = cfg.replace(model=self._current_source())
             run.write_config(cfg)
@@ -535,10 +532,8 @@ class AppService:
         from detector.hub import looks_like_repo_id
         from detector.presets import PRESETS
 
-        try:
+        with contextlib.suppress(JobError):  # one of this app's runs, by id
             return str(self.jobs.run(source).path)
-        except JobError:
-            pass
         if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
             return source
         return str(self.policy.server_path(source, "model folder"))

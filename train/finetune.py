@@ -119,16 +119,15 @@ def _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped
     return images, payload
 
 
-def finetune(cfg: RunConfig, run_dir: str | Path | RunDir, resume: bool = False, on_progress=None) -> dict:
-    """Run (or, with `resume`, continue) training into `run_dir`; returns the final metrics dict.
-
-    The config is (re)written into the run folder, so a run records what it last ran with."""
+def run_with_status(run_dir: str | Path | RunDir, body) -> dict:
+    """The frame every training command runs in: the run folder, the process group, the run's log
+    file, and a "failed" status with the reason when `body(run, rank, world)` raises."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed()
     handler = _setup_logging(run, rank)
     try:
-        return _finetune(cfg, run, resume, rank, world, on_progress)
+        return body(run, rank, world)
     except BaseException as e:
         if rank == 0:
             run.write_status("failed", message=f"{type(e).__name__}: {e}"[:500], pid=os.getpid())
@@ -138,6 +137,13 @@ def finetune(cfg: RunConfig, run_dir: str | Path | RunDir, resume: bool = False,
             for name in ("train", "detector"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
+
+
+def finetune(cfg: RunConfig, run_dir: str | Path | RunDir, resume: bool = False, on_progress=None) -> dict:
+    """Run (or, with `resume`, continue) training into `run_dir`; returns the final metrics dict.
+
+    The config is (re)written into the run folder, so a run records what it last ran with."""
+    return run_with_status(run_dir, lambda run, rank, world: _finetune(cfg, run, resume, rank, world, on_progress))
 
 
 def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, on_progress) -> dict:

@@ -55,7 +55,7 @@ from detector.presets import load_detector
 from detector.proposals import ALIGNDET, ProposalParams, selective_search
 
 from .data import DataError
-from .finetune import StopFlag, _distributed, _setup_logging, learning_rate
+from .finetune import StopFlag, learning_rate, run_with_status
 from .run_config import PretrainConfig
 from .run_dir import RunDir
 
@@ -295,21 +295,7 @@ class AlignDetStep(nn.Module):
 # --- the run ---------------------------------------------------------------------------------
 def pretrain(cfg: PretrainConfig, run_dir: str | Path | RunDir, resume: bool = False, on_progress=None) -> dict:
     """Run (or, with `resume`, continue) AlignDet pre-training into `run_dir`; returns the summary."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    rank, world = _distributed()
-    handler = _setup_logging(run, rank)
-    try:
-        return _pretrain(cfg, run, resume, rank, world, on_progress)
-    except BaseException as e:
-        if rank == 0:
-            run.write_status("failed", message=f"{type(e).__name__}: {e}"[:500], pid=os.getpid())
-        raise
-    finally:
-        if handler is not None:
-            for name in ("train", "detector"):
-                logging.getLogger(name).removeHandler(handler)
-            handler.close()
+    return run_with_status(run_dir, lambda run, rank, world: _pretrain(cfg, run, resume, rank, world, on_progress))
 
 
 def _image_order(n: int, seed: int, position: int) -> int:

@@ -120,18 +120,23 @@ def handler(endpoint: Callable, present: Callable | None = None, prepare: Callab
 
 OUTPUTS = Path(tempfile.gettempdir()) / "ovd-outputs"
 KEEP_OUTPUTS_S = 3600
+PRUNE_EVERY_S = 60
+_last_prune = 0.0
 
 
 def _output_path(suffix: str) -> Path:
     """A fresh, uniquely named file for one response. Unique names matter: Gradio caches returned
     arrays under a content hash, so identical concurrent requests rewrote one file while another
     response was streaming it. Files older than an hour are pruned."""
+    global _last_prune
     OUTPUTS.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in OUTPUTS.iterdir():
-        with contextlib.suppress(OSError):
-            if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
-                old.unlink()
+    if now - _last_prune > PRUNE_EVERY_S:  # not on every response: a directory scan per detect adds up
+        _last_prune = now
+        for old in OUTPUTS.iterdir():
+            with contextlib.suppress(OSError):
+                if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
+                    old.unlink()
     return OUTPUTS / f"{uuid.uuid4().hex}{suffix}"
 
 
