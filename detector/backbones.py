@@ -4,9 +4,12 @@ Each backbone yields four feature maps at strides 4, 8, 16 and 32; torchvision's
 `FeaturePyramidNetwork` (+ a max-pool level) turns them into five levels named
 '0', '1', '2', '3', 'pool', matching torchvision's Faster R-CNN anchors.
 
-Following Vasconcelos et al. (CVPR 2022), `freeze_backbone=True` freezes the parameters *and*
-the batch-norm statistics (BN layers become `FrozenBatchNorm2d`) and runs the body without
-autograd, so training only pays for the neck and heads.
+Following Vasconcelos et al. (CVPR 2022), `freeze_backbone=True` freezes the parameters and runs
+the body without autograd, so training only pays for the neck and heads. With
+`freeze_backbone=False` the weights of the last `backbone_trainable_stages` of the body's four
+stages train. Batch-norm statistics are frozen in every case (BN layers become
+`FrozenBatchNorm2d`, as in torchvision's `trainable_backbone_layers`): detection batches are too
+small to estimate them.
 """
 
 from __future__ import annotations
@@ -40,16 +43,20 @@ class BackboneSpec:
 class BackboneWithFPN(nn.Module):
     """`body(x) -> list of 4 maps` followed by an FPN; `out_channels` as torchvision expects."""
 
-    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, frozen: bool,
-                 fpn_norm: str = "none"):
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, trainable_stages: int,
+                 stages: list[tuple[str, ...]], fpn_norm: str = "none"):
+        """`stages`: the body's module-name prefixes of each of its four stages, in order;
+        `trainable_stages`: how many of the last ones train (0: the whole body is frozen)."""
         super().__init__()
         self.body = body
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool(),
                                          norm_layer=nn.BatchNorm2d if fpn_norm == "batchnorm" else None)
         self.out_channels = out_channels
-        self.frozen = frozen
-        if frozen:
-            freeze(body)
+        self.frozen = trainable_stages == 0
+        freeze(body)
+        trainable = tuple(p for stage in stages[len(stages) - trainable_stages:] for p in stage) if trainable_stages else ()
+        for name, param in body.named_parameters():
+            param.requires_grad_(name.startswith(trainable))
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         if x.is_cuda:  # the batched [B, 3, H, W] tensor: channels_last is for 4-D tensors only
@@ -62,8 +69,7 @@ class BackboneWithFPN(nn.Module):
 
     def train(self, mode: bool = True) -> BackboneWithFPN:
         super().train(mode)
-        if self.frozen:  # a frozen body never leaves eval mode (dropout, drop-path, BN)
-            self.body.eval()
+        self.body.eval()  # BN statistics are frozen; no dropout / drop-path in a detector's body
         return self
 
 
@@ -115,10 +121,15 @@ class TinyBody(nn.Module):
         return out
 
 
+def trainable_stages(cfg: DetectorConfig) -> int:
+    return 0 if cfg.freeze_backbone else cfg.backbone_trainable_stages
+
+
 def build_tiny(cfg: DetectorConfig) -> BackboneSpec:
     body = TinyBody()
+    stages = [("stem.", "stages.0."), ("stages.1.",), ("stages.2.",), ("stages.3.",)]
     return BackboneSpec(
-        BackboneWithFPN(body, body.widths, cfg.fpn_channels, cfg.freeze_backbone, cfg.fpn_norm),
+        BackboneWithFPN(body, body.widths, cfg.fpn_channels, trainable_stages(cfg), stages, cfg.fpn_norm),
         IMAGENET_MEAN,
         IMAGENET_STD,
         pretrained=False,
@@ -160,8 +171,7 @@ def build_resnet50(cfg: DetectorConfig) -> BackboneSpec:
     from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.ops import FrozenBatchNorm2d
 
-    norm = FrozenBatchNorm2d if cfg.freeze_backbone else nn.BatchNorm2d
-    net = resnet50(weights=None, norm_layer=norm)
+    net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     state = None
     if cfg.backbone_weights != "none" and not cfg.init_weights:  # a detector init brings its own
         state = load_torchvision_weights(ResNet50_Weights.IMAGENET1K_V2)
@@ -170,7 +180,8 @@ def build_resnet50(cfg: DetectorConfig) -> BackboneSpec:
     layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     body = IntermediateLayerGetter(net, return_layers=layers)
     return BackboneSpec(
-        BackboneWithFPN(body, [256, 512, 1024, 2048], cfg.fpn_channels, cfg.freeze_backbone, cfg.fpn_norm),
+        BackboneWithFPN(body, [256, 512, 1024, 2048], cfg.fpn_channels, trainable_stages(cfg),
+                        [("conv1.", "bn1.", "layer1."), ("layer2.",), ("layer3.",), ("layer4.",)], cfg.fpn_norm),
         IMAGENET_MEAN,
         IMAGENET_STD,
         pretrained=state is not None,
@@ -193,8 +204,13 @@ def build_efficientnet_lite0(cfg: DetectorConfig) -> BackboneSpec:
             net.load_state_dict(state, strict=True)
             pretrained = True
     channels = list(net.feature_info.channels())
+    # stage k = the blocks after stage k-1's output block up to its own (e.g. blocks.3-4 for 'blocks.4')
+    ends = [int(name.split(".")[1]) for name in net.feature_info.module_name()]
+    stages = [tuple(f"blocks.{b}." for b in range(start, end + 1))
+              for start, end in zip([0] + [e + 1 for e in ends[:-1]], ends)]
+    stages[0] = ("conv_stem.", "bn1.") + stages[0]
     return BackboneSpec(
-        BackboneWithFPN(net, channels, cfg.fpn_channels, cfg.freeze_backbone, cfg.fpn_norm),
+        BackboneWithFPN(net, channels, cfg.fpn_channels, trainable_stages(cfg), stages, cfg.fpn_norm),
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         pretrained=pretrained,

@@ -90,6 +90,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     # The checkpoint holds every weight: skip downloading / reading pre-trained backbones.
     model = OpenVocabDetector(config.replace(backbone_weights="none"))
     model.config = config
+    # Checkpoints from before batch-norm statistics were always frozen carry BN's step counters.
+    state = {k: v for k, v in state.items() if not (k.startswith("backbone.body.") and k.endswith("num_batches_tracked"))}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

@@ -14,6 +14,19 @@ from typing import Any
 
 IMAGE_LABEL_RULES = ("max_size", "image_box", "max_score")  # the one list (see detector.image_labels)
 IMAGE_LABEL_SCOPES = ("box_head", "classifier")  # what the image-label loss trains (detector.image_labels)
+# Head capacity (Vasconcelos et al.; detector.capacity, measured by bench/reuse.py).
+# The neck / RPN / box-head fields a preset sets; nothing else of the config.
+HEAD_FIELDS = ("fpn_channels", "rpn_head_convs", "box_head_convs", "box_head_fcs", "representation_size")
+HEAD_PRESETS: dict[str, dict[str, int]] = {
+    # 1 conv + 1 fc (256) box head on a 128-channel FPN: the CPU benchmarks' heads
+    "light": dict(fpn_channels=128, rpn_head_convs=1, box_head_convs=1, box_head_fcs=1, representation_size=256),
+    # torchvision's Faster R-CNN v2 head: FPN 256, 4 conv + 1 fc (1024); the presets' default
+    "standard": dict(fpn_channels=256, rpn_head_convs=1, box_head_convs=4, box_head_fcs=1, representation_size=1024),
+    # deeper RPN head, 6 convs + 2 fcs in the box head
+    "heavy": dict(fpn_channels=256, rpn_head_convs=2, box_head_convs=6, box_head_fcs=2, representation_size=1024),
+}
+# "frozen": Vasconcelos' recommendation; "last_stages": the body's last two of four stages train
+BACKBONE_CHOICES: dict[str, int] = {"frozen": 0, "last_stages": 2, "all": 4}
 # Keys older checkpoints wrote; the image-label rule, weight and scope are now arguments of
 # `OpenVocabDetector.image_label_loss` (a training choice, not part of the model).
 LEGACY_KEYS = ("image_label_rule", "image_label_weight", "image_label_scope")
@@ -24,7 +37,8 @@ class DetectorConfig:
     # --- backbone (Vasconcelos et al.: frozen pre-trained backbone, capacity in the heads)
     backbone: str = "efficientnet_lite0"  # see detector.backbones.BACKBONES
     backbone_weights: str = "default"  # "default" (pretrained when available) or "none"
-    freeze_backbone: bool = True  # freezes parameters *and* batch-norm statistics
+    freeze_backbone: bool = True  # frozen weights (batch-norm statistics are frozen in any case)
+    backbone_trainable_stages: int = 4  # with freeze_backbone=False: the last N of the body's 4 stages train
     # --- neck / heads capacity
     fpn_channels: int = 256
     fpn_norm: str = "none"  # "none" or "batchnorm" (torchvision's Faster R-CNN v2)
@@ -83,6 +97,8 @@ class DetectorConfig:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
         if self.region_scorer not in ("clip", "imagenet"):
             raise ValueError("region_scorer must be 'clip' or 'imagenet'")
+        if not 1 <= self.backbone_trainable_stages <= 4:
+            raise ValueError("backbone_trainable_stages must be 1-4 (the body has four stages)")
         if self.image_label_num_proposals < 1:
             raise ValueError("image_label_num_proposals must be >= 1")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:

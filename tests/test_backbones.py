@@ -74,14 +74,33 @@ def test_frozen_backbone_keeps_params_and_bn_stats(tiny_model, unit_embeddings):
     assert counts["trainable"] == counts["total"] - frozen
 
 
-def test_unfrozen_backbone_trains(unit_embeddings):
+def test_unfrozen_backbone_trains_weights_not_bn_statistics(unit_embeddings):
     torch.manual_seed(0)
     cfg = load_detector("tiny").config.replace(freeze_backbone=False)
     model = OpenVocabDetector(cfg)
     before = {k: v.clone() for k, v in model.backbone.body.state_dict().items()}
     _step(model, unit_embeddings(3))
     changed = [k for k, v in model.backbone.body.state_dict().items() if not torch.equal(v, before[k])]
-    assert any("running_mean" in k for k in changed) and any(k.endswith("weight") for k in changed)
+    assert any(k.endswith("weight") for k in changed)
+    assert not any("running_" in k for k in changed), "BN statistics stay frozen (small detection batches)"
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "efficientnet_lite0"])
+def test_last_stages_of_the_backbone_train_and_the_rest_stays(backbone, unit_embeddings):
+    cfg = load_detector("tiny").config.replace(backbone=backbone, backbone_weights="none", freeze_backbone=False,
+                                                backbone_trainable_stages=2)
+    torch.manual_seed(0)
+    model = OpenVocabDetector(cfg)
+    body = model.backbone.body
+    trainable = [n for n, p in body.named_parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(body.parameters()))
+    before = {n: p.detach().clone() for n, p in body.named_parameters()}
+    _step(model, unit_embeddings(3))
+    moved = {n for n, p in body.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= set(trainable)
+    # the stages are ordered: everything trainable comes after everything frozen
+    names = [n for n, _ in body.named_parameters()]
+    assert min(names.index(n) for n in trainable) > max(names.index(n) for n in names if n not in trainable)
 
 
 def test_torchvision_weights_are_loaded_tensors_only(tmp_path, monkeypatch):

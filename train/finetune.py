@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from detector.capacity import rebuild
 from detector.embedding_cache import VocabularyEmbedder
 from detector.images import ImageLoadError
 from detector.presets import load_detector
@@ -184,6 +185,9 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
             run.truncate_metrics(start_it)
     else:
         model = load_detector(cfg.model)
+        if cfg.heads or cfg.train_backbone:  # Vasconcelos' choices (detector.capacity)
+            model, report = rebuild(model, cfg.heads or None, cfg.train_backbone or None, seed=cfg.seed)
+            log.info("heads %s, backbone %s: %s", cfg.heads or "kept", cfg.train_backbone or "kept", report.describe())
     if box:  # box batches train the RPN: from now on the model proposes with it (not selective search)
         model.config.rpn_trained = True
     model.to(device).train()
@@ -283,6 +287,7 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
             sec = sum(recent) / len(recent)
             n_imgs = cfg.box_batch if kind == "box" else cfg.label_batch
             last = {"iteration": it, "lr": lr, "images_per_s": n_imgs * world / max(sec, 1e-9),
+                    "peak_memory_mb": peak_memory_mb(device),
                     "eta_s": sec * (cfg.iters - it), "time": time.time() - t_start, "kind": kind,
                     **{k: sum(v) / len(v) for k, v in window.items() if v}}
             window = {}
@@ -315,6 +320,15 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if world > 1:
         dist.barrier()
     return result
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: `torch.cuda.max_memory_allocated` on CUDA, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _save(run: RunDir, model, optimizer, it, names, trained_names, trained_boxes: bool = False) -> None:

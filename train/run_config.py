@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from detector.config import IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
+from detector.config import BACKBONE_CHOICES, HEAD_PRESETS, IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
 
 
 def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
@@ -111,6 +111,10 @@ class RunConfig(ConfigBase):
     image_label_weight: float = _opt(0.1, "lambda of the image-label loss", aliases=("--image-loss-weight",))
     image_label_scope: str = _opt("box_head", "what image labels train: box_head (Detic: classifier, box head and "
                                   "neck) or classifier (its projection only)", choices=IMAGE_LABEL_SCOPES)
+    heads: str = _opt("", "head capacity: light, standard or heavy (new heads; default: keep the model's)",
+                      choices=("", *HEAD_PRESETS))
+    train_backbone: str = _opt("", "frozen, last_stages or all (default: keep the model's; Vasconcelos: frozen)",
+                               choices=("", *BACKBONE_CHOICES))
     lr: float = _opt(2e-4, "peak learning rate (AdamW)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
     warmup: int = _opt(100, "linear warm-up iterations (at most a tenth of the run)")
@@ -143,6 +147,10 @@ class RunConfig(ConfigBase):
             raise ValueError(f"image_label_scope must be one of {', '.join(IMAGE_LABEL_SCOPES)}")
         if self.image_label_weight < 0:
             raise ValueError("image_label_weight >= 0 is required")
+        if self.heads not in ("", *HEAD_PRESETS):
+            raise ValueError(f"heads must be one of {', '.join(HEAD_PRESETS)} (or empty: keep the model's)")
+        if self.train_backbone not in ("", *BACKBONE_CHOICES):
+            raise ValueError(f"train_backbone must be one of {', '.join(BACKBONE_CHOICES)} (or empty)")
         parse_ratio(self.ratio)
         for data, images in (("box_data", "box_images"), ("label_data", "label_images"),
                              ("eval_data", "eval_images")):
