@@ -115,6 +115,31 @@ class TrainingJobs:
             out.append({**self.status(path.name), "evaluation": RunDir(path).evaluation()})
         return out
 
+    def measure(self, cfg, timeout: float = 600) -> dict:
+        """`python -m train dryrun` for `cfg` in its own process (its peak memory is the step's, not
+        the app's): seconds per iteration and peak memory on this machine. No run is created."""
+        import json
+        import shutil
+        import tempfile
+
+        if self.active():
+            raise JobError("a run is active: measure when it is done (its work would distort the numbers)")
+        folder = Path(tempfile.mkdtemp(prefix=".dryrun-", dir=self.runs_dir))  # dot: never listed as a run
+        try:
+            path = RunDir(folder).write_config(cfg)
+            argv = [sys.executable, "-m", "train", "dryrun", "--config", str(path)]
+            try:
+                proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                                      stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            except subprocess.TimeoutExpired:
+                raise JobError(f"the dry run took over {timeout:.0f} s; the settings are too heavy for this machine") from None
+            if proc.returncode != 0:
+                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+                raise JobError(f"the dry run failed: {lines[-1] if lines else 'no output'}"[:300])
+            return json.loads(proc.stdout[proc.stdout.index("{"):])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def active(self) -> dict | None:
         return next((s for s in self.runs() if s.get("state") in ACTIVE_STATES), None)
 

@@ -23,14 +23,14 @@ from pathlib import Path
 from detector import Predictor
 from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
-from detector.images import load_image
+from detector.images import IMAGE_SUFFIXES, list_image_files, load_image
 from detector.vocabulary import parse_vocabulary
 from train.run_config import PretrainConfig, RunConfig
 from train.run_dir import ACTIVE_STATES, RunDir
 
 from .jobs import JobError, TrainingJobs
 from .policy import AccessPolicy
-from .store import IMAGE_SUFFIXES, LabelStore, StoreError
+from .store import LabelStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class AppService:
         self.store = LabelStore(self.data_dir)
         self.jobs = TrainingJobs(self.data_dir / "runs")
         self.models_dir = self.data_dir / "models"
+        self._capacity_cache: tuple = (None, {})  # (backbone key, head parameters per preset)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
         self._lock = threading.Lock()
@@ -228,8 +229,7 @@ class AppService:
         folder_path = self.policy.server_path(folder, "folder")
         if not folder_path.is_dir():
             raise StoreError(f"not a folder on the server: {Path(folder).name}")
-        files = sorted(p for p in folder_path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return self.add_images(files)
+        return self.add_images(list_image_files(folder_path))
 
     @endpoint()
     def images(self) -> list[dict]:
@@ -406,8 +406,43 @@ class AppService:
     def start_training(self, iters: int = 300, image_label_rule: str = "max_size", ratio: str = "1:1",
                        base_model: str = "", box_data: str = "", box_images: str = "", eval_data: str = "",
                        eval_images: str = "", novel: str = "", label_size: int = 320, box_size: int = 640,
-                       image_label_weight: float = 0.1) -> str:
-        """Snapshot the tags into a new run folder and train in the background; returns the run id."""
+                       image_label_weight: float = 0.1, heads: str = "", train_backbone: str = "") -> str:
+        """Snapshot the tags into a new run folder and train in the background; returns the run id.
+        `heads` (light / standard / heavy) gives the run new heads of that capacity; `train_backbone`
+        (frozen / last_stages / all) how much of the backbone trains; empty keeps the model's."""
+        cfg, tagged = self._training_config(iters, image_label_rule, ratio, base_model, box_data, box_images,
+                                            eval_data, eval_images, novel, label_size, box_size,
+                                            image_label_weight, heads, train_backbone)
+        return self._launch(cfg, self.store.export_detic() if tagged else None)
+
+    @endpoint()
+    def estimate_training(self, iters: int = 300, image_label_rule: str = "max_size", ratio: str = "1:1",
+                          base_model: str = "", box_data: str = "", box_images: str = "", eval_data: str = "",
+                          eval_images: str = "", novel: str = "", label_size: int = 320, box_size: int = 640,
+                          image_label_weight: float = 0.1, heads: str = "", train_backbone: str = "") -> dict:
+        """What the run these settings describe would cost on this machine, measured by a few real
+        training steps in a separate process (`python -m train dryrun`): seconds per iteration per
+        batch kind, peak memory, trainable parameters, and the whole run's estimated time."""
+        cfg, tagged = self._training_config(iters, image_label_rule, ratio, base_model, box_data, box_images,
+                                            eval_data, eval_images, novel, label_size, box_size,
+                                            image_label_weight, heads, train_backbone)
+        if tagged:  # the dry run reads no data: it only needs to know that tag batches will come
+            cfg = cfg.replace(label_data="(the tags)", label_images=str(self.store.image_dir))
+        if not cfg.model:
+            cfg = cfg.replace(model=self._current_source())
+        result = self.jobs.measure(cfg)
+        from train.sampler import parse_ratio
+
+        box_share, label_share = parse_ratio(cfg.ratio)
+        share = {"box": box_share if cfg.box_data else 0, "label": label_share if tagged else 0}
+        total = sum(share.values()) or 1
+        per_iter = sum(result["seconds_per_iter"][k] * share[k] / total for k in result["seconds_per_iter"]
+                       if share.get(k)) or sum(result["seconds_per_iter"].values())
+        return {**result, "estimated_run_s": per_iter * cfg.iters}
+
+    def _training_config(self, iters, image_label_rule, ratio, base_model, box_data, box_images, eval_data,
+                         eval_images, novel, label_size, box_size, image_label_weight, heads, train_backbone):
+        """(validated RunConfig, number of tagged images): every check happens before a run exists."""
         base_model = self._model_source(base_model) if base_model else ""
         box_data, box_images, eval_data, eval_images = (
             str(self.policy.server_path(v, what)) if v else ""
@@ -421,18 +456,24 @@ class AppService:
                         ratio=ratio or "1:1", box_data=box_data or None, box_images=box_images or None,
                         eval_data=eval_data or None, eval_images=eval_images or None,
                         novel=(novel or "").split(","), label_size=int(label_size), box_size=int(box_size),
-                        device=self.device)  # validated before anything is written
-        return self._launch(cfg, self.store.export_detic() if tagged else None)
+                        heads=heads or "", train_backbone=train_backbone or "", device=self.device)
+        return cfg, tagged
 
     @endpoint()
-    def start_pretraining(self, iters: int = 1000, base_model: str = "", size: int = 640, batch: int = 4) -> str:
-        """Pre-train neck, RPN and box head on the stored images, no labels needed (AlignDet), in
-        the background; returns the run id. Its model is what "Start training" should start from."""
-        if not self.store.images():
+    def start_pretraining(self, iters: int = 1000, base_model: str = "", size: int = 640, batch: int = 4,
+                          folder: str = "") -> str:
+        """Pre-train neck, RPN and box head on the stored images and, optionally, a server folder the
+        operator allows (`APP_ALLOWED_DIRS`), no labels needed (AlignDet), in the background;
+        returns the run id. Its model is what "Start training" should start from."""
+        extra = self.policy.server_path(folder, "folder") if folder else None
+        if extra is not None and not list_image_files(extra):
+            raise StoreError(f"no images in the server folder '{Path(folder).name}'")
+        if not self.store.images() and extra is None:
             raise StoreError("no images yet: add some images first (no labels needed)")
         base_model = self._model_source(base_model) if base_model else ""
-        cfg = PretrainConfig(images=str(self.store.image_dir), model=base_model, iters=int(iters),
-                             size=int(size), batch=int(batch), device=self.device)  # validated before writing
+        cfg = PretrainConfig(images=str(self.store.image_dir), extra_images=str(extra) if extra else None,
+                             model=base_model, iters=int(iters), size=int(size), batch=int(batch),
+                             device=self.device)  # validated before writing
         return self._launch(cfg)
 
     def _launch(self, cfg, labels: dict | None = None) -> str:
@@ -537,6 +578,22 @@ class AppService:
         if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
             return source
         return str(self.policy.server_path(source, "model folder"))
+
+    @endpoint()
+    def capacity_choices(self) -> dict:
+        """The head presets and backbone choices a run can take, with the parameters each gives the
+        live model's backbone (`detector.capacity`), and what the live model has now."""
+        from detector.capacity import parameter_counts, with_choices
+        from detector.config import BACKBONE_CHOICES, HEAD_PRESETS
+
+        cfg = self.predictor.model.config
+        key = (cfg.backbone, cfg.embed_dim)
+        if self._capacity_cache[0] != key:
+            heads = {name: parameter_counts(with_choices(cfg, name))["heads"] for name in HEAD_PRESETS}
+            self._capacity_cache = (key, heads)
+        info = self.predictor.info()
+        return {"heads": self._capacity_cache[1], "backbones": list(BACKBONE_CHOICES),
+                "current": {"heads": info["heads"], "backbone": info["backbone_training"]}}
 
     @endpoint()
     def model_info(self) -> dict:

@@ -24,12 +24,11 @@ import sqlite_utils
 from PIL import Image
 
 from detector.files import atomic_write
-from detector.images import ImageLoadError, load_image
+from detector.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from detector.vocabulary import clean_name
 from train.data import join_labels
 
 SCHEMA_VERSION = 1
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class StoreError(ValueError):

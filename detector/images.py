@@ -24,6 +24,19 @@ MAX_DECODED_PIXELS = int(os.environ.get("OVD_MAX_DECODED_PIXELS", "64000000"))
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # the one list
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (recursively, following links), sorted; hidden files and
+    folders are skipped. [] when the folder does not exist."""
+    paths = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(paths)
+
+
 class ImageLoadError(ValueError):
     """The input is not an image we can read; the message names it and says why."""
 

@@ -19,6 +19,7 @@ import numpy as np
 import supervision as sv
 import torch
 
+from .capacity import backbone_choice_of, head_preset_of
 from .checkpoint import save_checkpoint
 from .embedding_cache import VocabularyEmbedder
 from .images import LoadedImage, load_image
@@ -85,6 +86,8 @@ class Predictor:
             "backbone": cfg.backbone,
             "backbone_pretrained": self.model.backbone_pretrained,
             "frozen_backbone": cfg.freeze_backbone,
+            "backbone_training": backbone_choice_of(cfg) or f"last {cfg.backbone_trainable_stages} stages",
+            "heads": head_preset_of(cfg) or "custom",
             "text_encoder": self.embedder.encoder.key,
             "embed_dim": cfg.embed_dim,
             "parameters": self.model.parameter_counts(),

@@ -297,3 +297,29 @@ def test_two_process_ddp_pretraining_keeps_ranks_identical(syn, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     a, b = summary["rank_checksums"]
     assert a == b and summary["state"] == "finished"
+
+
+def test_app_pretraining_takes_an_allowed_server_folder_and_refuses_others(tmp_path, tiny_predictor):
+    from PIL import Image
+
+    from app.policy import AccessDenied, AccessPolicy
+    from app.service import AppService
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    for folder in (allowed / "sub", outside):
+        folder.mkdir(parents=True)
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(allowed / "sub" / "a.png")
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(outside / "b.png")
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy(allowed_dirs=(allowed.resolve(),)))
+    service.jobs.start = lambda run: run.id  # launch nothing: this test is about the config file
+    with pytest.raises(AccessDenied):
+        service.start_pretraining(iters=5, folder=str(outside))
+    with pytest.raises(AccessDenied):  # '..' out of the allowed folder
+        service.start_pretraining(iters=5, folder=str(allowed / ".." / "outside"))
+    assert not service.jobs.runs(), "a refused request creates no run"
+    # no stored images at all: the server folder alone is enough
+    cfg = service.jobs.run(service.start_pretraining(iters=5, base_model="tiny", folder=str(allowed))).read_config()
+    assert cfg.extra_images == str(allowed.resolve()) and cfg.images == str(service.store.image_dir)
+    from train.pretrain import list_images
+
+    assert list_images(cfg.images, cfg.extra_images) == [allowed.resolve() / "sub" / "a.png"]

@@ -1,4 +1,4 @@
-"""`python -m train {finetune,pretrain,evaluate,synthetic}`: the training CLIs (same functions the app calls).
+"""`python -m train {finetune,pretrain,dryrun,evaluate,synthetic}`: the training CLIs (same functions the app calls).
 
 `finetune`'s flags are generated from `RunConfig`'s fields, `pretrain`'s from `PretrainConfig`'s;
 `--config RUN/<config>.json` starts from a saved config (what the app launches), and flags given
@@ -38,6 +38,15 @@ def _pretrain_parser(sub) -> None:
     add_config_arguments(p, PretrainConfig)
 
 
+def _dryrun_parser(sub) -> None:
+    p = sub.add_parser("dryrun", help="measure a fine-tuning run's time per iteration and peak memory (no run is made)",
+                       description="A few real training steps on synthetic images of the run's sizes and batches, "
+                                   "with its head preset and backbone choice, on its device; prints JSON.")
+    p.add_argument("--config", type=Path, help="a saved run config; flags override it")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per batch kind (after one warm-up)")
+    add_config_arguments(p)
+
+
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="COCO box AP of a model on a COCO dataset (all / novel / base / per class)")
     p.add_argument("--model", required=True, help="run directory, checkpoint folder, preset or Hub id")
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     _finetune_parser(sub)
     _pretrain_parser(sub)
+    _dryrun_parser(sub)
     _evaluate_parser(sub)
     sub.add_parser("synthetic", help="write the synthetic open-vocabulary benchmark", add_help=False)
     args, rest = ap.parse_known_args(argv)
@@ -99,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
             result = pretrain(cfg, out, resume=args.resume)
             print(json.dumps({k: result[k] for k in ("state", "iteration", "total", "images", "seconds")}, indent=2))
+        elif args.command == "dryrun":
+            from .dry_run import dry_run
+
+            cfg = config_from_args(args, RunConfig.load(args.config) if args.config else None, RunConfig)
+            print(json.dumps(dry_run(cfg, steps=max(1, args.steps)), indent=2))
         else:
             from detector import Predictor
 

@@ -50,7 +50,7 @@ from torch import nn
 
 from detector.checkpoint import read_checkpoint
 from detector.files import atomic_write
-from detector.images import ImageLoadError, load_image
+from detector.images import IMAGE_SUFFIXES, ImageLoadError, list_image_files, load_image
 from detector.presets import load_detector
 from detector.proposals import ALIGNDET, ProposalParams, selective_search
 
@@ -61,24 +61,21 @@ from .run_dir import RunDir
 
 log = logging.getLogger("train")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PROJECTOR = "aligndet_projector"  # the detector attribute; see detector.checkpoint.PRETRAINING_ONLY
 PHOTOMETRIC_OPS = ("autocontrast", "equalize", "solarize", "colour_jitter")
 
 
 # --- 1. proposals, cached by image content -------------------------------------------------------
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"image folder '{folder}' does not exist")
-    paths = []
-    for root, dirs, files in os.walk(folder, followlinks=True):  # hidden folders/files are skipped
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        paths += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    paths.sort()
+def list_images(*folders: str | Path | None) -> list[Path]:
+    """The image files under every given folder; DataError when a folder is missing or all are empty."""
+    paths: list[Path] = []
+    for folder in filter(None, folders):
+        if not Path(folder).is_dir():
+            raise DataError(f"image folder '{folder}' does not exist")
+        paths += list_image_files(folder)
     if not paths:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under '{folder}'")
-    return paths
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {' or '.join(repr(str(f)) for f in folders if f)}")
+    return sorted(set(paths))
 
 
 def image_proposals(path: str | Path, params: ProposalParams = ALIGNDET) -> np.ndarray:
@@ -348,7 +345,7 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
         run.write_config(cfg)
         run.write_status("running", iteration=0, total=cfg.iters, message="finding images", started=t_start,
                          pid=os.getpid())
-    paths = list_images(cfg.images)
+    paths = list_images(cfg.images, cfg.extra_images)
     params = ProposalParams(top_k=cfg.proposals)
     workers = cfg.workers or min(8, os.cpu_count() or 1)
 
@@ -366,7 +363,7 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
     proposal_seconds = time.time() - t_prop
     paths = [p for p in paths if p in proposals]
     if not paths:
-        raise DataError(f"none of the images under '{cfg.images}' could be read")
+        raise DataError("none of the images could be read")
     for f in failed:
         log.warning("skipping unreadable image: %s", f)
     n_boxes = [len(proposals[p]) for p in paths]

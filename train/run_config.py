@@ -166,6 +166,7 @@ class PretrainConfig(ConfigBase):
     COMMAND: ClassVar[str] = "pretrain"
 
     images: str | None = _opt(None, "folder of unlabelled images (searched recursively)")
+    extra_images: str | None = _opt(None, "a second folder of unlabelled images (e.g. the app's store + a server folder)")
     model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id")
     iters: int = _opt(1000, "pre-training iterations")
     batch: int = _opt(4, "images per batch (each gives two views)")

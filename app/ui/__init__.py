@@ -32,13 +32,14 @@ def build_app(service: AppService) -> gr.Blocks:
                 tag = tag_tab.build(ep, service.policy.server_folders)
             with gr.Tab("Dataset") as dataset_page:
                 dataset = dataset_tab.build(ep)
-            with gr.Tab("Train"):
-                train = train_tab.build(ep)
+            with gr.Tab("Train") as train_page:
+                train = train_tab.build(ep, service.policy.server_folders)
             with gr.Tab("Model") as model_page:
                 model = model_tab.build(ep)
 
         # Every tab shows the store and the served model as they are now when it is opened.
-        for page, (fn, inputs, outputs) in ((tag_page, tag["refresh"]), (dataset_page, dataset["refresh"])):
+        for page, (fn, inputs, outputs) in ((tag_page, tag["refresh"]), (dataset_page, dataset["refresh"]),
+                                            (train_page, train["refresh"])):
             page.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
         served = handler(ep["model_info"], present=lambda info: (info, model_tab.model_header(info)))
         model_page.select(served, None, [model["info"], header], api_name=False, show_progress="hidden")

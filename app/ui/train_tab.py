@@ -9,7 +9,7 @@ import json
 import gradio as gr
 import pandas as pd
 
-from detector.config import IMAGE_LABEL_RULES
+from detector.config import HEAD_PRESETS, IMAGE_LABEL_RULES
 from train.run_dir import ACTIVE_STATES
 
 from .common import handler, tab_message
@@ -88,7 +88,29 @@ def _present_runs(runs: list[dict]) -> pd.DataFrame:
                          for r in runs], columns=["run", "state", "iteration", "total", "AP50"])
 
 
-def build(ep: dict) -> dict:
+def head_choices(capacity: dict | None = None) -> list[tuple[str, str]]:
+    """Dropdown entries: keep the model's heads, or a preset with the parameters it gives the live model."""
+    heads = (capacity or {}).get("heads") or {name: None for name in HEAD_PRESETS}
+    current = ((capacity or {}).get("current") or {}).get("heads")
+    keep = "keep the model's heads" + (f" ({current})" if current else "")
+    return [(keep, "")] + [(f"{name} ({heads[name] / 1e6:.1f} M parameters)" if heads.get(name) else name, name)
+                           for name in HEAD_PRESETS]
+
+
+BACKBONE_LABELS = {"": "keep the model's setting", "frozen": "frozen (Vasconcelos: recommended)",
+                   "last_stages": "fine-tune its last two stages", "all": "fine-tune all of it"}
+
+
+def cost_markdown(cost: dict) -> str:
+    """A dry run's measurement as one short paragraph (numbers only; nothing user-typed)."""
+    kinds = " · ".join(f"{s:.2f} s per {'box' if k == 'box' else 'tag'} batch" for k, s in cost["seconds_per_iter"].items())
+    minutes = cost["estimated_run_s"] / 60
+    return (f"Measured on **{cost['device']}** ({cost['steps']} steps after a warm-up): {kinds}; "
+            f"peak memory **{cost['peak_memory_mb']:.0f} MB**; {cost['trainable_params'] / 1e6:.1f} M trainable "
+            f"parameters ({cost['heads']} heads, backbone {cost['backbone']}); the whole run ≈ {minutes:.1f} min.")
+
+
+def build(ep: dict, server_folders: bool = False) -> dict:
     with gr.Row():
         with gr.Column():
             iters = gr.Number(300, label="Iterations", precision=0, minimum=1)
@@ -104,6 +126,13 @@ def build(ep: dict) -> dict:
                 label_size = gr.Number(320, label="Shorter side of tagged images", precision=0, minimum=32)
                 box_size = gr.Number(640, label="Shorter side of box-labelled images", precision=0, minimum=32)
                 weight = gr.Number(0.1, label="Weight λ of the image-label loss", minimum=0)
+            with gr.Accordion("Capacity: heads and backbone", open=False):
+                heads = gr.Dropdown(head_choices(), value="", label="Heads (new heads start untrained)",
+                                    elem_id="train-heads")
+                backbone = gr.Radio([(label, value) for value, label in BACKBONE_LABELS.items()], value="",
+                                    label="Backbone", elem_id="train-backbone")
+                measure = gr.Button("Measure time and memory (dry run)", elem_id="train-measure")
+                cost = gr.Markdown(elem_id="train-cost")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary")
                 cancel = gr.Button("Cancel", variant="stop")
@@ -114,6 +143,8 @@ def build(ep: dict) -> dict:
                             "and train from your tags as usual (training starts from the live model).")
                 pre_iters = gr.Number(1000, label="Pre-training iterations", precision=0, minimum=1)
                 pre_size = gr.Number(640, label="Shorter side of the images", precision=0, minimum=32)
+                pre_folder = gr.Textbox(label="Also a folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
+                                        elem_id="pretrain-folder")
                 pre_start = gr.Button("Pre-train on my images")
             msg = tab_message("train-msg")
         with gr.Column():
@@ -132,13 +163,17 @@ def build(ep: dict) -> dict:
     history = gr.Dataframe(label="Runs (click a row to open it)", interactive=False, elem_id="train-history")
     timer = gr.Timer(2.0)
 
-    inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight]
+    inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight,
+              heads, backbone]
     start.click(handler(ep["start_training"], present=lambda run_id: (run_id, f"started run `{run_id}`")), inputs,
                 [run, msg], api_name=False, show_progress_on=msg)
+    measure.click(handler(ep["estimate_training"], present=lambda c: (cost_markdown(c), "measured (no run was made)")),
+                  inputs, [cost, msg], api_name=False, show_progress_on=cost)
 
-    pre_start.click(handler(ep["start_pretraining"], prepare=lambda n, size, src: (n, src, size),
+    pre_start.click(handler(ep["start_pretraining"],
+                            prepare=lambda n, size, src, folder: (n, src, size, 4, folder),
                             present=lambda run_id: (run_id, f"started pre-training run `{run_id}`")),
-                    [pre_iters, pre_size, base], [run, msg], api_name=False)
+                    [pre_iters, pre_size, base, pre_folder], [run, msg], api_name=False)
 
     def need_run(run_id):
         if not run_id:
@@ -173,4 +208,5 @@ def build(ep: dict) -> dict:
     delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False)),
                  [run, delete_sure], [run, msg, delete_sure], api_name=False, show_progress_on=msg)
     history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
-    return {"use": use, "run": run, "msg": msg, "need_run": need_run}
+    refresh = handler(ep["capacity_choices"], present=lambda c: gr.update(choices=head_choices(c)))
+    return {"use": use, "run": run, "msg": msg, "need_run": need_run, "refresh": (refresh, None, [heads])}

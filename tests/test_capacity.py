@@ -1,0 +1,131 @@
+"""Head capacity presets, backbone fine-tuning choices and the dry run (Vasconcelos et al.; issue 13)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import load_checkpoint, load_detector, save_checkpoint
+from detector.capacity import backbone_choice_of, head_preset_of, parameter_counts, rebuild, with_choices
+from detector.config import HEAD_PRESETS
+from train.dry_run import dry_run
+from train.finetune import finetune
+from train.run_config import RunConfig
+from train.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    generate(out, seed=0, n_box=6, n_label=6, n_val=3, size=64)
+    return out
+
+
+def test_presets_are_named_for_their_cost():
+    base = load_detector("tiny").config
+    counts = {name: parameter_counts(with_choices(base, name)) for name in HEAD_PRESETS}
+    assert counts["light"]["heads"] < counts["standard"]["heads"] < counts["heavy"]["heads"]
+    assert len({c["backbone"] for c in counts.values()}) == 1, "a head preset never changes the backbone"
+    for name in HEAD_PRESETS:
+        assert head_preset_of(with_choices(base, name)) == name
+    assert head_preset_of(base.replace(box_head_convs=3)) is None
+    frozen = parameter_counts(with_choices(base, "light", "frozen"))
+    tuned = parameter_counts(with_choices(base, "light", "all"))
+    assert frozen["trainable"] == frozen["heads"] and tuned["trainable"] == tuned["total"]
+    with pytest.raises(ValueError, match="head preset"):
+        with_choices(base, "huge")
+
+
+def test_rebuild_keeps_the_backbone_and_starts_the_heads_fresh():
+    model = load_detector("tiny")
+    model.config.rpn_trained, model.config.trained_class_names = True, ["cat"]
+    same, report = rebuild(model)
+    assert same is model and not report.fresh
+    new, report = rebuild(model, heads="heavy", seed=1)
+    assert head_preset_of(new.config) == "heavy" and report.fresh
+    old_state, new_state = model.state_dict(), new.state_dict()
+    body = [k for k in old_state if k.startswith("backbone.body.")]
+    assert report.kept == len(body) and all(torch.equal(old_state[k], new_state[k]) for k in body)
+    assert not new.config.rpn_trained and new.config.trained_class_names == [], "new heads know nothing yet"
+    # only the backbone choice: every weight carries over, the body's weights now train
+    tuned, report = rebuild(model, backbone="last_stages")
+    assert report.kept == len(old_state) and all(torch.equal(old_state[k], v) for k, v in tuned.state_dict().items())
+    assert backbone_choice_of(tuned.config) == "last_stages" and tuned.config.rpn_trained
+    assert any(p.requires_grad for p in tuned.backbone.body.parameters())
+
+
+def test_old_checkpoints_with_bn_step_counters_still_load(tmp_path):
+    model = load_detector("tiny")
+    save_checkpoint(model, tmp_path / "m")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    state["backbone.body.stem.1.num_batches_tracked"] = torch.tensor(7)  # what a trainable BatchNorm2d saved
+    save_file(state, tmp_path / "m" / "model.safetensors", metadata={"format": "pt", "config": model.config.to_json()})
+    assert load_checkpoint(tmp_path / "m") is not None
+
+
+def test_run_config_validates_the_choices_before_a_run_exists():
+    with pytest.raises(ValueError, match="heads"):
+        RunConfig(heads="huge")
+    with pytest.raises(ValueError, match="train_backbone"):
+        RunConfig(train_backbone="some")
+    assert RunConfig.from_dict(RunConfig(heads="light", train_backbone="all").to_dict()).heads == "light"
+
+
+def test_finetune_trains_the_chosen_heads_and_backbone(syn, tmp_path):
+    cfg = RunConfig(model="tiny", heads="light", train_backbone="last_stages", box_data=str(syn / "box_train.json"),
+                    box_images=str(syn / "images"), iters=3, box_batch=2, box_size=64, warmup=1, log_every=1,
+                    checkpoint_every=2)
+    before = load_detector("tiny").backbone.body.state_dict()
+    assert finetune(cfg, tmp_path / "run")["state"] == "finished"
+    model = load_checkpoint(tmp_path / "run")
+    assert head_preset_of(model.config) == "light" and backbone_choice_of(model.config) == "last_stages"
+    after = model.backbone.body.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all(k.startswith("stages.") for k in moved), "only the last stages' weights move"
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["peak_memory_mb"] > 0 for m in metrics)
+    # resuming does not rebuild (it would throw the trained heads away): same weights as the checkpoint
+    resumed = finetune(cfg.replace(iters=4), tmp_path / "run", resume=True)
+    assert resumed["state"] == "finished" and resumed["iteration"] == 4
+
+
+def test_dry_run_measures_each_batch_kind(syn):
+    cfg = RunConfig(model="tiny", heads="light", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"),
+                    label_data=str(syn / "image_labels.json"), label_images=str(syn / "images"), box_size=64,
+                    label_size=32, box_batch=2, label_batch=2, device="cuda" if torch.cuda.is_available() else "cpu")
+    light = dry_run(cfg, steps=1)
+    assert set(light["seconds_per_iter"]) == {"box", "label"} and all(s > 0 for s in light["seconds_per_iter"].values())
+    assert light["peak_memory_mb"] > 0 and light["heads"] == "light" and light["backbone"] == "frozen"
+    heavy = dry_run(cfg.replace(heads="heavy", train_backbone="all"), steps=1)
+    assert heavy["trainable_params"] > light["trainable_params"] and heavy["backbone"] == "all"
+
+
+@pytest.mark.slow
+def test_app_measures_a_run_in_its_own_process_and_makes_no_run(tmp_path, tiny_predictor, syn):
+    """The Train tab's "Measure" button: `python -m train dryrun` in a child process."""
+    import io
+
+    from PIL import Image
+
+    from app.service import AppService
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    buf = io.BytesIO()
+    Image.open(next((syn / "images" / "image_labels").iterdir())).save(buf, "PNG")
+    service.tag(service.store.add_image(buf.getvalue()), "red circle")
+    cost = service.estimate_training(iters=100, heads="light", label_size=32)
+    assert cost["heads"] == "light" and set(cost["seconds_per_iter"]) == {"label"}
+    assert cost["estimated_run_s"] == pytest.approx(100 * cost["seconds_per_iter"]["label"])
+    assert cost["peak_memory_mb"] > 0 and service.jobs.runs() == []
+    assert not any(p.name.startswith(".dryrun") for p in service.jobs.runs_dir.iterdir()), "its folder is removed"
+    r = subprocess.run([sys.executable, "-m", "train", "dryrun", "--model", "tiny", "--box-data", "x.json",
+                        "--box-images", ".", "--box-size", "48", "--box-batch", "1", "--heads", "huge"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "heads" in r.stderr
