@@ -13,8 +13,9 @@ Benchmarks: `simple` (train/synthetic.py: novel names compose from base names) a
 Model: the real offline weights — EfficientNet-Lite0 (ImageNet, frozen) + all-MiniLM-L6-v2 text
 embeddings — with heads sized for a CPU run. Reports novel and base AP50 (mean ± std over seeds).
 
-    python bench/detic_synthetic.py --benchmark hard   # CPU default
-    python bench/detic_synthetic.py --large         # more data / iterations / resolution, for a GPU
+    python bench/detic_synthetic.py                    # CPU default: both benchmarks, every rule and scope, 1 seed
+    python bench/detic_synthetic.py --benchmark hard --seeds 0 1 2   # one benchmark, the documented 3 seeds
+    python bench/detic_synthetic.py --large            # more data / iterations / resolution, for a GPU
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ VARIANTS = {"a_box_only": None, "b_max_size": ("max_size", "box_head"), "c_image
             "d_max_score_classifier": ("max_score", "classifier"),
             # control: box-only with as many box batches as (b)-(d) get at ratio 1:1 (half the iterations)
             "a2_box_only_half": "half"}
-DEFAULT_VARIANTS = ["a_box_only", "b_max_size", "c_image_box", "d_max_score", "b_max_size_classifier"]
+# every rule under both scopes, box-only, and the equal-box-batch control
+DEFAULT_VARIANTS = ["a_box_only", "a2_box_only_half", "b_max_size", "c_image_box", "d_max_score",
+                    "b_max_size_classifier", "c_image_box_classifier", "d_max_score_classifier"]
 
 
 def experiment_config(size: int, large: bool, text: str = "minilm"):
@@ -80,6 +83,15 @@ def scores(run_dir: str, data: Path, novel: list[str], detic_scoring: bool = Tru
             "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"]}
 
 
+def _finished_with(out: Path, cfg: RunConfig) -> bool:
+    """Whether `out` holds a finished run of exactly `cfg` (so a re-run only re-scores it)."""
+    run = RunDir(out)
+    try:
+        return run.status().get("state") == "finished" and run.read_config() == cfg
+    except (OSError, ValueError):
+        return False
+
+
 def markdown_table(results: dict[str, list[dict]]) -> str:
     """Mean ± std over seeds, and the per-seed novel AP50 (to see whether every seed moved)."""
     def ms(rows, key):
@@ -99,15 +111,41 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def both(args: argparse.Namespace) -> None:
+    """Both benchmarks at once, one process each (half the machine's threads each), same flags."""
+    import os
+    import subprocess
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # this command line minus --work / --benchmark
+        if skip:
+            skip = False
+        elif a in ("--work", "--benchmark"):
+            skip = True
+        elif not a.startswith(("--work=", "--benchmark=")):
+            argv.append(a)
+    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, __file__, "--benchmark", name, "--work", str(args.work / name), *argv],
+                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)})
+             for name in BENCHMARKS]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        sys.exit(f"a benchmark process failed (exit codes {codes})")
+    if not args.summary:
+        print(f"both benchmarks: {time.time() - t0:.0f} s wall")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("runs/detic_synthetic"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="the tables in docs/experiments.md use 0 1 2")
     ap.add_argument("--iters", type=int, default=None, help="phase-2 iterations per variant")
     ap.add_argument("--box-iters", type=int, default=None, help="phase-1 (box-supervised) iterations")
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--large", action="store_true", help="GPU setting: more data, iterations, resolution, heads")
-    ap.add_argument("--benchmark", choices=list(BENCHMARKS), default="simple")
+    ap.add_argument("--benchmark", choices=[*BENCHMARKS, "both"], default="both",
+                    help="both: each benchmark in its own process, side by side, under --work/<benchmark>")
     ap.add_argument("--image-loss-weight", type=float, default=0.1)
     ap.add_argument("--ratio", default="1:1", help="box : image-label batches in phase 2")
     ap.add_argument("--label-scale", type=float, default=0.5,
@@ -118,7 +156,12 @@ def main() -> None:
     ap.add_argument("--text", choices=["minilm", "hashed"], default="minilm",
                     help="names' embeddings: real MiniLM, or structure-free hashed vectors (control)")
     ap.add_argument("--summary", action="store_true", help="print the table of --work/results.json and exit")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score finished runs found in --work as they are, whatever settings they were made with")
     args = ap.parse_args()
+    if args.benchmark == "both":
+        both(args)
+        return
     if args.summary:
         print(markdown_table(json.loads((args.work / "results.json").read_text())))
         return
@@ -161,11 +204,17 @@ def main() -> None:
                 image_label_scope=scope, ratio=args.ratio,
                 warmup=min(20, iters // 10), **common,
             )
-            result = finetune(cfg, out)
+            if _finished_with(out, cfg) or (args.rescore and RunDir(out).status().get("state") == "finished"):
+                # done before (with the same settings, or as it is with --rescore): score it, do not retrain
+                result = RunDir(out).summary()
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                result = finetune(cfg, out)
             if result["state"] != "finished":  # Ctrl-C / SIGTERM: the run stopped cleanly; so do we
                 sys.exit(f"{variant} seed {seed} stopped at iteration {result['iteration']}; re-run to redo it")
-            row = {"seed": seed, **scores(out, data, bench.NOVEL), "box_iters": box_iters, "iters": cfg.iters, "ratio": args.ratio, "label_size": cfg.label_size,
-                   "image_stats": {k: v for k, v in result["last"].items() if k.startswith("stats_")},
+            row = {"seed": seed, **scores(out, data, bench.NOVEL), "box_iters": box_iters, "iters": cfg.iters,
+                   "ratio": args.ratio, "label_size": cfg.label_size,
+                   "image_stats": {k: v for k, v in result.get("last", {}).items() if k.startswith("stats_")},
                    "plain_scores": scores(out, data, bench.NOVEL, detic_scoring=False)}
             results[variant + args.tag].append(row)
             print(f"[{time.time() - t0:7.0f}s] {variant}{args.tag} seed {seed}: " + json.dumps(row), flush=True)
