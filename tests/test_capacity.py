@@ -105,6 +105,8 @@ def test_dry_run_measures_each_batch_kind(syn):
     assert light["peak_memory_mb"] > 0 and light["heads"] == "light" and light["backbone"] == "frozen"
     heavy = dry_run(cfg.replace(heads="heavy", train_backbone="all"), steps=1)
     assert heavy["trainable_params"] > light["trainable_params"] and heavy["backbone"] == "all"
+    loaded_only = dry_run(cfg, steps=0)
+    assert loaded_only["seconds_per_iter"] == {} and loaded_only["peak_memory_mb"] > 0
 
 
 @pytest.mark.slow

@@ -43,7 +43,8 @@ def _dryrun_parser(sub) -> None:
                        description="A few real training steps on synthetic images of the run's sizes and batches, "
                                    "with its head preset and backbone choice, on its device; prints JSON.")
     p.add_argument("--config", type=Path, help="a saved run config; flags override it")
-    p.add_argument("--steps", type=int, default=2, help="timed steps per batch kind (after one warm-up)")
+    p.add_argument("--steps", type=int, default=2,
+                   help="timed steps per batch kind after one warm-up (0: none; the loaded model's memory)")
     add_config_arguments(p)
 
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             from .dry_run import dry_run
 
             cfg = config_from_args(args, RunConfig.load(args.config) if args.config else None, RunConfig)
-            print(json.dumps(dry_run(cfg, steps=max(1, args.steps)), indent=2))
+            print(json.dumps(dry_run(cfg, steps=max(0, args.steps)), indent=2))
         else:
             from detector import Predictor
 

@@ -42,7 +42,8 @@ def _batch(kind: str, cfg: RunConfig, gen: torch.Generator, device: torch.device
 
 def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     """{"device", "heads", "backbone", "trainable_params", "seconds_per_iter": {kind: s},
-    "peak_memory_mb", "steps"}: the mean of `steps` timed steps per batch kind after one warm-up."""
+    "peak_memory_mb", "steps"}: the mean of `steps` timed steps per batch kind after one warm-up
+    (`steps=0`: no step at all, so the peak memory is the loaded model's)."""
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_detector(cfg.model)
     if cfg.heads or cfg.train_backbone:
@@ -59,6 +60,8 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
                              "scope": cfg.image_label_scope})
     kinds = [k for k, given in (("box", cfg.box_data), ("label", cfg.label_data)) if given] or ["box"]
+    if steps == 0:  # the loaded model (and text encoder) alone: the memory a run holds before its first step
+        kinds = []
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     gen = torch.Generator().manual_seed(cfg.seed)
