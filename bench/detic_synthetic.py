@@ -36,7 +36,6 @@ from bench import hard_synthetic  # noqa: E402
 from detector import OpenVocabDetector, load_checkpoint, save_checkpoint  # noqa: E402
 from detector.embedding_cache import VocabularyEmbedder  # noqa: E402
 from detector.presets import PRESETS  # noqa: E402
-from detector.text_encoders import build_text_encoder  # noqa: E402
 from train import synthetic  # noqa: E402
 from train.evaluate import evaluate_model  # noqa: E402
 from train.finetune import finetune  # noqa: E402
@@ -76,8 +75,7 @@ def scores(run_dir: str, data: Path, novel: list[str], detic_scoring: bool = Tru
     sqrt(class score * objectness) or (`detic_scoring=False`) by the class score alone."""
     model = load_checkpoint(run_dir)
     model.config = model.config.replace(mult_proposal_score=detic_scoring)
-    embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
-                                  model.config.prompt)
+    embedder = VocabularyEmbedder.for_config(model.config)
     ev = evaluate_model(model, data / "val.json", data / "images", novel, embedder=embedder)
     return {"novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"], "novel_AP": ev["novel"]["AP"],
             "base_AP": ev["base"]["AP"], "all_AP50": ev["all"]["AP50"]}

@@ -95,6 +95,13 @@ class VocabularyEmbedder:
         self.cache = cache if cache is not None else shared_cache()
         self.encoded_count = 0  # names actually sent through the encoder (observability + tests)
 
+    @classmethod
+    def for_config(cls, config) -> VocabularyEmbedder:
+        """The embedder a detector config names (its text encoder and prompt)."""
+        from .text_encoders import build_text_encoder
+
+        return cls(build_text_encoder(config.text_encoder, config.text_encoder_options), config.prompt)
+
     def __call__(self, vocabulary) -> tuple[list[str], torch.Tensor]:
         names = parse_vocabulary(vocabulary)
         found = self.cache.get_many(self.encoder.key, self.prompt, names)

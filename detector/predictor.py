@@ -25,7 +25,6 @@ from .embedding_cache import VocabularyEmbedder
 from .images import LoadedImage, load_image
 from .model import EncodedImages, OpenVocabDetector
 from .presets import load_detector
-from .text_encoders import build_text_encoder
 from .vocabulary import parse_vocabulary
 
 MAX_ASPECT = 8  # thinner images are padded to this aspect ratio before the model sees them
@@ -53,8 +52,7 @@ class Predictor:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         cfg = model.config
-        self.embedder = VocabularyEmbedder(build_text_encoder(cfg.text_encoder, cfg.text_encoder_options),
-                                           cfg.prompt)
+        self.embedder = VocabularyEmbedder.for_config(cfg)
         if self.embedder.encoder.dim != cfg.embed_dim:
             raise ValueError(f"text encoder '{cfg.text_encoder}' gives {self.embedder.encoder.dim}-d "
                              f"embeddings but the model expects {cfg.embed_dim}")

@@ -18,7 +18,6 @@ import torch
 from detector.capacity import backbone_choice_of, head_preset_of, rebuild
 from detector.embedding_cache import VocabularyEmbedder
 from detector.presets import load_detector
-from detector.text_encoders import build_text_encoder
 
 from .finetune import TrainStep, peak_memory_mb
 from .run_config import RunConfig
@@ -51,8 +50,7 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     if cfg.box_data:  # as in finetune: box batches train the RPN, so tags use its proposals
         model.config.rpn_trained = True
     model.to(device).train()
-    embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
-                                  model.config.prompt)
+    embedder = VocabularyEmbedder.for_config(model.config)
     _, emb = embedder(NAMES)
     emb = emb.to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -27,7 +27,6 @@ from detector.capacity import rebuild
 from detector.embedding_cache import VocabularyEmbedder
 from detector.images import ImageLoadError
 from detector.presets import load_detector
-from detector.text_encoders import build_text_encoder
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
 from .run_config import RunConfig
@@ -192,8 +191,7 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         model.config.rpn_trained = True
     model.to(device).train()
 
-    embedder = VocabularyEmbedder(build_text_encoder(model.config.text_encoder, model.config.text_encoder_options),
-                                  model.config.prompt)
+    embedder = VocabularyEmbedder.for_config(model.config)
     _, emb = embedder(names)
     emb = emb.to(device)
     # Box batches classify over the classes that have box annotations only (Detic: per-dataset
