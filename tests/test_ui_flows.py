@@ -456,3 +456,22 @@ def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
     with pytest.raises(JobError, match="cancel it first"):
         service.delete_run(starting)
     assert {r["id"] for r in service.training_runs()} == {served, starting}
+
+
+def test_the_loss_plot_counts_whole_iterations(app):
+    """A short run (4 iterations) used to get ticks at 1.2, 1.4, …: the x axis is whole iterations."""
+    from playwright.sync_api import expect
+
+    from app.ui.train_tab import loss_plot
+
+    service, page = app
+    _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)
+    axis = page.locator("#train-curve svg g.role-axis[aria-label^='X-axis']")
+    expect(axis.locator("g.role-axis-title")).to_have_text("iterations", timeout=30_000)
+    ticks = axis.locator("g.role-axis-label text").all_text_contents()
+    assert len(ticks) >= 3 and all(t.isdigit() for t in ticks), ticks
+    assert len(set(ticks)) == len(ticks), ticks
+    plot = loss_plot(service.training_status())
+    assert plot["value"].iteration.dtype.kind == "i" and all(isinstance(v, int) for v in plot["x_lim"])
