@@ -238,6 +238,10 @@ def test_assign_defaults_to_the_proposals_training_considers(app, photos):
     page.get_by_role("button", name="Show assignment").click()
     expect(page.locator("#assign-msg")).to_contain_text("max_size trains", timeout=60_000)
     expect(page.locator("#assign-table")).to_contain_text("% of image")
+    # A number typed in the slider's box and Enter: shown again with it.
+    slider.fill("5")
+    slider.press("Enter")
+    expect(page.locator("#assign-table")).to_contain_text(" of 5", timeout=60_000)
 
 
 def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
@@ -475,3 +479,27 @@ def test_the_loss_plot_counts_whole_iterations(app):
     assert len(set(ticks)) == len(ticks), ticks
     plot = loss_plot(service.training_status())
     assert plot["value"].iteration.dtype.kind == "i" and all(isinstance(v, int) for v in plot["x_lim"])
+
+
+def _table_rows(page, elem_id: str) -> int:
+    """Rows with data in a Gradio Dataframe."""
+    return page.locator(f"#{elem_id} tbody tr").evaluate_all(
+        "rows => rows.filter(r => [...r.querySelectorAll('td')].some(td => td.textContent.trim())).length")
+
+
+def test_a_typed_threshold_and_enter_detects(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    page.locator("#detect-image input[type=file]").set_input_files(str(photos[0]))
+    expect(page.locator("#detect-image img")).to_be_visible(timeout=30_000)
+    box = page.locator("#detect-score input[type=number]")
+    box.fill("0")
+    box.press("Enter")
+    expect(page.locator("#detect-output img")).to_be_visible(timeout=60_000)  # it detected
+    _wait(page, lambda: _table_rows(page, "detect-table") > 0, "boxes at threshold 0", 60)
+    box.fill("1")
+    box.press("Enter")
+    _wait(page, lambda: _table_rows(page, "detect-table") == 0, "no boxes at threshold 1", 60)
+    assert box.input_value() == "1"
+    assert _error_badges(page) == 0

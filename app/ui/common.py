@@ -61,6 +61,16 @@ document.addEventListener('keydown', (e) => {
     if (box) { e.preventDefault(); box.focus(); }
   }
 });
+// Enter in a slider's number box (a threshold typed on the Detect tab) commits it as leaving the
+// box does: the slider's release event (which detects again there). The box keeps the focus.
+document.addEventListener('keydown', (e) => {
+  const t = e.target;
+  if (e.key !== 'Enter' || t.tagName !== 'INPUT' || t.type !== 'number') return;
+  if (!t.closest('.wrap')?.querySelector('input[type=range]')) return;
+  e.preventDefault();
+  t.blur();
+  t.focus();
+});
 </script>
 """
 
