@@ -4,6 +4,7 @@ model, suggestions belong to one image, labelling by keyboard. Screenshots go to
 folder, or to $SCREENSHOTS_DIR (`make screenshots`)."""
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -503,3 +504,49 @@ def test_a_typed_threshold_and_enter_detects(app, photos):
     _wait(page, lambda: _table_rows(page, "detect-table") == 0, "no boxes at threshold 1", 60)
     assert box.input_value() == "1"
     assert _error_badges(page) == 0
+
+
+def test_the_detections_export_reports_progress_per_image(tmp_path, tiny_predictor, photos):
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    for p in photos[:3]:
+        service.tag(service.store.add_image(p), "mug")
+    calls = []
+    coco = service.detections_coco(progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)] and len(coco["images"]) == 3
+    calls.clear()
+    Path(service.export_labels("coco_detections", progress=lambda *a: calls.append(a)))
+    assert calls[-1] == (3, 3)
+    # the callback is for the UI: API callers give only the format (and the threshold)
+    import inspect
+
+    from app.endpoints import make_endpoints
+
+    ops = make_endpoints(service)
+    assert list(inspect.signature(ops["export_labels"]).parameters) == ["fmt"]
+    assert list(inspect.signature(ops["detections_coco"]).parameters) == ["score_threshold"]
+
+
+def test_the_detections_export_shows_its_progress(app, photos, monkeypatch):
+    import time
+
+    from playwright.sync_api import expect
+
+    service, page = app
+    for p in photos[:3]:
+        service.tag(service.store.add_image(p), "mug")
+    predict = service.predictor.predict
+
+    def slow(*args, **kwargs):  # a long export: about a second per image
+        time.sleep(1)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(service.predictor, "predict", slow)
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("3 images, 3 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    page.get_by_label("coco_detections").check()
+    page.get_by_role("button", name="Export").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("detecting", timeout=30_000)
+    expect(page.locator("#dataset-msg")).to_contain_text("/3 images")
+    name = f"data_{time.strftime('%Y-%m-%d')}_detections_coco.json"  # the app's data folder is named "data"
+    expect(page.locator("#dataset-export a")).to_have_attribute("href", re.compile(re.escape(name) + "$"),
+                                                                timeout=60_000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 import pandas as pd
 
@@ -48,7 +50,7 @@ def build(ep: dict) -> dict:
     with gr.Row():
         exp_fmt = gr.Radio(["detic", "csv", "coco_detections"], value="detic", label="Export format")
         exp_btn = gr.Button("Export")
-        exp_file = gr.File(label="Export")
+        exp_file = gr.File(label="Export", elem_id="dataset-export")
 
     out = [plot, table, summary, browse_label, ren_old, merge_src, del_label]
     unchanged = tuple(gr.update() for _ in out)
@@ -98,7 +100,15 @@ def build(ep: dict) -> dict:
     # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)
     imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [msg, *out], api_name="import_labels",
                   show_progress_on=msg)
-    exp_btn.click(handler(ep["export_labels"], present=lambda path: (path, ""),
-                          error=lambda m, *_: (gr.update(), error_text(m))), exp_fmt, [exp_file, msg], api_name=False,
-                  show_progress_on=msg)
+    def export(fmt, progress=gr.Progress()):
+        """The detections export runs the model on every image: a progress bar per image."""
+        def per_image(done: int, total: int):
+            progress((done, total), desc="detecting", unit="images")
+
+        run = handler(functools.partial(ep["export_labels"], progress=per_image), present=lambda path: (path, ""),
+                      error=lambda m, *_: (gr.update(), error_text(m)))
+        return run(fmt)
+
+    export.endpoint = ep["export_labels"]
+    exp_btn.click(export, exp_fmt, [exp_file, msg], api_name=False, show_progress_on=msg)
     return {"refresh": (handler(ep["dataset"], present=_present), [], out)}
