@@ -550,3 +550,29 @@ def test_the_detections_export_shows_its_progress(app, photos, monkeypatch):
     name = f"data_{time.strftime('%Y-%m-%d')}_detections_coco.json"  # the app's data folder is named "data"
     expect(page.locator("#dataset-export a")).to_have_attribute("href", re.compile(re.escape(name) + "$"),
                                                                 timeout=60_000)
+
+
+def test_an_image_picked_in_the_dataset_gallery_opens_in_tag(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(p) for p in photos[:3]]
+    for h in hashes:
+        service.tag(h, "mug")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("3 images, 3 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    open_button = page.locator("#dataset-open-in-tag")
+    expect(open_button).to_be_hidden()
+    page.get_by_label("Browse images of label").click()
+    page.get_by_role("option", name="mug").click()
+    thumbnails = page.locator("#dataset-gallery .thumbnail-item")
+    expect(thumbnails).to_have_count(3, timeout=30_000)
+    thumbnails.nth(1).click()
+    expect(open_button).to_have_text("Open photo_1.png in Tag", timeout=30_000)
+    open_button.click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3", timeout=30_000)
+    expect(page.locator("#tag-status")).to_contain_text("photo_1.png")
+    expect(page.locator("#tag-image")).to_be_visible()
+    expect(page.get_by_role("tab", name="Tag")).to_have_attribute("aria-selected", "true")
+    page.wait_for_timeout(1000)  # the Tag tab's own refresh on opening keeps the image
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3")

@@ -269,4 +269,5 @@ def build(ep: dict, server_folders: bool) -> dict:
     undo_handler.endpoint = ep["untag"]
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
     refresh = handler(view, present=lambda v: as_tuple(_present_view(v)))
-    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: as_tuple(_present_view(view(i)))}
+    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: as_tuple(_present_view(view(i))),
+            "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash))))}
