@@ -243,16 +243,26 @@ class AppService:
                 for r in self.store.images()]
 
     @endpoint()
-    def tag_view(self, index: int = 0) -> dict:
-        """The tagging queue at `index` (clamped): the image, its tags, the label list and progress."""
+    def tag_view(self, index: int = 0, show: str = "all", backward: bool = False) -> dict:
+        """The tagging queue at `index` (clamped): the image, its tags, the label list and progress.
+        `show` restricts the queue to the images that match (`queue_filter`): when the image at
+        `index` does not, the nearest one after it that does is shown (before it with `backward`;
+        failing that, the nearest the other way). `matches`: how many images match; `position`:
+        the shown image's place among them (1-based); `image` is None when none matches."""
         rows = self.store.images()
         tagged, total = self.store.progress()
-        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None}
-        if rows:
+        matches = queue_filter(show)
+        matching = [i for i, r in enumerate(rows) if matches(r)]
+        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None,
+                "show": (show or "all").strip() or "all", "matches": len(matching), "position": None}
+        if matching:
             index = max(0, min(int(index or 0), len(rows) - 1))
+            after, before = [i for i in matching if i >= index], [i for i in reversed(matching) if i <= index]
+            index = ((before or after) if backward else (after or before))[0]
             row = rows[index]
-            view.update(index=index, image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
-                                            "positives": row["positives"], "negatives": row["negatives"]})
+            view.update(index=index, position=matching.index(index) + 1,
+                        image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
+                               "positives": row["positives"], "negatives": row["negatives"]})
         return view
 
     @endpoint(api=False)
@@ -611,6 +621,20 @@ def model_limits(info: dict) -> list[str]:
     if limits:
         limits.append(HOW_TO_GET_WEIGHTS)
     return limits
+
+
+def queue_filter(show: str) -> Callable[[dict], bool]:
+    """Which stored images (rows) the Tag queue shows: "all", "untagged" (no tags at all) or
+    "label:NAME" (tagged present with NAME; a label that no longer exists matches none)."""
+    show = (show or "all").strip() or "all"
+    if show == "all":
+        return lambda row: True
+    if show == "untagged":
+        return lambda row: not row["positives"] and not row["negatives"]
+    if show.startswith("label:"):
+        name = show[len("label:"):]
+        return lambda row: name in row["positives"]
+    raise ValueError(f"unknown filter {show!r}: all, untagged or label:NAME")
 
 
 def _upload_path(f) -> Path | None:

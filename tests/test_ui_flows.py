@@ -576,3 +576,61 @@ def test_an_image_picked_in_the_dataset_gallery_opens_in_tag(app, photos):
     expect(page.get_by_role("tab", name="Tag")).to_have_attribute("aria-selected", "true")
     page.wait_for_timeout(1000)  # the Tag tab's own refresh on opening keeps the image
     expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3")
+
+
+def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(np.roll(np.asarray(Image.open(photos[i % 4])), 5 * i, axis=0), f"img_{i}.png")
+              for i in range(6)]
+    service.tag(hashes[1], "mug")
+    service.tag(hashes[4], "mug")
+    service.tag(hashes[2], "plate")
+    page.get_by_role("tab", name="Tag").click()
+    status, count = page.locator("#tag-status"), page.locator("#tag-show-count")
+    expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
+    expect(count).to_contain_text("all 6 images")
+
+    def show(choice: str):
+        page.locator("#tag-show input").click()
+        page.get_by_role("option", name=choice, exact=True).click()
+        page.locator("#tag-status").click()  # the keys act again (not typing in the filter box)
+
+    # With label "mug": the image shown (img_0) does not match, so the first that does opens.
+    show("with label: mug")
+    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
+    expect(count).to_contain_text("2 of 6 match · this is 1 of 2")
+    page.locator("#tag-next").click()
+    expect(status).to_contain_text("Image 5 / 6", timeout=30_000)
+    expect(count).to_contain_text("this is 2 of 2")
+    page.locator("#tag-next").click()  # no further match: it stays
+    page.wait_for_timeout(500)
+    expect(status).to_contain_text("Image 5 / 6")
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
+
+    # Untagged: img_0, img_3, img_5. Enter goes to the next; tagging one takes it out of the count.
+    show("untagged")
+    expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
+    expect(count).to_contain_text("3 of 6 match · this is 2 of 3")
+    page.keyboard.press("Enter")
+    expect(status).to_contain_text("Image 6 / 6", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
+    page.keyboard.press("1")  # mug
+    _wait(page, lambda: service.store.tags(hashes[3])["positives"] == ["mug"], "img_3 tagged mug")
+    expect(count).to_contain_text("2 of 6 match · not this image", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text("Image 6 / 6", timeout=30_000)
+
+    # The new label is offered as a filter too, and "all images" walks every image again.
+    show("all images")
+    expect(count).to_contain_text("all 6 images", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 5 / 6", timeout=30_000)
+    assert service.tag_view(0, "label:plate")["position"] == 1 and service.tag_view(0, "label:plate")["index"] == 2
+    assert service.tag_view(5, "label:nothing")["image"] is None
+    assert _error_badges(page) == 0
