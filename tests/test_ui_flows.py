@@ -634,3 +634,70 @@ def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
     assert service.tag_view(0, "label:plate")["position"] == 1 and service.tag_view(0, "label:plate")["index"] == 2
     assert service.tag_view(5, "label:nothing")["image"] is None
     assert _error_badges(page) == 0
+
+
+# Outside the viewport's width and not inside a container of its own that scrolls sideways (and fits).
+_OFF_SCREEN = """(W) => {
+  const out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    if (!e.checkVisibility({visibilityProperty: true})) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || (r.right <= W + 1 && r.left >= -1)) continue;
+    let ok = false;
+    for (let x = e.parentElement; x && x !== document.body; x = x.parentElement) {
+      const overflow = getComputedStyle(x).overflowX;
+      if (overflow === 'auto' || overflow === 'scroll') {
+        const q = x.getBoundingClientRect();
+        ok = q.right <= W + 1 && q.left >= -1;
+        break;
+      }
+    }
+    if (!ok) out.push(`${e.tagName}#${e.id} "${(e.textContent || '').trim().slice(0, 40)}" ${r.left}..${r.right}`);
+  }
+  return out;
+}"""
+
+
+def test_every_tab_works_on_a_390_px_phone(browser, app, photos, shots):
+    """At 390 px: every tab can be opened (none hidden in a "…" menu), each tab's main buttons are
+    on screen, the page never scrolls sideways, and tables scroll inside their own box."""
+    from playwright.sync_api import expect
+
+    service, wide = app
+    h = service.store.add_image(photos[0], "a_very_long_file_name_of_a_photo_taken_on_holiday_0001.png")
+    service.tag(h, "mug, a rather long label name for a narrow screen")
+    _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    buttons = {"Detect": ["#detect-button"], "Assign": ["button:text-is('Show assignment')"],
+               "Tag": ["#tag-prev", "#tag-next", "#tag-next-untagged", "#tag-undo", "#tag-suggest", "#tag-accept"],
+               "Dataset": [f"button:text-is('{b}')" for b in ("Rename", "Merge", "Delete", "Import", "Export")],
+               "Train": ["button:text-is('Start training')", "button:text-is('Cancel')", "#train-delete"],
+               "Model": ["button:text-is('Load')", "button:text-is('Push')"]}
+    try:
+        page.goto(service.url, wait_until="load")
+        expect(page.locator("#detect-button")).to_be_visible(timeout=60_000)
+        for name, selectors in buttons.items():
+            tab = page.get_by_role("tab", name=name)
+            expect(tab).to_be_visible()
+            tab.click()
+            expect(tab).to_have_attribute("aria-selected", "true")
+            for selector in selectors:
+                button = page.locator(selector)
+                expect(button).to_be_visible(timeout=30_000)
+                box = button.bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, selector, box)
+            if name == "Tag":
+                expect(page.locator("#tag-status")).to_contain_text("holiday_0001.png", timeout=30_000)
+                status = page.locator("#tag-status p")
+                assert status.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "the image's name runs off"
+            if name == "Dataset":
+                expect(page.locator("#dataset-table")).to_contain_text("narrow screen", timeout=30_000)
+            if name == "Train":
+                expect(page.locator("#train-history")).to_contain_text("finished", timeout=30_000)
+            page.wait_for_timeout(500)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 392, name
+            assert page.evaluate(_OFF_SCREEN, 390) == [], name
+            page.screenshot(path=str(shots / f"phone-{name.lower()}.png"), full_page=True)
+    finally:
+        page.close()
+    assert wide.locator("#detect-button").is_visible()

@@ -23,7 +23,7 @@ def build_app(service: AppService) -> gr.Blocks:
         gr.Markdown("# Detect anything you can name\nType a vocabulary, detect, tag images with what they "
                     "contain, retrain in the background, and serve the new model, all on this page.")
         header = gr.HTML(model_tab.model_header(service.model_info()))
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab in sight on a phone, no "…" menu
             with gr.Tab("Detect", id="detect"):
                 detect_tab.build(ep, service.predictor.config)
             with gr.Tab("Assign", id="assign"):

@@ -25,6 +25,7 @@ CSS = """
 .hotkey {display: none !important}
 #honesty-banner {background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:8px 12px;color:#78350f}
 #honesty-banner ul {margin:4px 0 4px 18px}
+.prose code {overflow-wrap: anywhere}
 """
 
 # Labelling keys, active only while the Tag tab is shown (see the legend there, `tag_tab._keys`):
