@@ -60,9 +60,16 @@ def make_endpoints(service: AppService) -> dict[str, Callable]:
             continue
         bound = getattr(service, name)
         fn = friendly(on_zero_gpu(bound) if spec["gpu"] else bound)
+        fn.__signature__ = _api_signature(bound)
         fn.endpoint = spec
         out[name] = fn
     return out
+
+
+def _api_signature(method: Callable) -> inspect.Signature:
+    """The parameters an API caller gives: keyword-only ones (a progress callback) are for the UI."""
+    sig = inspect.signature(method)
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.kind is not p.KEYWORD_ONLY])
 
 
 def register_api(endpoints: dict[str, Callable]) -> None:

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def endpoint(gpu: bool = False, api: bool = True):
 
     return mark
 
+
+# A progress callback: (images done, images in all). Operations that take one (keyword-only) report
+# through it; it is for in-process callers (the UI), never a parameter of the API.
+Progress = Callable[[int, int], None]
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
@@ -238,16 +243,26 @@ class AppService:
                 for r in self.store.images()]
 
     @endpoint()
-    def tag_view(self, index: int = 0) -> dict:
-        """The tagging queue at `index` (clamped): the image, its tags, the label list and progress."""
+    def tag_view(self, index: int = 0, show: str = "all", backward: bool = False) -> dict:
+        """The tagging queue at `index` (clamped): the image, its tags, the label list and progress.
+        `show` restricts the queue to the images that match (`queue_filter`): when the image at
+        `index` does not, the nearest one after it that does is shown (before it with `backward`;
+        failing that, the nearest the other way). `matches`: how many images match; `position`:
+        the shown image's place among them (1-based); `image` is None when none matches."""
         rows = self.store.images()
         tagged, total = self.store.progress()
-        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None}
-        if rows:
+        matches = queue_filter(show)
+        matching = [i for i, r in enumerate(rows) if matches(r)]
+        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None,
+                "show": (show or "all").strip() or "all", "matches": len(matching), "position": None}
+        if matching:
             index = max(0, min(int(index or 0), len(rows) - 1))
+            after, before = [i for i in matching if i >= index], [i for i in reversed(matching) if i <= index]
+            index = ((before or after) if backward else (after or before))[0]
             row = rows[index]
-            view.update(index=index, image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
-                                            "positives": row["positives"], "negatives": row["negatives"]})
+            view.update(index=index, position=matching.index(index) + 1,
+                        image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
+                               "positives": row["positives"], "negatives": row["negatives"]})
         return view
 
     @endpoint(api=False)
@@ -365,16 +380,17 @@ class AppService:
         return None
 
     @endpoint()
-    def export_labels(self, fmt: str = "detic") -> str:
-        """Write an export file (named after the dataset and today's date); returns its path."""
-        return str(self.export(fmt))
+    def export_labels(self, fmt: str = "detic", *, progress: Progress | None = None) -> str:
+        """Write an export file (named after the dataset and today's date); returns its path.
+        `progress`: see `detections_coco` (the other formats are written at once)."""
+        return str(self.export(fmt, progress))
 
     def export_name(self, what: str) -> str:
         """`<dataset>_<YYYY-MM-DD>_<what>`: the dataset is the data folder's name."""
         dataset = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.data_dir.resolve().name) or "dataset"
         return f"{dataset}_{time.strftime('%Y-%m-%d')}_{what}"
 
-    def export(self, fmt: str) -> Path:
+    def export(self, fmt: str, progress: Progress | None = None) -> Path:
         """A fresh file in a private temporary folder (never a path inside the data folder)."""
         out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
         if fmt == "detic":
@@ -382,22 +398,29 @@ class AppService:
         if fmt == "csv":
             return atomic_write(out / self.export_name("image_labels.csv"), self.store.export_csv())
         if fmt == "coco_detections":
-            return atomic_write_json(out / self.export_name("detections_coco.json"), self.detections_coco(),
+            return atomic_write_json(out / self.export_name("detections_coco.json"), self.detections_coco(progress=progress),
                                      indent=None)
         raise ValueError(f"unknown export format {fmt!r}: detic, csv or coco_detections")
 
     @endpoint(gpu=True)
-    def detections_coco(self, score_threshold: float | None = None) -> dict:
-        """The current model's detections on every stored image, over the store's labels, as COCO."""
+    def detections_coco(self, score_threshold: float | None = None, *, progress: Progress | None = None) -> dict:
+        """The current model's detections on every stored image, over the store's labels, as COCO.
+        It runs the model on every image: `progress(done, total)` is called before each image and
+        once at the end."""
         names = self.store.labels()
         if not names:
             raise StoreError("no labels yet: tag some images first")
         images, anns = [], []
         category_ids = list(range(1, len(names) + 1))
-        for i, row in enumerate(self.store.images(), 1):
+        rows = self.store.images()
+        for i, row in enumerate(rows, 1):
+            if progress:
+                progress(i - 1, len(rows))
             images.append({"id": i, "file_name": row["file"], "width": row["width"], "height": row["height"]})
             det = self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]
             anns += coco_annotations(det, i, category_ids, first_id=len(anns) + 1)
+        if progress:
+            progress(len(rows), len(rows))
         return {"images": images, "annotations": anns,
                 "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 
@@ -655,6 +678,20 @@ def model_limits(info: dict) -> list[str]:
     if limits:
         limits.append(HOW_TO_GET_WEIGHTS)
     return limits
+
+
+def queue_filter(show: str) -> Callable[[dict], bool]:
+    """Which stored images (rows) the Tag queue shows: "all", "untagged" (no tags at all) or
+    "label:NAME" (tagged present with NAME; a label that no longer exists matches none)."""
+    show = (show or "all").strip() or "all"
+    if show == "all":
+        return lambda row: True
+    if show == "untagged":
+        return lambda row: not row["positives"] and not row["negatives"]
+    if show.startswith("label:"):
+        name = show[len("label:"):]
+        return lambda row: name in row["positives"]
+    raise ValueError(f"unknown filter {show!r}: all, untagged or label:NAME")
 
 
 def _upload_path(f) -> Path | None:

@@ -4,6 +4,7 @@ model, suggestions belong to one image, labelling by keyboard. Screenshots go to
 folder, or to $SCREENSHOTS_DIR (`make screenshots`)."""
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -238,6 +239,10 @@ def test_assign_defaults_to_the_proposals_training_considers(app, photos):
     page.get_by_role("button", name="Show assignment").click()
     expect(page.locator("#assign-msg")).to_contain_text("max_size trains", timeout=60_000)
     expect(page.locator("#assign-table")).to_contain_text("% of image")
+    # A number typed in the slider's box and Enter: shown again with it.
+    slider.fill("5")
+    slider.press("Enter")
+    expect(page.locator("#assign-table")).to_contain_text(" of 5", timeout=60_000)
 
 
 def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
@@ -456,3 +461,243 @@ def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
     with pytest.raises(JobError, match="cancel it first"):
         service.delete_run(starting)
     assert {r["id"] for r in service.training_runs()} == {served, starting}
+
+
+def test_the_loss_plot_counts_whole_iterations(app):
+    """A short run (4 iterations) used to get ticks at 1.2, 1.4, …: the x axis is whole iterations."""
+    from playwright.sync_api import expect
+
+    from app.ui.train_tab import loss_plot
+
+    service, page = app
+    _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)
+    axis = page.locator("#train-curve svg g.role-axis[aria-label^='X-axis']")
+    expect(axis.locator("g.role-axis-title")).to_have_text("iterations", timeout=30_000)
+    ticks = axis.locator("g.role-axis-label text").all_text_contents()
+    assert len(ticks) >= 3 and all(t.isdigit() for t in ticks), ticks
+    assert len(set(ticks)) == len(ticks), ticks
+    plot = loss_plot(service.training_status())
+    assert plot["value"].iteration.dtype.kind == "i" and all(isinstance(v, int) for v in plot["x_lim"])
+
+
+def _table_rows(page, elem_id: str) -> int:
+    """Rows with data in a Gradio Dataframe."""
+    return page.locator(f"#{elem_id} tbody tr").evaluate_all(
+        "rows => rows.filter(r => [...r.querySelectorAll('td')].some(td => td.textContent.trim())).length")
+
+
+def test_a_typed_threshold_and_enter_detects(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    page.locator("#detect-image input[type=file]").set_input_files(str(photos[0]))
+    expect(page.locator("#detect-image img")).to_be_visible(timeout=30_000)
+    box = page.locator("#detect-score input[type=number]")
+    box.fill("0")
+    box.press("Enter")
+    expect(page.locator("#detect-output img")).to_be_visible(timeout=60_000)  # it detected
+    _wait(page, lambda: _table_rows(page, "detect-table") > 0, "boxes at threshold 0", 60)
+    box.fill("1")
+    box.press("Enter")
+    _wait(page, lambda: _table_rows(page, "detect-table") == 0, "no boxes at threshold 1", 60)
+    assert box.input_value() == "1"
+    assert _error_badges(page) == 0
+
+
+def test_the_detections_export_reports_progress_per_image(tmp_path, tiny_predictor, photos):
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    for p in photos[:3]:
+        service.tag(service.store.add_image(p), "mug")
+    calls = []
+    coco = service.detections_coco(progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)] and len(coco["images"]) == 3
+    calls.clear()
+    Path(service.export_labels("coco_detections", progress=lambda *a: calls.append(a)))
+    assert calls[-1] == (3, 3)
+    # the callback is for the UI: API callers give only the format (and the threshold)
+    import inspect
+
+    from app.endpoints import make_endpoints
+
+    ops = make_endpoints(service)
+    assert list(inspect.signature(ops["export_labels"]).parameters) == ["fmt"]
+    assert list(inspect.signature(ops["detections_coco"]).parameters) == ["score_threshold"]
+
+
+def test_the_detections_export_shows_its_progress(app, photos, monkeypatch):
+    import time
+
+    from playwright.sync_api import expect
+
+    service, page = app
+    for p in photos[:3]:
+        service.tag(service.store.add_image(p), "mug")
+    predict = service.predictor.predict
+
+    def slow(*args, **kwargs):  # a long export: about a second per image
+        time.sleep(1)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(service.predictor, "predict", slow)
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("3 images, 3 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    page.get_by_label("coco_detections").check()
+    page.get_by_role("button", name="Export").click()
+    expect(page.locator("#dataset-msg")).to_contain_text("detecting", timeout=30_000)
+    expect(page.locator("#dataset-msg")).to_contain_text("/3 images")
+    name = f"data_{time.strftime('%Y-%m-%d')}_detections_coco.json"  # the app's data folder is named "data"
+    expect(page.locator("#dataset-export a")).to_have_attribute("href", re.compile(re.escape(name) + "$"),
+                                                                timeout=60_000)
+
+
+def test_an_image_picked_in_the_dataset_gallery_opens_in_tag(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(p) for p in photos[:3]]
+    for h in hashes:
+        service.tag(h, "mug")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("3 images, 3 tagged, 1 labels")).to_be_visible(timeout=30_000)
+    open_button = page.locator("#dataset-open-in-tag")
+    expect(open_button).to_be_hidden()
+    page.get_by_label("Browse images of label").click()
+    page.get_by_role("option", name="mug").click()
+    thumbnails = page.locator("#dataset-gallery .thumbnail-item")
+    expect(thumbnails).to_have_count(3, timeout=30_000)
+    thumbnails.nth(1).click()
+    expect(open_button).to_have_text("Open photo_1.png in Tag", timeout=30_000)
+    open_button.click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3", timeout=30_000)
+    expect(page.locator("#tag-status")).to_contain_text("photo_1.png")
+    expect(page.locator("#tag-image")).to_be_visible()
+    expect(page.get_by_role("tab", name="Tag")).to_have_attribute("aria-selected", "true")
+    page.wait_for_timeout(1000)  # the Tag tab's own refresh on opening keeps the image
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3")
+
+
+def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(np.roll(np.asarray(Image.open(photos[i % 4])), 5 * i, axis=0), f"img_{i}.png")
+              for i in range(6)]
+    service.tag(hashes[1], "mug")
+    service.tag(hashes[4], "mug")
+    service.tag(hashes[2], "plate")
+    page.get_by_role("tab", name="Tag").click()
+    status, count = page.locator("#tag-status"), page.locator("#tag-show-count")
+    expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
+    expect(count).to_contain_text("all 6 images")
+
+    def show(choice: str):
+        page.locator("#tag-show input").click()
+        page.get_by_role("option", name=choice, exact=True).click()
+        page.locator("#tag-status").click()  # the keys act again (not typing in the filter box)
+
+    # With label "mug": the image shown (img_0) does not match, so the first that does opens.
+    show("with label: mug")
+    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
+    expect(count).to_contain_text("2 of 6 match · this is 1 of 2")
+    page.locator("#tag-next").click()
+    expect(status).to_contain_text("Image 5 / 6", timeout=30_000)
+    expect(count).to_contain_text("this is 2 of 2")
+    page.locator("#tag-next").click()  # no further match: it stays
+    page.wait_for_timeout(500)
+    expect(status).to_contain_text("Image 5 / 6")
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
+
+    # Untagged: img_0, img_3, img_5. Enter goes to the next; tagging one takes it out of the count.
+    show("untagged")
+    expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
+    expect(count).to_contain_text("3 of 6 match · this is 2 of 3")
+    page.keyboard.press("Enter")
+    expect(status).to_contain_text("Image 6 / 6", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
+    page.keyboard.press("1")  # mug
+    _wait(page, lambda: service.store.tags(hashes[3])["positives"] == ["mug"], "img_3 tagged mug")
+    expect(count).to_contain_text("2 of 6 match · not this image", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text("Image 6 / 6", timeout=30_000)
+
+    # The new label is offered as a filter too, and "all images" walks every image again.
+    show("all images")
+    expect(count).to_contain_text("all 6 images", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 5 / 6", timeout=30_000)
+    assert service.tag_view(0, "label:plate")["position"] == 1 and service.tag_view(0, "label:plate")["index"] == 2
+    assert service.tag_view(5, "label:nothing")["image"] is None
+    assert _error_badges(page) == 0
+
+
+# Outside the viewport's width and not inside a container of its own that scrolls sideways (and fits).
+_OFF_SCREEN = """(W) => {
+  const out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    if (!e.checkVisibility({visibilityProperty: true})) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || (r.right <= W + 1 && r.left >= -1)) continue;
+    let ok = false;
+    for (let x = e.parentElement; x && x !== document.body; x = x.parentElement) {
+      const overflow = getComputedStyle(x).overflowX;
+      if (overflow === 'auto' || overflow === 'scroll') {
+        const q = x.getBoundingClientRect();
+        ok = q.right <= W + 1 && q.left >= -1;
+        break;
+      }
+    }
+    if (!ok) out.push(`${e.tagName}#${e.id} "${(e.textContent || '').trim().slice(0, 40)}" ${r.left}..${r.right}`);
+  }
+  return out;
+}"""
+
+
+def test_every_tab_works_on_a_390_px_phone(browser, app, photos, shots):
+    """At 390 px: every tab can be opened (none hidden in a "…" menu), each tab's main buttons are
+    on screen, the page never scrolls sideways, and tables scroll inside their own box."""
+    from playwright.sync_api import expect
+
+    service, wide = app
+    h = service.store.add_image(photos[0], "a_very_long_file_name_of_a_photo_taken_on_holiday_0001.png")
+    service.tag(h, "mug, a rather long label name for a narrow screen")
+    _fake_run(service, "finished", 4, 4, [1.0, 0.8, 0.9, 0.7])
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    buttons = {"Detect": ["#detect-button"], "Assign": ["button:text-is('Show assignment')"],
+               "Tag": ["#tag-prev", "#tag-next", "#tag-next-untagged", "#tag-undo", "#tag-suggest", "#tag-accept"],
+               "Dataset": [f"button:text-is('{b}')" for b in ("Rename", "Merge", "Delete", "Import", "Export")],
+               "Train": ["button:text-is('Start training')", "button:text-is('Cancel')", "#train-delete"],
+               "Model": ["button:text-is('Load')", "button:text-is('Push')"]}
+    try:
+        page.goto(service.url, wait_until="load")
+        expect(page.locator("#detect-button")).to_be_visible(timeout=60_000)
+        for name, selectors in buttons.items():
+            tab = page.get_by_role("tab", name=name)
+            expect(tab).to_be_visible()
+            tab.click()
+            expect(tab).to_have_attribute("aria-selected", "true")
+            for selector in selectors:
+                button = page.locator(selector)
+                expect(button).to_be_visible(timeout=30_000)
+                box = button.bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, selector, box)
+            if name == "Tag":
+                expect(page.locator("#tag-status")).to_contain_text("holiday_0001.png", timeout=30_000)
+                status = page.locator("#tag-status p")
+                assert status.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "the image's name runs off"
+            if name == "Dataset":
+                expect(page.locator("#dataset-table")).to_contain_text("narrow screen", timeout=30_000)
+            if name == "Train":
+                expect(page.locator("#train-history")).to_contain_text("finished", timeout=30_000)
+            page.wait_for_timeout(500)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 392, name
+            assert page.evaluate(_OFF_SCREEN, 390) == [], name
+            page.screenshot(path=str(shots / f"phone-{name.lower()}.png"), full_page=True)
+    finally:
+        page.close()
+    assert wide.locator("#detect-button").is_visible()

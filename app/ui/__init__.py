@@ -23,18 +23,18 @@ def build_app(service: AppService) -> gr.Blocks:
         gr.Markdown("# Detect anything you can name\nType a vocabulary, detect, tag images with what they "
                     "contain, retrain in the background, and serve the new model, all on this page.")
         header = gr.HTML(model_tab.model_header(service.model_info()))
-        with gr.Tabs():
-            with gr.Tab("Detect"):
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab in sight on a phone, no "…" menu
+            with gr.Tab("Detect", id="detect"):
                 detect_tab.build(ep, service.predictor.config)
-            with gr.Tab("Assign"):
+            with gr.Tab("Assign", id="assign"):
                 assign_tab.build(ep, service.predictor.config)
-            with gr.Tab("Tag") as tag_page:
+            with gr.Tab("Tag", id="tag") as tag_page:
                 tag = tag_tab.build(ep, service.policy.server_folders)
-            with gr.Tab("Dataset") as dataset_page:
+            with gr.Tab("Dataset", id="dataset") as dataset_page:
                 dataset = dataset_tab.build(ep)
-            with gr.Tab("Train") as train_page:
+            with gr.Tab("Train", id="train") as train_page:
                 train = train_tab.build(ep, service.policy.server_folders)
-            with gr.Tab("Model") as model_page:
+            with gr.Tab("Model", id="model") as model_page:
                 model = model_tab.build(ep)
 
         # Every tab shows the store and the served model as they are now when it is opened.
@@ -51,6 +51,17 @@ def build_app(service: AppService) -> gr.Blocks:
                            [model["info"], header, train["msg"]], api_name=False, show_progress_on=train["msg"])
         model["load"].click(handler(ep["use_model"], present=swapped), model["source"],
                             [model["info"], header, model["msg"]], api_name=False, show_progress_on=model["msg"])
+
+        # Dataset → Tag: an image picked in the Dataset tab's gallery opens in the Tag editor.
+        def open_in_tag(image_hash: str) -> tuple:
+            if not image_hash:
+                raise gr.Error("pick an image in the gallery first")
+            return (gr.Tabs(selected="tag"), *tag["view_of"](image_hash))
+
+        opened = handler(open_in_tag)
+        opened.endpoint = ep["tag_view"]
+        dataset["open_in_tag"].click(opened, dataset["picked"], [tabs, *tag["refresh"][2]], api_name=False,
+                                     show_progress_on=dataset["msg"])
 
         def on_load(first_untagged: int) -> tuple:
             info = ep["model_info"]()

@@ -42,5 +42,11 @@ def build(ep: dict, defaults) -> None:
                          f"{r[0]} trains the whole image" for r in rows)
         return png_file(drawing), rows, said
 
-    btn.click(handler(ep["assign"], prepare=need_image, present=present),
-              [image, tags, vocab, props, shown], [out, table, msg], api_name="assign", show_progress_on=msg)
+    run = handler(ep["assign"], prepare=need_image, present=present)
+    inputs, outputs = [image, tags, vocab, props, shown], [out, table, msg]
+    btn.click(run, inputs, outputs, api_name="assign", show_progress_on=msg)
+    # Enter in a text box, or a slider released / a number typed and Enter pressed, shows it again.
+    for box in (tags, vocab):
+        box.submit(run, inputs, outputs, api_name=False, show_progress_on=msg)
+    for slider in (props, shown):
+        slider.release(run, inputs, outputs, api_name=False, show_progress_on=msg)

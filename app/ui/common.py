@@ -25,6 +25,7 @@ CSS = """
 .hotkey {display: none !important}
 #honesty-banner {background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:8px 12px;color:#78350f}
 #honesty-banner ul {margin:4px 0 4px 18px}
+.prose code {overflow-wrap: anywhere}
 """
 
 # Labelling keys, active only while the Tag tab is shown (see the legend there, `tag_tab._keys`):
@@ -60,6 +61,16 @@ document.addEventListener('keydown', (e) => {
     const box = document.querySelector('#tag-positives input');
     if (box) { e.preventDefault(); box.focus(); }
   }
+});
+// Enter in a slider's number box (a threshold typed on the Detect tab) commits it as leaving the
+// box does: the slider's release event (which detects again there). The box keeps the focus.
+document.addEventListener('keydown', (e) => {
+  const t = e.target;
+  if (e.key !== 'Enter' || t.tagName !== 'INPUT' || t.type !== 'number') return;
+  if (!t.closest('.wrap')?.querySelector('input[type=range]')) return;
+  e.preventDefault();
+  t.blur();
+  t.focus();
 });
 </script>
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 import pandas as pd
 
@@ -26,8 +28,13 @@ def build(ep: dict) -> dict:
                           x_label_angle=-35, sort="-y", elem_id="dataset-plot")
         table = gr.Dataframe(interactive=False, label="Counts", elem_id="dataset-table")
     with gr.Row():
-        browse_label = gr.Dropdown([], label="Browse images of label")
-        gallery = gr.Gallery(label="Images", columns=6)
+        with gr.Column(scale=1):
+            browse_label = gr.Dropdown([], label="Browse images of label")
+            open_in_tag = gr.Button("Open in Tag", visible=False, elem_id="dataset-open-in-tag")
+        gallery = gr.Gallery(label="Images (pick one to open it in Tag)", columns=6, scale=3,
+                             elem_id="dataset-gallery")
+    browsed = gr.State([])  # [{hash, name}] of the images in the gallery, in its order
+    picked_image = gr.State("")  # the hash of the image picked in the gallery
     with gr.Row():
         ren_old = gr.Dropdown([], label="Rename label")
         ren_new = gr.Textbox(label="New name (an existing name merges)")
@@ -48,7 +55,7 @@ def build(ep: dict) -> dict:
     with gr.Row():
         exp_fmt = gr.Radio(["detic", "csv", "coco_detections"], value="detic", label="Export format")
         exp_btn = gr.Button("Export")
-        exp_file = gr.File(label="Export")
+        exp_file = gr.File(label="Export", elem_id="dataset-export")
 
     out = [plot, table, summary, browse_label, ren_old, merge_src, del_label]
     unchanged = tuple(gr.update() for _ in out)
@@ -66,10 +73,24 @@ def build(ep: dict) -> dict:
         """A failed edit changes nothing on the tab but its message line."""
         return (*unchanged, error_text(message))
 
-    browse_label.change(handler(ep["images_with_label"],
-                                present=lambda rows: [(ep["image_preview"](r["hash"], 256), r["name"]) for r in rows],
-                                prepare=lambda label: (label or "",)), browse_label, gallery, api_name=False,
-                        show_progress_on=msg)
+    def browse(rows: list[dict]) -> tuple:
+        """The label's images in the gallery; nothing picked yet."""
+        return ([(ep["image_preview"](r["hash"], 256), r["name"]) for r in rows], rows, "",
+                gr.update(visible=False))
+
+    browse_label.change(handler(ep["images_with_label"], present=browse, prepare=lambda label: (label or "",)),
+                        browse_label, [gallery, browsed, picked_image, open_in_tag], api_name=False, show_progress_on=msg)
+
+    def pick(rows: list[dict], evt: gr.SelectData):
+        """Pure UI: the picked image, and the button that opens it in Tag (its name on it; the
+        button's text is plain text, never HTML)."""
+        row = rows[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(rows or []) else None
+        if row is None:
+            return "", gr.update(visible=False)
+        return row["hash"], gr.update(visible=True, value=f"Open {row['name']} in Tag")
+
+    pick.ui_only = True
+    gallery.select(pick, browsed, [picked_image, open_in_tag], api_name=False, show_progress="hidden")
     ren_btn.click(handler(ep["rename_label"], prepare=picked, present=done("renamed"), error=failed),
                   [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
     merge_btn.click(handler(ep["merge_labels"], present=done("merged"), error=failed), [merge_src, merge_into],
@@ -98,7 +119,16 @@ def build(ep: dict) -> dict:
     # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)
     imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [msg, *out], api_name="import_labels",
                   show_progress_on=msg)
-    exp_btn.click(handler(ep["export_labels"], present=lambda path: (path, ""),
-                          error=lambda m, *_: (gr.update(), error_text(m))), exp_fmt, [exp_file, msg], api_name=False,
-                  show_progress_on=msg)
-    return {"refresh": (handler(ep["dataset"], present=_present), [], out)}
+    def export(fmt, progress=gr.Progress()):
+        """The detections export runs the model on every image: a progress bar per image."""
+        def per_image(done: int, total: int):
+            progress((done, total), desc="detecting", unit="images")
+
+        run = handler(functools.partial(ep["export_labels"], progress=per_image), present=lambda path: (path, ""),
+                      error=lambda m, *_: (gr.update(), error_text(m)))
+        return run(fmt)
+
+    export.endpoint = ep["export_labels"]
+    exp_btn.click(export, exp_fmt, [exp_file, msg], api_name=False, show_progress_on=msg)
+    return {"refresh": (handler(ep["dataset"], present=_present), [], out), "open_in_tag": open_in_tag,
+            "picked": picked_image, "msg": msg}

@@ -33,14 +33,16 @@ def build(ep: dict, defaults) -> dict:
                                     lines=1, max_lines=4, elem_id="vocabulary")
             preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
             with gr.Row():
-                score = gr.Slider(0, 1, value=defaults.score_threshold, step=0.01, label="Score threshold")
+                score = gr.Slider(0, 1, value=defaults.score_threshold, step=0.01, label="Score threshold (Enter detects)",
+                                  elem_id="detect-score")
                 nms = gr.Slider(0.05, 1, value=defaults.nms_threshold, step=0.05, label="NMS IoU")
                 max_det = gr.Slider(1, 300, value=defaults.max_detections, step=1, label="Max detections")
             detect_btn = gr.Button("Detect", variant="primary", elem_id="detect-button")
             msg = tab_message("detect-msg")
         with gr.Column():
             out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
-            table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False)
+            table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
+                                 elem_id="detect-table")
             download = gr.File(label="Detections (JSON)")
     with gr.Accordion("Many images at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
@@ -58,7 +60,7 @@ def build(ep: dict, defaults) -> dict:
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
     detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg)
     vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg)
-    for slider in (score, nms, max_det):
+    for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.HEAD)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg)
     preset.change(fill_preset, preset, vocabulary, api_name=False)
 

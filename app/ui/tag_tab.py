@@ -22,7 +22,7 @@ def _keys(labels: list[str]) -> str:
 def _status(view: dict) -> str:
     img = view["image"]
     if img is None:
-        return "No images yet: upload some above."
+        return "No image matches: show another set." if view["count"] else "No images yet: upload some above."
     return (f"**Image {view['index'] + 1} / {view['count']}** · tagged {view['tagged']} / {view['count']} · "
             f"`{img['name']}`")
 
@@ -32,6 +32,23 @@ def _shown(view: dict) -> dict:
     not a replacement: another person's concurrent edits of the same image survive)."""
     img = view["image"] or {}
     return {"hash": img.get("hash", ""), "positives": img.get("positives", []), "negatives": img.get("negatives", [])}
+
+
+def _filters(labels: list[str]) -> list[tuple[str, str]]:
+    """The queue filters (`AppService.tag_view`'s `show`), as (shown, value) choices."""
+    return [("all images", "all"), ("untagged", "untagged"), *((f"with label: {n}", f"label:{n}") for n in labels)]
+
+
+def _matching(v: dict, index: int) -> str:
+    """How many images the filter lets through, and whether the image at `index` is one of them."""
+    if v["show"] == "all":
+        return f"all {v['count']} images"
+    if not v["matches"]:
+        return f"none of {v['count']} match"
+    text = f"{v['matches']} of {v['count']} match"
+    if v["index"] == index and v["image"]:
+        return f"{text} · this is {v['position']} of {v['matches']}"
+    return f"{text} · not this image (◀ / ▶ go to those that do)"
 
 
 def _no_suggestions() -> tuple:
@@ -50,6 +67,10 @@ def build(ep: dict, server_folders: bool) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             image = gr.Image(label="Image", interactive=False, elem_id="tag-image")
+            with gr.Row(equal_height=True):
+                show = gr.Dropdown(_filters([]), value="all", label="Show (◀ / ▶ and Enter go through these)",
+                                   allow_custom_value=True, elem_id="tag-show", scale=2)
+                show_count = gr.Markdown(elem_id="tag-show-count")
             with gr.Row():
                 prev_btn = gr.Button("◀ Previous", elem_id="tag-prev")
                 next_untagged = gr.Button("Next untagged", elem_id="tag-next-untagged")
@@ -79,7 +100,7 @@ def build(ep: dict, server_folders: bool) -> dict:
     # `shown` last: a change fired while a response is being applied then either still sees the
     # old `shown` (another image's hash: nothing is saved) or sees everything new.
     view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
-                keys, shown]
+                keys, show, shown]
     view = ep["tag_view"]
 
     def _editor(v: dict) -> dict:
@@ -91,7 +112,7 @@ def build(ep: dict, server_folders: bool) -> dict:
                 positives: gr.update(choices=v["labels"], value=img["positives"] if img else []),
                 negatives: gr.update(choices=v["labels"], value=img["negatives"] if img else []),
                 suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"),
-                keys: _keys(v["labels"]), shown: _shown(v)}
+                show: gr.update(choices=_filters(v["labels"])), keys: _keys(v["labels"]), shown: _shown(v)}
 
     def _present_view(v: dict) -> dict:
         """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
@@ -124,10 +145,24 @@ def build(ep: dict, server_folders: bool) -> dict:
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
                      show_progress_on=msg)
     moved = {"present": lambda v: {msg: "", **_present_view(v)}}
-    prev_btn.click(handler(view, prepare=lambda i: (int(i or 0) - 1,), **moved), index, outputs, api_name=False,
-                   show_progress_on=msg, **queued)
-    next_btn.click(handler(view, prepare=lambda i: (int(i or 0) + 1,), **moved), index, outputs, api_name=False,
-                   show_progress_on=msg, **queued)
+    # ◀ / ▶ (and the keys) go to the previous / next image the filter shows.
+    prev_btn.click(handler(view, prepare=lambda i, s: (int(i or 0) - 1, s, True), **moved), [index, show], outputs,
+                   api_name=False, show_progress_on=msg, **queued)
+    next_btn.click(handler(view, prepare=lambda i, s: (int(i or 0) + 1, s), **moved), [index, show], outputs,
+                   api_name=False, show_progress_on=msg, **queued)
+    # Choosing a filter stays on the image shown when it matches, else goes to the next that does.
+    show.input(handler(view, prepare=lambda i, s: (int(i or 0), s), **moved), [index, show], outputs,
+               api_name=False, show_progress_on=msg, **queued)
+    # The count follows every change of the image shown, its tags, the queue's size, or the filter.
+    counter = handler(view, prepare=lambda i, s: (int(i or 0), s), present=None, error=lambda m, *_: error_text(m))
+
+    def count(i, s):
+        v = counter(i, s)
+        return _matching(v, int(i or 0)) if isinstance(v, dict) else v
+
+    count.endpoint = view
+    gr.on([shown.change, status.change, show.change], count, [index, show], show_count, api_name=False,
+          show_progress="hidden", trigger_mode="always_last")
 
     def untagged(i: int) -> dict:
         """Next untagged, or where every image is tagged, says so (and stays)."""
@@ -269,4 +304,5 @@ def build(ep: dict, server_folders: bool) -> dict:
     undo_handler.endpoint = ep["untag"]
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
     refresh = handler(view, present=lambda v: as_tuple(_present_view(v)))
-    return {"refresh": (refresh, [index], view_out), "view_at": lambda i: as_tuple(_present_view(view(i)))}
+    return {"refresh": (refresh, [index, show], view_out), "view_at": lambda i: as_tuple(_present_view(view(i))),
+            "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash))))}

@@ -72,11 +72,23 @@ def loss_curve(metrics: list[dict]) -> pd.DataFrame:
                          "series": ["raw"] * len(rows) + ["smoothed"] * len(rows)})
 
 
+MIN_X_SPAN = 40  # iterations: Vega-Lite draws about one x tick per 40 px, so a span of at least this many
+# iterations keeps every tick on a whole iteration for plots up to ~2000 px wide (no "2.5")
+
+
+def loss_plot(status: dict) -> dict:
+    """The loss plot for a run: its curve over the whole run (0 to its total iterations, at least
+    `MIN_X_SPAN`), so the x axis counts whole iterations and the curve grows as the run goes."""
+    curve = loss_curve(status.get("metrics") or [])
+    last = int(curve.iteration.max()) if len(curve) else 0
+    return gr.update(value=curve, x_lim=[0, max(int(status.get("total") or 0), last, MIN_X_SPAN)])
+
+
 def _present_status(status: dict) -> tuple:
-    """training_status -> (run id, progress, loss curve, log, evaluation)."""
+    """training_status -> (run id, progress, loss plot, log, evaluation)."""
     if status.get("state") == "none":
-        return "", "No training runs yet.", loss_curve([]), "", ""
-    curve = loss_curve(status["metrics"])
+        return "", "No training runs yet.", loss_plot({}), "", ""
+    curve = loss_plot(status)
     evaluation = json.dumps({"after": status.get("evaluation"), "before": status.get("evaluation_before"),
                              "image_label_choices": status.get("image_label_choices")}, indent=2)
     return status["id"], progress_html(status) + diagnostics_html(status), curve, status.get("log", ""), evaluation
@@ -151,6 +163,7 @@ def build(ep: dict, server_folders: bool = False) -> dict:
             run = gr.Textbox(label="Run", interactive=False, elem_id="train-run")
             status = gr.HTML(elem_id="train-status")
             curve = gr.LinePlot(x="iteration", y="loss", color="series", title="Training loss", label="Loss",
+                                x_title="iterations", x_lim=[0, MIN_X_SPAN],
                                 color_map={"raw": "#c7d2fe", "smoothed": "#4338ca"}, y_lim=[0, None],
                                 elem_id="train-curve")
             evaluation = gr.Code(label="Evaluation", language="json")
