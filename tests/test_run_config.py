@@ -19,7 +19,7 @@ def _non_default_config(tmp_path) -> RunConfig:
         "model": "tiny", "box_data": str(tmp_path / "b.json"), "box_images": str(tmp_path / "bi"),
         "label_data": str(tmp_path / "l.json"), "label_images": str(tmp_path / "li"), "iters": 77,
         "box_batch": 3, "label_batch": 5, "box_size": 96, "label_size": 48, "jitter": (0.5, 1.5), "ratio": "1:4",
-        "image_label_rule": "image_box", "image_label_weight": 0.37, "image_label_scope": "classifier", "lr": 3e-3, "weight_decay": 0.02, "warmup": 7,
+        "image_label_rule": "image_box", "image_label_weight": 0.37, "image_label_scope": "classifier", "heads": "heavy", "train_backbone": "last_stages", "lr": 3e-3, "weight_decay": 0.02, "warmup": 7,
         "clip": 2.5, "checkpoint_every": 11, "log_every": 3, "seed": 9, "device": "cpu",
         "eval_data": str(tmp_path / "v.json"), "eval_images": str(tmp_path / "vi"), "novel": ["red star", "猫"],
     }
