@@ -8,7 +8,9 @@ boxes, novel AP50 (zero-shot transfer to the held-out names), the rare classes' 
 images/s (the run's own meter), peak memory (`peak_memory_mb` as `python -m train finetune` logs it: the process's
 peak RSS on CPU, `torch.cuda.max_memory_allocated` on CUDA; "of which training" subtracts what a
 process holding the same model and text encoder without training peaks at, `python -m train dryrun
---steps 0`) and the inference time per image of the trained model (one thread on CPU).
+--steps 0`) and the inference time per image of the trained model (one thread on CPU). Because the
+runs' own speed meters depend on whatever else the machine was doing while each ran, the table
+also gives every configuration's training speed measured back to back by `python -m train dryrun`.
 
 Each run is a separate `python -m train finetune --config …` process (the real CLI), so its peak
 memory is its own. Runs finished before are reused; processes with different `--seeds` may run
@@ -112,38 +114,49 @@ def measure(out: Path, data: Path) -> dict:
             "inference_ms": inference_ms(out, data)}
 
 
-def model_only_memory(work: Path, heads: str, backbone: str) -> float:
-    """Peak memory of a process that loads the model (and text encoder) and trains nothing:
-    `python -m train dryrun --steps 0`, once per configuration (cached in --work). On CPU the
-    peak RSS of a training run includes this fixed part; training's own share is the rest."""
-    cache = work / f"model_only_{backbone}_{heads}.json"
+def _dryrun(work: Path, heads: str, backbone: str, steps: int, size: int) -> dict:
+    """`python -m train dryrun` for one configuration (cached in --work): with `steps=0` the memory
+    of a process holding the model and text encoder but training nothing; otherwise the time per
+    box batch (4 images) measured back to back for every configuration, under the same load."""
+    cache = work / f"dryrun{steps}_{backbone}_{heads}.json"
     if not cache.exists():
-        init = work / "init_seed0"
-        argv = [sys.executable, "-m", "train", "dryrun", "--model", str(init), "--heads", heads,
-                "--train-backbone", BACKBONES[backbone], "--steps", "0"]
+        argv = [sys.executable, "-m", "train", "dryrun", "--model", str(work / "init_seed0"), "--heads", heads,
+                "--train-backbone", BACKBONES[backbone], "--box-data", "-", "--box-images", "-",
+                "--box-size", str(size), "--box-batch", "4", "--steps", str(steps)]
         out = subprocess.run(argv, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).stdout
         atomic_write(cache, out[out.index("{"):])
-    return json.loads(cache.read_text())["peak_memory_mb"]
+    return json.loads(cache.read_text())
 
 
-def table(rows: list[dict], model_only: dict) -> str:
+def _inference_back_to_back(work: Path, data: Path, backbone: str, heads: str) -> float:
+    """`inference_ms` of the seed-0 model of a configuration, measured in the summary pass (cached),
+    so all configurations are timed one after another under the same load."""
+    cache = work / f"inference_{backbone}_{heads}.json"
+    if not cache.exists():
+        atomic_write(cache, json.dumps({"inference_ms": inference_ms(work / f"{backbone}_{heads}_seed0", data)}))
+    return json.loads(cache.read_text())["inference_ms"]
+
+
+def table(rows: list[dict], model_only: dict, step_s: dict, infer_ms: dict) -> str:
     def ms(key, scale=100.0, fmt="{:.1f}"):
         vals = [scale * r[key] for r in sel]
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{fmt.format(statistics.mean(vals))} ± {fmt.format(sd)}"
 
-    lines = ["| backbone | heads | head params | AP | AP50 | novel AP50 | rare AP | train img/s | peak memory MB "
-             "| of which training | inference ms/img | seeds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | heads | head params | AP | AP50 | novel AP50 | rare AP | train img/s (runs) "
+             "| train img/s (back to back) | peak memory MB | of which training | inference ms/img (runs) "
+             "| inference ms/img (back to back) | seeds |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for backbone in BACKBONES:
         for heads in HEAD_PRESETS:
             sel = [r for r in rows if (r["backbone"], r["heads"]) == (backbone, heads)]
             if sel:
                 lines.append(f"| {backbone} | {heads} | {sel[0]['head_params'] / 1e6:.1f} M | {ms('AP')} | {ms('AP50')} "
                              f"| {ms('novel_AP50')} | {ms('rare_AP')} | {ms('images_per_s', 1)} "
+                             f"| {4 / step_s[backbone, heads]:.1f} "
                              f"| {ms('peak_memory_mb', 1, '{:.0f}')} "
                              f"| {statistics.mean(r['peak_memory_mb'] for r in sel) - model_only[backbone, heads]:.0f} "
-                             f"| {ms('inference_ms', 1, '{:.0f}')} | {len(sel)} |")
+                             f"| {ms('inference_ms', 1, '{:.0f}')} | {infer_ms[backbone, heads]:.0f} | {len(sel)} |")
     return "\n".join(lines)
 
 
@@ -189,8 +202,11 @@ def main() -> None:
                     shutil.rmtree(out / "checkpoints", ignore_errors=True)
                     print(f"[{time.time() - t0:6.0f}s] " + json.dumps(row), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(args.work.glob("*_seed*/bench_result.json"))]
-    model_only = {(r["backbone"], r["heads"]): model_only_memory(args.work, r["heads"], r["backbone"]) for r in rows}
-    print(table(rows, model_only))
+    configs = sorted({(r["backbone"], r["heads"]) for r in rows})
+    model_only = {c: _dryrun(args.work, c[1], c[0], 0, args.size)["peak_memory_mb"] for c in configs}
+    step_s = {c: _dryrun(args.work, c[1], c[0], 5, args.size)["seconds_per_iter"]["box"] for c in configs}
+    infer_ms = {c: _inference_back_to_back(args.work, data, *c) for c in configs}
+    print(table(rows, model_only, step_s, infer_ms))
     print(f"rare classes: {', '.join(RARE)} ({args.rare_images} training images each); "
           f"command: python bench/reuse.py {' '.join(sys.argv[1:])}")
 
