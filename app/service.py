@@ -17,11 +17,12 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector import Predictor
+from detector import ImageLoadError, Predictor
 from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
 from detector.images import IMAGE_SUFFIXES, list_image_files, load_image
@@ -51,6 +52,11 @@ def endpoint(gpu: bool = False, api: bool = True):
 # A progress callback: (images done, images in all). Operations that take one (keyword-only) report
 # through it; it is for in-process callers (the UI), never a parameter of the API.
 Progress = Callable[[int, int], None]
+
+# The "with suggestion" queue filter: the model runs over the stored images in batches of at most
+# this many (smaller ones for a few images, so progress shows at least every tenth of them), and the suggestions of the last few (model, names, threshold) are kept in memory.
+SUGGEST_BATCH = 8
+SUGGEST_KEEP = 4
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
@@ -83,6 +89,9 @@ class AppService:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
         self._lock = threading.Lock()
+        # (model version, names, threshold) -> {image hash: names suggested}: see `find_suggestions`
+        self._suggested: OrderedDict[tuple, dict[str, tuple[str, ...]]] = OrderedDict()
+        self._suggested_lock = threading.Lock()
         source = model or "auto"
         if predictor is None:
             restored = self._restore_choice() if source == "auto" else None
@@ -91,6 +100,22 @@ class AppService:
             note = "given"
         self.predictor = predictor
         self.serving = ModelInfo(source=source, note=note)
+
+    @property
+    def predictor(self) -> Predictor:
+        """The live model."""
+        return self._served[1]
+
+    @predictor.setter
+    def predictor(self, new: Predictor) -> None:
+        """Serving another model (a hot swap) gives it a new `model_version`, one reference
+        assignment: what was found with the one before (the Tag queue's suggestions) no longer applies."""
+        self._served = (getattr(self, "_served", (-1, None))[0] + 1, new)
+
+    @property
+    def model_version(self) -> int:
+        """Counts the models served since the start: changes on every swap."""
+        return self._served[0]
 
     @property
     def choice_file(self) -> Path:
@@ -243,18 +268,31 @@ class AppService:
                 for r in self.store.images()]
 
     @endpoint()
-    def tag_view(self, index: int = 0, show: str = "all", backward: bool = False) -> dict:
+    def tag_view(self, index: int = 0, show: str = "all", backward: bool = False, vocabulary: str | list[str] = "") -> dict:
         """The tagging queue at `index` (clamped): the image, its tags, the label list and progress.
         `show` restricts the queue to the images that match (`queue_filter`): when the image at
         `index` does not, the nearest one after it that does is shown (before it with `backward`;
         failing that, the nearest the other way). `matches`: how many images match; `position`:
-        the shown image's place among them (1-based); `image` is None when none matches."""
+        the shown image's place among them (1-based); `image` is None when none matches.
+        `vocabulary`: the names Suggest uses (empty = the labels), `suggest_names` as parsed; a
+        "suggestion:NAME" filter reads what `find_suggestions` found with them and the live model,
+        and `pending` counts the images it has not looked at yet (they match nothing until it has)."""
         rows = self.store.images()
         tagged, total = self.store.progress()
-        matches = queue_filter(show)
+        show = (show or "all").strip() or "all"
+        suggested, pending, names = None, 0, []
+        try:
+            names = self._suggest_vocabulary(vocabulary)
+        except ValueError:
+            if show.startswith("suggestion:"):
+                raise
+        if show.startswith("suggestion:"):
+            suggested, pending = self._found_suggestions(names, rows)
+        matches = queue_filter(show, suggested)
         matching = [i for i, r in enumerate(rows) if matches(r)]
         view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None,
-                "show": (show or "all").strip() or "all", "matches": len(matching), "position": None}
+                "show": show, "matches": len(matching), "position": None, "suggest_names": names,
+                "pending": pending}
         if matching:
             index = max(0, min(int(index or 0), len(rows) - 1))
             after, before = [i for i in matching if i >= index], [i for i in reversed(matching) if i <= index]
@@ -299,6 +337,86 @@ class AppService:
         for name, score in zip(det.data["class_name"], det.confidence):
             best[str(name)] = max(best.get(str(name), 0.0), float(score))
         return sorted(best, key=best.get, reverse=True)
+
+    @endpoint(gpu=True)
+    def find_suggestions(self, vocabulary: str | list[str] = "", *, progress: Progress | None = None) -> dict:
+        """What `suggest` proposes for every stored image (its names, its threshold: the model's
+        own), for the Tag queue's "suggestion:NAME" filter. Found once per model, names and
+        threshold and kept in memory: the model runs, in batches, only over the images not looked
+        at yet, and a model swap starts afresh. `progress(done, total)` is called before each
+        batch and once at the end. -> {"names", "images", "looked_at": images the model ran on
+        now, "to_review": {name: images where it is suggested and not yet a tag}}."""
+        names = self._suggest_vocabulary(vocabulary)
+        if not names:
+            raise ValueError("type names to suggest from (or tag a few images) first")
+        version, predictor = self._served  # one snapshot: a swap meanwhile files these under the old model
+        threshold = float(predictor.model.config.score_threshold)
+        key = (version, tuple(names), threshold)
+        rows = self.store.images()
+        with self._suggested_lock:
+            for old in [k for k in self._suggested if k[0] != version]:
+                del self._suggested[old]  # another model's: never read again
+            found = self._suggested.setdefault(key, {})
+            self._suggested.move_to_end(key)
+            while len(self._suggested) > SUGGEST_KEEP:
+                self._suggested.popitem(last=False)
+            todo = [r for r in rows if r["hash"] not in found]
+        done = len(rows) - len(todo)
+        step = max(1, min(SUGGEST_BATCH, -(-len(todo) // 10)))  # batches, yet progress at least every tenth
+        for start in range(0, len(todo), step):
+            if progress:
+                progress(done, len(rows))
+            batch = todo[start:start + step]
+            result = self._suggest_batch(predictor, batch, names, threshold)
+            with self._suggested_lock:
+                found.update(result)
+            done += len(batch)
+        if progress:
+            progress(len(rows), len(rows))
+        suggested, _ = self._found_suggestions(names, rows)
+        review = {n: queue_filter(f"suggestion:{n}", suggested) for n in names}
+        return {"names": names, "images": len(rows), "looked_at": len(todo),
+                "to_review": {n: sum(1 for r in rows if matches(r)) for n, matches in review.items()}}
+
+    def _suggest_batch(self, predictor: Predictor, rows: list[dict], names: list[str],
+                       threshold: float) -> dict[str, tuple[str, ...]]:
+        """{hash: names detected at `threshold` or above, best first} for these images, in one
+        model call; an image that cannot be read gets none (the others still count)."""
+        paths = [self.store.image_dir / r["file"] for r in rows]
+        try:
+            dets = predictor.predict(paths, names, threshold)
+        except ImageLoadError:
+            dets = []
+            for path in paths:
+                try:
+                    dets += predictor.predict([path], names, threshold)
+                except ImageLoadError as e:
+                    log.warning("no suggestions for %s: %s", path.name, e)
+                    dets.append(None)
+        out = {}
+        for row, det in zip(rows, dets):
+            best: dict[str, float] = {}
+            if det is not None:
+                confidence = det.confidence if det.confidence is not None else []
+                for name, score in zip(det.data.get("class_name", []), confidence):
+                    if float(score) >= threshold:
+                        best[str(name)] = max(best.get(str(name), 0.0), float(score))
+            out[row["hash"]] = tuple(sorted(best, key=best.get, reverse=True))
+        return out
+
+    def _suggest_vocabulary(self, vocabulary: str | list[str]) -> list[str]:
+        """The names Suggest uses: these, else the dataset's labels."""
+        return parse_vocabulary(vocabulary) if _nonempty(vocabulary) else self.store.labels()
+
+    def _found_suggestions(self, names: list[str], rows: list[dict]) -> tuple[dict[str, tuple[str, ...]], int]:
+        """({hash: suggested names} found for these names with the live model, images not looked at yet)."""
+        if not names:
+            return {}, 0
+        version, predictor = self._served
+        key = (version, tuple(names), float(predictor.model.config.score_threshold))
+        with self._suggested_lock:
+            found = dict(self._suggested.get(key, {}))
+        return found, sum(1 for r in rows if r["hash"] not in found)
 
     # --- dataset -----------------------------------------------------------------------------
     @endpoint()
@@ -680,9 +798,11 @@ def model_limits(info: dict) -> list[str]:
     return limits
 
 
-def queue_filter(show: str) -> Callable[[dict], bool]:
-    """Which stored images (rows) the Tag queue shows: "all", "untagged" (no tags at all) or
-    "label:NAME" (tagged present with NAME; a label that no longer exists matches none)."""
+def queue_filter(show: str, suggested: dict[str, tuple[str, ...]] | None = None) -> Callable[[dict], bool]:
+    """Which stored images (rows) the Tag queue shows: "all", "untagged" (no tags at all),
+    "label:NAME" (tagged present with NAME; a label that no longer exists matches none) or
+    "suggestion:NAME": images to review for NAME, those where the model suggests it (`suggested`:
+    {hash: names}, from `AppService.find_suggestions`) and that have no tag NAME yet, present or not."""
     show = (show or "all").strip() or "all"
     if show == "all":
         return lambda row: True
@@ -691,7 +811,12 @@ def queue_filter(show: str) -> Callable[[dict], bool]:
     if show.startswith("label:"):
         name = show[len("label:"):]
         return lambda row: name in row["positives"]
-    raise ValueError(f"unknown filter {show!r}: all, untagged or label:NAME")
+    if show.startswith("suggestion:"):
+        name = show[len("suggestion:"):].strip().casefold()  # labels compare case-insensitively
+        found = {h: {n.casefold() for n in names} for h, names in (suggested or {}).items()}
+        return lambda row: name in found.get(row["hash"], ()) and \
+            name not in {t.casefold() for t in (*row["positives"], *row["negatives"])}
+    raise ValueError(f"unknown filter {show!r}: all, untagged, label:NAME or suggestion:NAME")
 
 
 def _upload_path(f) -> Path | None:

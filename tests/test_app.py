@@ -239,7 +239,8 @@ def test_ui_events_and_api_endpoints_call_the_same_operations(running):
     for name, op in ops.items():
         if op.endpoint["api"] or name in by_api_name:  # api=False: served through its UI event, or UI-only
             assert by_api_name.get(name) is op, f"operation {name} is not the API endpoint /{name}"
-        assert op.endpoint["gpu"] == (name in {"detect", "detect_batch", "assign", "suggest", "detections_coco"})
+        assert op.endpoint["gpu"] == (name in {"detect", "detect_batch", "assign", "suggest", "detections_coco",
+                                                  "find_suggestions"})
     assert client.predict(api_name="/training_status") == _jsonable(service.training_status())
     assert client.predict(api_name="/dataset") == service.dataset()
 
@@ -251,3 +252,83 @@ def _jsonable(value):
 def running_demo(running):
     service = running[0]
     return service._demo
+
+
+def test_the_suggestion_filter_finds_images_to_review_once_per_model(tmp_path, small_image, monkeypatch):
+    """"suggestion:NAME": the images where the model suggests NAME and that have no tag NAME yet,
+    found in one pass (batched, with progress) and kept until the model is swapped."""
+    import supervision as sv
+
+    service = AppService(tmp_path / "data", predictor=Predictor.from_pretrained("tiny", device="cpu"))
+    hashes = [service.store.add_image(np.roll(small_image, 11 * i, axis=0), f"img_{i}.png") for i in range(5)]
+    service.tag(hashes[3], "Mug")  # already tagged (present, other case): nothing to review
+    service.tag(hashes[4], "", "mug")  # tagged not present: nothing to review either
+    service.tag(hashes[2], "plate")
+    # What the "model" sees: name -> score per image; scores under the threshold (0.05) do not count.
+    sees = {hashes[0]: {"mug": 0.9, "plate": 0.01}, hashes[1]: {"plate": 0.4, "mug": 0.3},
+            hashes[2]: {"plate": 0.8}, hashes[3]: {"mug": 0.9}, hashes[4]: {"mug": 0.7}}
+    calls = []
+
+    def predict(self, images, vocabulary, score_threshold=None, *args, **kwargs):
+        assert isinstance(images, list)
+        calls.append(len(images))
+        out = []
+        for path in images:
+            found = sees.get(Path(path).stem, {})
+            out.append(sv.Detections(xyxy=np.array([[0, 0, 10, 10]] * len(found), dtype=float).reshape(-1, 4),
+                                     confidence=np.array(list(found.values()), dtype=float),
+                                     data={"class_name": np.array(list(found), dtype=object)}))
+        return out
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    vocab = "mug, plate, cat"
+    assert service.tag_view(0, "suggestion:mug", vocabulary=vocab)["pending"] == 5  # not looked yet
+    progress = []
+    found = service.find_suggestions(vocab, progress=lambda done, total: progress.append((done, total)))
+    assert sum(calls) == 5 and progress[0] == (0, 5) and progress[-1] == (5, 5)
+    assert found["names"] == ["mug", "plate", "cat"] and found["looked_at"] == 5
+    assert found["to_review"] == {"mug": 2, "plate": 1, "cat": 0}
+
+    def walk(show: str) -> list[int]:
+        """The images ▶ visits from the first, each once."""
+        v, seen = service.tag_view(0, show, vocabulary=vocab), []
+        while v["image"] is not None and v["index"] not in seen:
+            seen.append(v["index"])
+            assert v["pending"] == 0 and v["position"] == len(seen)
+            v = service.tag_view(v["index"] + 1, show, vocabulary=vocab)
+        assert v["matches"] == len(seen)
+        return seen
+
+    assert walk("suggestion:mug") == [0, 1]  # not 3 (tagged Mug) nor 4 (tagged not present)
+    assert walk("suggestion:plate") == [1]  # 0: under the threshold; 2: tagged plate
+    assert service.tag_view(0, "suggestion:cat", vocabulary=vocab)["image"] is None
+    assert service.tag_view(0, "all", vocabulary=vocab)["suggest_names"] == ["mug", "plate", "cat"]
+    # Moving through the queue and asking again run no model; tagging takes an image out.
+    calls.clear()
+    assert service.find_suggestions(vocab)["looked_at"] == 0 and calls == []
+    service.tag(hashes[0], "mug")
+    assert walk("suggestion:mug") == [1]
+    # Other names are another pass (the empty vocabulary is the labels: Mug, plate).
+    assert service.tag_view(0, "suggestion:mug")["pending"] == 5
+    assert service.find_suggestions("")["to_review"] == {"Mug": 1, "plate": 1} and sum(calls) == 5
+    # A new image is looked at alone.
+    calls.clear()
+    new = service.store.add_image(np.roll(small_image, 99, axis=1), "img_5.png")
+    sees[new] = {"mug": 0.5}
+    assert service.tag_view(0, "suggestion:mug", vocabulary=vocab)["pending"] == 1
+    assert service.find_suggestions(vocab)["looked_at"] == 1 and calls == [1]
+    assert walk("suggestion:mug") == [1, 5]
+    # A swapped model starts afresh: what the old one found no longer counts.
+    before = service.model_version
+    service.use_model("tiny")
+    assert service.model_version == before + 1
+    assert service.tag_view(0, "suggestion:mug", vocabulary=vocab)["pending"] == 6
+    sees[hashes[2]] = {"mug": 0.6}  # the new model sees a mug in img_2
+    calls.clear()
+    assert service.find_suggestions(vocab)["looked_at"] == 6 and sum(calls) == 6
+    assert walk("suggestion:mug") == [1, 2, 5]
+    with pytest.raises(ValueError, match="unknown filter"):
+        service.tag_view(0, "suggested:mug")
+    empty = AppService(tmp_path / "empty", predictor=service.predictor)
+    with pytest.raises(ValueError, match="names to suggest"):
+        empty.find_suggestions("")

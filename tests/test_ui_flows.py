@@ -636,6 +636,64 @@ def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
     assert _error_badges(page) == 0
 
 
+def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, monkeypatch, shots):
+    """"with suggestion: mug": the images where the model, under the Suggest names, sees a mug and
+    that have no tag mug yet; found once with progress on the message line, then ◀ / ▶ are quick."""
+    import time
+
+    import supervision as sv
+    from playwright.sync_api import expect
+
+    service, page = app
+    hashes = [service.store.add_image(np.roll(np.asarray(Image.open(photos[i % 4])), 5 * i, axis=0), f"img_{i}.png")
+              for i in range(6)]
+    service.tag(hashes[4], "mug")  # seen, but tagged already
+    sees = {hashes[1]: "mug", hashes[3]: "mug", hashes[4]: "mug", hashes[5]: "cat"}
+    calls = []
+
+    def predict(images, vocabulary, score_threshold=None, *args, **kwargs):
+        calls.append(len(images))
+        time.sleep(0.4)  # long enough to see the progress
+        return [sv.Detections(xyxy=np.array([[0, 0, 9, 9]] * (h in sees), dtype=float).reshape(-1, 4),
+                              confidence=np.array([0.9] * (h in sees)),
+                              data={"class_name": np.array([sees.get(h)] * (h in sees), dtype=object)})
+                for h in (Path(p).stem for p in images)]
+
+    monkeypatch.setattr(service.predictor, "predict", predict)
+    page.get_by_role("tab", name="Tag").click()
+    status, count, msg = page.locator("#tag-status"), page.locator("#tag-show-count"), page.locator("#tag-msg")
+    expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
+    names = page.locator("#tag-suggest-vocabulary textarea, #tag-suggest-vocabulary input").first
+    names.fill("mug, cat")
+    page.locator("#tag-status").click()
+    page.locator("#tag-show input").click()
+    expect(page.get_by_role("option", name="with suggestion: cat", exact=True)).to_be_visible(timeout=30_000)
+    page.get_by_role("option", name="with suggestion: mug", exact=True).click()
+    page.locator("#tag-status").click()  # the keys act again (not typing in the filter box)
+    expect(msg).to_contain_text("finding suggestions", timeout=30_000)
+    expect(msg).to_contain_text("/6 images")
+    page.screenshot(path=str(shots / "tag-finding-suggestions.png"), full_page=True)
+    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
+    expect(count).to_contain_text("2 of 6 match · this is 1 of 2")
+    assert sum(calls) == 6
+    page.locator("#tag-next").click()
+    expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
+    expect(count).to_contain_text("2 of 6 match · this is 2 of 2")
+    page.locator("#tag-next").click()  # img_4 is tagged mug already, img_5 has a cat: it stays
+    page.wait_for_timeout(500)
+    expect(status).to_contain_text("Image 4 / 6")
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
+    assert sum(calls) == 6  # moving ran no model
+    page.keyboard.press("1")  # mug: img_1 is reviewed, and leaves the queue
+    _wait(page, lambda: service.store.tags(hashes[1])["positives"] == ["mug"], "img_1 tagged mug")
+    expect(count).to_contain_text("1 of 6 match · not this image", timeout=30_000)
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
+    assert [service.tag_view(0, "suggestion:cat", vocabulary="mug, cat")["index"]] == [5]
+    assert sum(calls) == 6 and _error_badges(page) == 0
+
+
 # Outside the viewport's width and not inside a container of its own that scrolls sideways (and fits).
 _OFF_SCREEN = """(W) => {
   const out = [];

@@ -41,6 +41,7 @@ def build_app(service: AppService) -> gr.Blocks:
         for page, (fn, inputs, outputs) in ((tag_page, tag["refresh"]), (dataset_page, dataset["refresh"]),
                                             (train_page, train["refresh"])):
             page.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
+        tag_page.select(*tag["choices"], api_name=False, show_progress="hidden")  # the Show filters, as they are now
         served = handler(ep["model_info"], present=lambda info: (info, model_tab.model_header(info)))
         model_page.select(served, None, [model["info"], header], api_name=False, show_progress="hidden")
 

@@ -34,15 +34,24 @@ def _shown(view: dict) -> dict:
     return {"hash": img.get("hash", ""), "positives": img.get("positives", []), "negatives": img.get("negatives", [])}
 
 
-def _filters(labels: list[str]) -> list[tuple[str, str]]:
-    """The queue filters (`AppService.tag_view`'s `show`), as (shown, value) choices."""
-    return [("all images", "all"), ("untagged", "untagged"), *((f"with label: {n}", f"label:{n}") for n in labels)]
+def _filters(labels: list[str], suggest_names: list[str] = ()) -> list[tuple[str, str]]:
+    """The queue filters (`AppService.tag_view`'s `show`), as (shown, value) choices: one per label
+    and one per name of the Suggest vocabulary (the images to review for it)."""
+    return [("all images", "all"), ("untagged", "untagged"), *((f"with label: {n}", f"label:{n}") for n in labels),
+            *((f"with suggestion: {n}", f"suggestion:{n}") for n in suggest_names)]
+
+
+def _suggesting(show: str) -> bool:
+    return (show or "").strip().startswith("suggestion:")
 
 
 def _matching(v: dict, index: int) -> str:
     """How many images the filter lets through, and whether the image at `index` is one of them."""
     if v["show"] == "all":
         return f"all {v['count']} images"
+    if v.get("pending"):
+        return (f"suggestions not found yet for {v['pending']} of {v['count']} images (new images, another model "
+                "or other names): ◀ / ▶ find them")
     if not v["matches"]:
         return f"none of {v['count']} match"
     text = f"{v['matches']} of {v['count']} match"
@@ -112,7 +121,7 @@ def build(ep: dict, server_folders: bool) -> dict:
                 positives: gr.update(choices=v["labels"], value=img["positives"] if img else []),
                 negatives: gr.update(choices=v["labels"], value=img["negatives"] if img else []),
                 suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"),
-                show: gr.update(choices=_filters(v["labels"])), keys: _keys(v["labels"]), shown: _shown(v)}
+                keys: _keys(v["labels"]), shown: _shown(v)}
 
     def _present_view(v: dict) -> dict:
         """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
@@ -144,24 +153,57 @@ def build(ep: dict, server_folders: bool) -> dict:
                   show_progress_on=msg)
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
                      show_progress_on=msg)
-    moved = {"present": lambda v: {msg: "", **_present_view(v)}}
-    # ◀ / ▶ (and the keys) go to the previous / next image the filter shows.
-    prev_btn.click(handler(view, prepare=lambda i, s: (int(i or 0) - 1, s, True), **moved), [index, show], outputs,
-                   api_name=False, show_progress_on=msg, **queued)
-    next_btn.click(handler(view, prepare=lambda i, s: (int(i or 0) + 1, s), **moved), [index, show], outputs,
-                   api_name=False, show_progress_on=msg, **queued)
-    # Choosing a filter stays on the image shown when it matches, else goes to the next that does.
-    show.input(handler(view, prepare=lambda i, s: (int(i or 0), s), **moved), [index, show], outputs,
-               api_name=False, show_progress_on=msg, **queued)
-    # The count follows every change of the image shown, its tags, the queue's size, or the filter.
-    counter = handler(view, prepare=lambda i, s: (int(i or 0), s), present=None, error=lambda m, *_: error_text(m))
+    def go(i: int, s: str, vocab: str, backward: bool, progress) -> dict:
+        """The queue's image at `i`: a "with suggestion" filter first has the model look at the
+        images it has not looked at yet under these names (once; then moving is quick)."""
+        if _suggesting(s):
+            ep["find_suggestions"](vocab, progress=progress)
+        return view(i, s, backward, vocab)
 
-    def count(i, s):
-        v = counter(i, s)
+    def moving(step: int, backward: bool = False):
+        """◀ (-1) / ▶ (+1) / the filter chosen (0): errors on the message line, progress per image."""
+
+        def move(i, s, vocab, progress=gr.Progress()):
+            def per_image(done: int, total: int):
+                progress((done, total), desc="finding suggestions …", unit="images")
+
+            run = handler(go, prepare=lambda i, s, vocab: (int(i or 0) + step, s, vocab, backward, per_image),
+                          present=lambda v: {msg: "", **_present_view(v)}, error=lambda m, *_: {msg: error_text(m)})
+            return run(i, s, vocab)
+
+        move.endpoint = view
+        return move
+
+    # The count follows every change of the image shown, its tags, the queue's size, the filter or
+    # the Suggest names; and after every move (a filter chosen on the image shown changes none).
+    counter = handler(view, prepare=lambda i, s, vocab: (int(i or 0), s, False, vocab), present=None,
+                      error=lambda m, *_: error_text(m))
+
+    def count(i, s, vocab):
+        v = counter(i, s, vocab)
         return _matching(v, int(i or 0)) if isinstance(v, dict) else v
 
     count.endpoint = view
-    gr.on([shown.change, status.change, show.change], count, [index, show], show_count, api_name=False,
+    counted = {"fn": count, "inputs": [index, show, suggest_vocab], "outputs": show_count, "api_name": False,
+               "show_progress": "hidden", "trigger_mode": "always_last"}
+    # ◀ / ▶ (and the keys) go to the previous / next image the filter shows.
+    moves = [index, show, suggest_vocab]
+    prev_btn.click(moving(-1, backward=True), moves, outputs, api_name=False, show_progress_on=msg,
+                   **queued).then(**counted)
+    next_btn.click(moving(+1), moves, outputs, api_name=False, show_progress_on=msg, **queued).then(**counted)
+    # Choosing a filter stays on the image shown when it matches, else goes to the next that does.
+    show.input(moving(0), moves, outputs, api_name=False, show_progress_on=msg, **queued).then(**counted)
+    gr.on([shown.change, status.change, show.change, suggest_vocab.change], **counted)
+
+    # The filters offered: the labels and the Suggest names, as they are now.
+    def filters(vocab):
+        v = view(0, "all", False, vocab)
+        return gr.update(choices=_filters(v["labels"], v["suggest_names"]))
+
+    choices = handler(filters, error=lambda m, *_: (gr.update(), error_text(m)),
+                      present=lambda update: (update, gr.update()))
+    choices.endpoint = view
+    gr.on([shown.change, suggest_vocab.change], choices, suggest_vocab, [show, msg], api_name=False,
           show_progress="hidden", trigger_mode="always_last")
 
     def untagged(i: int) -> dict:
@@ -303,6 +345,8 @@ def build(ep: dict, server_folders: bool) -> dict:
     undo_handler = handler(undo, present=undone, error=lambda m, *_: {msg: error_text(m)})
     undo_handler.endpoint = ep["untag"]
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
-    refresh = handler(view, present=lambda v: as_tuple(_present_view(v)))
-    return {"refresh": (refresh, [index, show], view_out), "view_at": lambda i: as_tuple(_present_view(view(i))),
+    refresh = handler(view, prepare=lambda i, s, vocab: (i, s, False, vocab),
+                      present=lambda v: as_tuple(_present_view(v)))
+    return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
+            "choices": (choices, suggest_vocab, [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
             "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash))))}
