@@ -3,6 +3,7 @@
 Each test reproduces one finding of the security review (issue 9) and shows it fixed."""
 
 import concurrent.futures
+import html
 import io
 import json
 import os
@@ -375,3 +376,16 @@ def test_user_and_error_text_is_inert_in_a_real_browser(public, tmp_path):
         browser.close()
     assert xss is None
     assert "onerror" in shown  # it was on the page, as text
+
+
+def test_a_message_line_escapes_user_text_exactly_once():
+    """`friendly` escapes an error for toasts; the tab's message line must not escape it again
+    (a label '<b>&' would read '&lt;b&gt;&amp;')."""
+    from app.store import StoreError
+    from app.ui.common import error_text, handler
+
+    def refuse(name):
+        raise StoreError(f"no label {name!r}")
+
+    shown = handler(refuse, error=lambda text, *values: error_text(text))("<b>&")
+    assert shown == "⚠️ " + html.escape("no label '<b>&'")

@@ -120,7 +120,8 @@ def handler(endpoint: Callable, present: Callable | None = None, prepare: Callab
         except (gr.Error, *USER_ERRORS) as e:
             if error is None:
                 raise
-            return error(e.message if isinstance(e, gr.Error) else str(e), *values)
+            # `friendly` escaped a gr.Error's text for toasts; the message line escapes it itself (once)
+            return error(html.unescape(e.message) if isinstance(e, gr.Error) else str(e), *values)
 
     run.__name__ = getattr(endpoint, "__name__", "handler")  # no __wrapped__: Gradio reads run's own signature
     wrapped = friendly(run)
