@@ -32,7 +32,7 @@ browser:
 
 # Regenerates docs/screenshots/ from the browser tests (the test suite itself writes only to temp folders).
 screenshots: install-test browser
-	SCREENSHOTS_DIR=docs/screenshots HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_browser.py tests/test_ui_flows.py
+	SCREENSHOTS_DIR=docs/screenshots HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_browser.py tests/test_ui_flows.py tests/test_ui_capacity.py
 
 bench: install-test
 	$(BIN)/python bench/detect.py
