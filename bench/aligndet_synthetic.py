@@ -84,7 +84,7 @@ def main() -> None:
         unlabelled.mkdir(parents=True)
         for sub in ("box_train", "image_labels"):
             (unlabelled / sub).symlink_to((data / "images" / sub).resolve())
-    cfg = experiment_config(size, False).replace(rpn_trained=True, region_scoring=False, part_suppression=0.0)
+    cfg = experiment_config(size, False).replace(rpn_trained=True)
     schedules = {"short": args.short, **({"normal": args.normal} if args.normal else {})}
     inits = ["preset", "aligndet"] + (["aligndet_recipe"] if args.recipe else [])
     rows: list[dict] = []

@@ -178,8 +178,7 @@ def main() -> None:
             generate(data, seed=0, n_box=240, n_label=16, n_val=80, size=args.size)
         box = rare_subset(data, args.rare_images)
         t0 = time.time()
-        base = experiment_config(args.size, False).replace(rpn_trained=True, region_scoring=False,
-                                                          part_suppression=0.0, roi_batch_size_per_image=args.roi_batch)
+        base = experiment_config(args.size, False).replace(rpn_trained=True, roi_batch_size_per_image=args.roi_batch)
         for seed in args.seeds:
             init = args.work / f"init_seed{seed}"
             if not (init / "model.safetensors").exists():
