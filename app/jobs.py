@@ -9,9 +9,12 @@ reported (and recorded) as failed.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +67,16 @@ class TrainingJobs:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _only_one(self, name: str, busy: str):
+        """Held by one caller at a time across processes; others get JobError(`busy`) at once."""
+        with open(self.runs_dir / name, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JobError(busy) from None
+            yield
 
     def run(self, run_id: str) -> RunDir:
         """The run called `run_id` (a plain folder name under the runs directory, nothing else)."""
@@ -118,12 +131,12 @@ class TrainingJobs:
     def measure(self, cfg, timeout: float = 600) -> dict:
         """`python -m train dryrun` for `cfg` in its own process (its peak memory is the step's, not
         the app's): seconds per iteration and peak memory on this machine. No run is created."""
-        import json
-        import shutil
-        import tempfile
-
         if self.active():
             raise JobError("a run is active: measure when it is done (its work would distort the numbers)")
+        with self._only_one(".dryrun.lock", "another measurement is running; try again when it is done"):
+            return self._measure(cfg, timeout)
+
+    def _measure(self, cfg, timeout: float) -> dict:
         folder = Path(tempfile.mkdtemp(prefix=".dryrun-", dir=self.runs_dir))  # dot: never listed as a run
         try:
             path = RunDir(folder).write_config(cfg)

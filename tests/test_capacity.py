@@ -131,3 +131,17 @@ def test_app_measures_a_run_in_its_own_process_and_makes_no_run(tmp_path, tiny_p
                         "--box-images", ".", "--box-size", "48", "--box-batch", "1", "--heads", "huge"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "heads" in r.stderr
+
+
+def test_one_measurement_at_a_time(tmp_path):
+    """A public visitor cannot stack dry runs: a second one while one runs is refused at once."""
+    import fcntl
+
+    from app.jobs import JobError, TrainingJobs
+
+    jobs = TrainingJobs(tmp_path / "runs")
+    with open(jobs.runs_dir / ".dryrun.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(JobError, match="another measurement"):
+            jobs.measure(RunConfig(model="tiny"))
+    assert not list(jobs.runs_dir.glob(".dryrun-*"))
