@@ -213,9 +213,9 @@ def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, phot
 
     names.fill("cat, dog, mug, person")
     page.locator("#tag-suggest").click()
-    expect(page.locator("#tag-msg")).to_contain_text("suggestion", timeout=60_000)
     suggestions = page.locator("#tag-suggestions")
-    expect(suggestions).to_contain_text("photo_0.png")
+    expect(suggestions).to_contain_text("photo_0.png", timeout=120_000)  # a loaded machine can be slow
+    expect(page.locator("#tag-msg")).to_contain_text(re.compile("suggestion|nothing detected"))
     page.screenshot(path=str(shots / "tag-suggestions.png"), full_page=True)
 
     # ▶: the suggestions were for the previous image and are gone.
@@ -619,7 +619,7 @@ def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
     page.keyboard.press("ArrowLeft")
     expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
     page.keyboard.press("1")  # mug
-    _wait(page, lambda: service.store.tags(hashes[3])["positives"] == ["mug"], "img_3 tagged mug")
+    _wait(page, lambda: service.store.tags(hashes[3])["positives"] == ["mug"], "img_3 tagged mug", timeout_s=90)
     expect(count).to_contain_text("2 of 6 match · not this image", timeout=30_000)
     page.keyboard.press("ArrowLeft")
     expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
