@@ -18,6 +18,7 @@ side by side on one `--work` folder, and `--summary` prints the table of every f
 
     python bench/reuse.py --work runs/reuse                 # CPU default: 3 seeds
     python bench/reuse.py --work runs/reuse --summary
+    python bench/reuse.py --work runs/reuse --tags-only --heads light standard --iters 100   # no boxes at all
 """
 
 from __future__ import annotations
@@ -160,6 +161,49 @@ def table(rows: list[dict], model_only: dict, step_s: dict, infer_ms: dict) -> s
     return "\n".join(lines)
 
 
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def tags_only(args: argparse.Namespace) -> None:
+    """The user with tags and no boxes: frozen backbone, new heads of each preset trained from
+    image-level labels alone (Detic's loss; selective-search proposals, as the app does before any
+    box has trained the RPN), evaluated with boxes on the validation scenes over all 16 classes."""
+    data = args.work / "tags_data"
+    if not (data / "meta.json").exists():
+        generate(data, seed=0, n_box=4, n_label=240, n_val=80, size=args.size)
+    base = experiment_config(args.size, False).replace(rpn_trained=False)
+    t0 = time.time()
+    for seed in args.seeds:
+        init = args.work / f"tags_init_seed{seed}"
+        if not (init / "model.safetensors").exists():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                save_checkpoint(OpenVocabDetector(base), init)
+        for heads in args.heads:
+            out = args.work / f"tags_{heads}_seed{seed}"
+            if (out / "tags_result.json").exists():
+                continue
+            run_child(RunConfig(model=str(init), heads=heads, label_data=str(data / "image_labels.json"),
+                                label_images=str(data / "images"), iters=args.iters, label_batch=8,
+                                label_size=args.size // 2, warmup=min(50, args.iters // 10), seed=seed,
+                                checkpoint_every=10**9, log_every=10), out)
+            ev = evaluate_model(load_checkpoint(out), data / "val.json", data / "images", NOVEL)
+            row = {"heads": heads, "seed": seed, "iters": args.iters, "AP": ev["all"]["AP"], "AP50": ev["all"]["AP50"],
+                   "novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"]}
+            atomic_write(out / "tags_result.json", json.dumps(row, indent=2))
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            print(f"[{time.time() - t0:6.0f}s] tags only " + json.dumps(row), flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(args.work.glob("tags_*_seed*/tags_result.json"))]
+    print("| heads (frozen backbone, tags only) | AP | AP50 | AP50 per seed | seeds |\n|---|---|---|---|---|")
+    for heads in HEAD_PRESETS:
+        sel = sorted((r for r in rows if r["heads"] == heads), key=lambda r: r["seed"])
+        if sel:
+            ap, ap50 = ([100 * r[k] for r in sel] for k in ("AP", "AP50"))
+            print(f"| {heads} | {statistics.mean(ap):.1f} ± {_sd(ap):.1f} | {statistics.mean(ap50):.1f} ± {_sd(ap50):.1f} "
+                  f"| {' / '.join(f'{v:.1f}' for v in ap50)} | {len(sel)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("runs/reuse"))
@@ -171,7 +215,12 @@ def main() -> None:
     ap.add_argument("--roi-batch", type=int, default=32, help="sampled RoIs per training image")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--summary", action="store_true", help="print the table of every finished run and exit")
+    ap.add_argument("--tags-only", action="store_true",
+                    help="instead: frozen backbone, each head preset trained from image-level tags alone")
     args = ap.parse_args()
+    if args.tags_only:
+        tags_only(args)
+        return
     data = args.work / "data"
     if not args.summary:
         if not (data / "meta.json").exists():
