@@ -52,6 +52,15 @@ RARE = [n for n in BASE if n in ("red circle", "green square", "blue triangle")]
 BACKBONES = {"frozen": "frozen", "fine-tuned": "all"}
 
 
+def seeded_init(path: Path, config, seed: int) -> Path:
+    """A checkpoint of `config` with heads initialised from `seed` (written once, then reused)."""
+    if not (path / "model.safetensors").exists():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            save_checkpoint(OpenVocabDetector(config), path)
+    return path
+
+
 def rare_subset(data: Path, rare_images: int) -> Path:
     """box_train.json keeping only the first `rare_images` images that contain each rare class
     (images with a rare class beyond those are dropped whole, so no rare object goes unlabelled)."""
@@ -175,11 +184,7 @@ def tags_only(args: argparse.Namespace) -> None:
     base = experiment_config(args.size, False).replace(rpn_trained=False)
     t0 = time.time()
     for seed in args.seeds:
-        init = args.work / f"tags_init_seed{seed}"
-        if not (init / "model.safetensors").exists():
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                save_checkpoint(OpenVocabDetector(base), init)
+        init = seeded_init(args.work / f"tags_init_seed{seed}", base, seed)
         for heads in args.heads:
             out = args.work / f"tags_{heads}_seed{seed}"
             if (out / "tags_result.json").exists():
@@ -229,11 +234,7 @@ def main() -> None:
         t0 = time.time()
         base = experiment_config(args.size, False).replace(rpn_trained=True, roi_batch_size_per_image=args.roi_batch)
         for seed in args.seeds:
-            init = args.work / f"init_seed{seed}"
-            if not (init / "model.safetensors").exists():
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    save_checkpoint(OpenVocabDetector(base), init)
+            init = seeded_init(args.work / f"init_seed{seed}", base, seed)
             for backbone in args.backbones:
                 choice = BACKBONES[backbone]
                 for heads in args.heads:
