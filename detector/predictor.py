@@ -34,6 +34,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, a no-op context on CPU: the one mixed-precision policy (inference and training)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 @dataclass
 class Assignment:
     """What Detic's image-label rules would train on one image (for display and inspection)."""
@@ -105,11 +112,6 @@ class Predictor:
         names, emb = self.embedder(vocabulary)
         return names, emb.to(self.device)
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
-
     def _tensor(self, img: LoadedImage) -> torch.Tensor:
         """[3, H, W] in [0, 1]; the model batches images itself (channels_last in the backbone).
 
@@ -145,7 +147,7 @@ class Predictor:
         for start in range(0, len(missing), batch_size):
             idx = missing[start : start + batch_size]
             tensors = [self._tensor(images[i]) for i in idx]
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), autocast_for(self.device):
                 enc = self.model.encode(tensors)
                 if self.region_scorer is not None:
                     enc.region_embeddings = [self._embed_regions(enc, j, t) for j, t in enumerate(tensors)]
@@ -189,7 +191,7 @@ class Predictor:
         encoded = self.encode(loaded, batch_size=batch_size)
         results = []
         for img, enc in zip(loaded, encoded):
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), autocast_for(self.device):
                 det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections,
                                           region_scorer=self.region_scorer, clip_weights=self.clip_weights(names))[0]
             results.append(to_detections(det, names, img.scale, img.array.shape[:2]))
@@ -207,7 +209,7 @@ class Predictor:
         if unknown:
             raise ValueError(f"labels not in the vocabulary: {', '.join(unknown)}")
         img = load_image(image)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast_for(self.device):
             out = self.model.assign([self._tensor(img)], [[index[lb.casefold()] for lb in labels]],
                                     emb, num_proposals)[0]
         rules = {r: [(c.proposal, [names[k] for k in c.labels]) for c in cs] for r, cs in out["choices"].items()}

@@ -17,6 +17,7 @@ import torch
 
 from detector.capacity import backbone_choice_of, head_preset_of, rebuild
 from detector.embedding_cache import VocabularyEmbedder
+from detector.predictor import autocast_for
 from detector.presets import load_detector
 
 from .finetune import TrainStep, peak_memory_mb
@@ -60,8 +61,7 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     kinds = [k for k, given in (("box", cfg.box_data), ("label", cfg.label_data)) if given] or ["box"]
     if steps == 0:  # the loaded model (and text encoder) alone: the memory a run holds before its first step
         kinds = []
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

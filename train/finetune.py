@@ -26,6 +26,7 @@ from torch import nn
 from detector.capacity import rebuild
 from detector.embedding_cache import VocabularyEmbedder
 from detector.images import ImageLoadError
+from detector.predictor import autocast_for
 from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
@@ -233,8 +234,7 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     step_times: list[float] = []
     last: dict = {}
     trained_names = set()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(device)
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.iters, initial=start_it, disable=rank != 0 or not sys.stderr.isatty(), desc="train")

@@ -51,6 +51,7 @@ from torch import nn
 from detector.checkpoint import read_checkpoint
 from detector.files import atomic_write
 from detector.images import IMAGE_SUFFIXES, ImageLoadError, list_image_files, load_image
+from detector.predictor import autocast_for
 from detector.presets import load_detector
 from detector.proposals import ALIGNDET, ProposalParams, selective_search
 
@@ -400,8 +401,7 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(device)
     stop = StopFlag(run)
     window: dict[str, list[float]] = {}
     step_times: list[float] = []

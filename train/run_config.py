@@ -33,9 +33,6 @@ class ConfigBase:
 
     COMMAND: ClassVar[str] = ""
 
-    def validate(self) -> None:  # pragma: no cover - every subclass has its own
-        raise NotImplementedError
-
     def _validate_schedule(self) -> None:
         if self.iters < 1:
             raise ValueError("iters must be >= 1")
