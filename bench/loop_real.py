@@ -205,8 +205,9 @@ def photo(name: str) -> np.ndarray:
 class Scene:
     name: str
     image: np.ndarray  # H x W x 3 uint8
-    objects: list[tuple[str, tuple[float, float, float, float]]]  # (name, xyxy)
+    objects: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)  # (name, xyxy)
     partial: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    sources: list[Cutout] = field(default_factory=list)  # the cut-outs pasted
 
     @property
     def names(self) -> list[str]:
@@ -274,7 +275,7 @@ def _paste(rng, canvas: np.ndarray, cut: Cutout, taken: list, scale: tuple[float
 def _scene(rng, name: str, first: Cutout, pool: list[Cutout], n_objects: int, unseen: bool,
            size: tuple[int, int], scale: tuple[float, float]) -> Scene:
     canvas = _background(rng, unseen, size)
-    scene = Scene(name, canvas, [], [])
+    scene = Scene(name, canvas)
     taken: list = []
     cuts = [first]
     for _ in range(n_objects - 1):  # others of different names than those already in the scene
@@ -287,6 +288,7 @@ def _scene(rng, name: str, first: Cutout, pool: list[Cutout], n_objects: int, un
         if placed:
             scene.objects += placed[0]
             scene.partial += placed[1]
+            scene.sources.append(cut)
     return scene
 
 
