@@ -410,7 +410,8 @@ def _wait(service, run_id: str, timeout: float, poll: float = 2.0) -> dict:
         if time.time() - t0 > timeout:
             service.cancel_training(run_id)
             print(f"    over {timeout:.0f} s: cancelled", flush=True)
-            return service.jobs.wait(run_id, timeout=600)
+            service.jobs.wait(run_id, timeout=600)  # it stops after the current step
+            return service.training_status(run_id)
         time.sleep(poll)
 
 
