@@ -486,6 +486,10 @@ def run_seed(seed: int, args, work: Path) -> dict:
     heldout_report = status.get("heldout")
     if heldout_report is None:
         print("  no held-out report", flush=True)
+    else:
+        print(f"  held-out report: {heldout_report.get('images')} images, image-level AP "
+              f"{_pct(heldout_report.get('mean_before'))} -> {_pct(heldout_report.get('mean_after'))} "
+              f"(best iteration {heldout_report.get('best_iteration')}) {heldout_report.get('note') or ''}", flush=True)
 
     result = {"seed": seed, "run": run_id, "state": state, "iterations": status.get("total"),
               "scenes": {k: len(v) for k, v in scenes.items()}, "before": before, "after": None,

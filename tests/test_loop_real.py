@@ -126,3 +126,16 @@ def test_smoke_end_to_end(tmp_path):
     assert set(r["seconds"]) >= {"scenes", "load", "tag", "before", "train", "use", "after"}
     saved = json.loads(out.read_text())
     assert saved["smoke"] and saved["results"][0]["run"] == r["run"]
+
+
+def test_use_model_confirms_where_the_service_asks():
+    class Today:
+        def use_model(self, source):
+            return {"source": source}
+
+    class WithConfirm:
+        def use_model(self, source, confirm=False):
+            return {"source": source, "confirm": confirm}
+
+    assert lr._use(Today(), "run1") == {"source": "run1"}
+    assert lr._use(WithConfirm(), "run1") == {"source": "run1", "confirm": True}
