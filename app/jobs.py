@@ -122,10 +122,16 @@ class TrainingJobs:
 
     def runs(self) -> list[dict]:
         """Every run, newest first, with its evaluation when it has one."""
+        from train.heldout import heldout_summary
+
         out = []
         for path in sorted((p for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                            reverse=True):
-            out.append({**self.status(path.name), "evaluation": RunDir(path).evaluation()})
+            run = RunDir(path)
+            heldout = heldout_summary(run.heldout())
+            out.append({**self.status(path.name), "evaluation": run.evaluation(),
+                        "heldout_mean_before": heldout["mean_before"] if heldout else None,
+                        "heldout_mean_after": heldout["mean_after"] if heldout else None})
         return out
 
     def measure(self, cfg, timeout: float = 600) -> dict:

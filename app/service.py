@@ -27,6 +27,7 @@ from detector.annotate import annotate, coco_annotations, detections_to_records,
 from detector.files import atomic_write, atomic_write_json, read_json
 from detector.images import IMAGE_SUFFIXES, list_image_files, load_image
 from detector.vocabulary import parse_vocabulary
+from train.heldout import heldout_summary, plan_from_detic
 from train.run_config import PretrainConfig, RunConfig
 from train.run_dir import ACTIVE_STATES, RunDir
 
@@ -557,6 +558,12 @@ class AppService:
         return self._launch(cfg, self.store.export_detic() if tagged else None)
 
     @endpoint()
+    def training_plan(self) -> dict:
+        """What a run started now would train on and hold out: {"tagged", "heldout", "note"}."""
+        tagged, heldout, note = plan_from_detic(self.store.export_detic())
+        return {"tagged": tagged, "heldout": heldout, "note": note}
+
+    @endpoint()
     def estimate_training(self, iters: int = 300, image_label_rule: str = "max_size", ratio: str = "1:1",
                           base_model: str = "", box_data: str = "", box_images: str = "", eval_data: str = "",
                           eval_images: str = "", novel: str = "", label_size: int = 320, box_size: int = 640,
@@ -579,7 +586,11 @@ class AppService:
         total = sum(share.values()) or 1
         per_iter = sum(result["seconds_per_iter"][k] * share[k] / total for k in result["seconds_per_iter"]
                        if share.get(k)) or sum(result["seconds_per_iter"].values())
-        return {**result, "estimated_run_s": per_iter * cfg.iters}
+        per_image = result.get("seconds_per_image") or {}
+        _, n_heldout, _ = plan_from_detic(self.store.export_detic(), cfg.heldout_share) if tagged else (0, 0, "")
+        once = per_image.get("cache", 0.0) * (tagged - n_heldout) + per_image.get("heldout", 0.0) * n_heldout
+        return {**result, "estimated_run_s": per_iter * cfg.iters + once, "heldout_images": n_heldout,
+                "tagged_images": tagged}
 
     def _training_config(self, iters, image_label_rule, ratio, base_model, box_data, box_images, eval_data,
                          eval_images, novel, label_size, box_size, image_label_weight, heads, train_backbone):
@@ -660,7 +671,7 @@ class AppService:
         state = self.jobs.status(run_id).get("state")
         if state in ACTIVE_STATES:
             raise JobError(f"run {run_id} is {state}: cancel it first")
-        if Path(self.serving.source) == run.path:
+        if Path(self.serving.source) in (run.path, run.served_model()):
             raise JobError(f"run {run_id} is the model being served: load another one first")
         run.delete()
         return f"deleted run {run_id}"
@@ -684,12 +695,17 @@ class AppService:
         metrics = run.metrics()
         return {**self.jobs.status(run_id), "metrics": metrics, "log": run.log_tail(),
                 "evaluation": run.evaluation(), "evaluation_before": run.evaluation(before=True),
+                "heldout": heldout_summary(run.heldout()),
                 "image_label_choices": _choice_summary(metrics)}
 
     # --- model -------------------------------------------------------------------------------
     @endpoint()
-    def use_model(self, source: str) -> dict:
-        """Load a model (run id, folder, preset or Hub id) and make it the live one (hot swap)."""
+    def use_model(self, source: str, confirm: bool = False) -> dict:
+        """Load a model (run id, folder, preset or Hub id) and make it the live one (hot swap).
+
+        A run serves its checkpoint that scored best on its held-out tags. When that score is
+        below the starting model's (the one served when the run began), nothing changes unless
+        `confirm` is true: the answer has `needs_confirmation` and a sentence stating the drop."""
         source = (source or "").strip()
         if not source:
             raise ValueError("type a preset, a local folder, a Hub id or pick a finished run")
@@ -699,9 +715,22 @@ class AppService:
             status = self.jobs.status(source)
         except JobError:
             status = None
-        if status is not None and status.get("state") != "finished":
-            note += (f"; unfinished run ({status.get('state')} at iteration {status.get('iteration', 0)} of "
-                     f"{status.get('total', '?')}): its last checkpoint")
+        if status is not None:
+            run = self.jobs.run(source)
+            heldout = heldout_summary(run.heldout())
+            drop = self._heldout_drop(heldout)
+            if drop and not confirm:
+                return {"needs_confirmation": True, "message": drop, **self.model_info()}
+            if heldout and heldout.get("best_iteration") is not None:
+                note += (f"; run {source}'s best checkpoint on its held-out tags (iteration "
+                         f"{heldout['best_iteration']}, image-level AP {_ap(heldout['mean_before'])} → "
+                         f"{_ap(heldout['mean_after'])})")
+            if status.get("state") != "finished":
+                note += (f"; unfinished run ({status.get('state')} at iteration {status.get('iteration', 0)} of "
+                         f"{status.get('total', '?')})" + ("" if heldout and heldout.get("best_iteration") is not None
+                                                           else ": its last checkpoint"))
+            if drop:
+                note += f"; served although {drop[0].lower()}{drop[1:]}"
         new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:
             self.predictor = new
@@ -709,13 +738,26 @@ class AppService:
             atomic_write_json(self.choice_file, {"source": path, "chosen": time.time()})
         return self.model_info()
 
+    @staticmethod
+    def _heldout_drop(heldout: dict | None) -> str:
+        """A sentence stating how much worse a run's best checkpoint scored than its starting model
+        on the held-out tags; empty when it did not score worse (or could not be scored)."""
+        if not heldout or heldout.get("mean_after") is None or heldout.get("mean_before") is None:
+            return ""
+        before, after = heldout["mean_before"], heldout["mean_after"]
+        if after >= before:
+            return ""
+        return (f"Its best checkpoint scores lower on the held-out tags than the model it started from: "
+                f"image-level AP {_ap(before)} → {_ap(after)} ({(after - before) * 100:+.1f} points).")
+
     def _model_source(self, source: str) -> str:
-        """A preset, a Hub id or one of this app's runs, as given; a server folder only when allowed."""
+        """A preset, a Hub id or one of this app's runs (its served checkpoint, see
+        `RunDir.served_model`), as given; a server folder only when allowed."""
         from detector.hub import looks_like_repo_id
         from detector.presets import PRESETS
 
         with contextlib.suppress(JobError):  # one of this app's runs, by id
-            return str(self.jobs.run(source).path)
+            return str(self.jobs.run(source).served_model())
         if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
             return source
         return str(self.policy.server_path(source, "model folder"))
@@ -765,6 +807,10 @@ class AppService:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return str(getattr(commit, "commit_url", commit))
+
+
+def _ap(value: float | None) -> str:
+    return "not measurable" if value is None else f"{value:.2f}"
 
 
 def _choice_summary(metrics: list[dict]) -> dict | None:

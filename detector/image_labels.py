@@ -3,8 +3,12 @@
 Given the top proposals of an image (the whole-image box appended last, as Detic does) and the
 image's labels, each rule returns `Choice`s: a proposal index and the labels it is told to
 contain.
-- `max_size`   (default, best in the paper): the largest proposal takes all labels; the
-  whole-image box is appended but never chosen by this rule (Detic: `sizes[:-1].argmax()`).
+- `max_size`   (default, best in the paper): the largest *object-like* proposal takes all labels;
+  the whole-image box is appended but never chosen by this rule (Detic: `sizes[:-1].argmax()`).
+  Object-like is AlignDet's size rule, sqrt(box area / image area) <= 0.8 (`OBJECT_SQRT_AREA`):
+  with selective-search proposals (which may cover the frame) the plain largest box is the whole
+  image almost every time and cannot teach where things are. Only when no proposal passes does
+  the plain largest one take the labels.
 - `image_box`: the whole-image box takes all labels.
 - `max_score`: for each label, the proposal scoring highest for that label takes it.
 
@@ -38,6 +42,7 @@ from .config import IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
 DEFAULT_RULE = "max_size"
 DEFAULT_WEIGHT = 0.1  # Detic's lambda
 DEFAULT_SCOPE = "box_head"
+OBJECT_SQRT_AREA = 0.8  # AlignDet's proposal filter: larger boxes are frames, not objects
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,26 @@ def choose_proposals(rule: str, boxes: torch.Tensor, class_logits: torch.Tensor,
     if rule == "image_box" or num_props == 0:
         return [Choice(image_box, tuple(labels))]
     if rule == "max_size":
-        areas = (boxes[:num_props, 2] - boxes[:num_props, 0]) * (boxes[:num_props, 3] - boxes[:num_props, 1])
-        return [Choice(int(areas.argmax()), tuple(labels))]
+        return [Choice(max_size_index(boxes), tuple(labels))]
     scores = class_logits[:num_props]  # max_score: the image box is not a candidate either
     return [Choice(int(scores[:, k].argmax()), (k,)) for k in labels]
+
+
+def object_like(boxes: torch.Tensor) -> torch.Tensor:
+    """Mask over `boxes` (image box last, excluded) of the proposals small enough to be objects."""
+    image = boxes[-1]
+    image_area = ((image[2] - image[0]) * (image[3] - image[1])).clamp(min=1e-6)
+    areas = (boxes[:-1, 2] - boxes[:-1, 0]) * (boxes[:-1, 3] - boxes[:-1, 1])
+    return (areas / image_area).sqrt() <= OBJECT_SQRT_AREA + 1e-6
+
+
+def max_size_index(boxes: torch.Tensor) -> int:
+    """Detic's max-size choice among the object-like proposals of `boxes` (image box last)."""
+    areas = (boxes[:-1, 2] - boxes[:-1, 0]) * (boxes[:-1, 3] - boxes[:-1, 1])
+    keep = object_like(boxes)
+    if keep.any():
+        areas = torch.where(keep, areas, areas.new_full((), -1.0))
+    return int(areas.argmax())
 
 
 def negative_terms(class_logits: torch.Tensor, negatives: list[int]) -> list[tuple[int, int]]:

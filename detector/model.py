@@ -12,6 +12,7 @@ Three entry points share one backbone/RPN/RoI stack:
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -86,11 +87,18 @@ class EncodedImages:
     image_sizes: list[tuple[int, int]]  # network-input sizes
     original_sizes: list[tuple[int, int]]
     region_embeddings: list[torch.Tensor | None] | None = None  # region-scorer features of the top boxes
+    pooled: list[torch.Tensor] | None = None  # per image [N, C, 7, 7] RoI-aligned neck features (on request)
 
     def select(self, i: int) -> EncodedImages:
         regions = [self.region_embeddings[i]] if self.region_embeddings is not None else None
+        pooled = [self.pooled[i]] if self.pooled is not None else None
         return EncodedImages(*[[f[i]] for f in (self.proposals, self.objectness, self.box_features,
-                                                  self.boxes, self.image_sizes, self.original_sizes)], regions)
+                                                  self.boxes, self.image_sizes, self.original_sizes)], regions,
+                             pooled)
+
+    def with_box_features(self, box_features: list[torch.Tensor]) -> EncodedImages:
+        """The same images seen through another box head (the frozen parts re-used)."""
+        return dataclasses.replace(self, box_features=box_features)
 
 
 class OpenVocabDetector(GeneralizedRCNN):
@@ -191,12 +199,16 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     # --- inference split at the vocabulary ----------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: list[torch.Tensor]) -> EncodedImages:
+    def encode(self, images: list[torch.Tensor], keep_pooled: bool = False) -> EncodedImages:
+        """`keep_pooled`: also keep the RoI-aligned neck features, so that another box head (a
+        later checkpoint of a run that trains only the heads) can be scored without redoing the
+        backbone, the neck and the proposals."""
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
         proposals, objectness = self.propose(images, image_list, features)
-        x = self.roi_heads.box_features(features, proposals, image_list.image_sizes)
+        pooled = self.roi_heads.box_roi_pool(features, proposals, image_list.image_sizes)
+        x = self.roi_heads.box_head(pooled)
         if self.uses_selective_search:  # box regression is as untrained as the RPN: keep the boxes
             boxes = [p.clone() for p in proposals]
         else:
@@ -204,7 +216,8 @@ class OpenVocabDetector(GeneralizedRCNN):
             boxes = self.roi_heads.decode_boxes(deltas, proposals, image_list.image_sizes)
         counts = [len(p) for p in proposals]
         return EncodedImages(proposals, objectness, list(x.split(counts)), boxes,
-                             list(image_list.image_sizes), original_sizes)
+                             list(image_list.image_sizes), original_sizes,
+                             pooled=list(pooled.split(counts)) if keep_pooled else None)
 
     @torch.no_grad()
     def classify(self, enc: EncodedImages, class_embeddings=None, score_threshold=None,
@@ -216,21 +229,11 @@ class OpenVocabDetector(GeneralizedRCNN):
         see `detector.region_scorer`), class probabilities are F-VLM's ensemble
         p_head^(1-w) * p_region^w with per-class weights `clip_weights` (w).
         """
-        from .region_scorer import ensemble
-
         emb = self._embeddings(class_embeddings)
         cfg = self.config
         out = []
         for i in range(len(enc.boxes)):
-            logits = self.roi_heads.box_predictor.cls_score(enc.box_features[i].float(), emb)
-            scores = torch.sigmoid(logits[:, :-1].float())
-            regions = enc.region_embeddings[i] if enc.region_embeddings is not None else None
-            if regions is not None and region_scorer is not None and clip_weights is not None:
-                p_clip = scores.new_zeros(scores.shape)
-                p_clip[: len(regions)] = region_scorer.probabilities(regions, emb).to(scores.device)
-                scores = ensemble(scores, p_clip, clip_weights)
-            if cfg.mult_proposal_score and not self.uses_selective_search:  # objectness means something
-                scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])
+            scores = self.class_scores(enc, i, emb, region_scorer, clip_weights)
             det = select_detections(
                 enc.boxes[i], scores,
                 cfg.score_threshold if score_threshold is None else score_threshold,
@@ -241,6 +244,24 @@ class OpenVocabDetector(GeneralizedRCNN):
             det["boxes"] = resize_boxes(det["boxes"], enc.image_sizes[i], enc.original_sizes[i])
             out.append(det)
         return out
+
+    @torch.no_grad()
+    def class_scores(self, enc: EncodedImages, i: int, class_embeddings: torch.Tensor, region_scorer=None,
+                     clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, C] final per-box, per-name scores of image `i` of `enc` (what `classify` thresholds):
+        the head's sigmoid, F-VLM's ensemble with the region scorer, and Detic's objectness product."""
+        from .region_scorer import ensemble
+
+        logits = self.roi_heads.box_predictor.cls_score(enc.box_features[i].float(), class_embeddings)
+        scores = torch.sigmoid(logits[:, :-1].float())
+        regions = enc.region_embeddings[i] if enc.region_embeddings is not None else None
+        if regions is not None and region_scorer is not None and clip_weights is not None:
+            p_clip = scores.new_zeros(scores.shape)
+            p_clip[: len(regions)] = region_scorer.probabilities(regions, class_embeddings).to(scores.device)
+            scores = ensemble(scores, p_clip, clip_weights)
+        if self.config.mult_proposal_score and not self.uses_selective_search:  # objectness means something
+            scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])
+        return scores
 
     # --- image-labelled training (Detic) -------------------------------------------------------
     def _label_proposals(self, images, num_proposals):

@@ -160,6 +160,16 @@ class Predictor:
                     self._cache.popitem(last=False)
         return [found[i] for i in range(len(images))]
 
+    def encode_keeping_pooled(self, image: LoadedImage) -> EncodedImages:
+        """One image's encoding with its RoI-aligned neck features kept (never cached): what
+        scoring a run's checkpoints on held-out images re-uses (`train.heldout`)."""
+        t = self._tensor(image)
+        with torch.inference_mode(), autocast_for(self.device):
+            enc = self.model.encode([t], keep_pooled=True)
+            if self.region_scorer is not None:
+                enc.region_embeddings = [self._embed_regions(enc, 0, t)]
+        return enc
+
     def _embed_regions(self, enc: EncodedImages, j: int, image: torch.Tensor) -> torch.Tensor:
         """CLIP embeddings of the top-k boxes (highest objectness first), cropped from `image`."""
         from torchvision.models.detection.transform import resize_boxes

@@ -24,7 +24,10 @@ PRESETS: dict[str, DetectorConfig] = {
     # head mapped onto the vocabulary (detector.imagenet_scorer); see docs/offline_zero_shot.md.
     "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384,
                               region_scoring=True, region_scorer="imagenet", region_top_k=50,
-                              part_suppression=0.9, mult_proposal_score=True),
+                              part_suppression=0.9, mult_proposal_score=True,
+                              # its head learns only from the person's tags: names it was never
+                              # trained on keep the ImageNet scores alone (w = 1)
+                              ensemble_weight_untrained=1.0),
     # The classic: ResNet-50 (ImageNet weights when downloadable) + CLIP ViT-B/32 names.
     "resnet50-clip": DetectorConfig(
         backbone="resnet50", text_encoder="clip", embed_dim=512,

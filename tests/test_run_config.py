@@ -22,6 +22,7 @@ def _non_default_config(tmp_path) -> RunConfig:
         "image_label_rule": "image_box", "image_label_weight": 0.37, "image_label_scope": "classifier", "heads": "heavy", "train_backbone": "last_stages", "lr": 3e-3, "weight_decay": 0.02, "warmup": 7,
         "clip": 2.5, "checkpoint_every": 11, "log_every": 3, "seed": 9, "device": "cpu",
         "eval_data": str(tmp_path / "v.json"), "eval_images": str(tmp_path / "vi"), "novel": ["red star", "猫"],
+        "heldout_share": 0.3, "tag_features": "full",
     }
     cfg = RunConfig(**values)
     default = RunConfig()

@@ -22,6 +22,7 @@ from detector.presets import load_detector
 
 from .finetune import TrainStep, peak_memory_mb
 from .run_config import RunConfig
+from .tag_features import CachedTagImage, can_cache, tag_step
 
 NAMES = [f"class {i}" for i in range(8)]  # stand-in vocabulary: the cost hardly depends on its size
 
@@ -40,10 +41,74 @@ def _batch(kind: str, cfg: RunConfig, gen: torch.Generator, device: torch.device
     return images, payload
 
 
+def _scene(size: int, gen: torch.Generator) -> torch.Tensor:
+    """A 4:3 image with a few flat rectangles on a gradient: selective search's cost on it is that
+    of a photo, not of noise (which splits into thousands of regions)."""
+    h, w = size, size * 4 // 3
+    img = torch.linspace(0, 1, w).expand(3, h, w).clone() * torch.rand(3, 1, 1, generator=gen)
+    for _ in range(4):
+        x0, y0 = int(torch.randint(0, w // 2, (1,), generator=gen)), int(torch.randint(0, h // 2, (1,), generator=gen))
+        x1, y1 = x0 + int(torch.randint(w // 8, w // 2, (1,), generator=gen)), y0 + int(torch.randint(h // 8, h // 2, (1,), generator=gen))
+        img[:, y0:y1, x0:x1] = torch.rand(3, 1, 1, generator=gen)
+    return img
+
+
+def _measure_cached(model, cfg: RunConfig, emb: torch.Tensor, steps: int, gen: torch.Generator,
+                    device: torch.device) -> tuple[float, float, float]:
+    """(s per image to cache, s per tag step, s per held-out image to encode) of the cached path."""
+    from detector.image_labels import with_image_box
+    from detector.images import LoadedImage
+    from detector.model import eval_mode
+    from detector.predictor import Predictor
+
+    k = model.config.image_label_num_proposals
+    n_images = max(2, min(cfg.label_batch, 4))
+    items, t = [], time.perf_counter()
+    with torch.no_grad(), eval_mode(model):
+        model.transform.train()
+        for _ in range(n_images):
+            img = _scene(cfg.label_size, gen).to(device)
+            image_list, _ = model.transform([img])
+            features = model.backbone(image_list.tensors)
+            hw = tuple(image_list.image_sizes[0])
+            boxes = with_image_box(model.propose([img], image_list, features)[0][0][:k].float(), hw)
+            pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
+            items.append(CachedTagImage(boxes.cpu(), pooled.half().cpu(), [0], [1], hw))
+        model.transform.train(False)
+    cache_s = (time.perf_counter() - t) / n_images
+    batch = [items[i % len(items)] for i in range(cfg.label_batch)]
+    params = [p for p in model.roi_heads.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        with autocast_for(device):
+            losses, _ = tag_step(model, batch, emb, device, cfg.image_label_rule, cfg.image_label_weight,
+                                 cfg.image_label_scope)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t)
+    predictor = Predictor(model, device=str(device))
+    photo = (_scene(model.config.min_size, gen).permute(1, 2, 0) * 255).byte().numpy()
+    t = time.perf_counter()
+    predictor.encode_keeping_pooled(LoadedImage(photo, photo.shape[:2]))
+    heldout_s = time.perf_counter() - t
+    model.train()
+    return cache_s, sum(times) / max(len(times), 1), heldout_s
+
+
 def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     """{"device", "heads", "backbone", "trainable_params", "seconds_per_iter": {kind: s},
     "peak_memory_mb", "steps"}: the mean of `steps` timed steps per batch kind after one warm-up
-    (`steps=0`: no step at all, so the peak memory is the loaded model's)."""
+    (`steps=0`: no step at all, so the peak memory is the loaded model's).
+
+    A tags-only run with cached features (what finetune does by default on a frozen backbone) is
+    measured as it runs: "seconds_per_image" has the one-off cost per tagged image ("cache") and
+    per held-out image ("heldout"), "seconds_per_iter" the step on cached candidates."""
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_detector(cfg.model)
     if cfg.heads or cfg.train_backbone:
@@ -65,7 +130,13 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = {}
+    seconds, per_image = {}, {}
+    if kinds == ["label"] and cfg.tag_features == "cached" and can_cache(model, False, 1):  # what finetune will do
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        per_image["cache"], seconds["label"], per_image["heldout"] = _measure_cached(model, cfg, emb, steps, gen, device)
+        kinds = []
     for kind in kinds:
         times = []
         for i in range(steps + 1):
@@ -86,4 +157,5 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     return {"device": str(device), "heads": head_preset_of(model.config) or "custom",
             "backbone": backbone_choice_of(model.config) or "custom",
             "trainable_params": sum(p.numel() for p in params), "seconds_per_iter": seconds,
+            "seconds_per_image": per_image, "cached_features": bool(per_image),
             "peak_memory_mb": peak_memory_mb(device), "steps": steps}

@@ -10,12 +10,7 @@ SIGINT/SIGTERM or a `CANCEL` file, and runs under `torchrun` with DDP.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,19 +25,14 @@ from detector.predictor import autocast_for
 from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
+from .heldout import HeldoutScorer, heldout_summary, split_heldout
+from .loop import Loop, StopFlag, learning_rate, peak_memory_mb  # noqa: F401 - re-exported for callers
 from .run_config import RunConfig
 from .run_dir import RunDir
 from .sampler import MixedSampler, parse_ratio
+from .tag_features import CachedTagImage, cache_tag_images, can_cache, tag_step
 
 log = logging.getLogger("train")
-
-
-def learning_rate(cfg: RunConfig, it: int) -> float:
-    warmup = cfg.warmup_iters
-    if it < warmup:
-        return cfg.lr * (it + 1) / warmup
-    progress = (it - warmup) / max(1, cfg.iters - warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class TrainStep(nn.Module):
@@ -59,23 +49,6 @@ class TrainStep(nn.Module):
         positives, negatives = payload
         return self.model.image_label_loss(images, positives, class_embeddings, negatives=negatives,
                                            **self.image_loss)
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM or by a cancel request in the run directory."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-        self.signalled = False
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signalled = True
-
-    def __bool__(self) -> bool:
-        return self.signalled or self.run.cancel_requested()
 
 
 def _setup_logging(run: RunDir, rank: int) -> logging.Handler | None:
@@ -147,12 +120,123 @@ def finetune(cfg: RunConfig, run_dir: str | Path | RunDir, resume: bool = False,
     return run_with_status(run_dir, lambda run, rank, world: _finetune(cfg, run, resume, rank, world, on_progress))
 
 
+class _FinetuneStep:
+    """What both ways of stepping share: checkpoints, held-out scoring and the best checkpoint."""
+
+    kind = "label"
+
+    def __init__(self, run: RunDir, model, optimizer, names: list[str], trained_boxes: bool,
+                 heldout: HeldoutRecord | None):
+        self.run, self.model, self.optimizer, self.names = run, model, optimizer, names
+        self.trained_boxes = trained_boxes
+        self.trained_names: set[str] = set()
+        self.heldout = heldout
+
+    def after_update(self, it: int) -> dict[str, float]:
+        return {}
+
+    def save(self, it: int) -> None:
+        _save(self.run, self.model, self.optimizer, it, self.names, self.trained_names, self.trained_boxes)
+
+    def evaluate(self, it: int) -> None:
+        if self.heldout is not None:
+            self.heldout.score(self.model, it, self.run)
+
+
+class _DeticStep(_FinetuneStep):
+    """Detic's full path: every step runs its images through the whole model (jitter, flips)."""
+
+    def __init__(self, train_step, sampler, box, labels, cfg, names_index, box_index, device, emb, box_emb,
+                 world, skipped, **common):
+        super().__init__(**common)
+        self.train_step, self.sampler, self.box, self.labels, self.cfg = train_step, sampler, box, labels, cfg
+        self.names_index, self.box_index, self.device = names_index, box_index, device
+        self.emb, self.box_emb, self.world, self.skipped = emb, box_emb, world, skipped
+        self.images_per_step = cfg.label_batch if labels else cfg.box_batch
+
+    def losses(self, it, rng):
+        kind, idx = self.sampler.batch(it)
+        self.kind = kind
+        self.images_per_step = self.cfg.box_batch if kind == "box" else self.cfg.label_batch
+        samples = self.box if kind == "box" else self.labels
+        images, payload = _batch(kind, idx, samples, self.cfg, rng, self.names_index, self.box_index,
+                                 self.device, self.skipped)
+        if self.world > 1:  # every rank must take part in the step, or none
+            have = torch.tensor([len(images)], device=self.device)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN)
+            empty = have.item() == 0
+        else:
+            empty = not images
+        if empty:
+            return None, {}
+        for i in idx:
+            self.trained_names.update(n.casefold() for n in (samples[i].names if kind == "box" else samples[i].positives))
+        with autocast_for(self.device):
+            losses = self.train_step(kind, images, payload, self.box_emb if kind == "box" else self.emb)
+        stats = self.model.image_label_stats if kind == "label" else {}
+        return losses, {f"stats_{k}": v for k, v in stats.items()}
+
+
+class _CachedTagStep(_FinetuneStep):
+    """Tags only, frozen backbone and neck: steps on cached candidates (`train.tag_features`)."""
+
+    def __init__(self, cached: dict[int, CachedTagImage], sampler, cfg, device, emb, **common):
+        super().__init__(**common)
+        self.cached, self.sampler, self.cfg, self.device, self.emb = cached, sampler, cfg, device, emb
+        self.images_per_step = cfg.label_batch
+
+    def losses(self, it, rng):
+        _, idx = self.sampler.batch(it)
+        batch = [self.cached[i] for i in idx if i in self.cached]
+        if not batch:
+            return None, {}
+        for item in batch:
+            self.trained_names.update(self.names[k].casefold() for k in item.positives)
+        with autocast_for(self.device):
+            losses, stats = tag_step(self.model, batch, self.emb, self.device, self.cfg.image_label_rule,
+                                     self.cfg.image_label_weight, self.cfg.image_label_scope)
+        return losses, {f"stats_{k}": v for k, v in stats.items()}
+
+
+class HeldoutRecord:
+    """The run's held-out tags: scored before training and at each checkpoint; the best
+    checkpoint is kept as the run's `best/` model (`RunDir.save_best`)."""
+
+    def __init__(self, scorer: HeldoutScorer, note: str, start_trained: list[str], record: dict | None = None):
+        self.scorer, self.note, self.start_trained = scorer, note, list(start_trained)
+        self.record = record or {"note": note, "images": len(scorer.samples), "before": None, "checkpoints": [],
+                                 "best": None}
+
+    def trained_names(self, model) -> list[str]:
+        return list(model.config.trained_class_names)
+
+    def score_before(self, model, run: RunDir) -> None:
+        self.record["before"] = self.scorer.report(model, self.start_trained)
+        self.record["images"] = len(self.scorer.samples)
+        self.record["skipped"] = list(self.scorer.skipped)
+        run.write_heldout(self.record)
+
+    def score(self, model, it: int, run: RunDir) -> None:
+        if any(c["iteration"] == it for c in self.record["checkpoints"]):
+            return
+        run.write_status("running", message=f"scoring iteration {it} on {len(self.scorer.samples)} held-out images")
+        report = self.scorer.report(model, self.trained_names(model))
+        self.record["checkpoints"].append({"iteration": it, **report})
+        best = self.record.get("best")
+        if report["mean"] is not None and (best is None or report["mean"] > best["mean"]):
+            run.save_best(model, it)
+            self.record["best"] = {"iteration": it, "mean": report["mean"]}
+        run.write_heldout(self.record)
+        log.info("held-out image-level AP at iteration %d: %s", it,
+                 "not measurable" if report["mean"] is None else f"{report['mean']:.3f}")
+
+
 def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, on_progress) -> dict:
     t_start = time.time()
     cfg.validate()
     if rank == 0:
         run.write_config(cfg)
-        run.write_status("running", iteration=0, total=cfg.iters, message="loading data", started=t_start,
+        run.write_status("running", iteration=0, total=cfg.iters, message="reading the labels", started=t_start,
                          pid=os.getpid())
     box, labels = [], []
     if cfg.box_data:
@@ -161,11 +245,15 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         labels, _ = read_label_dataset(cfg.label_data, cfg.label_images)
     if not box and not labels:
         raise DataError("no training images: give --box-data and/or --label-data with existing images")
+    names = vocabulary_of(box, labels)
+    names_index = {n.casefold(): i for i, n in enumerate(names)}
+    heldout, heldout_note = [], ""
+    if labels and cfg.heldout_share > 0:  # by file name: a resumed run holds out the same images
+        labels, heldout, heldout_note = split_heldout(labels, cfg.heldout_share)
+        log.info("%s", heldout_note)
     if not box:
         log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
                  "classifier" if cfg.image_label_scope == "classifier" else "classifier, box head and neck")
-    names = vocabulary_of(box, labels)
-    names_index = {n.casefold(): i for i, n in enumerate(names)}
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
@@ -184,6 +272,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         if rank == 0:
             run.truncate_metrics(start_it)
     else:
+        if rank == 0:
+            run.write_status("running", message="loading the model")
         model = load_detector(cfg.model)
         if cfg.heads or cfg.train_backbone:  # Vasconcelos' choices (detector.capacity)
             model, report = rebuild(model, cfg.heads or None, cfg.train_backbone or None, seed=cfg.seed)
@@ -191,6 +281,13 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if box:  # box batches train the RPN: from now on the model proposes with it (not selective search)
         model.config.rpn_trained = True
     model.to(device).train()
+    cached_path = cfg.tag_features == "cached" and bool(labels) and can_cache(model, bool(box), world)
+    if cached_path:  # the neck's features are cached: only the box head and the classifier learn
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        log.info("tags only, frozen backbone: the backbone, neck and proposals run once per image "
+                 "(cached); the %s learn", "classifier" if cfg.image_label_scope == "classifier"
+                 else "box head and classifier")
 
     embedder = VocabularyEmbedder.for_config(model.config)
     _, emb = embedder(names)
@@ -210,6 +307,22 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         log.info("vocabulary: %d classes, %d with boxes (box batches classify over those only)",
                  len(names), len(box_ids))
 
+    record = None
+    if rank == 0 and heldout:
+        def heldout_progress(done, total):
+            run.write_status("running", iteration=start_it, total=cfg.iters,
+                             message=f"reading held-out images: {done} of {total}")
+
+        scorer = HeldoutScorer(heldout, names, device, frozen_neck=cached_path)
+        scorer.prepare(model, heldout_progress)
+        record = HeldoutRecord(scorer, heldout_note, list(model.config.trained_class_names),
+                               run.heldout() if resume_from is not None else None)
+        if record.record.get("before") is None:
+            run.write_status("running", message="scoring the starting model on the held-out images")
+            record.score_before(model, run)
+    elif rank == 0 and labels and resume_from is None:
+        run.write_heldout({"note": heldout_note or "no held-out images", "images": 0, "before": None,
+                           "checkpoints": [], "best": None})
     if rank == 0 and cfg.eval_data and resume_from is None:  # the "before" of the run's diagnostic
         from .evaluate import evaluate_model
 
@@ -217,94 +330,55 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         run.write_evaluation(evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
                                             embedder=embedder), before=True)
         model.train()
+
+    skipped: set[str] = set()
+    sampler = MixedSampler(len(box), len(labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
+                           cfg.seed, rank)
     params = [p for p in model.parameters() if p.requires_grad]
+    if cached_path and cfg.image_label_scope == "classifier":
+        params = list(model.roi_heads.box_predictor.cls_score.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume_from is not None:
         run.restore_optimizer(resume_from, optimizer)
-    step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
-                             "scope": cfg.image_label_scope})
-    if world > 1:
-        step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
-                                                   device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = MixedSampler(len(box), len(labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
-                           cfg.seed, rank)
-    stop = StopFlag(run)
-    skipped: set[str] = set()
-    window: dict[str, list[float]] = {}
-    step_times: list[float] = []
-    last: dict = {}
-    trained_names = set()
-    autocast = autocast_for(device)
-    from tqdm import tqdm
+    common = {"run": run, "model": model, "optimizer": optimizer, "names": names, "trained_boxes": bool(box),
+              "heldout": record}
+    if cached_path:
+        def cache_progress(done, total):
+            if rank == 0:
+                run.write_status("running", iteration=start_it, total=cfg.iters,
+                                 message=f"reading and caching tagged images: {done} of {total}")
 
-    bar = tqdm(total=cfg.iters, initial=start_it, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
-    state = "finished"
-    it = start_it
-    while it < cfg.iters:
-        if stop:
-            state = "cancelled"
-            break
-        t0 = time.time()
-        lr = learning_rate(cfg, it)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        torch.manual_seed(cfg.seed * 1_000_003 + it * world + rank)  # RoI/anchor sampling, per step
-        kind, idx = sampler.batch(it)
-        rng = random.Random(f"aug/{cfg.seed}/{it}/{rank}")
-        samples = box if kind == "box" else labels
-        images, payload = _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped)
-        if world > 1:  # every rank must take part in the step, or none
-            have = torch.tensor([len(images)], device=device)
-            dist.all_reduce(have, op=dist.ReduceOp.MIN)
-            empty = have.item() == 0
-        else:
-            empty = not images
-        if not empty:
-            for i in idx:
-                trained_names.update(n.casefold() for n in (samples[i].names if kind == "box" else samples[i].positives))
-            with autocast:
-                losses = step(kind, images, payload, box_emb if kind == "box" else emb)
-            loss = sum(losses.values())
-            if torch.isfinite(loss):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                optimizer.step()
-                for k, v in losses.items():
-                    window.setdefault(k, []).append(float(v.detach()))
-                window.setdefault("loss", []).append(float(loss.detach()))
-                for k, v in (model.image_label_stats if kind == "label" else {}).items():
-                    window.setdefault(f"stats_{k}", []).append(v)
-            else:
-                log.warning("iteration %d: non-finite loss %s, step skipped", it, float(loss))
-        it += 1
-        step_times.append(time.time() - t0)
-        bar.update(1)
-        if rank == 0 and (it % cfg.log_interval == 0 or it == cfg.iters or it == start_it + 1):
-            recent = step_times[-50:]
-            sec = sum(recent) / len(recent)
-            n_imgs = cfg.box_batch if kind == "box" else cfg.label_batch
-            last = {"iteration": it, "lr": lr, "images_per_s": n_imgs * world / max(sec, 1e-9),
-                    "peak_memory_mb": peak_memory_mb(device),
-                    "eta_s": sec * (cfg.iters - it), "time": time.time() - t_start, "kind": kind,
-                    **{k: sum(v) / len(v) for k, v in window.items() if v}}
-            window = {}
-            run.append_metrics(last)
-            run.write_status("running", iteration=it, total=cfg.iters, message=f"loss {last.get('loss', 0):.4f}")
-            if on_progress:
-                on_progress(last)
-        if rank == 0 and it % cfg.checkpoint_interval == 0 and it < cfg.iters:
-            _save(run, model, optimizer, it, names, trained_names, bool(box))
-    bar.close()
+        cached_list, unreadable = cache_tag_images(model, labels, names_index, cfg.label_size, device,
+                                                   run.cache_dir("tag_proposals"), cache_progress)
+        skipped.update(unreadable)
+        by_path = {item.path: item for item in cached_list}
+        cached = {i: by_path[str(s.path)] for i, s in enumerate(labels) if str(s.path) in by_path}
+        if not cached:
+            raise DataError("none of the tagged images could be read")
+        step = _CachedTagStep(cached, sampler, cfg, device, emb, **common)
+    else:
+        train_step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
+                                       "scope": cfg.image_label_scope})
+        if world > 1:
+            train_step = nn.parallel.DistributedDataParallel(
+                train_step, find_unused_parameters=True, device_ids=[device.index] if device.type == "cuda" else None)
+        step = _DeticStep(train_step, sampler, box, labels, cfg, names_index, box_index, device, emb, box_emb,
+                          world, skipped, **common)
+    loop = Loop(cfg, run, optimizer, params, device, rank, world, "train", t_start, on_progress)
+    state, it = loop.run_steps(step, start_it)
 
     result = {"state": state, "iteration": it, "total": cfg.iters, "vocabulary": names,
-              "skipped_images": sorted(skipped), "seconds": time.time() - t_start, "last": last}
+              "skipped_images": sorted(skipped), "seconds": time.time() - t_start, "last": loop.last,
+              "cached_features": cached_path}
     if world > 1:
         checks = [None] * world
         dist.all_gather_object(checks, [float(p.detach().double().sum()) for p in params])
         result["rank_checksums"] = checks
     if rank == 0:
-        _save(run, model, optimizer, it, names, trained_names, bool(box))
+        step.save(it)
+        step.evaluate(it)
+        if record is not None:
+            result["heldout"] = heldout_summary(record.record)
         if state == "finished" and cfg.eval_data:
             from .evaluate import evaluate_model
 
@@ -318,15 +392,6 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if world > 1:
         dist.barrier()
     return result
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: `torch.cuda.max_memory_allocated` on CUDA, the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _save(run: RunDir, model, optimizer, it, names, trained_names, trained_boxes: bool = False) -> None:

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 from detector.config import BACKBONE_CHOICES, HEAD_PRESETS, IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
 
+TAG_FEATURES = ("cached", "full")  # see train.tag_features
+
 
 def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
     factory = {"default_factory": default} if callable(default) else {"default": default}
@@ -123,6 +125,12 @@ class RunConfig(ConfigBase):
     eval_data: str | None = _opt(None, "COCO JSON to evaluate on when training finishes")
     eval_images: str | None = _opt(None, "folder of the evaluation images")
     novel: list[str] = _opt(list, "novel class names reported separately by the evaluation (comma separated)")
+    heldout_share: float = _opt(0.2, "share of the tagged images held out to score the run (0: none; "
+                                "needs at least 8 tagged images)")
+    tag_features: str = _opt("cached", "tags only, frozen backbone: 'cached' runs the backbone, neck and proposals "
+                             "once per image and trains the box head and classifier on them (minutes on a CPU); "
+                             "'full' runs the whole model every step (the neck learns too; jitter, flips)",
+                             choices=TAG_FEATURES)
 
     def __post_init__(self) -> None:
         self.jitter = tuple(float(v) for v in self.jitter)
@@ -142,6 +150,10 @@ class RunConfig(ConfigBase):
                              f"got {self.image_label_rule!r}")
         if self.image_label_scope not in IMAGE_LABEL_SCOPES:
             raise ValueError(f"image_label_scope must be one of {', '.join(IMAGE_LABEL_SCOPES)}")
+        if self.tag_features not in TAG_FEATURES:
+            raise ValueError(f"tag_features must be one of {', '.join(TAG_FEATURES)}")
+        if not 0 <= self.heldout_share < 0.9:
+            raise ValueError("heldout_share must lie in [0, 0.9)")
         if self.image_label_weight < 0:
             raise ValueError("image_label_weight >= 0 is required")
         if self.heads not in ("", *HEAD_PRESETS):

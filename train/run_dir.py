@@ -9,6 +9,8 @@
       metrics.jsonl                    one line per logged iteration (tail-able)
       metrics.json                     final summary
       eval.json, eval_before.json      evaluation of the trained / starting model (with eval data)
+      heldout.json                     held-out tags: split note, starting model's and each checkpoint's scores
+      best/                            the checkpoint that scored best on the held-out tags (what is served)
       CANCEL                           present = stop after the current step, with a checkpoint
       stdout.log, train.log            the process's output and the trainer's log
       model.safetensors, config.json   the newest weights: RUN itself loads as a model
@@ -51,6 +53,8 @@ class RunDir:
     SUMMARY = "metrics.json"
     EVALUATION = "eval.json"
     EVALUATION_BEFORE = "eval_before.json"
+    HELDOUT = "heldout.json"
+    BEST = "best"
     CANCEL = "CANCEL"
     STDOUT = "stdout.log"
     TRAIN_LOG = "train.log"
@@ -178,6 +182,12 @@ class RunDir:
     def evaluation(self, before: bool = False) -> dict | None:
         return read_json(self.file(self.EVALUATION_BEFORE if before else self.EVALUATION))
 
+    def write_heldout(self, record: dict) -> None:
+        atomic_write_json(self.file(self.HELDOUT), record)
+
+    def heldout(self) -> dict | None:
+        return read_json(self.file(self.HELDOUT))
+
     def log_tail(self, lines: int = 20) -> str:
         path = self.file(self.STDOUT)
         if not path.exists():
@@ -212,6 +222,28 @@ class RunDir:
         for old in sorted(p for p in ckpts.glob("iter_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def save_best(self, model, iteration: int) -> Path:
+        """The model as `best/` (replaced whole: assembled aside, then renamed into place)."""
+        from detector.checkpoint import save_checkpoint
+
+        final = self.file(self.BEST)
+        tmp = self.file(f".tmp-best-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(model, tmp)
+        atomic_write_json(tmp / "best.json", {"iteration": iteration})
+        old = self.file(f".old-best-{os.getpid()}")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def served_model(self) -> Path:
+        """What "use this model" loads: the best checkpoint on held-out tags when the run has one,
+        else the newest weights (the run folder itself)."""
+        best = self.file(self.BEST)
+        return best if (best / "model.safetensors").exists() else self.path
 
     def latest_checkpoint(self) -> Path | None:
         info = read_json(self.file(self.CHECKPOINTS) / "latest.json")

@@ -46,9 +46,16 @@ def build_app(service: AppService) -> gr.Blocks:
         model_page.select(served, None, [model["info"], header], api_name=False, show_progress="hidden")
 
         def swapped(info: dict) -> tuple:
+            if info.get("needs_confirmation"):  # nothing was swapped: say why and how to go ahead
+                return (gr.update(), gr.update(),
+                        f"not served. {info['message']} Tick 'Serve it even if it scored lower' to serve it anyway.")
             return info, model_tab.model_header(info), f"now serving `{info['source']}`"
 
-        train["use"].click(handler(ep["use_model"], prepare=train["need_run"], present=swapped), train["run"],
+        def use_run(run_id, anyway):
+            return (*train["need_run"](run_id), bool(anyway))
+
+        train["use"].click(handler(ep["use_model"], prepare=use_run, present=swapped),
+                           [train["run"], train["use_anyway"]],
                            [model["info"], header, train["msg"]], api_name=False, show_progress_on=train["msg"])
         model["load"].click(handler(ep["use_model"], present=swapped), model["source"],
                             [model["info"], header, model["msg"]], api_name=False, show_progress_on=model["msg"])

@@ -51,6 +51,32 @@ def diagnostics_html(status: dict) -> str:
     return "".join(f"<p>{html.escape(p)}</p>" for p in parts)
 
 
+def _ap(value) -> str:
+    return "not measurable" if value is None else f"{value:.2f}"
+
+
+def heldout_html(status: dict) -> str:
+    """Did the tags help? Per label, image-level AP on the held-out tagged images before the run
+    and at its best checkpoint so far (what "Use" serves); every name is escaped (user text)."""
+    h = status.get("heldout")
+    if not h:
+        return ""
+    if not h.get("images"):
+        return f"<p class='heldout-note'>{html.escape(h.get('note') or 'no held-out images')}</p>"
+    best = h.get("best_iteration")
+    where = f"best checkpoint: iteration {best}" if best is not None else "no checkpoint scored yet"
+    change = h.get("change")
+    verdict = ("" if change is None else " — better" if change > 0 else " — worse" if change < 0 else " — unchanged")
+    head = (f"Held-out tags ({h['images']} images, never trained on): mean image-level AP "
+            f"{_ap(h.get('mean_before'))} → {_ap(h.get('mean_after'))} ({where}){verdict}")
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{v.get('positives', 0)}</td><td>{v.get('negatives', 0)}</td>"
+        f"<td>{_ap(v.get('before'))}</td><td>{_ap(v.get('after'))}</td></tr>"
+        for name, v in (h.get("labels") or {}).items())
+    return (f"<p><b>{html.escape(head)}</b></p><table class='heldout'><thead><tr><th>label</th><th>positive images</th>"
+            f"<th>negative images</th><th>AP before</th><th>AP after</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
 SMOOTHING = 0.8  # weight of the running average (TensorBoard-style, bias-corrected)
 
 
@@ -91,13 +117,22 @@ def _present_status(status: dict) -> tuple:
     curve = loss_plot(status)
     evaluation = json.dumps({"after": status.get("evaluation"), "before": status.get("evaluation_before"),
                              "image_label_choices": status.get("image_label_choices")}, indent=2)
-    return status["id"], progress_html(status) + diagnostics_html(status), curve, status.get("log", ""), evaluation
+    return (status["id"], progress_html(status) + heldout_html(status) + diagnostics_html(status), curve,
+            status.get("log", ""), evaluation)
+
+
+HISTORY_COLUMNS = ["run", "state", "iteration", "total", "held-out AP before → after", "AP50"]
 
 
 def _present_runs(runs: list[dict]) -> pd.DataFrame:
+    def heldout(r: dict) -> str:
+        before, after = r.get("heldout_mean_before"), r.get("heldout_mean_after")
+        return "" if before is None and after is None else f"{_ap(before)} → {_ap(after)}"
+
     return pd.DataFrame([{"run": r["id"], "state": r.get("state"), "iteration": r.get("iteration"),
-                          "total": r.get("total"), "AP50": ((r.get("evaluation") or {}).get("all") or {}).get("AP50")}
-                         for r in runs], columns=["run", "state", "iteration", "total", "AP50"])
+                          "total": r.get("total"), HISTORY_COLUMNS[4]: heldout(r),
+                          "AP50": ((r.get("evaluation") or {}).get("all") or {}).get("AP50")}
+                         for r in runs], columns=HISTORY_COLUMNS)
 
 
 def head_choices(capacity: dict | None = None) -> list[tuple[str, str]]:
@@ -119,7 +154,9 @@ def cost_markdown(cost: dict) -> str:
     minutes = cost["estimated_run_s"] / 60
     return (f"Measured on **{cost['device']}** ({cost['steps']} steps after a warm-up): {kinds}; "
             f"peak memory **{cost['peak_memory_mb']:.0f} MB**; {cost['trainable_params'] / 1e6:.1f} M trainable "
-            f"parameters ({cost['heads']} heads, backbone {cost['backbone']}); the whole run ≈ {minutes:.1f} min.")
+            f"parameters ({cost['heads']} heads, backbone {cost['backbone']}); the whole run ≈ {minutes:.1f} min"
+            + (f" (caching {cost.get('tagged_images', 0) - cost.get('heldout_images', 0)} tagged images and scoring "
+               f"{cost.get('heldout_images', 0)} held-out ones included)." if cost.get("cached_features") else "."))
 
 
 def build(ep: dict, server_folders: bool = False) -> dict:
@@ -168,6 +205,8 @@ def build(ep: dict, server_folders: bool = False) -> dict:
                                 elem_id="train-curve")
             evaluation = gr.Code(label="Evaluation", language="json")
             use = gr.Button("Use this run's model (hot swap)")
+            use_anyway = gr.Checkbox(False, label="Serve it even if it scored lower on the held-out tags",
+                                     elem_id="train-use-anyway")
             with gr.Row():
                 delete_sure = gr.Checkbox(False, label="Yes, delete this run and its checkpoints",
                                           elem_id="train-delete-confirm")
@@ -178,7 +217,10 @@ def build(ep: dict, server_folders: bool = False) -> dict:
 
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight,
               heads, backbone]
-    start.click(handler(ep["start_training"], present=lambda run_id: (run_id, f"started run `{run_id}`")), inputs,
+    def started(run_id: str) -> tuple[str, str]:
+        return run_id, f"started run `{run_id}` · {ep['training_plan']()['note']}"
+
+    start.click(handler(ep["start_training"], present=started), inputs,
                 [run, msg], api_name=False, show_progress_on=msg)
     measure.click(handler(ep["estimate_training"], present=lambda c: (cost_markdown(c), "measured (no run was made)")),
                   inputs, [cost, msg], api_name=False, show_progress_on=cost)
@@ -222,4 +264,4 @@ def build(ep: dict, server_folders: bool = False) -> dict:
                  [run, delete_sure], [run, msg, delete_sure], api_name=False, show_progress_on=msg)
     history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
     refresh = handler(ep["capacity_choices"], present=lambda c: gr.update(choices=head_choices(c)))
-    return {"use": use, "run": run, "msg": msg, "need_run": need_run, "refresh": (refresh, None, [heads])}
+    return {"use": use, "use_anyway": use_anyway, "run": run, "msg": msg, "need_run": need_run, "refresh": (refresh, None, [heads])}

@@ -1,0 +1,161 @@
+"""Training from tags in minutes on a CPU: the frozen parts run once per image, not once per step.
+
+With a frozen backbone and only image-level tags, nothing before the box head can change in a run
+that also freezes the neck: the backbone, the neck, the proposals and the RoI alignment give each
+image the same candidates and features at every step. `cache_tag_images` computes them once per
+image (at the run's label size, without jitter or flips), and `tag_step` trains the box head and
+the classifier on them. Detic's max-size rule needs the box head on one proposal per image, so a
+step back-propagates through those rows only; rules or "not present" tags that need every
+candidate's score for a name find it without gradients, from the image's own candidate scores,
+refreshed every `REFRESH_VISITS` visits of that image.
+
+Selective-search proposals (the model's RPN untrained) are cached on disk by image content, so a
+second run on the same images skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from detector.image_labels import Choice, choose_proposals, image_label_loss, negative_terms, with_image_box
+from detector.images import ImageLoadError
+from detector.model import eval_mode
+
+from .data import LabelSample, load_resized
+
+log = logging.getLogger("train")
+REFRESH_VISITS = 4  # an image's no-gradient candidate scores are re-computed every this many visits
+
+
+@dataclass
+class CachedTagImage:
+    boxes: torch.Tensor  # [K + 1, 4] candidates in the cached image's pixels, the whole-image box last
+    pooled: torch.Tensor  # [K + 1, C, 7, 7] RoI-aligned neck features (half precision on the CPU)
+    positives: list[int]
+    negatives: list[int]
+    size: tuple[int, int]
+    logits: torch.Tensor | None = None  # no-gradient candidate logits, for max_score / negatives
+    visits: int = 0
+    path: str = field(default="")
+
+
+def can_cache(model, has_box_data: bool, world: int) -> bool:
+    """Whether a run may train from cached features: tags only, a frozen body, one process."""
+    return not has_box_data and world == 1 and bool(getattr(model.backbone, "frozen", False))
+
+
+def _proposal_file(cache_dir: Path | None, path: Path, size: tuple[int, int], k: int) -> Path | None:
+    if cache_dir is None:
+        return None
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    return cache_dir / f"{digest}-{size[0]}x{size[1]}-{k}.pt.safetensors"
+
+
+def _proposals(model, image: torch.Tensor, image_list, features, k: int, cache_file: Path | None) -> torch.Tensor:
+    from safetensors.torch import load_file, save_file
+
+    if cache_file is not None and cache_file.exists():
+        return load_file(str(cache_file))["boxes"].to(image.device)
+    proposals, _ = model.propose([image], image_list, features)
+    boxes = proposals[0][:k].float()
+    if cache_file is not None and model.uses_selective_search:  # an RPN's proposals depend on its weights
+        tmp = cache_file.with_suffix(".tmp")
+        save_file({"boxes": boxes.detach().cpu().contiguous()}, str(tmp))
+        tmp.replace(cache_file)
+    return boxes
+
+
+def cache_tag_images(model, samples: list[LabelSample], names_index: dict[str, int], size: int,
+                     device: torch.device, proposal_cache: Path | None = None,
+                     on_image: Callable[[int, int], None] | None = None) -> tuple[list[CachedTagImage], list[str]]:
+    """(cached images, unreadable paths): the frozen parts of the model run once per image."""
+    import random
+
+    k = model.config.image_label_num_proposals
+    store_dtype = torch.float16 if device.type == "cpu" else torch.bfloat16
+    cached, skipped = [], []
+    rng = random.Random(0)
+    with torch.no_grad(), eval_mode(model):
+        model.transform.train()  # the data pipeline owns the scale (as in training), no resize to min_size
+        try:
+            for i, s in enumerate(samples):
+                try:
+                    img, _, _, _ = load_resized(s.path, size, rng, (1.0, 1.0), flip=False)
+                except ImageLoadError as e:
+                    skipped.append(str(s.path))
+                    log.warning("skipping unreadable image: %s", e)
+                    continue
+                img = img.to(device)
+                image_list, _ = model.transform([img])
+                features = model.backbone(image_list.tensors)
+                hw = tuple(image_list.image_sizes[0])
+                boxes = _proposals(model, img, image_list, features, k, _proposal_file(proposal_cache, s.path, hw, k))
+                boxes = with_image_box(boxes, hw)
+                pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
+                cached.append(CachedTagImage(boxes.cpu(), pooled.to(store_dtype).cpu(),
+                                             [names_index[n.casefold()] for n in s.positives],
+                                             [names_index[n.casefold()] for n in s.negatives], hw, path=str(s.path)))
+                if on_image:
+                    on_image(i + 1, len(samples))
+        finally:
+            model.transform.train(model.training)
+    return cached, skipped
+
+
+def _candidate_logits(model, item: CachedTagImage, emb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if item.logits is None or item.visits % REFRESH_VISITS == 0:
+        with torch.no_grad():
+            x = model.roi_heads.box_head(item.pooled.to(device).float())
+            item.logits = model.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1].float().cpu()
+    return item.logits
+
+
+def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torch.device, rule: str,
+             weight: float, scope: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Detic's image-label loss on cached candidates: ({"loss_image_label": weight·L}, diagnostics).
+
+    The box head (scope "box_head") and the classifier see only the rows a rule chose."""
+    need_scores = rule == "max_score" or any(item.negatives for item in batch)
+    rows, per_image, stats = [], [], {"size": [], "image_box": [], "score": []}
+    for item in batch:
+        logits = _candidate_logits(model, item, emb, device) if need_scores else None
+        choices = choose_proposals(rule, item.boxes, logits if logits is not None else item.boxes.new_zeros(0, 0),
+                                   item.positives)
+        negatives = negative_terms(logits, item.negatives) if logits is not None and item.negatives else []
+        item.visits += 1
+        picked = sorted({c.proposal for c in choices} | {p for p, _ in negatives})
+        where = {p: j for j, p in enumerate(picked)}
+        per_image.append(([Choice(where[c.proposal], c.labels) for c in choices],
+                          [(where[p], k) for p, k in negatives], len(picked)))
+        rows.append((item, picked))
+        h, w = item.size
+        for c in choices:
+            b = item.boxes[c.proposal]
+            stats["size"].append(float((b[2] - b[0]) * (b[3] - b[1])) / max(h * w, 1))
+            stats["image_box"].append(float(c.proposal == len(item.boxes) - 1))
+    pooled = torch.cat([item.pooled[picked] for item, picked in rows]).to(device).float()
+    head = model.roi_heads.box_head
+    if scope == "box_head":
+        x = head(pooled)
+    else:
+        with torch.no_grad(), eval_mode(head):
+            x = head(pooled)
+    logits = model.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
+    chunks = list(logits.split([n for _, _, n in per_image]))
+    loss = image_label_loss(chunks, [c for c, _, _ in per_image], [n for _, n, _ in per_image])
+    probs = torch.sigmoid(logits.detach().float()).cpu()
+    offset = 0
+    for (choices, _, n) in per_image:
+        for c in choices:
+            stats["score"].extend(float(probs[offset + c.proposal, k]) for k in c.labels)
+        offset += n
+    mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
+    return ({"loss_image_label": weight * loss},
+            {"select_size": mean(stats["size"]), "select_image_box": mean(stats["image_box"]),
+             "max_label_score": mean(stats["score"])})
