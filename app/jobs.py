@@ -4,6 +4,10 @@ The app never trains in its own process: a crash or a slow step cannot freeze th
 survives an app restart. This module only starts, polls and cancels; everything about a run is
 read through `train.run_dir.RunDir`. A run whose status says active but whose process is gone is
 reported (and recorded) as failed.
+
+A child gets `child_env()`: by default the app's environment without the operator's Hub token
+(unless APP_ALLOW_SERVER_TOKEN=1); the app passes its `AccessPolicy.child_env`, which also limits
+the folders the child reads images from.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,10 +59,21 @@ def finetune_argv(run: RunDir, resume: bool = False) -> list[str]:
     return train_argv(run, "finetune", resume)
 
 
+def _default_child_env() -> dict[str, str]:
+    from .policy import AccessPolicy
+
+    return AccessPolicy.from_env().child_env()
+
+
 class TrainingJobs:
-    def __init__(self, runs_dir: str | Path):
+    def __init__(self, runs_dir: str | Path, child_env: Callable[[], dict[str, str]] | None = None):
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._child_env = child_env or _default_child_env
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of every process this starts (see the module's docstring)."""
+        return {**self._child_env(), "PYTHONUNBUFFERED": "1"}
 
     @contextmanager
     def _lock(self):
@@ -103,7 +119,7 @@ class TrainingJobs:
             argv = train_argv(run, cfg.COMMAND, resume)
             with open(run.file(RunDir.STDOUT), "ab") as log:
                 proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                        stdin=subprocess.DEVNULL, env=self.child_env(),
                                         start_new_session=True)
             run.write_job(proc.pid, argv)
         return run.id
@@ -143,7 +159,7 @@ class TrainingJobs:
             argv = [sys.executable, "-m", "train", "dryrun", "--config", str(path)]
             try:
                 proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                                      stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                      stdin=subprocess.DEVNULL, env=self.child_env())
             except subprocess.TimeoutExpired:
                 raise JobError(f"the dry run took over {timeout:.0f} s; the settings are too heavy for this machine") from None
             if proc.returncode != 0:

@@ -25,7 +25,7 @@ from pathlib import Path
 from detector import ImageLoadError, Predictor
 from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
-from detector.images import IMAGE_SUFFIXES, list_image_files, load_image
+from detector.images import IMAGE_SUFFIXES, load_image
 from detector.vocabulary import parse_vocabulary
 from train.run_config import PretrainConfig, RunConfig
 from train.run_dir import ACTIVE_STATES, RunDir
@@ -83,7 +83,7 @@ class AppService:
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.policy = policy or AccessPolicy.from_env()
         self.store = LabelStore(self.data_dir)
-        self.jobs = TrainingJobs(self.data_dir / "runs")
+        self.jobs = TrainingJobs(self.data_dir / "runs", child_env=lambda: self.policy.child_env([self.data_dir]))
         self.models_dir = self.data_dir / "models"
         self._capacity_cache: tuple = (None, {})  # (backbone key, head parameters per preset)
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -94,10 +94,12 @@ class AppService:
         self._suggested_lock = threading.Lock()
         source = model or "auto"
         if predictor is None:
-            restored = self._restore_choice() if source == "auto" else None
+            with self.policy.visitor_hub():  # the last choice may have been a visitor's
+                restored = self._restore_choice() if source == "auto" else None
             predictor, note, source = restored or (*self._load_default(model), source)
         else:
             note = "given"
+        self.policy.serve_visitors()  # from here on, no Hub request carries the operator's token
         self.predictor = predictor
         self.serving = ModelInfo(source=source, note=note)
 
@@ -259,7 +261,9 @@ class AppService:
         folder_path = self.policy.server_path(folder, "folder")
         if not folder_path.is_dir():
             raise StoreError(f"not a folder on the server: {Path(folder).name}")
-        return self.add_images(list_image_files(folder_path))
+        files, outside = self.policy.allowed_files(folder_path)  # links pointing outside: skipped, reported
+        result = self.add_images(files)
+        return {**result, "skipped": [*result["skipped"], *outside]}
 
     @endpoint()
     def images(self) -> list[dict]:
@@ -607,7 +611,7 @@ class AppService:
         operator allows (`APP_ALLOWED_DIRS`), no labels needed (AlignDet), in the background;
         returns the run id. Its model is what "Start training" should start from."""
         extra = self.policy.server_path(folder, "folder") if folder else None
-        if extra is not None and not list_image_files(extra):
+        if extra is not None and not self.policy.allowed_files(extra)[0]:
             raise StoreError(f"no images in the server folder '{Path(folder).name}'")
         if not self.store.images() and extra is None:
             raise StoreError("no images yet: add some images first (no labels needed)")
@@ -702,7 +706,8 @@ class AppService:
         if status is not None and status.get("state") != "finished":
             note += (f"; unfinished run ({status.get('state')} at iteration {status.get('iteration', 0)} of "
                      f"{status.get('total', '?')}): its last checkpoint")
-        new = Predictor.from_pretrained(path, device=self.device)
+        with self.policy.visitor_hub():
+            new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:
             self.predictor = new
             self.serving = ModelInfo(source=path, note=note)
@@ -718,7 +723,7 @@ class AppService:
             return str(self.jobs.run(source).path)
         if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
             return source
-        return str(self.policy.server_path(source, "model folder"))
+        return str(self.policy.model_folder(source))
 
     @endpoint()
     def capacity_choices(self) -> dict:
