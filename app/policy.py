@@ -23,12 +23,32 @@ from pathlib import Path
 from detector.hub import set_default_token, token_scope
 from detector.images import READ_ROOTS_ENV, list_image_files
 
+# Characters one text field of a request may hold (a vocabulary of MAX_NAMES names of ~50 characters):
+# checked before anything parses it. Lists of texts count their items and characters together.
+MAX_TEXT_CHARS = int(os.environ.get("APP_MAX_TEXT_CHARS", "100000"))
+
 # What a child process must not inherit unless the operator allows the server token.
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
 class AccessDenied(ValueError):
     """A visitor asked for something the operator has not allowed; the message says how to allow it."""
+
+
+class TooLarge(ValueError):
+    """A request over one of the limits; the message names the field and the limit."""
+
+
+def check_text(name: str, value) -> None:
+    """Refuse a text field (or a list of texts) over MAX_TEXT_CHARS characters, before any parsing."""
+    if isinstance(value, str):
+        size = len(value)
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        size = sum(len(v) for v in value) + len(value)
+    else:
+        return
+    if size > MAX_TEXT_CHARS:
+        raise TooLarge(f"'{name}' holds {size:,} characters; at most {MAX_TEXT_CHARS:,} are accepted")
 
 
 @dataclass(frozen=True)

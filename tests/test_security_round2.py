@@ -220,3 +220,33 @@ print('peak_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1
     assert r.stdout.count("refused:") == 2 and "15000 x 15000" in r.stdout, r.stdout
     peak = float(r.stdout.split("peak_mb")[1])
     assert peak < 50, f"refusing a 15000 x 15000 PNG raised the peak by {peak:.0f} MB"
+
+
+# 3. Limits on names and text -----------------------------------------------------------------------------------
+def test_huge_vocabularies_are_refused_at_once_with_one_sentence(tmp_path, tiny_predictor, served):
+    """100,000 names (1.1 MB) held /detect 140 s and killed the server in /find_suggestions (21 GB):
+    now each is one sentence, within seconds, over HTTP."""
+    from gradio_client import handle_file
+
+    from app.policy import MAX_TEXT_CHARS
+    from detector.vocabulary import MAX_NAMES
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    h = service.store.add_image(_png(tmp_path / "a.png", 4))
+    client, _ = served(service)
+    image = handle_file(str(tmp_path / "a.png"))
+    huge = ", ".join(f"object number {i}" for i in range(100_000))
+    many = ", ".join(f"object {i}" for i in range(MAX_NAMES + 1))
+    assert len(huge) > MAX_TEXT_CHARS > len(many)
+    t = time.time()
+    for call in ((image, huge, 0.3, 0.5, 10), (image, many, 0.3, 0.5, 10)):
+        msg = _error(client.predict, *call, api_name="/detect")
+        assert f"at most {MAX_TEXT_CHARS:,} are accepted" in msg or f"at most {MAX_NAMES:,} names" in msg, msg
+    assert f"at most {MAX_TEXT_CHARS:,}" in _error(client.predict, huge, api_name="/find_suggestions")
+    assert f"at most {MAX_NAMES:,} names" in _error(client.predict, many, api_name="/find_suggestions")
+    assert f"at most {MAX_TEXT_CHARS:,}" in _error(client.predict, h, huge, "", api_name="/tag")
+    assert time.time() - t < 60
+    assert service.store.labels() == []
+    # Just under the limits still works.
+    names = client.predict(h, ", ".join(f"o{i}" for i in range(MAX_NAMES)), "", api_name="/tag")["positives"]
+    assert len(names) == MAX_NAMES
