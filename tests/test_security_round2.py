@@ -250,3 +250,40 @@ def test_huge_vocabularies_are_refused_at_once_with_one_sentence(tmp_path, tiny_
     # Just under the limits still works.
     names = client.predict(h, ", ".join(f"o{i}" for i in range(MAX_NAMES)), "", api_name="/tag")["positives"]
     assert len(names) == MAX_NAMES
+
+
+# 5. Foreign run folders ------------------------------------------------------------------------------------
+def test_foreign_run_folders_never_block_training_and_can_be_deleted(tmp_path, tiny_predictor, served):
+    """A run folder claiming "running" with a live process that is not its trainer, one with a binary
+    metrics.jsonl and one with a binary status.json: none is active, each reads as one sentence,
+    training starts, and each can be deleted."""
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    service.tag(service.store.add_image(_png(tmp_path / "a.png", 5)), "thing")
+    runs = service.jobs.runs_dir
+    stranger = subprocess.Popen(["sleep", "300"])  # alive, and not a trainer
+    try:
+        for name in ("20000101-000000-aaaaaa", "20000101-000000-bbbbbb", "20000101-000000-cccccc"):
+            (runs / name).mkdir()
+        (runs / "20000101-000000-aaaaaa" / "status.json").write_text(
+            json.dumps({"state": "running", "pid": stranger.pid, "iteration": 3, "total": 10}))
+        (runs / "20000101-000000-bbbbbb" / "status.json").write_text(json.dumps({"state": "running", "pid": 1}))
+        (runs / "20000101-000000-bbbbbb" / "metrics.jsonl").write_bytes(bytes(range(256)) * 64)
+        (runs / "20000101-000000-cccccc" / "status.json").write_bytes(b"\x89\x00\xff garbage")
+        client, _ = served(service)
+        states = {r["id"]: (r["state"], r.get("message", "")) for r in client.predict(api_name="/training_runs")}
+        assert states["20000101-000000-aaaaaa"][0] == "failed"
+        assert "not this run's trainer" in states["20000101-000000-aaaaaa"][1]
+        for name in ("20000101-000000-bbbbbb", "20000101-000000-cccccc"):
+            state, message = states[name]
+            assert state == "unreadable" and name in message and "\n" not in message, (state, message)
+            status = client.predict(name, api_name="/training_status")
+            assert status["state"] == "unreadable" and status["metrics"] == []
+        assert "not running" in _error(client.predict, "20000101-000000-bbbbbb", api_name="/cancel_training")
+        run_id = client.predict(2, "max_size", "1:1", "", "", "", "", "", "", 32, 32, api_name="/start_training")
+        assert service.jobs.wait(run_id, 300)["state"] == "finished", service.jobs.run(run_id).log_tail()
+        for name in ("20000101-000000-aaaaaa", "20000101-000000-bbbbbb", "20000101-000000-cccccc"):
+            assert client.predict(name, api_name="/delete_run") == f"deleted run {name}"
+        assert [r["id"] for r in client.predict(api_name="/training_runs")] == [run_id]
+    finally:
+        stranger.kill()
+        stranger.wait()
