@@ -287,3 +287,20 @@ def test_foreign_run_folders_never_block_training_and_can_be_deleted(tmp_path, t
     finally:
         stranger.kill()
         stranger.wait()
+
+
+# 6. Names in label files are literal ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["%", "_", "%.png", "____.png", "a%", "ab/%"])
+def test_label_file_names_match_stored_images_literally(tmp_path, tiny_predictor, name):
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    h = service.store.add_image(_png(tmp_path / "unrelated.png", 6))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"images": [{"id": 1, "file_name": name, "pos_category_ids": [1]}],
+                                  "categories": [{"id": 1, "name": "stolen"}]}))
+    report = service.import_labels([str(labels)])
+    assert report["imported"] == 0 and report["missing"] == [Path(name).name]
+    assert service.store.tags(h)["positives"] == []
+    # The real names still match: the stored file's own name (any case) and the original name.
+    stored = service.store._image(h)["file"]
+    assert service.store.find_image(Path(stored).name.upper()) == h
+    assert service.store.find_image(stored) == h and service.store.find_image("unrelated.png") == h
