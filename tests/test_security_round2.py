@@ -304,3 +304,55 @@ def test_label_file_names_match_stored_images_literally(tmp_path, tiny_predictor
     stored = service.store._image(h)["file"]
     assert service.store.find_image(Path(stored).name.upper()) == h
     assert service.store.find_image(stored) == h and service.store.find_image("unrelated.png") == h
+
+
+# 7. With a login, nothing but the login page -----------------------------------------------------------------
+def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def test_with_a_login_a_visitor_not_logged_in_sees_only_the_login_page(tmp_path, tiny_predictor):
+    """The app launched as app.py launches it with APP_USERNAME/APP_PASSWORD: the page served before
+    the login names no endpoint; the API answers 401; after logging in, everything works."""
+    import importlib.util
+
+    from gradio_client import Client
+
+    spec = importlib.util.spec_from_file_location("app_main", ROOT / "app.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    env = {"APP_USERNAME": "ann", "APP_PASSWORD": "pw"}
+    port = _free_port()
+    kwargs = script.launch_kwargs(script.build_parser(env).parse_args(["--port", str(port)]), tmp_path, env)
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    demo = build_app(service)
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        names = [n for n, fn in demo.app_endpoints.items() if fn.endpoint["api"]]
+        for path in ("/", "/?view=api", "/runs"):
+            status, page = _get(base + path)
+            assert status in (200, 401, 404), (path, status)
+            leaked = [n for n in names if f"/{n}" in page or f'"{n}"' in page]
+            assert not leaked, (path, leaked)
+            if path == "/":
+                assert '"auth_required":true' in page.replace(" ", "")
+        for path in ("/config", "/gradio_api/info", "/gradio_api/openapi.json"):
+            assert _get(base + path)[0] == 401, path
+        status, _ = _get(base + "/gradio_api/call/dataset", b'{"data": []}', {"Content-Type": "application/json"})
+        assert status in (401, 403, 404), status
+        with pytest.raises(ValueError):  # gradio_client cannot even read the config
+            Client(base + "/", verbose=False)
+        # Logged in: the page and the API are all there.
+        client = Client(base + "/", verbose=False, auth=("ann", "pw"))
+        assert client.predict(api_name="/dataset")["images"] == 0
+    finally:
+        demo.close()
