@@ -95,4 +95,18 @@ def register_api(endpoints: dict[str, Callable]) -> None:
     uploaded files are reachable through their UI events, which carry the same name."""
     for name, fn in endpoints.items():
         if fn.endpoint["api"]:
-            gr.api(fn, api_name=name)
+            gr.api(as_file(fn) if fn.endpoint.get("file") else fn, api_name=name)
+
+
+def as_file(fn: Callable) -> Callable:
+    """`fn` returning its path as Gradio's FileData: the API caller gets a file it can download
+    (gradio_client fetches it), not a path on the server it could never read."""
+    from gradio.data_classes import FileData
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        path = fn(*args, **kwargs)
+        return FileData(path=str(path), orig_name=os.path.basename(str(path)))
+
+    wrapper.__signature__ = inspect.signature(fn).replace(return_annotation=FileData)
+    return wrapper

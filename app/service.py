@@ -37,13 +37,14 @@ from .store import LabelStore, StoreError
 log = logging.getLogger(__name__)
 
 
-def endpoint(gpu: bool = False, api: bool = True):
+def endpoint(gpu: bool = False, api: bool = True, file: bool = False):
     """Mark a method as an app operation: a UI event and (with `api`) a named API endpoint of the
     same name. `gpu`: it runs the model (on a ZeroGPU Space it is wrapped in `spaces.GPU`).
-    Operations on uploaded files (`api=False`) reach the API through their UI event instead."""
+    Operations on uploaded files (`api=False`) reach the API through their UI event instead.
+    `file`: it returns a path the API sends as a file the caller downloads."""
 
     def mark(fn):
-        fn.endpoint = {"gpu": gpu, "api": api}
+        fn.endpoint = {"gpu": gpu, "api": api, "file": file}
         return fn
 
     return mark
@@ -501,7 +502,7 @@ class AppService:
                     return None
         return None
 
-    @endpoint()
+    @endpoint(file=True)
     def export_labels(self, fmt: str = "detic", *, progress: Progress | None = None) -> str:
         """Write an export file (named after the dataset and today's date); returns its path.
         `progress`: see `detections_coco` (the other formats are written at once)."""

@@ -356,3 +356,37 @@ def test_with_a_login_a_visitor_not_logged_in_sees_only_the_login_page(tmp_path,
         assert client.predict(api_name="/dataset")["images"] == 0
     finally:
         demo.close()
+
+
+# 8. Fairness and downloadable exports --------------------------------------------------------------------------
+def test_a_long_operation_does_not_hold_another_visitors_quick_ones(tmp_path, tiny_predictor, served):
+    """While one visitor's suggestion pass runs (made slow here: 8 s), another's tag edit, listing
+    and detect answer at once; the export is a file the API caller downloads."""
+    import concurrent.futures
+
+    from gradio_client import Client, handle_file
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    h = service.store.add_image(_png(tmp_path / "a.png", 7))
+    real = service.find_suggestions
+
+    def slow(vocabulary: str = "", *, progress=None) -> dict:
+        time.sleep(8)
+        return real(vocabulary, progress=progress)
+
+    service.find_suggestions = slow
+    client, base = served(service)
+    other = Client(base + "/", verbose=False)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(client.predict, "cat", api_name="/find_suggestions")
+        time.sleep(1)
+        t = time.time()
+        assert "quick" in other.predict(h, "quick", "", api_name="/tag")["positives"]
+        assert len(other.predict(api_name="/images")) == 1
+        other.predict(handle_file(str(tmp_path / "a.png")), "cat", 0.3, 0.5, 10, api_name="/detect")
+        quick = time.time() - t
+        assert not long.done() and quick < 6, quick
+        assert long.result(timeout=120)["images"] == 1
+    exported = Path(other.predict("csv", api_name="/export_labels"))
+    assert "ovd-export-" not in str(exported)  # downloaded by the client, not a server path
+    assert exported.suffix == ".csv" and "quick" in exported.read_text(encoding="utf-8")
