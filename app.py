@@ -28,11 +28,15 @@ def build_parser(env=os.environ) -> argparse.ArgumentParser:
 def launch_kwargs(args: argparse.Namespace, data_dir, env=os.environ) -> dict:
     """Everything `Blocks.launch` gets: address, optional login, upload limit, file access."""
     from app.ui import launch_options
+    from app.ui.common import login_app_kwargs
 
     user, password = env.get("APP_USERNAME"), env.get("APP_PASSWORD")
+    login = bool(user and password)
     return {
         "server_name": args.host, "server_port": args.port, "share": args.share,
-        "auth": (user, password) if user and password else None,
+        "auth": (user, password) if login else None,
+        # With a login, a visitor not logged in gets the login page only (no endpoint names).
+        **({"app_kwargs": login_app_kwargs()} if login else {}),
         "max_file_size": env.get("APP_MAX_FILE_SIZE", "50mb"),
         # Nothing of the data folder is served: the UI shows stored images as pixels it sends itself.
         "allowed_paths": [],

@@ -19,6 +19,7 @@ import gradio as gr
 from detector import CheckpointError, HubUnavailableError, ImageLoadError
 
 from .jobs import JobError
+from .policy import check_text
 from .service import AppService
 from .store import StoreError
 
@@ -51,6 +52,23 @@ def on_zero_gpu(fn: Callable) -> Callable:
     return spaces.GPU(fn)
 
 
+def limited(fn: Callable, method: Callable) -> Callable:
+    """`fn` refusing, before it runs, any text parameter (annotated `str`) over the size limit
+    (`app.policy.MAX_TEXT_CHARS`): a request's parsing memory and time stay bounded."""
+    sig = inspect.signature(method)
+    texts = {n for n, p in sig.parameters.items() if "str" in str(p.annotation)}
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind_partial(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            if name in texts:
+                check_text(name, value)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def make_endpoints(service: AppService) -> dict[str, Callable]:
     """name -> the service method, wrapped; `.endpoint` on each says {"gpu", "api"}."""
     out = {}
@@ -59,7 +77,7 @@ def make_endpoints(service: AppService) -> dict[str, Callable]:
         if spec is None:
             continue
         bound = getattr(service, name)
-        fn = friendly(on_zero_gpu(bound) if spec["gpu"] else bound)
+        fn = friendly(limited(on_zero_gpu(bound) if spec["gpu"] else bound, bound))
         fn.__signature__ = _api_signature(bound)
         fn.endpoint = spec
         out[name] = fn
@@ -77,4 +95,18 @@ def register_api(endpoints: dict[str, Callable]) -> None:
     uploaded files are reachable through their UI events, which carry the same name."""
     for name, fn in endpoints.items():
         if fn.endpoint["api"]:
-            gr.api(fn, api_name=name)
+            gr.api(as_file(fn) if fn.endpoint.get("file") else fn, api_name=name)
+
+
+def as_file(fn: Callable) -> Callable:
+    """`fn` returning its path as Gradio's FileData: the API caller gets a file it can download
+    (gradio_client fetches it), not a path on the server it could never read."""
+    from gradio.data_classes import FileData
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        path = fn(*args, **kwargs)
+        return FileData(path=str(path), orig_name=os.path.basename(str(path)))
+
+    wrapper.__signature__ = inspect.signature(fn).replace(return_annotation=FileData)
+    return wrapper

@@ -2,8 +2,14 @@
 
 The app never trains in its own process: a crash or a slow step cannot freeze the UI, and a run
 survives an app restart. This module only starts, polls and cancels; everything about a run is
-read through `train.run_dir.RunDir`. A run whose status says active but whose process is gone is
-reported (and recorded) as failed.
+read through `train.run_dir.RunDir`. A run is active only while its recorded process is alive and
+is this run's trainer (its command line names the run's folder): one whose process is gone, or
+now belongs to another program, is reported (and recorded) as failed. A folder whose files are not
+a run's is "unreadable", with one sentence: it never blocks training and can be deleted.
+
+A child gets `child_env()`: by default the app's environment without the operator's Hub token
+(unless APP_ALLOW_SERVER_TOKEN=1); the app passes its `AccessPolicy.child_env`, which also limits
+the folders the child reads images from.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +49,20 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def _is_trainer_of(pid: int | None, run: RunDir) -> bool:
+    """Whether `pid` is alive and is the trainer of `run`: its command line (`train_argv`) holds a
+    path in the run's folder. Without /proc (not Linux), alive is all that can be told."""
+    if not _alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except (OSError, ValueError):
+        return False
+    return any(Path(os.fsdecode(a)).parent.name == run.id for a in argv if a)
+
+
 def train_argv(run: RunDir, command: str | None = None, resume: bool = False) -> list[str]:
     """The command that runs `run` from its saved config (the only way the app starts one):
     `command` is the `python -m train` sub-command, by default the one the saved config is for."""
@@ -54,10 +75,21 @@ def finetune_argv(run: RunDir, resume: bool = False) -> list[str]:
     return train_argv(run, "finetune", resume)
 
 
+def _default_child_env() -> dict[str, str]:
+    from .policy import AccessPolicy
+
+    return AccessPolicy.from_env().child_env()
+
+
 class TrainingJobs:
-    def __init__(self, runs_dir: str | Path):
+    def __init__(self, runs_dir: str | Path, child_env: Callable[[], dict[str, str]] | None = None):
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._child_env = child_env or _default_child_env
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of every process this starts (see the module's docstring)."""
+        return {**self._child_env(), "PYTHONUNBUFFERED": "1"}
 
     @contextmanager
     def _lock(self):
@@ -103,21 +135,33 @@ class TrainingJobs:
             argv = train_argv(run, cfg.COMMAND, resume)
             with open(run.file(RunDir.STDOUT), "ab") as log:
                 proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                        stdin=subprocess.DEVNULL, env=self.child_env(),
                                         start_new_session=True)
             run.write_job(proc.pid, argv)
         return run.id
 
     def status(self, run_id: str) -> dict:
         run = self.run(run_id)
+        problem = run.unreadable()
+        if problem:
+            return {"state": "unreadable", "message": problem, "iteration": 0, "total": 0, "id": run.id}
         status = run.status() or {"state": "unknown"}
         pid = status.get("pid") or run.job().get("pid")
+        try:
+            updated = float(status.get("updated", 0))
+        except (TypeError, ValueError):
+            updated = 0.0
         launching = (status.get("state") == "queued" and pid is None  # between "queued" and job.json
-                     and time.time() - float(status.get("updated", 0)) < 60)
-        if status.get("state") in ACTIVE_STATES and not launching and not _alive(pid):
+                     and time.time() - updated < 60)
+        if status.get("state") in ACTIVE_STATES and not launching and not _is_trainer_of(pid, run):
             status = run.status() or status  # it may have finished just now
             if status.get("state") in ACTIVE_STATES:
-                status = run.write_status("failed", message="the training process ended unexpectedly (see the log)")
+                message = ("the training process ended unexpectedly (see the log)" if not _alive(pid) else
+                           f"its recorded process ({pid}) is not this run's trainer: the trainer has ended")
+                try:
+                    status = run.write_status("failed", message=message)
+                except OSError:  # a folder we cannot write: report it, record nothing
+                    status = {**status, "state": "failed", "message": message}
         return {**status, "id": run.id}
 
     def runs(self) -> list[dict]:
@@ -149,7 +193,7 @@ class TrainingJobs:
             argv = [sys.executable, "-m", "train", "dryrun", "--config", str(path)]
             try:
                 proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                                      stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                      stdin=subprocess.DEVNULL, env=self.child_env())
             except subprocess.TimeoutExpired:
                 raise JobError(f"the dry run took over {timeout:.0f} s; the settings are too heavy for this machine") from None
             if proc.returncode != 0:

@@ -25,7 +25,7 @@ from pathlib import Path
 from detector import ImageLoadError, Predictor
 from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
-from detector.images import IMAGE_SUFFIXES, list_image_files, load_image
+from detector.images import IMAGE_SUFFIXES, load_image
 from detector.vocabulary import parse_vocabulary
 from train.heldout import heldout_summary, plan_from_detic
 from train.run_config import PretrainConfig, RunConfig
@@ -38,13 +38,14 @@ from .store import LabelStore, StoreError
 log = logging.getLogger(__name__)
 
 
-def endpoint(gpu: bool = False, api: bool = True):
+def endpoint(gpu: bool = False, api: bool = True, file: bool = False):
     """Mark a method as an app operation: a UI event and (with `api`) a named API endpoint of the
     same name. `gpu`: it runs the model (on a ZeroGPU Space it is wrapped in `spaces.GPU`).
-    Operations on uploaded files (`api=False`) reach the API through their UI event instead."""
+    Operations on uploaded files (`api=False`) reach the API through their UI event instead.
+    `file`: it returns a path the API sends as a file the caller downloads."""
 
     def mark(fn):
-        fn.endpoint = {"gpu": gpu, "api": api}
+        fn.endpoint = {"gpu": gpu, "api": api, "file": file}
         return fn
 
     return mark
@@ -84,7 +85,7 @@ class AppService:
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.policy = policy or AccessPolicy.from_env()
         self.store = LabelStore(self.data_dir)
-        self.jobs = TrainingJobs(self.data_dir / "runs")
+        self.jobs = TrainingJobs(self.data_dir / "runs", child_env=lambda: self.policy.child_env([self.data_dir]))
         self.models_dir = self.data_dir / "models"
         self._capacity_cache: tuple = (None, {})  # (backbone key, head parameters per preset)
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -95,10 +96,12 @@ class AppService:
         self._suggested_lock = threading.Lock()
         source = model or "auto"
         if predictor is None:
-            restored = self._restore_choice() if source == "auto" else None
+            with self.policy.visitor_hub():  # the last choice may have been a visitor's
+                restored = self._restore_choice() if source == "auto" else None
             predictor, note, source = restored or (*self._load_default(model), source)
         else:
             note = "given"
+        self.policy.serve_visitors()  # from here on, no Hub request carries the operator's token
         self.predictor = predictor
         self.serving = ModelInfo(source=source, note=note)
 
@@ -260,7 +263,9 @@ class AppService:
         folder_path = self.policy.server_path(folder, "folder")
         if not folder_path.is_dir():
             raise StoreError(f"not a folder on the server: {Path(folder).name}")
-        return self.add_images(list_image_files(folder_path))
+        files, outside = self.policy.allowed_files(folder_path)  # links pointing outside: skipped, reported
+        result = self.add_images(files)
+        return {**result, "skipped": [*result["skipped"], *outside]}
 
     @endpoint()
     def images(self) -> list[dict]:
@@ -498,7 +503,7 @@ class AppService:
                     return None
         return None
 
-    @endpoint()
+    @endpoint(file=True)
     def export_labels(self, fmt: str = "detic", *, progress: Progress | None = None) -> str:
         """Write an export file (named after the dataset and today's date); returns its path.
         `progress`: see `detections_coco` (the other formats are written at once)."""
@@ -618,7 +623,7 @@ class AppService:
         operator allows (`APP_ALLOWED_DIRS`), no labels needed (AlignDet), in the background;
         returns the run id. Its model is what "Start training" should start from."""
         extra = self.policy.server_path(folder, "folder") if folder else None
-        if extra is not None and not list_image_files(extra):
+        if extra is not None and not self.policy.allowed_files(extra)[0]:
             raise StoreError(f"no images in the server folder '{Path(folder).name}'")
         if not self.store.images() and extra is None:
             raise StoreError("no images yet: add some images first (no labels needed)")
@@ -731,7 +736,8 @@ class AppService:
                                                            else ": its last checkpoint"))
             if drop:
                 note += f"; served although {drop[0].lower()}{drop[1:]}"
-        new = Predictor.from_pretrained(path, device=self.device)
+        with self.policy.visitor_hub():
+            new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:
             self.predictor = new
             self.serving = ModelInfo(source=path, note=note)
@@ -760,7 +766,7 @@ class AppService:
             return str(self.jobs.run(source).served_model())
         if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
             return source
-        return str(self.policy.server_path(source, "model folder"))
+        return str(self.policy.model_folder(source))
 
     @endpoint()
     def capacity_choices(self) -> dict:

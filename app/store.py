@@ -283,8 +283,14 @@ class LabelStore:
         if sha256 and self.db["images"].count_where("hash = ?", [sha256]):
             return sha256
         base = Path(str(name).replace("\\", "/")).name
-        row = self.db.conn.execute("SELECT hash FROM images WHERE file = ? OR file LIKE ? OR original_name = ? "
-                                   "ORDER BY added LIMIT 1", [name, f"%/{base}", base]).fetchone()
+        if not base:
+            return None
+        # Literal comparisons only (no LIKE): '%' and '_' in a label file are characters, not patterns.
+        # Stored files are "ab/<sha256>.<suffix>": a name matches one by its last component, any case.
+        tail = f"/{base}".lower()
+        row = self.db.conn.execute("SELECT hash FROM images WHERE file = ? OR lower(substr(file, -?)) = ? "
+                                   "OR original_name = ? ORDER BY added LIMIT 1",
+                                   [name, len(tail), tail, base]).fetchone()
         return row[0] if row else None
 
     def import_tags(self, rows: list[tuple[str, list[str], list[str]]]) -> None:

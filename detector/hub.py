@@ -3,12 +3,17 @@
 Every remote file (detector checkpoints, CLIP weights) goes through `download_snapshot` or
 `download_file`. Offline (`HF_HUB_OFFLINE=1`) or with the Hub unreachable they raise
 `HubUnavailableError` within seconds instead of retrying for minutes.
+
+Which token they send is decided here too (`token_scope`, `set_default_token`): a server that loads
+a Hub id on a visitor's behalf sends no token, or only the visitor's, never the operator's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 
 HUB_TIMEOUT_S = float(os.environ.get("OVD_HUB_TIMEOUT", "5"))
@@ -38,6 +43,34 @@ def _explain(what: str, err: BaseException) -> HubUnavailableError:
         "Use a local folder, pre-populate the Hub cache on a connected machine "
         "(see docs/models.md), or use the packaged offline model ('offline')."
     )
+
+
+# The `token` every download passes to huggingface_hub: None = its implicit token (HF_TOKEN or the
+# stored login), False = none, a string = that token. A scope (`token_scope`) wins over the
+# process default (`set_default_token`), which the app sets to False once it serves visitors.
+_scoped_token: ContextVar[str | bool | None] = ContextVar("ovd_hub_token", default=None)
+_default_token: str | bool | None = None
+
+
+def set_default_token(token: str | bool | None) -> None:
+    """The token downloads send outside any `token_scope` (False: none, None: huggingface_hub's implicit one)."""
+    global _default_token
+    _default_token = token
+
+
+@contextlib.contextmanager
+def token_scope(token: str | bool | None):
+    """Downloads in this block (this thread / task only) send `token` (False: none)."""
+    reset = _scoped_token.set(token if token is not None else _default_token)
+    try:
+        yield
+    finally:
+        _scoped_token.reset(reset)
+
+
+def current_token() -> str | bool | None:
+    scoped = _scoped_token.get()
+    return scoped if scoped is not None else _default_token
 
 
 def _endpoint() -> str | None:
@@ -87,6 +120,7 @@ def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | N
             etag_timeout=HUB_TIMEOUT_S,
             local_files_only=offline(),
             endpoint=_endpoint(),
+            token=current_token(),
         )
     except Exception as e:  # huggingface_hub raises many types; all mean "not available"
         raise _explain(f"'{repo_id}'", e) from None
@@ -106,6 +140,7 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
             etag_timeout=HUB_TIMEOUT_S,
             local_files_only=offline(),
             endpoint=_endpoint(),
+            token=current_token(),
         )
     except Exception as e:
         raise _explain(f"'{filename}' of '{repo_id}'", e) from None

@@ -27,13 +27,57 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # the one list
 
 
-def list_image_files(folder: str | Path) -> list[Path]:
+# Set (by the app, for the training processes it starts) to the folders, separated by ':', that
+# image files may be read from, links followed: `list_image_files` skips and `load_image` refuses
+# any other. Unset (the CLI, tests): every path is readable.
+READ_ROOTS_ENV = "OVD_READ_ROOTS"
+
+
+def read_roots() -> tuple[Path, ...] | None:
+    """The folders images may be read from (`READ_ROOTS_ENV`), None when unrestricted."""
+    value = os.environ.get(READ_ROOTS_ENV)
+    if value is None:
+        return None
+    return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p.strip())
+
+
+def _inside(path: Path, roots) -> bool:
+    real = Path(path).resolve()
+    return any(real == r or r in real.parents for r in roots)
+
+
+def list_image_files(folder: str | Path, inside=None, outside: list | None = None) -> list[Path]:
     """Image files under `folder` (recursively, following links), sorted; hidden files and
-    folders are skipped. [] when the folder does not exist."""
-    paths = []
+    folders are skipped. [] when the folder does not exist. With `inside` (folders; by default
+    `read_roots()`), a file or folder whose real path is outside all of them is skipped and
+    appended to `outside`; a folder reached twice through links is walked once."""
+    inside = read_roots() if inside is None else tuple(Path(r).resolve() for r in inside)
+    paths, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        paths += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        real = Path(root).resolve()
+        if real in seen:  # a link loop, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        kept = []
+        for d in dirs:
+            if d.startswith("."):
+                continue
+            if inside is not None and not _inside(Path(root) / d, inside):
+                if outside is not None:
+                    outside.append(Path(root) / d)
+                continue
+            kept.append(d)
+        dirs[:] = kept
+        for f in files:
+            path = Path(root) / f
+            if f.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if inside is not None and not _inside(path, inside):
+                if outside is not None:
+                    outside.append(path)
+                continue
+            paths.append(path)
     return sorted(paths)
 
 
@@ -121,6 +165,10 @@ def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
         elif isinstance(source, (str, Path)):
             if not Path(source).is_file():
                 raise ImageLoadError(f"image file not found: {_describe(source)}")
+            roots = read_roots()
+            if roots is not None and not _inside(Path(source), roots):
+                raise ImageLoadError(f"{_describe(source)} lies outside the folders this process may read "
+                                     "(a link to another place?)")
             img = Image.open(source)
         elif hasattr(source, "read"):
             img = Image.open(source)
@@ -128,14 +176,17 @@ def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
             raise ImageLoadError(f"cannot read an image from a {type(source).__name__}")
         if img.width == 0 or img.height == 0:
             raise ImageLoadError(f"{_describe(source)} has zero size")
-        original = (img.height, img.width)
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says rotate by 90 degrees
-            original = (img.width, img.height)
+        # The size is the header's: refuse before anything large is allocated (for a PNG even
+        # `getexif` decodes the whole image). JPEGs decode reduced (draft), so they are checked after.
+        width, height = img.size
         if img.format == "JPEG" and max(img.size) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))  # decode huge JPEGs at reduced resolution
         if img.width * img.height > MAX_DECODED_PIXELS:
-            raise ImageLoadError(f"{_describe(source)} is too large to decode ({img.width} x {img.height} pixels; "
+            raise ImageLoadError(f"{_describe(source)} is too large to decode ({width} x {height} pixels; "
                                  f"at most {MAX_DECODED_PIXELS // 1_000_000} megapixels, or a JPEG)")
+        original = (height, width)
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says rotate by 90 degrees
+            original = (width, height)
         img = _to_rgb(ImageOps.exif_transpose(img))
         if max(img.size) > max_side:
             img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)

@@ -31,7 +31,9 @@ def test_dead_process_is_reported_failed_and_history_survives_restart(tmp_path):
 def test_live_process_counts_as_active_and_refuses_a_second_run(tmp_path):
     jobs = TrainingJobs(tmp_path / "runs")
     run = RunDir.create(jobs.runs_dir)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # A stand-in trainer: its command line names a file of the run's folder, as `train_argv`'s does
+    # (a live process that does not is someone else's and never counts: tests/test_security_round2.py).
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(run.file(RunDir.CONFIG))])
     try:
         run.write_status("running", iteration=1, total=10, pid=proc.pid)
         assert jobs.active()["id"] == run.id

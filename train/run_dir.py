@@ -127,10 +127,32 @@ class RunDir:
         self.file(self.JOB).unlink(missing_ok=True)
 
     def job(self) -> dict:
-        return read_json(self.file(self.JOB)) or {}
+        job = read_json(self.file(self.JOB))
+        return job if isinstance(job, dict) else {}
 
     def status(self) -> dict:
-        return read_json(self.file(self.STATUS)) or {}
+        status = read_json(self.file(self.STATUS))
+        return status if isinstance(status, dict) else {}
+
+    def unreadable(self) -> str | None:
+        """One sentence when this folder's files are not a run's (status.json that is not a JSON
+        object, metrics.jsonl that is not UTF-8 text: copied in, damaged, someone else's), else None."""
+        path = self.file(self.STATUS)
+        if path.exists() and not isinstance(read_json(path), dict):
+            return f"run {self.id}: its status.json is not readable JSON; it is not a run of this app (delete it)"
+        try:
+            with open(self.file(self.METRICS_LOG), "rb") as f:
+                head = f.read(65536)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"run {self.id}: its metrics.jsonl cannot be read ({e.strerror or type(e).__name__}); delete it"
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4 or b"\0" in head:  # a character cut at the 64 KB boundary is fine
+                return f"run {self.id}: its metrics.jsonl is not text; it is not a run of this app (delete it)"
+        return None
 
     def write_status(self, state: str, **fields) -> dict:
         """Merge `fields` into status.json. The trainer passes `pid=os.getpid()` itself; nobody
@@ -163,11 +185,13 @@ class RunDir:
         if not path.exists():
             return []
         rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line being written right now (or not ours)
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
         return rows
 
     def write_summary(self, summary: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import re
 import tempfile
 import time
 import uuid
@@ -78,6 +79,65 @@ document.addEventListener('keydown', (e) => {
 
 def launch_options() -> dict:
     return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS, "head": HEAD}
+
+
+_API_INFO = re.compile(rb"window\.gradio_api_info = .*?</script>", re.DOTALL)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
+
+
+class LoginOnly:
+    """ASGI middleware: with a login (APP_USERNAME + APP_PASSWORD), a visitor who is not logged in
+    gets the login page and nothing else. Gradio 6 answers `GET /` before the login with a page
+    that embeds every endpoint's name and parameters (`window.gradio_api_info`); this empties it.
+    Its other routes (/config, /gradio_api/info, the queue) already answer 401 then."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        gradio_app = scope.get("app")
+        if (scope["type"] != "http" or scope.get("method") != "GET" or getattr(gradio_app, "auth", None) is None
+                or self._logged_in(scope, gradio_app)):
+            return await self.app(scope, receive, send)
+        start, chunks = {}, []
+
+        async def hold(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return None
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    body = b"".join(chunks)
+                    headers = dict(start.get("headers") or [])
+                    if headers.get(b"content-type", b"").startswith(b"text/html"):
+                        body = _API_INFO.sub(_NO_API_INFO, body)
+                    headers[b"content-length"] = str(len(body)).encode()
+                    await send({**start, "headers": list(headers.items())})
+                    await send({"type": "http.response.body", "body": body})
+                return None
+            return await send(message)
+
+        await self.app(scope, receive, hold)
+
+    @staticmethod
+    def _logged_in(scope, gradio_app) -> bool:
+        cookies = {}
+        for name, value in scope.get("headers") or []:
+            if name == b"cookie":
+                for part in value.decode("latin-1").split(";"):
+                    key, _, val = part.strip().partition("=")
+                    cookies[key] = val
+        cookie_id = getattr(gradio_app, "cookie_id", "")
+        token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+        return bool(token) and getattr(gradio_app, "tokens", {}).get(token) is not None
+
+
+def login_app_kwargs() -> dict:
+    """`Blocks.launch(app_kwargs=...)` for a deployment with a login: see `LoginOnly`."""
+    from starlette.middleware import Middleware
+
+    return {"middleware": [Middleware(LoginOnly)]}
 
 
 class ImageInput(gr.Image):
