@@ -197,7 +197,9 @@ class AppService:
         labels]); the whole-image box has no rank."""
         loaded = load_image(image)
         considered = int(num_proposals or self.predictor.config.image_label_num_proposals)
-        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, considered)
+        # at the scale the Train tab's runs resize tag images to: the candidates training considers
+        a = self.predictor.assign(loaded, parse_vocabulary(tags), vocabulary or None, considered,
+                                  training_size=RunConfig().label_size)
         n = len(a.proposals) - 1  # the whole-image box is last
         h, w = loaded.original_size
         rows = []

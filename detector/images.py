@@ -198,3 +198,15 @@ def load_image(source, max_side: int = MAX_SIDE) -> LoadedImage:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageLoadError(f"{_describe(source)} is not a readable image ({_reason(e)})") from None
     return LoadedImage(array, original)
+
+
+def resize_shorter(t, size: float, max_side_ratio: float = 1.667):
+    """[3, H, W] float tensor -> (tensor with its shorter side `size`, its longer side at most
+    `size * max_side_ratio`; the scale). The one resize of tag images: training's and the Assign
+    view's, so both see the same pixels and so the same proposals."""
+    import torch.nn.functional as F
+
+    h, w = t.shape[-2:]
+    scale = min(size / min(h, w), size * max_side_ratio / max(h, w))
+    nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
+    return F.interpolate(t[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0], scale

@@ -304,13 +304,21 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     @torch.no_grad()
     def assign(self, images, labels: list[list[int]], class_embeddings=None, num_proposals=None,
-               rules=IMAGE_LABEL_RULES) -> list[dict]:
+               rules=IMAGE_LABEL_RULES, at_training_scale: bool = False) -> list[dict]:
         """What each rule would train: proposals (original coords, image box last), objectness,
-        per-class scores and, per rule, the `Choice`s made for the labels."""
+        per-class scores and, per rule, the `Choice`s made for the labels.
+
+        `at_training_scale`: the images are already resized as training resizes tag images, so
+        they are not resized to `min_size` (the candidates are then exactly training's)."""
         emb = self._embeddings(class_embeddings)
         k = num_proposals or self.config.image_label_num_proposals
         original_sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, proposals, objectness, x = self._label_proposals(images, k)
+        mode = self.transform.training
+        self.transform.train(at_training_scale or mode)
+        try:
+            image_list, proposals, objectness, x = self._label_proposals(images, k)
+        finally:
+            self.transform.train(mode)
         logits = self.roi_heads.box_predictor.cls_score(x.flatten(1), emb)[:, :-1]
         out = []
         for p, obj, lg, lb, size, orig in zip(proposals, objectness, logits.split([len(p) for p in proposals]),

@@ -22,7 +22,7 @@ import torch
 from .capacity import backbone_choice_of, head_preset_of
 from .checkpoint import save_checkpoint
 from .embedding_cache import VocabularyEmbedder
-from .images import LoadedImage, load_image
+from .images import LoadedImage, load_image, resize_shorter
 from .model import EncodedImages, OpenVocabDetector
 from .presets import load_detector
 from .vocabulary import parse_vocabulary
@@ -207,10 +207,13 @@ class Predictor:
             results.append(to_detections(det, names, img.scale, img.array.shape[:2]))
         return results
 
-    def assign(self, image, labels, vocabulary=None, num_proposals: int | None = None) -> Assignment:
+    def assign(self, image, labels, vocabulary=None, num_proposals: int | None = None,
+               training_size: int | None = None) -> Assignment:
         """Which proposal each image-label rule (max_size, image_box, max_score) would train.
 
-        `labels` are the image's tags; `vocabulary` (default: the labels) is the class set.
+        `labels` are the image's tags; `vocabulary` (default: the labels) is the class set;
+        `training_size`: the shorter side training resizes tag images to (a run's `label_size`),
+        so the candidates shown are exactly the ones training considers (default: `min_size`).
         """
         labels = parse_vocabulary(labels)
         names, emb = self.embed(vocabulary if vocabulary is not None else labels)
@@ -219,9 +222,13 @@ class Predictor:
         if unknown:
             raise ValueError(f"labels not in the vocabulary: {', '.join(unknown)}")
         img = load_image(image)
+        t, scale = self._tensor(img), 1.0
+        if training_size:
+            t, scale = resize_shorter(t, training_size)
         with torch.inference_mode(), autocast_for(self.device):
-            out = self.model.assign([self._tensor(img)], [[index[lb.casefold()] for lb in labels]],
-                                    emb, num_proposals)[0]
+            out = self.model.assign([t], [[index[lb.casefold()] for lb in labels]], emb, num_proposals,
+                                    at_training_scale=bool(training_size))[0]
+        out["proposals"] = out["proposals"] / scale
         rules = {r: [(c.proposal, [names[k] for k in c.labels]) for c in cs] for r, cs in out["choices"].items()}
         return Assignment(
             proposals=_clip(out["proposals"].float().cpu().numpy(), img.array.shape[:2]) * img.scale,

@@ -115,9 +115,13 @@ def test_thresholds_and_max_detections(tiny_predictor, small_image):
 def test_empty_and_enormous_vocabularies(tiny_predictor, small_image):
     with pytest.raises(ValueError, match="empty"):
         tiny_predictor.predict(small_image, " , ")
-    names = [f"thing {i}" for i in range(5000)]
+    from detector.vocabulary import MAX_NAMES
+
+    names = [f"thing {i}" for i in range(MAX_NAMES)]  # the most a vocabulary may hold
     d = tiny_predictor.predict(small_image, names, score_threshold=0.0, max_detections=50)[0]
     assert len(d) == 50 and all(n.startswith("thing ") for n in d.data["class_name"])
+    with pytest.raises(ValueError, match=f"at most {MAX_NAMES:,} names"):
+        tiny_predictor.predict(small_image, [*names, "one more"])
 
 
 def test_offline_model_runs_end_to_end_on_astronaut(astronaut):

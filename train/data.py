@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from detector.images import ImageLoadError, load_image
+from detector.images import ImageLoadError, load_image, resize_shorter
 from detector.vocabulary import normalize_name
 
 log = logging.getLogger(__name__)
@@ -279,13 +278,11 @@ def load_resized(path: Path, size: int, rng: random.Random, jitter: tuple[float,
     """Image tensor [3, H, W] in [0, 1], resized so its shorter side is size x U(jitter), maybe
     flipped. Returns (tensor, box scale from original pixels, flipped, original (h, w))."""
     img = load_image(path)
-    h, w = img.array.shape[:2]
     orig_w = img.original_size[1]
-    target = size * rng.uniform(*jitter)
-    scale = min(target / min(h, w), size * max_side_ratio / max(h, w))
-    nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
     t = torch.from_numpy(img.array).permute(2, 0, 1).float().div_(255)
-    t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    target = size * rng.uniform(*jitter)
+    t, _ = resize_shorter(t, target, max_side_ratio * size / target)  # the longer side's cap ignores the jitter
+    nw = t.shape[-1]
     flipped = flip and rng.random() < 0.5
     if flipped:
         t = t.flip(-1)

@@ -20,7 +20,8 @@ from detector.embedding_cache import VocabularyEmbedder
 from detector.predictor import autocast_for
 from detector.presets import load_detector
 
-from .finetune import TrainStep, peak_memory_mb
+from .finetune import TrainStep
+from .loop import peak_memory_mb
 from .run_config import RunConfig
 from .tag_features import CachedTagImage, can_cache, tag_step
 

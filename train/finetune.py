@@ -26,7 +26,7 @@ from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
 from .heldout import HeldoutScorer, heldout_summary, split_heldout
-from .loop import Loop, StopFlag, learning_rate, peak_memory_mb  # noqa: F401 - re-exported for callers
+from .loop import Loop
 from .run_config import RunConfig
 from .run_dir import RunDir
 from .sampler import MixedSampler, parse_ratio
@@ -205,7 +205,7 @@ class HeldoutRecord:
     def __init__(self, scorer: HeldoutScorer, note: str, start_trained: list[str], record: dict | None = None):
         self.scorer, self.note, self.start_trained = scorer, note, list(start_trained)
         self.record = record or {"note": note, "images": len(scorer.samples), "before": None, "checkpoints": [],
-                                 "best": None}
+                                 "best": None, "files": sorted(s.path.name for s in scorer.samples)}
 
     def trained_names(self, model) -> list[str]:
         return list(model.config.trained_class_names)

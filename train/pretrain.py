@@ -56,7 +56,8 @@ from detector.presets import load_detector
 from detector.proposals import ALIGNDET, ProposalParams, selective_search
 
 from .data import DataError
-from .finetune import StopFlag, learning_rate, run_with_status
+from .finetune import run_with_status
+from .loop import Loop
 from .run_config import PretrainConfig
 from .run_dir import RunDir
 
@@ -401,71 +402,11 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = autocast_for(device)
-    stop = StopFlag(run)
-    window: dict[str, list[float]] = {}
-    step_times: list[float] = []
-    last: dict = {}
-    from tqdm import tqdm
-
-    bar = tqdm(total=cfg.iters, initial=start_it, disable=rank != 0 or not sys.stderr.isatty(), desc="pretrain")
-    state = "finished"
-    it = start_it
-    while it < cfg.iters:
-        if stop:
-            state = "cancelled"
-            break
-        t0 = time.time()
-        lr = learning_rate(cfg, it)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        torch.manual_seed(cfg.seed * 1_000_003 + it * world + rank)  # RoI/anchor sampling, per step
-        rng = random.Random(f"pretrain-aug/{cfg.seed}/{it}/{rank}")
-        first = (it * world + rank) * cfg.batch
-        idx = [_image_order(len(paths), cfg.seed, first + j) for j in range(cfg.batch)]
-        (images1, targets1), (images2, targets2) = _batch(idx, paths, proposals, cfg, rng, device)
-        with autocast:
-            list1, targets1 = detector.transform(images1, targets1)
-            list2, targets2 = detector.transform(images2, targets2)
-            body1, body2 = body_features(detector, list1.tensors), body_features(detector, list2.tensors)
-            k2 = embed_boxes(momentum, body2, [t["boxes"] for t in targets2], list2.image_sizes)
-            k1 = embed_boxes(momentum, body1, [t["boxes"] for t in targets1], list1.image_sizes)
-            ids = torch.cat([t["labels"] - 1 + t["id_offset"] for t in targets2])
-            keys = torch.cat([k2, k1]).float()
-            key_ids = torch.cat([ids, ids])
-            key_is_positive = torch.cat([torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids, dtype=torch.bool)])
-            losses = step(list1, body1, targets1, keys, key_ids, key_is_positive)
-        loss = sum(losses.values())
-        if torch.isfinite(loss):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            optimizer.step()
-            m = momentum_at(cfg.momentum, it + 1, cfg.iters)
-            ema_update(momentum, online, m)
-            for k, v in losses.items():
-                window.setdefault(k, []).append(float(v.detach()))
-            window.setdefault("loss", []).append(float(loss.detach()))
-        else:
-            log.warning("iteration %d: non-finite loss %s, step skipped", it, float(loss))
-        it += 1
-        step_times.append(time.time() - t0)
-        bar.update(1)
-        if rank == 0 and (it % cfg.log_interval == 0 or it == cfg.iters or it == start_it + 1):
-            recent = step_times[-50:]
-            sec = sum(recent) / len(recent)
-            last = {"iteration": it, "lr": lr, "momentum": momentum_at(cfg.momentum, it, cfg.iters),
-                    "images_per_s": cfg.batch * world / max(sec, 1e-9), "eta_s": sec * (cfg.iters - it),
-                    "time": time.time() - t_start, "kind": "pretrain",
-                    **{k: sum(v) / len(v) for k, v in window.items() if v}}
-            window = {}
-            run.append_metrics(last)
-            run.write_status("running", iteration=it, total=cfg.iters, message=f"loss {last.get('loss', 0):.4f}")
-            if on_progress:
-                on_progress(last)
-        if rank == 0 and it % cfg.checkpoint_interval == 0 and it < cfg.iters:
-            _save(run, detector, momentum, optimizer, it, len(paths))
-    bar.close()
+    pretrain_step = _PretrainStep(step, detector, momentum, online, optimizer, run, cfg, idx_paths=paths,
+                                  proposals=proposals, device=device, rank=rank, world=world)
+    loop = Loop(cfg, run, optimizer, params, device, rank, world, "pretrain", t_start, on_progress)
+    state, it = loop.run_steps(pretrain_step, start_it)
+    last = loop.last
 
     result = {"state": state, "iteration": it, "total": cfg.iters, "images": len(paths),
               "skipped_images": sorted(failed), "proposals_per_image": sum(n_boxes) / len(paths),
@@ -483,6 +424,48 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
     if world > 1:
         dist.barrier()
     return result
+
+
+class _PretrainStep:
+    """AlignDet's step for the shared loop (`train.loop`): two views, the momentum encoder's keys,
+    the online detector's box-level contrastive and regression losses; EMA after each update."""
+
+    kind = "pretrain"
+
+    def __init__(self, step, detector, momentum, online, optimizer, run, cfg, idx_paths, proposals, device,
+                 rank, world):
+        self.step, self.detector, self.momentum, self.online = step, detector, momentum, online
+        self.optimizer, self.run, self.cfg = optimizer, run, cfg
+        self.paths, self.proposals, self.device, self.rank, self.world = idx_paths, proposals, device, rank, world
+        self.images_per_step = cfg.batch
+
+    def losses(self, it, rng):
+        cfg, detector, momentum = self.cfg, self.detector, self.momentum
+        first = (it * self.world + self.rank) * cfg.batch
+        idx = [_image_order(len(self.paths), cfg.seed, first + j) for j in range(cfg.batch)]
+        (images1, targets1), (images2, targets2) = _batch(idx, self.paths, self.proposals, cfg, rng, self.device)
+        with autocast_for(self.device):
+            list1, targets1 = detector.transform(images1, targets1)
+            list2, targets2 = detector.transform(images2, targets2)
+            body1, body2 = body_features(detector, list1.tensors), body_features(detector, list2.tensors)
+            k2 = embed_boxes(momentum, body2, [t["boxes"] for t in targets2], list2.image_sizes)
+            k1 = embed_boxes(momentum, body1, [t["boxes"] for t in targets1], list1.image_sizes)
+            ids = torch.cat([t["labels"] - 1 + t["id_offset"] for t in targets2])
+            keys = torch.cat([k2, k1]).float()
+            key_ids = torch.cat([ids, ids])
+            key_is_positive = torch.cat([torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids, dtype=torch.bool)])
+            return self.step(list1, body1, targets1, keys, key_ids, key_is_positive), {}
+
+    def after_update(self, it: int) -> dict[str, float]:
+        m = momentum_at(self.cfg.momentum, it + 1, self.cfg.iters)
+        ema_update(self.momentum, self.online, m)
+        return {"momentum": m}
+
+    def save(self, it: int) -> None:
+        _save(self.run, self.detector, self.momentum, self.optimizer, it, len(self.paths))
+
+    def evaluate(self, it: int) -> None:  # nothing labelled to score: pre-training has no held-out tags
+        return None
 
 
 def _save(run: RunDir, detector, momentum, optimizer, it: int, n_images: int) -> None:

@@ -1,0 +1,158 @@
+"""Every run from tags proves itself on held-out tags, trains fast on cached features, and the app
+serves its best checkpoint (never silently a worse one)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.image_labels import Choice, choose_proposals, max_size_index, with_image_box
+from train.data import LabelSample, read_label_dataset, vocabulary_of
+from train.finetune import finetune
+from train.heldout import average_precision, heldout_summary, label_report, plan_from_detic, split_heldout
+from train.run_config import RunConfig
+from train.run_dir import RunDir
+from train.synthetic import generate
+from train.tag_features import cache_tag_images, tag_step
+
+
+def _samples(n: int, names=("cat", "dog", "cup")) -> list[LabelSample]:
+    return [LabelSample(Path(f"img{i:03d}.png"), [names[i % len(names)]], [names[(i + 1) % len(names)]])
+            for i in range(n)]
+
+
+# --- the split --------------------------------------------------------------------------------
+
+
+def test_the_split_is_deterministic_holds_each_label_out_and_never_overlaps():
+    samples = _samples(30)
+    train, held, note = split_heldout(samples)
+    again = split_heldout(list(reversed(samples)))
+    assert {s.path for s in held} == {s.path for s in again[1]}, "chosen by file name, not by order"
+    assert len(held) == 6 and "6 of 30" in note
+    assert not {s.path for s in train} & {s.path for s in held} and len(train) + len(held) == 30
+    assert {s.positives[0] for s in held} == {"cat", "dog", "cup"}, "at least one image per label"
+    assert {s.positives[0] for s in train} == {"cat", "dog", "cup"}, "and every label still trains"
+
+
+def test_too_few_tagged_images_train_on_all_and_say_so():
+    train, held, note = split_heldout(_samples(5))
+    assert len(train) == 5 and held == [] and "no held-out score" in note
+    tagged, n_held, plan = plan_from_detic({"categories": [{"id": 1, "name": "cat"}],
+                                            "images": [{"file_name": "a.png", "pos_category_ids": [1]}]})
+    assert (tagged, n_held) == (1, 0) and "no held-out score" in plan
+
+
+# --- the score --------------------------------------------------------------------------------
+
+
+def test_average_precision_ranks_positives_and_is_none_when_not_measurable():
+    assert average_precision([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert average_precision([0.9, 0.8, 0.1], [False, True, True]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert average_precision([0.5, 0.4], [False, False]) is None  # no positive: never 0
+    assert average_precision([0.5, 0.4], [True, True]) is None  # no negative: nothing to rank against
+
+
+def test_label_report_counts_other_names_only_as_negatives_and_skips_untagged():
+    samples = [LabelSample(Path("a"), ["cat"]), LabelSample(Path("b"), ["dog"]),
+               LabelSample(Path("c"), [], ["cat"]), LabelSample(Path("d"), [], ["dog"])]
+    scores = [[0.9, 0.1], [0.2, 0.3], [0.95, 0.0], [0.0, 0.9]]
+    report = label_report(samples, scores, ["cat", "dog"])
+    cat, dog = report["labels"]["cat"], report["labels"]["dog"]
+    assert (cat["positives"], cat["negatives"]) == (1, 2)  # b (other names only) and c (tagged "not cat")
+    assert cat["ap"] == 0.5  # c outscores the cat
+    assert (dog["positives"], dog["negatives"]) == (1, 2) and dog["ap"] == 0.5
+    assert report["mean"] == 0.5
+    lonely = label_report([LabelSample(Path("a"), ["cat"])], [[0.5, 0.5]], ["cat", "fox"])
+    assert lonely["labels"]["fox"]["ap"] is None and lonely["mean"] is None
+
+
+# --- max-size picks objects ----------------------------------------------------------------
+
+
+def test_max_size_skips_proposals_that_are_the_frame():
+    boxes = with_image_box(torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 99.0, 98.0],
+                                         [10.0, 10.0, 70.0, 80.0], [5.0, 5.0, 20.0, 20.0]]), (100, 100))
+    assert max_size_index(boxes) == 2  # 0 and 1 cover (nearly) the whole image: not objects
+    assert choose_proposals("max_size", boxes, torch.zeros(5, 2), [1]) == [Choice(2, (1,))]
+    frames = with_image_box(torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 95.0, 95.0]]), (100, 100))
+    assert max_size_index(frames) == 0, "no object-like proposal: the plain largest one"
+
+
+# --- cached training = the full path on the same proposals ----------------------------------
+
+
+def test_a_cached_tag_step_gives_the_full_paths_loss_and_gradients(tiny_model, tmp_path):
+    """With the backbone and neck frozen, a step on cached candidates is the same computation as
+    Detic's full path for the same proposal (here the whole-image box, which both paths share)."""
+    generate(tmp_path, seed=1, n_box=1, n_label=2, n_val=1, size=64)
+    labels, _ = read_label_dataset(tmp_path / "image_labels.json", tmp_path / "images")
+    names = vocabulary_of([], labels)
+    index = {n.casefold(): i for i, n in enumerate(names)}
+    emb = torch.nn.functional.normalize(torch.randn(len(names), 64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    model = tiny_model.train()
+    cached, skipped = cache_tag_images(model, labels, index, 64, torch.device("cpu"))
+    assert not skipped and len(cached) == 2 and all(c.boxes.shape[0] == c.pooled.shape[0] for c in cached)
+    params = list(model.roi_heads.box_head.parameters())
+    losses, stats = tag_step(model, cached, emb, torch.device("cpu"), "image_box", 0.1, "box_head")
+    grads = torch.autograd.grad(losses["loss_image_label"], params)
+    import random
+
+    from train.data import load_resized
+    images = [load_resized(s.path, 64, random.Random(0), (1.0, 1.0), flip=False)[0] for s in labels]
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    full = model.image_label_loss(images, [c.positives for c in cached], emb, rule="image_box", weight=0.1)
+    full_grads = torch.autograd.grad(full["loss_image_label"], params)
+    # the cache stores half precision: equal up to its rounding
+    assert losses["loss_image_label"].item() == pytest.approx(full["loss_image_label"].item(), rel=2e-2)
+    for g, f in zip(grads, full_grads):
+        assert (g - f).norm() <= 0.02 * f.norm() + 1e-8
+    assert stats["select_image_box"] == 1.0
+
+
+# --- a run from tags, end to end ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tagged")
+    generate(out, seed=2, n_box=1, n_label=16, n_val=1, size=64)
+    return out
+
+
+def _tag_run(tagged, out, **kw):
+    cfg = RunConfig(model="tiny", label_data=str(tagged / "image_labels.json"), label_images=str(tagged / "images"),
+                    iters=6, label_batch=4, label_size=64, checkpoint_every=3, log_every=1, warmup=1, lr=1e-3, **kw)
+    return finetune(cfg, out)
+
+
+def test_a_run_from_tags_scores_held_out_tags_before_and_at_each_checkpoint(tagged, tmp_path):
+    result = _tag_run(tagged, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    record = run.heldout()
+    assert result["cached_features"] and result["state"] == "finished"
+    assert record["images"] == 3 and "3 of 16" in record["note"]  # 20 % of 16, by file name
+    assert record["before"]["labels"] and [c["iteration"] for c in record["checkpoints"]] == [3, 6]
+    labels, _ = read_label_dataset(tagged / "image_labels.json", tagged / "images")
+    _, held, _ = split_heldout(labels)
+    assert record["files"] == sorted(s.path.name for s in held), "the run records which images it held out"
+    best = record["best"]
+    if best is not None:  # the best checkpoint is kept whole and is what a run serves
+        assert run.served_model() == run.file(RunDir.BEST)
+        assert best["mean"] == max(c["mean"] for c in record["checkpoints"] if c["mean"] is not None)
+        assert json.loads((run.file(RunDir.BEST) / "best.json").read_text())["iteration"] == best["iteration"]
+    summary = heldout_summary(record)
+    assert set(summary["labels"]) == set(record["before"]["labels"])
+    assert result["heldout"]["mean_before"] == summary["mean_before"]
+
+
+def test_a_run_without_held_out_images_says_so(tagged, tmp_path):
+    _tag_run(tagged, tmp_path / "run", heldout_share=0.0)
+    assert RunDir(tmp_path / "run").heldout() is None or RunDir(tmp_path / "run").heldout()["images"] == 0
+
+
+def test_the_full_path_still_trains_and_scores(tagged, tmp_path):
+    result = _tag_run(tagged, tmp_path / "run", tag_features="full")
+    assert not result["cached_features"] and len(RunDir(tmp_path / "run").heldout()["checkpoints"]) == 2
