@@ -174,6 +174,17 @@ class ImageNetRegionScorer:
             out.append(self.class_distribution(crops))
         return torch.cat(out)
 
-    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
-        a = match_weights(class_embeddings.to(regions.device), self.imagenet_embeddings.to(regions.device))
-        return (regions.float() @ a.t()).clamp(0, 1)
+    def match_logits(self, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """L0(name, k) = (cos(t_name, m_k) - c) / T: [C, D] -> [C, 1000] (before any tags)."""
+        sim = (F.normalize(class_embeddings.float(), dim=-1)
+               @ F.normalize(self.imagenet_embeddings.to(class_embeddings.device).float(), dim=-1).t())
+        return (sim - MATCH_CENTER) / MATCH_TEMPERATURE
+
+    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
+                      adapters: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, 1000] region distributions x [C, D] names -> [N, C]; `adapters` [C, 1000]: what
+        tags taught about each name (`detector.name_adapters`), added to its match logits."""
+        logits = self.match_logits(class_embeddings.to(regions.device))
+        if adapters is not None:
+            logits = logits + adapters.to(logits.device, logits.dtype)
+        return (regions.float() @ torch.sigmoid(logits).t()).clamp(0, 1)

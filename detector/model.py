@@ -41,6 +41,7 @@ from .image_labels import (
     negative_terms,
     with_image_box,
 )
+from .name_adapters import NameAdapters
 from .roi_heads import ZeroShotRoIHeads, select_detections
 from .rpn import ScoredRPN
 
@@ -139,6 +140,7 @@ class OpenVocabDetector(GeneralizedRCNN):
         self.class_names: list[str] = []
         self.dropped_keys: list[str] = []  # pre-training-only tensors a checkpoint load left out
         self.register_buffer("class_embeddings", torch.zeros(0, cfg.embed_dim), persistent=False)
+        self.name_adapters = NameAdapters(cfg.embed_dim)  # what tags taught the region scorer (empty: nothing)
 
     # --- vocabulary --------------------------------------------------------------------------
     def set_vocabulary(self, names: list[str], embeddings: torch.Tensor) -> None:
@@ -257,7 +259,8 @@ class OpenVocabDetector(GeneralizedRCNN):
         regions = enc.region_embeddings[i] if enc.region_embeddings is not None else None
         if regions is not None and region_scorer is not None and clip_weights is not None:
             p_clip = scores.new_zeros(scores.shape)
-            p_clip[: len(regions)] = region_scorer.probabilities(regions, class_embeddings).to(scores.device)
+            p_clip[: len(regions)] = region_scorer.probabilities(
+                regions, class_embeddings, adapters=self.name_adapters.offsets(class_embeddings)).to(scores.device)
             scores = ensemble(scores, p_clip, clip_weights)
         if self.config.mult_proposal_score and not self.uses_selective_search:  # objectness means something
             scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])

@@ -36,8 +36,10 @@ class RegionScorer(Protocol):
         """`image` [3, H, W] in [0, 1], `boxes` [N, 4] in its pixels -> vocabulary-free [N, F]."""
         ...
 
-    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
-        """[N, F] region features x [C, D] name embeddings -> [N, C] probabilities in [0, 1]."""
+    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
+                      adapters: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, F] region features x [C, D] name embeddings -> [N, C] probabilities in [0, 1]
+        (`adapters`: per-name corrections learned from tags, where the scorer has them)."""
         ...
 
 
@@ -79,7 +81,9 @@ class ClipRegionScorer:
             out.append(self.clip.encode_images(crops))
         return torch.cat(out)
 
-    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
+                      adapters: torch.Tensor | None = None) -> torch.Tensor:
+        """`adapters` (learned ImageNet-class corrections) have no meaning for CLIP: ignored."""
         return region_probabilities(regions, class_embeddings, self.background)
 
 

@@ -33,6 +33,7 @@ from .sampler import MixedSampler, parse_ratio
 from .tag_features import CachedTagImage, cache_tag_images, can_cache, tag_step
 
 log = logging.getLogger("train")
+ADAPTER_LR = 0.02  # learning rate of the name mapping's logits (train.tag_features.adapter_loss)
 
 
 class TrainStep(nn.Module):
@@ -180,9 +181,10 @@ class _DeticStep(_FinetuneStep):
 class _CachedTagStep(_FinetuneStep):
     """Tags only, frozen backbone and neck: steps on cached candidates (`train.tag_features`)."""
 
-    def __init__(self, cached: dict[int, CachedTagImage], sampler, cfg, device, emb, **common):
+    def __init__(self, cached: dict[int, CachedTagImage], sampler, cfg, device, emb, adapter=None, **common):
         super().__init__(**common)
         self.cached, self.sampler, self.cfg, self.device, self.emb = cached, sampler, cfg, device, emb
+        self.adapter = adapter
         self.images_per_step = cfg.label_batch
 
     def losses(self, it, rng):
@@ -194,7 +196,7 @@ class _CachedTagStep(_FinetuneStep):
             self.trained_names.update(self.names[k].casefold() for k in item.positives)
         with autocast_for(self.device):
             losses, stats = tag_step(self.model, batch, self.emb, self.device, self.cfg.image_label_rule,
-                                     self.cfg.image_label_weight, self.cfg.image_label_scope)
+                                     self.cfg.image_label_weight, self.cfg.image_label_scope, self.adapter)
         return losses, {f"stats_{k}": v for k, v in stats.items()}
 
 
@@ -220,12 +222,16 @@ class HeldoutRecord:
         if any(c["iteration"] == it for c in self.record["checkpoints"]):
             return
         run.write_status("running", message=f"scoring iteration {it} on {len(self.scorer.samples)} held-out images")
-        report = self.scorer.report(model, self.trained_names(model))
-        self.record["checkpoints"].append({"iteration": it, **report})
+        report, w = self.scorer.best_report(model, self.trained_names(model))
+        self.record["checkpoints"].append({"iteration": it, **report, "ensemble_weight_trained": w})
         best = self.record.get("best")
         if report["mean"] is not None and (best is None or report["mean"] > best["mean"]):
+            kept = model.config.ensemble_weight_trained
+            if w is not None:  # the best checkpoint is served with the weight it was scored with
+                model.config.ensemble_weight_trained = w
             run.save_best(model, it)
-            self.record["best"] = {"iteration": it, "mean": report["mean"]}
+            model.config.ensemble_weight_trained = kept
+            self.record["best"] = {"iteration": it, "mean": report["mean"], "ensemble_weight_trained": w}
         run.write_heldout(self.record)
         log.info("held-out image-level AP at iteration %d: %s", it,
                  "not measurable" if report["mean"] is None else f"{report['mean']:.3f}")
@@ -251,9 +257,6 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if labels and cfg.heldout_share > 0:  # by file name: a resumed run holds out the same images
         labels, heldout, heldout_note = split_heldout(labels, cfg.heldout_share)
         log.info("%s", heldout_note)
-    if not box:
-        log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
-                 "classifier" if cfg.image_label_scope == "classifier" else "classifier, box head and neck")
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
@@ -288,6 +291,9 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         log.info("tags only, frozen backbone: the backbone, neck and proposals run once per image "
                  "(cached); the %s learn", "classifier" if cfg.image_label_scope == "classifier"
                  else "box head and classifier")
+    elif not box:
+        log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
+                 "classifier" if cfg.image_label_scope == "classifier" else "classifier, box head and neck")
 
     embedder = VocabularyEmbedder.for_config(model.config)
     _, emb = embedder(names)
@@ -334,10 +340,25 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     skipped: set[str] = set()
     sampler = MixedSampler(len(box), len(labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
                            cfg.seed, rank)
-    params = [p for p in model.parameters() if p.requires_grad]
+    region_scorer, adapter = None, None
+    if cached_path and model.config.region_scoring and model.config.region_scorer == "imagenet":
+        # the tags also teach the ImageNet region scorer what each name means (detector.name_adapters)
+        region_scorer = record.scorer.predictor.region_scorer if record is not None else None
+        if region_scorer is None:
+            from detector.region_scorer import build_region_scorer
+
+            region_scorer = build_region_scorer(model.config, embedder.encoder, device)
+        rows = model.name_adapters.extend(emb)
+        adapter = (region_scorer.match_logits(emb).detach(), rows)
+    adapter_params = [model.name_adapters.deltas] if adapter is not None else []
+    params = [p for p in model.parameters() if p.requires_grad and all(p is not a for a in adapter_params)]
     if cached_path and cfg.image_label_scope == "classifier":
         params = list(model.roi_heads.box_predictor.cls_score.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": params}]
+    if adapter_params:  # logits move by units, not by 1e-4s: a larger step, no weight decay
+        groups.append({"params": adapter_params, "lr_scale": ADAPTER_LR / cfg.lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = params + adapter_params
     if resume_from is not None:
         run.restore_optimizer(resume_from, optimizer)
     common = {"run": run, "model": model, "optimizer": optimizer, "names": names, "trained_boxes": bool(box),
@@ -349,13 +370,13 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
                                  message=f"reading and caching tagged images: {done} of {total}")
 
         cached_list, unreadable = cache_tag_images(model, labels, names_index, cfg.label_size, device,
-                                                   run.cache_dir("tag_proposals"), cache_progress)
+                                                   run.cache_dir("tag_proposals"), cache_progress, region_scorer)
         skipped.update(unreadable)
         by_path = {item.path: item for item in cached_list}
         cached = {i: by_path[str(s.path)] for i, s in enumerate(labels) if str(s.path) in by_path}
         if not cached:
             raise DataError("none of the tagged images could be read")
-        step = _CachedTagStep(cached, sampler, cfg, device, emb, **common)
+        step = _CachedTagStep(cached, sampler, cfg, device, emb, adapter=adapter, **common)
     else:
         train_step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
                                        "scope": cfg.image_label_scope})

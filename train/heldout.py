@@ -31,6 +31,7 @@ log = logging.getLogger("train")
 
 HELDOUT_SHARE = 0.2
 MIN_TAGGED_FOR_HELDOUT = 8  # fewer tagged images: train on all of them, no held-out score
+ENSEMBLE_WEIGHTS = (1.0, 0.75, 0.5, 0.35)  # region scorer's weight for trained names, chosen per checkpoint
 
 
 def _key(sample: LabelSample) -> str:
@@ -135,8 +136,9 @@ class HeldoutScorer:
         self.samples = kept
         model.train(was_training)
 
-    def scores(self, model, trained_names: list[str]) -> list[list[float]]:
-        """Per held-out image, per name: the highest final box score under `model`."""
+    def scores(self, model, trained_names: list[str], w_trained: float | None = None) -> list[list[float]]:
+        """Per held-out image, per name: the highest final box score under `model` (with the
+        ensemble weight of trained names `w_trained` instead of the model's, when given)."""
         from detector.model import eval_mode
         from detector.predictor import autocast_for
         from detector.region_scorer import class_weights
@@ -144,7 +146,8 @@ class HeldoutScorer:
         cfg = model.config
         weights = None
         if self.predictor.region_scorer is not None:
-            weights = class_weights(self.names, trained_names, cfg.ensemble_weight_trained,
+            weights = class_weights(self.names, trained_names,
+                                    cfg.ensemble_weight_trained if w_trained is None else w_trained,
                                     cfg.ensemble_weight_untrained)
         out = []
         with eval_mode(model), torch.inference_mode(), autocast_for(self.device):
@@ -157,8 +160,21 @@ class HeldoutScorer:
                 out.append(s.max(dim=0).values.float().cpu().tolist() if len(s) else [0.0] * len(self.names))
         return out
 
-    def report(self, model, trained_names: list[str]) -> dict:
-        return label_report(self.samples, self.scores(model, trained_names), self.names)
+    def report(self, model, trained_names: list[str], w_trained: float | None = None) -> dict:
+        return label_report(self.samples, self.scores(model, trained_names, w_trained), self.names)
+
+    def best_report(self, model, trained_names: list[str], weights=ENSEMBLE_WEIGHTS) -> tuple[dict, float | None]:
+        """(report, w): the ensemble weight of the trained names (how much the region scorer counts
+        against the trained head, `detector.region_scorer.ensemble`) that scores best on the held-out
+        tags, from `weights` (1.0: the region scorer alone). None without a region scorer."""
+        if self.predictor.region_scorer is None:
+            return self.report(model, trained_names), None
+        best = None
+        for w in weights:
+            report = self.report(model, trained_names, w)
+            if best is None or (report["mean"] or -1) > (best[0]["mean"] or -1):
+                best = (report, w)
+        return best
 
 
 def compare(before: dict | None, after: dict | None) -> dict:

@@ -112,8 +112,8 @@ class Loop:
                 break
             t0 = time.time()
             lr = learning_rate(cfg, it)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
+            for g in self.optimizer.param_groups:  # a group may run at a multiple of the schedule
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             torch.manual_seed(cfg.seed * 1_000_003 + it * self.world + self.rank)  # RoI/anchor sampling
             losses, stats = step.losses(it, random.Random(f"{self.name}-aug/{cfg.seed}/{it}/{self.rank}"))
             if losses is not None:

@@ -27,7 +27,7 @@ from detector.image_labels import Choice, choose_proposals, image_label_loss, ne
 from detector.images import ImageLoadError
 from detector.model import eval_mode
 
-from .data import LabelSample, load_resized
+from .data import LabelSample
 
 log = logging.getLogger("train")
 REFRESH_VISITS = 4  # an image's no-gradient candidate scores are re-computed every this many visits
@@ -43,6 +43,8 @@ class CachedTagImage:
     logits: torch.Tensor | None = None  # no-gradient candidate logits, for max_score / negatives
     visits: int = 0
     path: str = field(default="")
+    regions: torch.Tensor | None = None  # [K + 1, 1000] the ImageNet region scorer's view of each candidate
+    others: list[int] = field(default_factory=list)  # names tagged on other images only: absent here
 
 
 def can_cache(model, has_box_data: bool, world: int) -> bool:
@@ -73,39 +75,73 @@ def _proposals(model, image: torch.Tensor, image_list, features, k: int, cache_f
 
 def cache_tag_images(model, samples: list[LabelSample], names_index: dict[str, int], size: int,
                      device: torch.device, proposal_cache: Path | None = None,
-                     on_image: Callable[[int, int], None] | None = None) -> tuple[list[CachedTagImage], list[str]]:
-    """(cached images, unreadable paths): the frozen parts of the model run once per image."""
-    import random
+                     on_image: Callable[[int, int], None] | None = None,
+                     region_scorer=None) -> tuple[list[CachedTagImage], list[str]]:
+    """(cached images, unreadable paths): the frozen parts of the model run once per image.
+
+    With a `region_scorer` that has name adapters to train (the ImageNet one), each candidate's
+    region distribution is cached too, computed from the image at full resolution as serving does."""
+    from detector.images import load_image, resize_shorter
 
     k = model.config.image_label_num_proposals
     store_dtype = torch.float16 if device.type == "cpu" else torch.bfloat16
+    tagged = {names_index[n.casefold()] for s in samples for n in s.positives}
     cached, skipped = [], []
-    rng = random.Random(0)
     with torch.no_grad(), eval_mode(model):
         model.transform.train()  # the data pipeline owns the scale (as in training), no resize to min_size
         try:
             for i, s in enumerate(samples):
                 try:
-                    img, _, _, _ = load_resized(s.path, size, rng, (1.0, 1.0), flip=False)
+                    loaded = load_image(s.path)
                 except ImageLoadError as e:
                     skipped.append(str(s.path))
                     log.warning("skipping unreadable image: %s", e)
                     continue
-                img = img.to(device)
+                full = torch.from_numpy(loaded.array).permute(2, 0, 1).float().div_(255).to(device)
+                img, scale = resize_shorter(full, size)  # = load_resized without jitter or flip
                 image_list, _ = model.transform([img])
                 features = model.backbone(image_list.tensors)
                 hw = tuple(image_list.image_sizes[0])
                 boxes = _proposals(model, img, image_list, features, k, _proposal_file(proposal_cache, s.path, hw, k))
                 boxes = with_image_box(boxes, hw)
                 pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
-                cached.append(CachedTagImage(boxes.cpu(), pooled.to(store_dtype).cpu(),
-                                             [names_index[n.casefold()] for n in s.positives],
-                                             [names_index[n.casefold()] for n in s.negatives], hw, path=str(s.path)))
+                positives = [names_index[n.casefold()] for n in s.positives]
+                negatives = [names_index[n.casefold()] for n in s.negatives]
+                regions = (region_scorer.embed_regions(full, boxes / scale).cpu().clone()  # a normal tensor, not an inference one
+                           if region_scorer is not None else None)
+                cached.append(CachedTagImage(boxes.cpu(), pooled.to(store_dtype).cpu(), positives, negatives, hw,
+                                             path=str(s.path), regions=regions,
+                                             others=sorted(tagged - set(positives) - set(negatives))))
                 if on_image:
                     on_image(i + 1, len(samples))
         finally:
             model.transform.train(model.training)
     return cached, skipped
+
+
+def adapter_loss(model, batch: list[CachedTagImage], base_logits: torch.Tensor, rows: list[int],
+                 rule_choices: list[list[Choice]]) -> torch.Tensor:
+    """What the tags teach the region scorer's name mapping (`detector.name_adapters`): the
+    proposal a rule chose should score each of the image's names high; for a name the image does
+    not hold (tagged "not", or tagged on other images only), its highest-scoring candidate low.
+
+    `base_logits` [C, 1000]: the text-only match logits of the run's names; `rows`: each name's
+    adapter row."""
+    import torch.nn.functional as F
+
+    deltas = model.name_adapters.deltas[torch.tensor(rows, device=model.name_adapters.deltas.device)]
+    match = torch.sigmoid(base_logits + deltas)  # [C, 1000]
+    terms = []
+    for item, choices in zip(batch, rule_choices):
+        scores = (item.regions.to(match.device) @ match.t()).clamp(1e-6, 1 - 1e-6)  # [K + 1, C]
+        for c in choices:
+            terms.append(F.binary_cross_entropy(scores[c.proposal, list(c.labels)],
+                                                torch.ones(len(c.labels), device=scores.device)))
+        absent = sorted(set(item.negatives) | set(item.others))
+        if absent:
+            top = scores[:, absent].max(dim=0).values
+            terms.append(F.binary_cross_entropy(top, torch.zeros_like(top)))
+    return torch.stack(terms).mean() if terms else deltas.sum() * 0.0
 
 
 def _candidate_logits(model, item: CachedTagImage, emb: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -117,12 +153,15 @@ def _candidate_logits(model, item: CachedTagImage, emb: torch.Tensor, device: to
 
 
 def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torch.device, rule: str,
-             weight: float, scope: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+             weight: float, scope: str, adapter: tuple[torch.Tensor, list[int]] | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Detic's image-label loss on cached candidates: ({"loss_image_label": weight·L}, diagnostics).
 
-    The box head (scope "box_head") and the classifier see only the rows a rule chose."""
+    The box head (scope "box_head") and the classifier see only the rows a rule chose. With
+    `adapter` = (text-only match logits, adapter rows) and cached region distributions, the
+    region scorer's name mapping learns from the same choices (`adapter_loss`)."""
     need_scores = rule == "max_score" or any(item.negatives for item in batch)
-    rows, per_image, stats = [], [], {"size": [], "image_box": [], "score": []}
+    rows, per_image, chosen, stats = [], [], [], {"size": [], "image_box": [], "score": []}
     for item in batch:
         logits = _candidate_logits(model, item, emb, device) if need_scores else None
         choices = choose_proposals(rule, item.boxes, logits if logits is not None else item.boxes.new_zeros(0, 0),
@@ -134,6 +173,7 @@ def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torc
         per_image.append(([Choice(where[c.proposal], c.labels) for c in choices],
                           [(where[p], k) for p, k in negatives], len(picked)))
         rows.append((item, picked))
+        chosen.append(choices)
         h, w = item.size
         for c in choices:
             b = item.boxes[c.proposal]
@@ -156,6 +196,9 @@ def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torc
             stats["score"].extend(float(probs[offset + c.proposal, k]) for k in c.labels)
         offset += n
     mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
-    return ({"loss_image_label": weight * loss},
+    losses = {"loss_image_label": weight * loss}
+    if adapter is not None and all(item.regions is not None for item in batch):
+        losses["loss_name_mapping"] = adapter_loss(model, batch, adapter[0], adapter[1], chosen)
+    return (losses,
             {"select_size": mean(stats["size"]), "select_image_box": mean(stats["image_box"]),
              "max_label_score": mean(stats["score"])})
