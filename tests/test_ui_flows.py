@@ -3,6 +3,7 @@ test per behaviour of issue 10: errors stay in one place, the page tells the tru
 model, suggestions belong to one image, labelling by keyboard. Screenshots go to a temporary
 folder, or to $SCREENSHOTS_DIR (`make screenshots`)."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -55,9 +56,15 @@ def shots(tmp_path):
 @pytest.fixture
 def app(tmp_path, browser, tiny_predictor):
     """-> (service, page) for a fresh data folder and a served app, the page opened on it."""
+    with _served(AppService(tmp_path / "data", predictor=tiny_predictor), browser) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def _served(service: AppService, browser):
+    """The app of `service`, launched, and a page opened on it: -> (service, page)."""
     from playwright.sync_api import expect
 
-    service = AppService(tmp_path / "data", predictor=tiny_predictor)
     demo = build_app(service)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -759,3 +766,60 @@ def test_every_tab_works_on_a_390_px_phone(browser, app, photos, shots):
     finally:
         page.close()
     assert wide.locator("#detect-button").is_visible()
+
+
+def _banner_lines(page) -> list[str]:
+    """What the honesty banner says is missing (its list items), none when there is no banner."""
+    return page.locator("#honesty-banner li").all_text_contents()
+
+
+def test_a_trained_model_served_after_a_swap_is_described_truthfully(tmp_path, browser, photos, shots):
+    """Issue #19: train a tiny run in the app, then "Use this run's model". The served checkpoint
+    started from the packaged ImageNet backbone: the header must not call it random, and says
+    nothing after the swap that it did not say before (training only removes limits)."""
+    import torch
+    from playwright.sync_api import expect
+
+    from detector import OpenVocabDetector, Predictor
+    from detector.presets import PRESETS
+
+    # The tiny preset with the packaged (offline) ImageNet EfficientNet-Lite0 as its backbone:
+    # a pre-trained backbone, small enough to train two steps in seconds.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = OpenVocabDetector(PRESETS["tiny"].replace(backbone="efficientnet_lite0"))
+    assert model.backbone_pretrained is True
+    service = AppService(tmp_path / "data", predictor=Predictor(model, device="cpu"))
+    for i, p in enumerate(photos[:2]):
+        service.tag(service.store.add_image(p), "mug" if i else "plate")
+    before = service.model_info()
+    with _served(service, browser) as (_, page):
+        expect(page.locator("#model-line")).to_be_visible(timeout=30_000)
+        lines_before = _banner_lines(page)
+        assert not any("backbone" in line.lower() for line in lines_before), lines_before
+
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Iterations").fill("2")
+        page.get_by_text("Optional: box labels and validation").click()
+        page.get_by_label("Shorter side of tagged images").fill("64")
+        page.get_by_role("button", name="Start training").click()
+        expect(page.locator("#train-msg")).to_contain_text("started run", timeout=30_000)
+        run_id = page.locator("#train-run textarea, #train-run input").first.input_value()
+        status = service.jobs.wait(run_id, timeout=600)
+        assert status["state"] == "finished", service.jobs.run(run_id).log_tail(40)
+        expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)
+        page.get_by_role("button", name="Use this run's model (hot swap)").click()
+        expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
+        expect(page.locator("#model-line")).to_contain_text(run_id, timeout=30_000)
+        page.wait_for_timeout(500)
+        lines_after = _banner_lines(page)
+        page.screenshot(path=str(shots / "after-swap-header.png"))
+
+    # Nothing new is claimed about the trained model: every line it shows was shown before.
+    assert not any("random" in line for line in lines_after), lines_after
+    assert set(lines_after) <= set(lines_before), (lines_before, lines_after)
+    after = service.model_info()
+    assert after["source"].endswith(run_id) and after["trained_class_names"] >= 1
+    kept = ("backbone", "backbone_pretrained", "frozen_backbone", "backbone_training", "heads", "text_encoder",
+            "embed_dim", "region_scoring", "region_scorer", "proposals", "rpn_trained", "capabilities")
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
