@@ -19,7 +19,7 @@ import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector import ImageLoadError, Predictor
@@ -55,10 +55,14 @@ def endpoint(gpu: bool = False, api: bool = True, file: bool = False):
 # through it; it is for in-process callers (the UI), never a parameter of the API.
 Progress = Callable[[int, int], None]
 
-# The "with suggestion" queue filter: the model runs over the stored images in batches of at most
-# this many (smaller ones for a few images, so progress shows at least every tenth of them), and the suggestions of the last few (model, names, threshold) are kept in memory.
+# The "with suggestion" queue filter: the model runs over the stored images in a background pass,
+# in batches of at most this many (smaller ones for a few images, so progress shows at least every
+# tenth of them), and the suggestions of the last few (model, names, threshold) are kept in memory.
 SUGGEST_BATCH = 8
 SUGGEST_KEEP = 4
+# The pass's shorter image side (at most the model's own): the offline preset at its 640 costs
+# about 2.5x as much per image, for the same names on the test photos (see `Predictor.at_size`).
+SUGGEST_SIDE = 384
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
@@ -79,6 +83,24 @@ class ModelInfo:
     note: str = ""
 
 
+@dataclass
+class SuggestionPass:
+    """One background pass of the model over the images not looked at yet, for one (model
+    version, names, threshold) key (`AppService.start_suggestions`)."""
+
+    key: tuple
+    total: int  # images the pass runs on
+    done: int = 0
+    error: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+    listeners: list = field(default_factory=list)  # Progress callbacks: (done, total) before each batch and at the end
+    thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
 class AppService:
     def __init__(self, data_dir: str | Path | None = None, model: str | None = None,
                  predictor: Predictor | None = None, device: str | None = None, policy: AccessPolicy | None = None):
@@ -94,6 +116,7 @@ class AppService:
         # (model version, names, threshold) -> {image hash: names suggested}: see `find_suggestions`
         self._suggested: OrderedDict[tuple, dict[str, tuple[str, ...]]] = OrderedDict()
         self._suggested_lock = threading.Lock()
+        self._passes: dict[tuple, SuggestionPass] = {}  # the latest pass per key, running or done
         source = model or "auto"
         if predictor is None:
             with self.policy.visitor_hub():  # the last choice may have been a visitor's
@@ -283,12 +306,14 @@ class AppService:
         failing that, the nearest the other way). `matches`: how many images match; `position`:
         the shown image's place among them (1-based); `image` is None when none matches.
         `vocabulary`: the names Suggest uses (empty = the labels), `suggest_names` as parsed; a
-        "suggestion:NAME" filter reads what `find_suggestions` found with them and the live model,
-        and `pending` counts the images it has not looked at yet (they match nothing until it has)."""
+        "suggestion:NAME" filter reads what the suggestion pass (`start_suggestions`) has found so
+        far with them and the live model, and never waits for it: `pending` counts the images it has
+        not looked at yet (they match nothing until it has), `running` whether it is looking now,
+        `suggestion_error` why the last pass stopped, if it failed."""
         rows = self.store.images()
         tagged, total = self.store.progress()
         show = (show or "all").strip() or "all"
-        suggested, pending, names = None, 0, []
+        suggested, pending, names, state = None, 0, [], None
         try:
             names = self._suggest_vocabulary(vocabulary)
         except ValueError:
@@ -296,11 +321,13 @@ class AppService:
                 raise
         if show.startswith("suggestion:"):
             suggested, pending = self._found_suggestions(names, rows)
+            state = self._pass_of(names)
         matches = queue_filter(show, suggested)
         matching = [i for i, r in enumerate(rows) if matches(r)]
         view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None,
                 "show": show, "matches": len(matching), "position": None, "suggest_names": names,
-                "pending": pending}
+                "pending": pending, "running": bool(state and state.running and pending),
+                "suggestion_error": state.error if state else ""}
         if matching:
             index = max(0, min(int(index or 0), len(rows) - 1))
             after, before = [i for i in matching if i >= index], [i for i in reversed(matching) if i <= index]
@@ -349,42 +376,123 @@ class AppService:
     @endpoint(gpu=True)
     def find_suggestions(self, vocabulary: str | list[str] = "", *, progress: Progress | None = None) -> dict:
         """What `suggest` proposes for every stored image (its names, its threshold: the model's
-        own), for the Tag queue's "suggestion:NAME" filter. Found once per model, names and
-        threshold and kept in memory: the model runs, in batches, only over the images not looked
-        at yet, and a model swap starts afresh. `progress(done, total)` is called before each
-        batch and once at the end. -> {"names", "images", "looked_at": images the model ran on
-        now, "to_review": {name: images where it is suggested and not yet a tag}}."""
+        own), for the Tag queue's "suggestion:NAME" filter, waiting for it. Found once per model,
+        names and threshold and kept in memory: the model runs, in batches, only over the images not
+        looked at yet (joining the background pass `start_suggestions` runs, when one is), and a
+        model swap starts afresh. `progress(done, total)` is called before each batch and once at
+        the end. -> {"names", "images", "looked_at": images the model ran on now, "to_review":
+        {name: images where it is suggested and not yet a tag}}."""
         names = self._suggest_vocabulary(vocabulary)
+        looked_at = 0
+        while True:
+            state = self._start_pass(names, progress)
+            if state.thread is not None:
+                state.thread.join()
+            if state.error:
+                raise ValueError(f"finding suggestions stopped: {state.error}")
+            looked_at += state.total
+            rows = self.store.images()
+            suggested, pending = self._found_suggestions(names, rows)
+            if not pending or state.stop.is_set():  # done; or stopped (a swap): nothing more to find now
+                break
+        if progress and not looked_at:
+            progress(len(rows), len(rows))
+        review = {n: queue_filter(f"suggestion:{n}", suggested) for n in names}
+        return {"names": names, "images": len(rows), "looked_at": looked_at,
+                "to_review": {n: sum(1 for r in rows if matches(r)) for n, matches in review.items()}}
+
+    @endpoint()
+    def start_suggestions(self, vocabulary: str | list[str] = "") -> dict:
+        """Start the suggestion pass for these names (empty = the labels) and the live model in the
+        background, unless one is running or every image has been looked at; returns at once with
+        `suggestion_progress`. One pass per (model, names, threshold) at a time; the Tag queue shows
+        what it has found so far."""
+        self._start_pass(self._suggest_vocabulary(vocabulary))
+        return self.suggestion_progress(vocabulary)
+
+    @endpoint()
+    def suggestion_progress(self, vocabulary: str | list[str] = "") -> dict:
+        """How far the suggestion pass for these names and the live model is: {"names", "images",
+        "checked": images looked at, "running", "error": why the last pass failed, or ""}."""
+        names = self._suggest_vocabulary(vocabulary)
+        rows = self.store.images()
+        _, pending = self._found_suggestions(names, rows)
+        state = self._pass_of(names)
+        return {"names": names, "images": len(rows), "checked": len(rows) - pending,
+                "running": bool(state and state.running), "error": state.error if state else ""}
+
+    def _suggest_key(self, names: list[str]) -> tuple[tuple, Predictor]:
+        version, predictor = self._served  # one snapshot: a swap meanwhile files these under the old model
+        return (version, tuple(names), float(predictor.model.config.score_threshold)), predictor
+
+    def _pass_of(self, names: list[str]) -> SuggestionPass | None:
+        """The latest pass for these names and the live model (running or done), if any."""
+        if not names:
+            return None
+        key, _ = self._suggest_key(names)
+        with self._suggested_lock:
+            return self._passes.get(key)
+
+    def _start_pass(self, names: list[str], progress: Progress | None = None) -> SuggestionPass:
+        """The running pass for these names and the live model (`progress` joins it), else a new
+        one over the images not looked at yet, started in a thread (none when there are none)."""
         if not names:
             raise ValueError("type names to suggest from (or tag a few images) first")
-        version, predictor = self._served  # one snapshot: a swap meanwhile files these under the old model
-        threshold = float(predictor.model.config.score_threshold)
-        key = (version, tuple(names), threshold)
+        key, predictor = self._suggest_key(names)
         rows = self.store.images()
         with self._suggested_lock:
-            for old in [k for k in self._suggested if k[0] != version]:
+            for old in [k for k in self._suggested if k[0] != key[0]]:
                 del self._suggested[old]  # another model's: never read again
+            for old in [k for k in self._passes if k[0] != key[0]]:
+                self._passes.pop(old).stop.set()
             found = self._suggested.setdefault(key, {})
             self._suggested.move_to_end(key)
             while len(self._suggested) > SUGGEST_KEEP:
-                self._suggested.popitem(last=False)
+                evicted, _ = self._suggested.popitem(last=False)
+                if evicted in self._passes:
+                    self._passes.pop(evicted).stop.set()
+            state = self._passes.get(key)
+            if state is not None and state.running:
+                if progress:
+                    state.listeners.append(progress)
+                    progress(state.done, state.total)
+                return state
             todo = [r for r in rows if r["hash"] not in found]
-        done = len(rows) - len(todo)
+            state = SuggestionPass(key, total=len(todo), listeners=[progress] if progress else [])
+            self._passes[key] = state
+            if todo:
+                state.thread = threading.Thread(target=self._run_pass, args=(state, predictor, todo, found),
+                                                name="suggestions", daemon=True)
+                state.thread.start()
+        return state
+
+    def _run_pass(self, state: SuggestionPass, predictor: Predictor, todo: list[dict], found: dict) -> None:
+        """The pass's thread: the model over `todo` in batches, at `SUGGEST_SIDE`, each batch's
+        suggestions filed in `found` as soon as it is done (the queue reads them at once)."""
+        _, names, threshold = state.key
+        side = min(SUGGEST_SIDE, predictor.config.min_size)
+        quick = predictor.at_size(side)
         step = max(1, min(SUGGEST_BATCH, -(-len(todo) // 10)))  # batches, yet progress at least every tenth
-        for start in range(0, len(todo), step):
-            if progress:
-                progress(done, len(rows))
-            batch = todo[start:start + step]
-            result = self._suggest_batch(predictor, batch, names, threshold)
-            with self._suggested_lock:
-                found.update(result)
-            done += len(batch)
-        if progress:
-            progress(len(rows), len(rows))
-        suggested, _ = self._found_suggestions(names, rows)
-        review = {n: queue_filter(f"suggestion:{n}", suggested) for n in names}
-        return {"names": names, "images": len(rows), "looked_at": len(todo),
-                "to_review": {n: sum(1 for r in rows if matches(r)) for n, matches in review.items()}}
+
+        def report():
+            for listener in list(state.listeners):
+                with contextlib.suppress(Exception):  # a closed page's callback must not stop the pass
+                    listener(state.done, state.total)
+
+        try:
+            for start in range(0, len(todo), step):
+                if state.stop.is_set():
+                    return
+                report()
+                batch = todo[start:start + step]
+                result = self._suggest_batch(quick, batch, list(names), threshold)
+                with self._suggested_lock:
+                    found.update(result)
+                    state.done += len(batch)
+            report()
+        except Exception as e:  # noqa: BLE001 - said on the Tag tab and by find_suggestions, never lost
+            log.exception("the suggestion pass failed")
+            state.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
     def _suggest_batch(self, predictor: Predictor, rows: list[dict], names: list[str],
                        threshold: float) -> dict[str, tuple[str, ...]]:
@@ -420,8 +528,7 @@ class AppService:
         """({hash: suggested names} found for these names with the live model, images not looked at yet)."""
         if not names:
             return {}, 0
-        version, predictor = self._served
-        key = (version, tuple(names), float(predictor.model.config.score_threshold))
+        key, _ = self._suggest_key(names)
         with self._suggested_lock:
             found = dict(self._suggested.get(key, {}))
         return found, sum(1 for r in rows if r["hash"] not in found)

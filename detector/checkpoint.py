@@ -79,6 +79,13 @@ def split_pretraining_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]
     return {k: v for k, v in state.items() if k not in extra}, extra
 
 
+def legacy_backbone_pretrained(config: DetectorConfig) -> bool | None:
+    """What a checkpoint that does not record `backbone_pretrained` can say: False where its
+    backbone was built without pre-trained weights (the tiny one has none, or `backbone_weights`
+    was "none"), else None (unknown: not claimed to be random)."""
+    return False if config.backbone == "tiny" or config.backbone_weights == "none" else None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Build an OpenVocabDetector from a checkpoint; every key must match (strict), except the
     pre-training-only modules (`PRETRAINING_ONLY`), which are dropped and listed in
@@ -89,7 +96,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     state, extra = split_pretraining_state(state)
     # The checkpoint holds every weight: skip downloading / reading pre-trained backbones.
     model = OpenVocabDetector(config.replace(backbone_weights="none"))
-    model.config = config
+    model.config = config  # with what it records, e.g. that the backbone started pre-trained
+    if config.backbone_pretrained is None:  # a checkpoint from before the field
+        model.backbone_pretrained = legacy_backbone_pretrained(config)
     # Checkpoints from before batch-norm statistics were always frozen carry BN's step counters.
     state = {k: v for k, v in state.items() if not (k.startswith("backbone.body.") and k.endswith("num_batches_tracked"))}
     result = model.load_state_dict(state, strict=False)

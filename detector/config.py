@@ -92,6 +92,10 @@ class DetectorConfig:
     # how the neck / RPN / box head were pre-trained without labels, e.g. "aligndet: 240 images,
     # 300 iterations" (train.pretrain); empty when they were not
     pretrained_heads: str = ""
+    # whether the backbone started from pre-trained weights (ImageNet, or a COCO detector's): set
+    # when a model is built with weights (`backbone_weights="default"`) and kept by checkpoints,
+    # which rebuild with "none" and load their own. None: not recorded (checkpoints from before).
+    backbone_pretrained: bool | None = None
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)

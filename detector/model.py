@@ -135,8 +135,10 @@ class OpenVocabDetector(GeneralizedRCNN):
         )
         transform = DetectorTransform(cfg.min_size, cfg.max_size, spec.image_mean, spec.image_std)
         super().__init__(backbone, rpn, roi_heads, transform)
-        self.config = cfg
-        self.backbone_pretrained = spec.pretrained
+        # Built with weights, the config records whether they were pre-trained; built without
+        # ("none": a checkpoint's weights come next, see `load_checkpoint`), it keeps what it says.
+        self.config = cfg.replace(backbone_pretrained=spec.pretrained) if cfg.backbone_weights != "none" \
+            or cfg.backbone_pretrained is None else cfg
         self.class_names: list[str] = []
         self.dropped_keys: list[str] = []  # pre-training-only tensors a checkpoint load left out
         self.register_buffer("class_embeddings", torch.zeros(0, cfg.embed_dim), persistent=False)
@@ -155,6 +157,16 @@ class OpenVocabDetector(GeneralizedRCNN):
         if emb.numel() == 0:
             raise ValueError("no vocabulary: pass class_embeddings or call set_vocabulary() first")
         return emb.to(self.class_embeddings.device)
+
+    @property
+    def backbone_pretrained(self) -> bool | None:
+        """Whether the backbone started from pre-trained weights (`DetectorConfig.backbone_pretrained`,
+        so checkpoints keep it); None when a checkpoint from before the field does not say."""
+        return self.config.backbone_pretrained
+
+    @backbone_pretrained.setter
+    def backbone_pretrained(self, value: bool | None) -> None:
+        self.config = self.config.replace(backbone_pretrained=value)
 
     def parameter_counts(self) -> dict[str, int]:
         return count_parameters(self)

@@ -9,6 +9,7 @@ boxes always come back in the original image's pixels.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -84,6 +85,31 @@ class Predictor:
     @property
     def config(self):
         return self.model.config
+
+    def at_size(self, min_size: int, max_size: int | None = None) -> Predictor:
+        """A predictor that shares this one's weights, text embeddings and region scorer, whose
+        model (and ImageNet region scorer) see images at a smaller size: shorter side `min_size`,
+        longer side at most `max_size` (default: in the model's own proportion). For quick passes
+        over many images (the Tag queue's suggestions); this predictor is left as it is. Boxes
+        still come back in the original image's pixels. Its image cache is its own."""
+        from .model import DetectorTransform
+
+        cfg = self.model.config
+        max_size = int(max_size or round(min_size * cfg.max_size / cfg.min_size))
+        if (min_size, max_size) == (cfg.min_size, cfg.max_size):
+            return self
+        model = copy.copy(self.model)  # shallow: the same parameters, another input transform
+        model._modules = type(self.model._modules)(self.model._modules)
+        old = self.model.transform
+        model.transform = DetectorTransform(min_size, max_size, old.image_mean, old.image_std)
+        model.config = cfg.replace(min_size=min_size, max_size=max_size)
+        small = copy.copy(self)
+        small.model = model
+        if hasattr(self.region_scorer, "min_size"):  # the ImageNet scorer reads the image at the model's size
+            small.region_scorer = copy.copy(self.region_scorer)
+            small.region_scorer.min_size, small.region_scorer.max_size = min_size, max_size
+        small._cache, small._lock = OrderedDict(), threading.Lock()
+        return small
 
     def info(self) -> dict:
         cfg = self.model.config

@@ -92,5 +92,6 @@ def load_detector(source: str | Path | None = None, device: str = "cpu"):
                 log.warning("COCO detector weights unavailable: '%s' localisation is random", source)
             else:
                 model.config.rpn_trained = True  # COCO-trained RPN and box regression
+                model.backbone_pretrained = True  # and a COCO-trained backbone (ImageNet, then COCO)
         return model.to(device).eval()
     return load_checkpoint(value, map_location=device)

@@ -332,3 +332,71 @@ def test_the_suggestion_filter_finds_images_to_review_once_per_model(tmp_path, s
     empty = AppService(tmp_path / "empty", predictor=service.predictor)
     with pytest.raises(ValueError, match="names to suggest"):
         empty.find_suggestions("")
+
+
+def test_tagging_never_waits_for_the_suggestion_pass(tmp_path, small_image, monkeypatch):
+    """Issue #19: the "with suggestion" pass runs in a thread the service owns. While it runs (here
+    held at its second batch) tag, untag, tag_view and the progress answer at once, the queue shows
+    what is found so far, asking again starts no second pass, and the rest appears when it is done."""
+    import threading
+    import time
+
+    import supervision as sv
+
+    service = AppService(tmp_path / "data", predictor=Predictor.from_pretrained("tiny", device="cpu"))
+    hashes = [service.store.add_image(np.roll(small_image, 11 * i, axis=0), f"img_{i}.png") for i in range(12)]
+    sees = {hashes[0]: "mug", hashes[5]: "mug", hashes[9]: "plate"}
+    release, calls = threading.Event(), []
+
+    def predict(images, vocabulary, score_threshold=None, *args, **kwargs):
+        calls.append([Path(p).stem for p in images])
+        if len(calls) > 1:
+            assert release.wait(60), "never released"  # a slow model: held until the test says so
+        return [sv.Detections(xyxy=np.array([[0, 0, 9, 9]] * (h in sees), dtype=float).reshape(-1, 4),
+                              confidence=np.array([0.9] * (h in sees)),
+                              data={"class_name": np.array([sees.get(h)] * (h in sees), dtype=object)})
+                for h in (Path(p).stem for p in images)]
+
+    monkeypatch.setattr(service.predictor, "predict", predict)
+    vocab = "mug, plate"
+
+    def quick(fn, *args, **kwargs):
+        started = time.perf_counter()
+        out = fn(*args, **kwargs)
+        assert time.perf_counter() - started < 1.0, f"{fn.__name__} waited"
+        return out
+
+    progress = quick(service.start_suggestions, vocab)
+    assert progress["images"] == 12 and progress["running"]
+    for _ in range(100):  # the first batch (two images: progress every tenth) is filed at once
+        if service.suggestion_progress(vocab)["checked"] == 2:
+            break
+        time.sleep(0.05)
+    v = quick(service.tag_view, 0, "suggestion:mug", vocabulary=vocab)
+    assert v["running"] and v["pending"] == 10 and v["matches"] == 1 and v["index"] == 0
+    assert quick(service.tag, hashes[3], "cup")["positives"] == ["cup"]
+    assert quick(service.untag, hashes[3], "cup")["positives"] == []
+    assert quick(service.tag_view, 4, "all")["index"] == 4
+    assert quick(service.start_suggestions, vocab)["checked"] == 2 and len(calls) == 2  # no second pass
+    assert service.suggestion_progress(vocab) == {"names": ["mug", "plate"], "images": 12, "checked": 2,
+                                                  "running": True, "error": ""}
+    release.set()
+    found = service.find_suggestions(vocab)  # joins the running pass instead of starting another
+    assert found["to_review"] == {"mug": 2, "plate": 1}
+    assert sorted(sum(calls, [])) == sorted(hashes)  # every image looked at once
+    assert service.suggestion_progress(vocab)["running"] is False
+    v = service.tag_view(1, "suggestion:mug", vocabulary=vocab)
+    assert not v["running"] and v["pending"] == 0 and v["index"] == 5 and v["position"] == 2
+
+
+def test_a_failing_suggestion_pass_says_why(tmp_path, small_image, monkeypatch):
+    service = AppService(tmp_path / "data", predictor=Predictor.from_pretrained("tiny", device="cpu"))
+    service.store.add_image(small_image, "a.png")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(service.predictor, "predict", broken)
+    with pytest.raises(ValueError, match="out of memory"):
+        service.find_suggestions("mug")
+    assert service.tag_view(0, "suggestion:mug", vocabulary="mug")["suggestion_error"] == "out of memory"

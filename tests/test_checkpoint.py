@@ -142,3 +142,42 @@ def test_alternative_filenames_are_tried_in_order(monkeypatch, tmp_path):
     assert calls == ["first.safetensors", "second.safetensors"]
     with pytest.raises(HubUnavailableError, match="no third"):
         hub.download_first("o/r", ["third.safetensors"])
+
+
+def test_reloaded_offline_model_keeps_what_the_banner_says(tmp_path):
+    """Issue #19: a checkpoint keeps every fact `model_limits` / `info()` read, so the app says
+    the same about a served checkpoint as about the model it was saved from (the offline preset's
+    backbone started from the packaged ImageNet weights, and still has them after a reload)."""
+    from app.service import model_limits
+
+    before = Predictor.from_pretrained("offline", device="cpu")
+    assert before.info()["backbone_pretrained"] is True
+    before.save_pretrained(tmp_path / "m")
+    after = Predictor.from_pretrained(str(tmp_path / "m"), device="cpu")
+    a, b = before.info(), after.info()
+    assert b["backbone_pretrained"] is True
+    assert {k: v for k, v in a.items() if k != "device"} == {k: v for k, v in b.items() if k != "device"}
+    assert model_limits({**a, "rpn_trained": before.config.rpn_trained}) == \
+        model_limits({**b, "rpn_trained": after.config.rpn_trained})
+    after.save_pretrained(tmp_path / "again")  # and again: the fact is not lost on the second trip
+    assert load_checkpoint(tmp_path / "again").backbone_pretrained is True
+
+
+def test_checkpoints_from_before_the_field_do_not_claim_a_random_backbone(tiny_model, tmp_path):
+    """A checkpoint without `backbone_pretrained` loads; a backbone that has pre-trained weights is
+    then not known to be random (None, no banner line); the tiny one never has any (False)."""
+    import json
+
+    from detector import load_detector
+
+    for name, expected in (("offline", None), ("tiny", False)):
+        save_checkpoint(load_detector(name), tmp_path / name)
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        cfg.pop("backbone_pretrained", None)
+        state = load_checkpoint(tmp_path / name).state_dict()
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / name / "model.safetensors"),
+                  metadata={"format": "pt", "config": json.dumps(cfg)})
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        assert load_checkpoint(tmp_path / name).backbone_pretrained is expected, name

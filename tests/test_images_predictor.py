@@ -178,3 +178,16 @@ def test_eval_forward_is_the_predictor_path(tiny_predictor, small_image):
         (out,) = model.eval()([image], class_embeddings=emb)
     d = tiny_predictor.predict(small_image, names)[0]
     assert np.allclose(out["boxes"].numpy(), d.xyxy, atol=1e-4) and (out["labels"].numpy() == d.class_id).all()
+
+
+def test_a_predictor_at_a_smaller_size_shares_the_weights_and_leaves_the_original(tiny_predictor, astronaut):
+    """`at_size` (the Tag queue's suggestion pass): same parameters, smaller input, boxes still in
+    the original image's pixels; the predictor it came from keeps its size."""
+    small = tiny_predictor.at_size(64)
+    assert small.config.min_size == 64 and small.config.max_size == 128
+    assert tiny_predictor.config.min_size == 128 and tiny_predictor.model.transform.min_size == (128,)
+    assert small.model.transform.min_size == (64,) and small._cache is not tiny_predictor._cache
+    assert all(a is b for a, b in zip(small.model.parameters(), tiny_predictor.model.parameters()))
+    assert tiny_predictor.at_size(128) is tiny_predictor
+    d = small.predict(astronaut, "person, rocket", score_threshold=0.0, max_detections=5)[0]
+    assert 0 < len(d) <= 5 and (d.xyxy[:, 2] <= 512).all() and d.xyxy.max() > 64  # astronaut is 512 px

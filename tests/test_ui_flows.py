@@ -3,6 +3,7 @@ test per behaviour of issue 10: errors stay in one place, the page tells the tru
 model, suggestions belong to one image, labelling by keyboard. Screenshots go to a temporary
 folder, or to $SCREENSHOTS_DIR (`make screenshots`)."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -55,9 +56,15 @@ def shots(tmp_path):
 @pytest.fixture
 def app(tmp_path, browser, tiny_predictor):
     """-> (service, page) for a fresh data folder and a served app, the page opened on it."""
+    with _served(AppService(tmp_path / "data", predictor=tiny_predictor), browser) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def _served(service: AppService, browser):
+    """The app of `service`, launched, and a page opened on it: -> (service, page)."""
     from playwright.sync_api import expect
 
-    service = AppService(tmp_path / "data", predictor=tiny_predictor)
     demo = build_app(service)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -638,8 +645,10 @@ def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
 
 def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, monkeypatch, shots):
     """"with suggestion: mug": the images where the model, under the Suggest names, sees a mug and
-    that have no tag mug yet; found once with progress on the message line, then ◀ / ▶ are quick."""
-    import time
+    that have no tag mug yet. The model looks in the background (issue #19): while it runs (here
+    held twice by the test), ◀ / ▶ and the keys act at once, the queue is what it found so far, and
+    the count line says how far it is, refreshed by itself."""
+    import threading
 
     import supervision as sv
     from playwright.sync_api import expect
@@ -649,19 +658,23 @@ def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, 
               for i in range(6)]
     service.tag(hashes[4], "mug")  # seen, but tagged already
     sees = {hashes[1]: "mug", hashes[3]: "mug", hashes[4]: "mug", hashes[5]: "cat"}
+    gates = {hashes[0]: threading.Event(), hashes[3]: threading.Event()}  # held before img_0 and img_3
     calls = []
 
     def predict(images, vocabulary, score_threshold=None, *args, **kwargs):
-        calls.append(len(images))
-        time.sleep(0.4)  # long enough to see the progress
+        stems = [Path(p).stem for p in images]
+        for h in stems:
+            if h in gates:
+                assert gates[h].wait(120), "the test never released the pass"
+        calls.extend(stems)
         return [sv.Detections(xyxy=np.array([[0, 0, 9, 9]] * (h in sees), dtype=float).reshape(-1, 4),
                               confidence=np.array([0.9] * (h in sees)),
                               data={"class_name": np.array([sees.get(h)] * (h in sees), dtype=object)})
-                for h in (Path(p).stem for p in images)]
+                for h in stems]
 
     monkeypatch.setattr(service.predictor, "predict", predict)
     page.get_by_role("tab", name="Tag").click()
-    status, count, msg = page.locator("#tag-status"), page.locator("#tag-show-count"), page.locator("#tag-msg")
+    status, count = page.locator("#tag-status"), page.locator("#tag-show-count")
     expect(status).to_contain_text("Image 1 / 6", timeout=30_000)
     names = page.locator("#tag-suggest-vocabulary textarea, #tag-suggest-vocabulary input").first
     names.fill("mug, cat")
@@ -670,12 +683,33 @@ def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, 
     expect(page.get_by_role("option", name="with suggestion: cat", exact=True)).to_be_visible(timeout=30_000)
     page.get_by_role("option", name="with suggestion: mug", exact=True).click()
     page.locator("#tag-status").click()  # the keys act again (not typing in the filter box)
-    expect(msg).to_contain_text("finding suggestions", timeout=30_000)
-    expect(msg).to_contain_text("/6 images")
+
+    # Nothing found yet: the image shown stays, and everything still works at once.
+    expect(count).to_contain_text("suggestions: 0 of 6 images checked, still running · none match yet",
+                                  timeout=30_000)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_timeout(300)
+    expect(status).to_contain_text("Image 1 / 6", timeout=10_000)
+    page.keyboard.press("1")  # mug, on img_0: saved while the model is held
+    _wait(page, lambda: service.store.tags(hashes[0])["positives"] == ["mug"], "img_0 tagged mug", timeout_s=10)
+
+    # The model goes on to img_0..img_2 and is held before img_3: img_1 is known to have a mug.
+    gates[hashes[0]].set()
+    expect(count).to_contain_text("suggestions: 3 of 6 images checked, still running · 1 of 6 match so far",
+                                  timeout=30_000)
     page.screenshot(path=str(shots / "tag-finding-suggestions.png"), full_page=True)
-    expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
-    expect(count).to_contain_text("2 of 6 match · this is 1 of 2")
-    assert sum(calls) == 6
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text("Image 2 / 6", timeout=10_000)
+    expect(count).to_contain_text("this is 1 of 1")
+    page.keyboard.press("ArrowRight")  # no further match known yet: it stays
+    page.wait_for_timeout(300)
+    expect(status).to_contain_text("Image 2 / 6")
+    assert sorted(calls) == sorted(hashes[:3]) and service.suggestion_progress("mug, cat")["running"]
+
+    # Released: the rest is found, and the count says so by itself (no click).
+    gates[hashes[3]].set()
+    expect(count).to_contain_text("2 of 6 match · this is 1 of 2", timeout=30_000)
+    expect(count).not_to_contain_text("running")
     page.locator("#tag-next").click()
     expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
     expect(count).to_contain_text("2 of 6 match · this is 2 of 2")
@@ -684,14 +718,14 @@ def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, 
     expect(status).to_contain_text("Image 4 / 6")
     page.keyboard.press("ArrowLeft")
     expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
-    assert sum(calls) == 6  # moving ran no model
+    assert len(calls) == 6  # every image looked at once; moving ran no model
     page.keyboard.press("1")  # mug: img_1 is reviewed, and leaves the queue
     _wait(page, lambda: service.store.tags(hashes[1])["positives"] == ["mug"], "img_1 tagged mug")
     expect(count).to_contain_text("1 of 6 match · not this image", timeout=30_000)
     page.keyboard.press("ArrowRight")
     expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
     assert [service.tag_view(0, "suggestion:cat", vocabulary="mug, cat")["index"]] == [5]
-    assert sum(calls) == 6 and _error_badges(page) == 0
+    assert len(calls) == 6 and _error_badges(page) == 0
 
 
 # Outside the viewport's width and not inside a container of its own that scrolls sideways (and fits).
@@ -759,3 +793,60 @@ def test_every_tab_works_on_a_390_px_phone(browser, app, photos, shots):
     finally:
         page.close()
     assert wide.locator("#detect-button").is_visible()
+
+
+def _banner_lines(page) -> list[str]:
+    """What the honesty banner says is missing (its list items), none when there is no banner."""
+    return page.locator("#honesty-banner li").all_text_contents()
+
+
+def test_a_trained_model_served_after_a_swap_is_described_truthfully(tmp_path, browser, photos, shots):
+    """Issue #19: train a tiny run in the app, then "Use this run's model". The served checkpoint
+    started from the packaged ImageNet backbone: the header must not call it random, and says
+    nothing after the swap that it did not say before (training only removes limits)."""
+    import torch
+    from playwright.sync_api import expect
+
+    from detector import OpenVocabDetector, Predictor
+    from detector.presets import PRESETS
+
+    # The tiny preset with the packaged (offline) ImageNet EfficientNet-Lite0 as its backbone:
+    # a pre-trained backbone, small enough to train two steps in seconds.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = OpenVocabDetector(PRESETS["tiny"].replace(backbone="efficientnet_lite0"))
+    assert model.backbone_pretrained is True
+    service = AppService(tmp_path / "data", predictor=Predictor(model, device="cpu"))
+    for i, p in enumerate(photos[:2]):
+        service.tag(service.store.add_image(p), "mug" if i else "plate")
+    before = service.model_info()
+    with _served(service, browser) as (_, page):
+        expect(page.locator("#model-line")).to_be_visible(timeout=30_000)
+        lines_before = _banner_lines(page)
+        assert not any("backbone" in line.lower() for line in lines_before), lines_before
+
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Iterations").fill("2")
+        page.get_by_text("Optional: box labels and validation").click()
+        page.get_by_label("Shorter side of tagged images").fill("64")
+        page.get_by_role("button", name="Start training").click()
+        expect(page.locator("#train-msg")).to_contain_text("started run", timeout=30_000)
+        run_id = page.locator("#train-run textarea, #train-run input").first.input_value()
+        status = service.jobs.wait(run_id, timeout=600)
+        assert status["state"] == "finished", service.jobs.run(run_id).log_tail(40)
+        expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)
+        page.get_by_role("button", name="Use this run's model (hot swap)").click()
+        expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
+        expect(page.locator("#model-line")).to_contain_text(run_id, timeout=30_000)
+        page.wait_for_timeout(500)
+        lines_after = _banner_lines(page)
+        page.screenshot(path=str(shots / "after-swap-header.png"))
+
+    # Nothing new is claimed about the trained model: every line it shows was shown before.
+    assert not any("random" in line for line in lines_after), lines_after
+    assert set(lines_after) <= set(lines_before), (lines_before, lines_after)
+    after = service.model_info()
+    assert after["source"].endswith(run_id) and after["trained_class_names"] >= 1
+    kept = ("backbone", "backbone_pretrained", "frozen_backbone", "backbone_training", "heads", "text_encoder",
+            "embed_dim", "region_scoring", "region_scorer", "proposals", "rpn_trained", "capabilities")
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}

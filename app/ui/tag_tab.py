@@ -49,12 +49,18 @@ def _matching(v: dict, index: int) -> str:
     """How many images the filter lets through, and whether the image at `index` is one of them."""
     if v["show"] == "all":
         return f"all {v['count']} images"
-    if v.get("pending"):
+    so_far = ""
+    if v.get("pending") and v.get("running"):  # the pass runs in the background: what is known so far
+        so_far = f"suggestions: {v['count'] - v['pending']} of {v['count']} images checked, still running · "
+        if not v["matches"]:
+            return f"{so_far}none match yet"
+    elif v.get("pending"):
+        failed = f" (the last pass stopped: {html.escape(v['suggestion_error'])})" if v.get("suggestion_error") else ""
         return (f"suggestions not found yet for {v['pending']} of {v['count']} images (new images, another model "
-                "or other names): ◀ / ▶ find them")
+                f"or other names){failed}: ◀ / ▶ find them")
     if not v["matches"]:
         return f"none of {v['count']} match"
-    text = f"{v['matches']} of {v['count']} match"
+    text = f"{so_far}{v['matches']} of {v['count']} match" + (" so far" if so_far else "")
     if v["index"] == index and v["image"]:
         return f"{text} · this is {v['position']} of {v['matches']}"
     return f"{text} · not this image (◀ / ▶ go to those that do)"
@@ -153,21 +159,22 @@ def build(ep: dict, server_folders: bool) -> dict:
                   show_progress_on=msg)
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
                      show_progress_on=msg)
-    def go(i: int, s: str, vocab: str, backward: bool, progress) -> dict:
-        """The queue's image at `i`: a "with suggestion" filter first has the model look at the
-        images it has not looked at yet under these names (once; then moving is quick)."""
+    def go(i: int, s: str, vocab: str, backward: bool, here: int) -> dict:
+        """The queue's image at `i`. A "with suggestion" filter starts the model on the images it
+        has not looked at yet under these names, in the background (once; never waited for): the
+        queue is what it has found so far, and while none of those match the image shown stays."""
         if _suggesting(s):
-            ep["find_suggestions"](vocab, progress=progress)
-        return view(i, s, backward, vocab)
+            ep["start_suggestions"](vocab)
+        v = view(i, s, backward, vocab)
+        if v["image"] is None and v.get("running"):
+            return view(here, "all", False, vocab)
+        return v
 
     def moving(step: int, backward: bool = False):
-        """◀ (-1) / ▶ (+1) / the filter chosen (0): errors on the message line, progress per image."""
+        """◀ (-1) / ▶ (+1) / the filter chosen (0): errors on the message line."""
 
-        def move(i, s, vocab, progress=gr.Progress()):
-            def per_image(done: int, total: int):
-                progress((done, total), desc="finding suggestions …", unit="images")
-
-            run = handler(go, prepare=lambda i, s, vocab: (int(i or 0) + step, s, vocab, backward, per_image),
+        def move(i, s, vocab):
+            run = handler(go, prepare=lambda i, s, vocab: (int(i or 0) + step, s, vocab, backward, int(i or 0)),
                           present=lambda v: {msg: "", **_present_view(v)}, error=lambda m, *_: {msg: error_text(m)})
             return run(i, s, vocab)
 
@@ -179,13 +186,19 @@ def build(ep: dict, server_folders: bool) -> dict:
     counter = handler(view, prepare=lambda i, s, vocab: (int(i or 0), s, False, vocab), present=None,
                       error=lambda m, *_: error_text(m))
 
+    # While a suggestion pass runs, the count (with its progress) is refreshed every second.
+    ticker = gr.Timer(1.0, active=False)
+
     def count(i, s, vocab):
         v = counter(i, s, vocab)
-        return _matching(v, int(i or 0)) if isinstance(v, dict) else v
+        if not isinstance(v, dict):
+            return v, gr.Timer(active=False)
+        return _matching(v, int(i or 0)), gr.Timer(active=bool(v.get("running")))
 
     count.endpoint = view
-    counted = {"fn": count, "inputs": [index, show, suggest_vocab], "outputs": show_count, "api_name": False,
-               "show_progress": "hidden", "trigger_mode": "always_last"}
+    counted = {"fn": count, "inputs": [index, show, suggest_vocab], "outputs": [show_count, ticker],
+               "api_name": False, "show_progress": "hidden", "trigger_mode": "always_last"}
+    ticker.tick(**counted)
     # ◀ / ▶ (and the keys) go to the previous / next image the filter shows.
     moves = [index, show, suggest_vocab]
     prev_btn.click(moving(-1, backward=True), moves, outputs, api_name=False, show_progress_on=msg,
