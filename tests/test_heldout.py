@@ -156,3 +156,40 @@ def test_a_run_without_held_out_images_says_so(tagged, tmp_path):
 def test_the_full_path_still_trains_and_scores(tagged, tmp_path):
     result = _tag_run(tagged, tmp_path / "run", tag_features="full")
     assert not result["cached_features"] and len(RunDir(tmp_path / "run").heldout()["checkpoints"]) == 2
+
+
+# --- serving: the best checkpoint, never silently a worse one --------------------------------
+
+
+def _finished_run(service, tiny_predictor, before: float, best: float):
+    run = RunDir.create(service.jobs.runs_dir)
+    run.write_config(RunConfig(model="tiny", label_data="x.json", label_images="."))
+    tiny_predictor.save_pretrained(run.path)
+    run.save_best(tiny_predictor.model, 3)
+    run.write_heldout({"note": "3 of 16 tagged images held out", "images": 3,
+                       "before": {"labels": {"cat": {"ap": before, "positives": 1, "negatives": 2}}, "mean": before},
+                       "checkpoints": [{"iteration": 3, "labels": {"cat": {"ap": best, "positives": 1, "negatives": 2}},
+                                        "mean": best}], "best": {"iteration": 3, "mean": best}})
+    run.write_status("finished", iteration=6, total=6)
+    return run
+
+
+def test_use_model_serves_the_best_checkpoint_and_asks_before_serving_a_worse_one(tmp_path, tiny_predictor):
+    from app.service import AppService
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    served = service.model_info()["source"]
+    worse = _finished_run(service, tiny_predictor, before=0.8, best=0.5)
+    answer = service.use_model(worse.id)
+    assert answer["needs_confirmation"] and "0.80 → 0.50" in answer["message"] and "-30.0 points" in answer["message"]
+    assert service.model_info()["source"] == served, "nothing was swapped"
+    runs = {r["id"]: r for r in service.training_runs()}
+    assert runs[worse.id]["heldout_mean_before"] == 0.8 and runs[worse.id]["heldout_mean_after"] == 0.5
+    status = service.training_status(worse.id)["heldout"]
+    assert status["labels"]["cat"] == {"before": 0.8, "after": 0.5, "positives": 1, "negatives": 2}
+    info = service.use_model(worse.id, confirm=True)
+    assert info["source"] == str(worse.file(RunDir.BEST)) and "served although" in info["note"]
+    better = _finished_run(service, tiny_predictor, before=0.5, best=0.75)
+    info = service.use_model(better.id)
+    assert not info.get("needs_confirmation") and info["source"] == str(better.file(RunDir.BEST))
+    assert "best checkpoint" in info["note"] and "0.50 → 0.75" in info["note"]

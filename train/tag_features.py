@@ -119,11 +119,12 @@ def cache_tag_images(model, samples: list[LabelSample], names_index: dict[str, i
     return cached, skipped
 
 
-def adapter_loss(model, batch: list[CachedTagImage], base_logits: torch.Tensor, rows: list[int],
-                 rule_choices: list[list[Choice]]) -> torch.Tensor:
-    """What the tags teach the region scorer's name mapping (`detector.name_adapters`): the
-    proposal a rule chose should score each of the image's names high; for a name the image does
-    not hold (tagged "not", or tagged on other images only), its highest-scoring candidate low.
+def adapter_loss(model, batch: list[CachedTagImage], base_logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """What the tags teach the region scorer's name mapping (`detector.name_adapters`): for each
+    name an image holds, its highest-scoring candidate should score high (Detic's max-score rule:
+    on the scorer's distributions it picks the region that looks most like the name, where the
+    largest proposal of a scene holds mostly background); for each name it does not hold (tagged
+    "not", or tagged on other images only), its highest-scoring candidate low.
 
     `base_logits` [C, 1000]: the text-only match logits of the run's names; `rows`: each name's
     adapter row."""
@@ -132,11 +133,11 @@ def adapter_loss(model, batch: list[CachedTagImage], base_logits: torch.Tensor, 
     deltas = model.name_adapters.deltas[torch.tensor(rows, device=model.name_adapters.deltas.device)]
     match = torch.sigmoid(base_logits + deltas)  # [C, 1000]
     terms = []
-    for item, choices in zip(batch, rule_choices):
+    for item in batch:
         scores = (item.regions.to(match.device) @ match.t()).clamp(1e-6, 1 - 1e-6)  # [K + 1, C]
-        for c in choices:
-            terms.append(F.binary_cross_entropy(scores[c.proposal, list(c.labels)],
-                                                torch.ones(len(c.labels), device=scores.device)))
+        if item.positives:
+            top = scores[:-1, item.positives].max(dim=0).values  # the image box is no candidate
+            terms.append(F.binary_cross_entropy(top, torch.ones_like(top)))
         absent = sorted(set(item.negatives) | set(item.others))
         if absent:
             top = scores[:, absent].max(dim=0).values
@@ -161,7 +162,7 @@ def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torc
     `adapter` = (text-only match logits, adapter rows) and cached region distributions, the
     region scorer's name mapping learns from the same choices (`adapter_loss`)."""
     need_scores = rule == "max_score" or any(item.negatives for item in batch)
-    rows, per_image, chosen, stats = [], [], [], {"size": [], "image_box": [], "score": []}
+    rows, per_image, stats = [], [], {"size": [], "image_box": [], "score": []}
     for item in batch:
         logits = _candidate_logits(model, item, emb, device) if need_scores else None
         choices = choose_proposals(rule, item.boxes, logits if logits is not None else item.boxes.new_zeros(0, 0),
@@ -173,7 +174,6 @@ def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torc
         per_image.append(([Choice(where[c.proposal], c.labels) for c in choices],
                           [(where[p], k) for p, k in negatives], len(picked)))
         rows.append((item, picked))
-        chosen.append(choices)
         h, w = item.size
         for c in choices:
             b = item.boxes[c.proposal]
@@ -198,7 +198,7 @@ def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torc
     mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
     losses = {"loss_image_label": weight * loss}
     if adapter is not None and all(item.regions is not None for item in batch):
-        losses["loss_name_mapping"] = adapter_loss(model, batch, adapter[0], adapter[1], chosen)
+        losses["loss_name_mapping"] = adapter_loss(model, batch, adapter[0], adapter[1])
     return (losses,
             {"select_size": mean(stats["size"]), "select_image_box": mean(stats["image_box"]),
              "max_label_score": mean(stats["score"])})
