@@ -193,3 +193,20 @@ def test_use_model_serves_the_best_checkpoint_and_asks_before_serving_a_worse_on
     info = service.use_model(better.id)
     assert not info.get("needs_confirmation") and info["source"] == str(better.file(RunDir.BEST))
     assert "best checkpoint" in info["note"] and "0.50 → 0.75" in info["note"]
+
+
+def test_unreadable_tagged_images_are_skipped_and_listed(tagged, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tagged, data)
+    labels, _ = read_label_dataset(data / "image_labels.json", data / "images")
+    train, held, _ = split_heldout(labels)
+    broken = [train[0].path, held[0].path]
+    for path in broken:
+        path.write_bytes(b"not an image")  # e.g. replaced while the run reads it
+    result = _tag_run(data, tmp_path / "run")
+    record = RunDir(tmp_path / "run").heldout()
+    assert result["state"] == "finished"
+    assert str(train[0].path) in result["skipped_images"] and str(held[0].path) in record["skipped"]
+    assert record["images"] == len(held) - 1

@@ -850,3 +850,48 @@ def test_a_trained_model_served_after_a_swap_is_described_truthfully(tmp_path, b
     kept = ("backbone", "backbone_pretrained", "frozen_backbone", "backbone_training", "heads", "text_encoder",
             "embed_dim", "region_scoring", "region_scorer", "proposals", "rpn_trained", "capabilities")
     assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+
+
+def test_a_run_shows_its_held_out_score_and_a_worse_model_needs_a_confirmation(tmp_path, browser, small_image, shots):
+    """Issue #19: start a run from the Train tab with ten tagged images: the run holds two out,
+    the Train tab shows per label before -> after and the history the mean; "Use" serves the
+    best checkpoint, and one that scored lower than the model it started from only once the
+    person ticks "Serve it even if it scored lower"."""
+    from playwright.sync_api import expect
+
+    from detector import Predictor
+    from train.heldout import heldout_summary
+
+    service = AppService(tmp_path / "data", predictor=Predictor.from_pretrained("tiny", device="cpu"))
+    for i in range(10):
+        path = tmp_path / f"tagged_{i}.png"
+        Image.fromarray(np.roll(small_image, 17 * i, axis=0)).save(path)
+        h = service.store.add_image(path)
+        service.tag(h, "mug" if i % 2 else "plate", "plate" if i % 2 else "mug")
+    served = service.model_info()["source"]
+    with _served(service, browser) as (_, page):
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Iterations").fill("4")
+        page.get_by_text("Optional: box labels and validation").click()
+        page.get_by_label("Shorter side of tagged images").fill("64")
+        page.get_by_role("button", name="Start training").click()
+        expect(page.locator("#train-msg")).to_contain_text("2 of 10 tagged images held out", timeout=30_000)
+        run_id = page.locator("#train-run textarea, #train-run input").first.input_value()
+        assert service.jobs.wait(run_id, timeout=600)["state"] == "finished", service.jobs.run(run_id).log_tail(40)
+        expect(page.locator("#train-status")).to_contain_text("Held-out tags (2 images, never trained on)",
+                                                               timeout=30_000)
+        table = page.locator("#train-status table.heldout")
+        expect(table).to_contain_text("mug")
+        expect(table).to_contain_text("plate")
+        expect(page.locator("#train-history")).to_contain_text("→", timeout=30_000)
+        page.screenshot(path=str(shots / "train-heldout.png"))
+        summary = heldout_summary(service.jobs.run(run_id).heldout())
+        page.get_by_role("button", name="Use this run's model (hot swap)").click()
+        if summary["change"] is not None and summary["change"] < 0:
+            expect(page.locator("#train-msg")).to_contain_text("not served", timeout=60_000)
+            expect(page.locator("#train-msg")).to_contain_text("points")
+            assert service.model_info()["source"] == served
+            page.locator("#train-use-anyway input").check()
+            page.get_by_role("button", name="Use this run's model (hot swap)").click()
+        expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
+    assert service.model_info()["source"] == str(service.jobs.run(run_id).served_model())

@@ -408,8 +408,12 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
             run.write_evaluation(result["evaluation"])
         run.write_summary(result)
         run.clear_cancel()
-        run.write_status(state, iteration=it, total=cfg.iters,
-                         message="done" if state == "finished" else "stopped; Resume continues it (--resume on the command line)")
+        unreadable = sorted(skipped | set(record.scorer.skipped if record is not None else []))
+        message = "done" if state == "finished" else "stopped; Resume continues it (--resume on the command line)"
+        if unreadable:
+            message += (f"; {len(unreadable)} unreadable image(s) skipped: "
+                        + ", ".join(Path(p).name for p in unreadable[:5]) + (" …" if len(unreadable) > 5 else ""))
+        run.write_status(state, iteration=it, total=cfg.iters, message=message)
     if world > 1:
         dist.barrier()
     return result
