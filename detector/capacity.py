@@ -73,7 +73,8 @@ def rebuild(model, heads: str | None = None, backbone: str | None = None, seed: 
         new = OpenVocabDetector(config.replace(backbone_weights="none"))
     new.config = config
     state = model.state_dict()
-    keep = {k: v for k, v in state.items() if not heads_changed or k.startswith("backbone.body.")}
+    # the body and what tags taught the region scorer (detector.name_adapters) never depend on the heads
+    keep = {k: v for k, v in state.items() if not heads_changed or k.startswith(("backbone.body.", "name_adapters."))}
     result = new.load_state_dict(keep, strict=False)
     expected_missing = {k for k in new.state_dict() if k not in keep}
     if set(result.missing_keys) != expected_missing or result.unexpected_keys:  # never a silent partial load

@@ -49,7 +49,7 @@ def test_rebuild_keeps_the_backbone_and_starts_the_heads_fresh():
     new, report = rebuild(model, heads="heavy", seed=1)
     assert head_preset_of(new.config) == "heavy" and report.fresh
     old_state, new_state = model.state_dict(), new.state_dict()
-    body = [k for k in old_state if k.startswith("backbone.body.")]
+    body = [k for k in old_state if k.startswith(("backbone.body.", "name_adapters."))]  # name mapping: not a head
     assert report.kept == len(body) and all(torch.equal(old_state[k], new_state[k]) for k in body)
     assert not new.config.rpn_trained and new.config.trained_class_names == [], "new heads know nothing yet"
     # only the backbone choice: every weight carries over, the body's weights now train

@@ -58,34 +58,43 @@ def _measure_cached(model, cfg: RunConfig, emb: torch.Tensor, steps: int, gen: t
                     device: torch.device) -> tuple[float, float, float]:
     """(s per image to cache, s per tag step, s per held-out image to encode) of the cached path."""
     from detector.image_labels import with_image_box
-    from detector.images import LoadedImage
+    from detector.images import LoadedImage, resize_shorter
     from detector.model import eval_mode
     from detector.predictor import Predictor
 
     k = model.config.image_label_num_proposals
     n_images = max(2, min(cfg.label_batch, 4))
+    predictor = Predictor(model, device=str(device))  # its region scorer is the one finetune trains
+    scorer = predictor.region_scorer if model.config.region_scorer == "imagenet" else None
+    adapter = None
+    if scorer is not None:
+        rows = model.name_adapters.extend(emb)
+        adapter = (scorer.match_logits(emb).detach(), rows)
+    model.train()
     items, t = [], time.perf_counter()
     with torch.no_grad(), eval_mode(model):
         model.transform.train()
         for _ in range(n_images):
-            img = _scene(cfg.label_size, gen).to(device)
+            full = _scene(model.config.min_size, gen).to(device)  # a photo as stored, resized as training does
+            img, scale = resize_shorter(full, cfg.label_size)
             image_list, _ = model.transform([img])
             features = model.backbone(image_list.tensors)
             hw = tuple(image_list.image_sizes[0])
             boxes = with_image_box(model.propose([img], image_list, features)[0][0][:k].float(), hw)
             pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
-            items.append(CachedTagImage(boxes.cpu(), pooled.half().cpu(), [0], [1], hw))
+            regions = scorer.embed_regions(full, boxes / scale).cpu().clone() if scorer is not None else None
+            items.append(CachedTagImage(boxes.cpu(), pooled.half().cpu(), [0], [1], hw, regions=regions))
         model.transform.train(False)
     cache_s = (time.perf_counter() - t) / n_images
     batch = [items[i % len(items)] for i in range(cfg.label_batch)]
-    params = [p for p in model.roi_heads.parameters() if p.requires_grad]
+    params = [p for p in model.roi_heads.parameters() if p.requires_grad] + [model.name_adapters.deltas]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
         with autocast_for(device):
             losses, _ = tag_step(model, batch, emb, device, cfg.image_label_rule, cfg.image_label_weight,
-                                 cfg.image_label_scope)
+                                 cfg.image_label_scope, adapter)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()
@@ -93,7 +102,6 @@ def _measure_cached(model, cfg: RunConfig, emb: torch.Tensor, steps: int, gen: t
             torch.cuda.synchronize(device)
         if i:
             times.append(time.perf_counter() - t)
-    predictor = Predictor(model, device=str(device))
     photo = (_scene(model.config.min_size, gen).permute(1, 2, 0) * 255).byte().numpy()
     t = time.perf_counter()
     predictor.encode_keeping_pooled(LoadedImage(photo, photo.shape[:2]))
