@@ -10,7 +10,7 @@ import torch
 from detector.image_labels import Choice, choose_proposals, max_size_index, with_image_box
 from train.data import LabelSample, read_label_dataset, vocabulary_of
 from train.finetune import finetune
-from train.heldout import average_precision, heldout_summary, label_report, plan_from_detic, split_heldout
+from train.heldout import average_precision, heldout_summary, label_report, plan_from_detic, rank_key, split_heldout
 from train.run_config import RunConfig
 from train.run_dir import RunDir
 from train.synthetic import generate
@@ -210,3 +210,11 @@ def test_unreadable_tagged_images_are_skipped_and_listed(tagged, tmp_path):
     assert result["state"] == "finished"
     assert str(train[0].path) in result["skipped_images"] and str(held[0].path) in record["skipped"]
     assert record["images"] == len(held) - 1
+
+
+def test_a_tie_in_ap_is_broken_by_how_far_positives_sit_above_negatives():
+    samples = [LabelSample(Path("a"), ["cat"]), LabelSample(Path("b"), [], ["cat"])]
+    close = label_report(samples, [[0.55], [0.45]], ["cat"])
+    clear = label_report(samples, [[0.9], [0.1]], ["cat"])
+    assert close["mean"] == clear["mean"] == 1.0
+    assert rank_key(clear) > rank_key(close) and clear["separation"] == pytest.approx(0.8)

@@ -25,7 +25,7 @@ from detector.predictor import autocast_for
 from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
-from .heldout import HeldoutScorer, heldout_summary, split_heldout
+from .heldout import HeldoutScorer, heldout_summary, rank_key, split_heldout
 from .loop import Loop
 from .run_config import RunConfig
 from .run_dir import RunDir
@@ -225,13 +225,14 @@ class HeldoutRecord:
         report, w = self.scorer.best_report(model, self.trained_names(model))
         self.record["checkpoints"].append({"iteration": it, **report, "ensemble_weight_trained": w})
         best = self.record.get("best")
-        if report["mean"] is not None and (best is None or report["mean"] > best["mean"]):
+        if report["mean"] is not None and (best is None or rank_key(report) > tuple(best.get("rank", (best["mean"], -1.0)))):
             kept = model.config.ensemble_weight_trained
             if w is not None:  # the best checkpoint is served with the weight it was scored with
                 model.config.ensemble_weight_trained = w
             run.save_best(model, it)
             model.config.ensemble_weight_trained = kept
-            self.record["best"] = {"iteration": it, "mean": report["mean"], "ensemble_weight_trained": w}
+            self.record["best"] = {"iteration": it, "mean": report["mean"], "rank": list(rank_key(report)),
+                                   "ensemble_weight_trained": w}
         run.write_heldout(self.record)
         log.info("held-out image-level AP at iteration %d: %s", it,
                  "not measurable" if report["mean"] is None else f"{report['mean']:.3f}")

@@ -96,10 +96,21 @@ def label_report(samples: list[LabelSample], scores: list[list[float]], names: l
             elif key in neg or (pos and key not in neg):
                 rows.append((row[j], False))
         n_pos = sum(p for _, p in rows)
-        labels[name] = {"ap": average_precision([s for s, _ in rows], [p for _, p in rows]),
-                        "positives": n_pos, "negatives": len(rows) - n_pos}
+        ap = average_precision([s for s, _ in rows], [p for _, p in rows])
+        pos, neg = [s for s, p in rows if p], [s for s, p in rows if not p]
+        labels[name] = {"ap": ap, "positives": n_pos, "negatives": len(rows) - n_pos,
+                        "separation": (sum(pos) / len(pos) - sum(neg) / len(neg)) if ap is not None else None}
     measured = [v["ap"] for v in labels.values() if v["ap"] is not None]
-    return {"labels": labels, "mean": sum(measured) / len(measured) if measured else None}
+    margins = [v["separation"] for v in labels.values() if v["separation"] is not None]
+    return {"labels": labels, "mean": sum(measured) / len(measured) if measured else None,
+            "separation": sum(margins) / len(margins) if margins else None}
+
+
+def rank_key(report: dict) -> tuple[float, float]:
+    """How reports are compared: mean AP first; on a tie (a few held-out images often rank every
+    label perfectly), how far the positives' scores sit above the negatives' on average."""
+    return (report["mean"] if report["mean"] is not None else -1.0,
+            report.get("separation") if report.get("separation") is not None else -1.0)
 
 
 @dataclass
@@ -172,7 +183,7 @@ class HeldoutScorer:
         best = None
         for w in weights:
             report = self.report(model, trained_names, w)
-            if best is None or (report["mean"] or -1) > (best[0]["mean"] or -1):
+            if best is None or rank_key(report) > rank_key(best[0]):
                 best = (report, w)
         return best
 

@@ -31,6 +31,7 @@ from .data import LabelSample
 
 log = logging.getLogger("train")
 REFRESH_VISITS = 4  # an image's no-gradient candidate scores are re-computed every this many visits
+NEGATIVES_PER_STEP = 4  # "not present" tags of an image that train the box head in one step (sampled)
 
 
 @dataclass
@@ -167,7 +168,10 @@ def tag_step(model, batch: list[CachedTagImage], emb: torch.Tensor, device: torc
         logits = _candidate_logits(model, item, emb, device) if need_scores else None
         choices = choose_proposals(rule, item.boxes, logits if logits is not None else item.boxes.new_zeros(0, 0),
                                    item.positives)
-        negatives = negative_terms(logits, item.negatives) if logits is not None and item.negatives else []
+        absent = item.negatives
+        if len(absent) > NEGATIVES_PER_STEP:  # a few per step (Detic's federated loss samples too)
+            absent = [absent[i] for i in torch.randperm(len(absent))[:NEGATIVES_PER_STEP].tolist()]
+        negatives = negative_terms(logits, absent) if logits is not None and absent else []
         item.visits += 1
         picked = sorted({c.proposal for c in choices} | {p for p, _ in negatives})
         where = {p: j for j, p in enumerate(picked)}
