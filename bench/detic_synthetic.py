@@ -204,7 +204,7 @@ def main() -> None:
                 label_data=str(data / "image_labels.json") if rule else None,
                 label_images=str(data / "images") if rule else None, image_label_rule=rule or "max_size",
                 image_label_scope=scope, ratio=args.ratio,
-                warmup=min(20, iters // 10), **common,
+                warmup=min(20, iters // 10), heldout_share=0.0, **common,  # its own val set scores it
             )
             if _finished_with(out, cfg) or (args.rescore and RunDir(out).status().get("state") == "finished"):
                 # done before (with the same settings, or as it is with --rescore): score it, do not retrain

@@ -192,7 +192,9 @@ def tags_only(args: argparse.Namespace) -> None:
             run_child(RunConfig(model=str(init), heads=heads, label_data=str(data / "image_labels.json"),
                                 label_images=str(data / "images"), iters=args.iters, label_batch=8,
                                 label_size=args.size // 2, warmup=min(50, args.iters // 10), seed=seed,
-                                checkpoint_every=10**9, log_every=10), out)
+                                checkpoint_every=10**9, log_every=10,
+                                # as documented: every tag trains, through the whole model each step
+                                heldout_share=0.0, tag_features="full"), out)
             ev = evaluate_model(load_checkpoint(out), data / "val.json", data / "images", NOVEL)
             row = {"heads": heads, "seed": seed, "iters": args.iters, "AP": ev["all"]["AP"], "AP50": ev["all"]["AP50"],
                    "novel_AP50": ev["novel"]["AP50"], "base_AP50": ev["base"]["AP50"]}
