@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector import ImageLoadError, Predictor
-from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
+from detector.annotate import annotate, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
 from detector.images import IMAGE_SUFFIXES, load_image
 from detector.vocabulary import parse_vocabulary
@@ -63,6 +63,8 @@ SUGGEST_KEEP = 4
 # The pass's shorter image side (at most the model's own): the offline preset at its 640 costs
 # about 2.5x as much per image, for the same names on the test photos (see `Predictor.at_size`).
 SUGGEST_SIDE = 384
+
+EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
@@ -613,49 +615,80 @@ class AppService:
         return None
 
     @endpoint(file=True)
-    def export_labels(self, fmt: str = "detic", *, progress: Progress | None = None) -> str:
+    def export_labels(self, fmt: str = "detic", with_images: bool = False, *, progress: Progress | None = None) -> str:
         """Write an export file (named after the dataset and today's date); returns its path.
-        `progress`: see `detections_coco` (the other formats are written at once)."""
-        return str(self.export(fmt, progress))
+        Formats (`EXPORT_FORMATS`): the tags as `detic` JSON or `csv`; the model's boxes on every
+        image as `coco_detections` (COCO with scores), `yolo` (zip: data.yaml, classes.txt,
+        labels/), `voc` (zip of Pascal VOC XML) or `label_studio` (tasks with the model's boxes as
+        scored predictions and stored boxes as annotations). Images are named by their original
+        names; `with_images` zips them (images/) with the labels. `progress`: see
+        `detections_coco` (the tag formats are written at once)."""
+        return str(self.export(fmt, progress, with_images=bool(with_images)))
 
     def export_name(self, what: str) -> str:
         """`<dataset>_<YYYY-MM-DD>_<what>`: the dataset is the data folder's name."""
         dataset = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.data_dir.resolve().name) or "dataset"
         return f"{dataset}_{time.strftime('%Y-%m-%d')}_{what}"
 
-    def export(self, fmt: str, progress: Progress | None = None) -> Path:
+    def export(self, fmt: str, progress: Progress | None = None, with_images: bool = False) -> Path:
         """A fresh file in a private temporary folder (never a path inside the data folder)."""
-        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
-        if fmt == "detic":
-            return atomic_write_json(out / self.export_name("image_labels.json"), self.store.export_detic(), indent=1)
-        if fmt == "csv":
-            return atomic_write(out / self.export_name("image_labels.csv"), self.store.export_csv())
-        if fmt == "coco_detections":
-            return atomic_write_json(out / self.export_name("detections_coco.json"), self.detections_coco(progress=progress),
-                                     indent=None)
-        raise ValueError(f"unknown export format {fmt!r}: detic, csv or coco_detections")
+        from . import formats
 
-    @endpoint(gpu=True)
-    def detections_coco(self, score_threshold: float | None = None, *, progress: Progress | None = None) -> dict:
-        """The current model's detections on every stored image, over the store's labels, as COCO.
-        It runs the model on every image: `progress(done, total)` is called before each image and
-        once at the end."""
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}: {', '.join(EXPORT_FORMATS)}")
+        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
+        if fmt in ("detic", "csv"):
+            what = "image_labels.json" if fmt == "detic" else "image_labels.csv"
+            if not with_images:
+                if fmt == "detic":
+                    return atomic_write_json(out / self.export_name(what), self.store.export_detic(), indent=1)
+                return atomic_write(out / self.export_name(what), self.store.export_csv())
+            rows = [r for r in self.store.images() if r["positives"] or r["negatives"]]
+            names = formats.export_names(rows)
+            work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
+            try:
+                formats.stage_images([(r, None) for r in rows], names, self.store.image_dir, work / "images")
+                if fmt == "detic":
+                    atomic_write_json(work / what, self.store.export_detic(names), indent=1)
+                else:
+                    atomic_write(work / what, self.store.export_csv(names))
+                return formats.zip_folder(work, out / self.export_name(what.rsplit(".", 1)[0] + ".zip"))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        names, items = self._detections(None, progress)
+        what = {"coco_detections": ("coco", "detections_coco"), "yolo": ("yolo", "detections_yolo"),
+                "voc": ("voc", "detections_voc"), "label_studio": ("label_studio", "label_studio")}[fmt]
+        return formats.write_box_export(what[0], names, items, self.store.image_dir, out, self.export_name(what[1]),
+                                        with_images=with_images, description=self._export_description(),
+                                        model_version=Path(str(self.serving.source)).name or "model")
+
+    def _export_description(self) -> str:
+        return f"detections of '{Path(str(self.serving.source)).name}' on {self.data_dir.resolve().name}"
+
+    def _detections(self, score_threshold: float | None, progress: Progress | None) -> tuple[list[str], list]:
+        """(the store's labels, [(image row, its detections over them)]) for every stored image."""
         names = self.store.labels()
         if not names:
             raise StoreError("no labels yet: tag some images first")
-        images, anns = [], []
-        category_ids = list(range(1, len(names) + 1))
-        rows = self.store.images()
-        for i, row in enumerate(rows, 1):
+        rows, items = self.store.images(), []
+        for i, row in enumerate(rows):
             if progress:
-                progress(i - 1, len(rows))
-            images.append({"id": i, "file_name": row["file"], "width": row["width"], "height": row["height"]})
-            det = self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]
-            anns += coco_annotations(det, i, category_ids, first_id=len(anns) + 1)
+                progress(i, len(rows))
+            items.append((row, self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]))
         if progress:
             progress(len(rows), len(rows))
-        return {"images": images, "annotations": anns,
-                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+        return names, items
+
+    @endpoint(gpu=True)
+    def detections_coco(self, score_threshold: float | None = None, *, progress: Progress | None = None) -> dict:
+        """The current model's detections on every stored image, over the store's labels, as COCO
+        (images by original name, with `info` and `licenses`; scores on the annotations).
+        It runs the model on every image: `progress(done, total)` is called before each image and
+        once at the end."""
+        from . import formats
+
+        names, items = self._detections(score_threshold, progress)
+        return formats.coco(names, items, formats.export_names([r for r, _ in items]), self._export_description())
 
     # --- training ----------------------------------------------------------------------------
     @endpoint()

@@ -252,28 +252,30 @@ class LabelStore:
             self.db.conn.execute("DELETE FROM labels WHERE id = ?", [label_id])
 
     # --- export / import --------------------------------------------------------------------
-    def export_detic(self) -> dict:
-        """Detic image-label JSON: COCO `images` with pos/neg_category_ids, no annotations."""
+    def export_detic(self, file_names: dict[str, str] | None = None) -> dict:
+        """Detic image-label JSON: COCO `images` with pos/neg_category_ids, no annotations.
+        `file_name`: the stored file (relative to `image_dir`), or `file_names[hash]` when given."""
         names = self.labels()
         cat = {n: i + 1 for i, n in enumerate(names)}
         images = []
         for i, row in enumerate(self.images()):
             if not row["positives"] and not row["negatives"]:
                 continue
-            images.append({"id": i + 1, "file_name": row["file"], "width": row["width"], "height": row["height"],
+            images.append({"id": i + 1, "file_name": file_names[row["hash"]] if file_names else row["file"],
+                           "width": row["width"], "height": row["height"],
                            "original_name": row["original_name"], "sha256": row["hash"],
                            "pos_category_ids": [cat[n] for n in row["positives"]],
                            "neg_category_ids": [cat[n] for n in row["negatives"]]})
         return {"info": {"description": "image-level labels", "schema": "detic"}, "images": images,
                 "annotations": [], "categories": [{"id": cat[n], "name": n} for n in names]}
 
-    def export_csv(self) -> str:
+    def export_csv(self, file_names: dict[str, str] | None = None) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["image", "labels", "negatives", "original_name"])
         for row in self.images():
             if row["positives"] or row["negatives"]:
-                w.writerow([row["file"], join_labels(row["positives"]), join_labels(row["negatives"]),
+                w.writerow([file_names[row["hash"]] if file_names else row["file"], join_labels(row["positives"]), join_labels(row["negatives"]),
                             row["original_name"]])
         return buf.getvalue()
 
