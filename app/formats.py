@@ -1,5 +1,6 @@
 """Box formats other tools speak: writing YOLO, Pascal VOC, COCO and Label Studio exports of the
-store's images (with boxes per image), and naming the images in them. No Gradio, no model.
+store's images (with boxes per image), naming the images in them, and reading label files with
+boxes (COCO, a YOLO zip, Label Studio JSON) besides the tag formats. No Gradio, no model.
 
 Images are named in exports by their original names (`export_names`: unique by stem, so every
 image's label file has its own name). YOLO and VOC are written by supervision's
@@ -9,10 +10,12 @@ what supervision's writers drop (scores, original names, `info`, `licenses`).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,18 @@ def _records(det: sv.Detections) -> list[tuple[int, list[float], float | None]]:
     class_id = det.class_id if det.class_id is not None else np.zeros(len(det), dtype=int)
     return [(int(c), [float(v) for v in box], None if s is None else float(s))
             for box, c, s in zip(det.xyxy, class_id, confidence)]
+
+
+def boxes_as_detections(boxes: list[dict], classes: list[str]) -> dict[str, sv.Detections]:
+    """The store's boxes (`LabelStore.boxes()`) as {image hash: Detections} over `classes`."""
+    index = {c.casefold(): i for i, c in enumerate(classes)}
+    per_image: dict[str, list[dict]] = {}
+    for b in boxes:
+        if b["label"].casefold() in index:
+            per_image.setdefault(b["image"], []).append(b)
+    return {h: sv.Detections(xyxy=np.array([b["box"] for b in bs], dtype=np.float32),
+                             class_id=np.array([index[b["label"].casefold()] for b in bs], dtype=int))
+            for h, bs in per_image.items()}
 
 
 def stage_images(items: list[tuple[dict, sv.Detections]], names: dict[str, str], image_dir: Path,
@@ -132,8 +147,6 @@ def write_box_export(fmt: str, classes: list[str], items, rows_image_dir: Path, 
                      annotated: dict[str, sv.Detections] | None = None) -> Path:
     """One export file in `out`: `<stem>.json` (coco, label_studio) or `<stem>.zip` (yolo: data.yaml
     + labels/; voc: annotations/; any format `with_images`: + images/ under their export names)."""
-    import json
-
     names = export_names([row for row, _ in items])
     work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
     try:
@@ -173,3 +186,252 @@ def zip_folder(folder: Path, target: Path) -> Path:
             z.write(path, path.relative_to(folder).as_posix())
     partial.replace(target)
     return target
+
+
+# --- reading label files -------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One image's labels in a label file."""
+
+    names: list[str]  # names the file gives the image (the first is reported when it is not found)
+    sha256: str | None = None
+    positives: list[str] = field(default_factory=list)
+    negatives: list[str] = field(default_factory=list)
+    boxes: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)  # (label, xyxy)
+    relative: bool = False  # boxes as fractions of the image's width and height (YOLO, Label Studio)
+
+
+@dataclass
+class LabelFile:
+    kind: str  # what the file was read as, for the import's sentence
+    entries: list[Entry]
+    notes: list[str] = field(default_factory=list)  # what was found and not imported
+
+    @property
+    def box_count(self) -> int:
+        return sum(len(e.boxes) for e in self.entries)
+
+
+LABEL_SUFFIXES = (".json", ".csv", ".jsonl")
+MAX_LABEL_FILE_BYTES = 200 * 1024 * 1024
+YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt", "obj.names")
+
+
+def is_yolo_zip(path: Path) -> bool:
+    """A zip holding a YOLO dataset: data.yaml / classes.txt and label .txt files."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [Path(n).name.lower() for n in z.namelist()]
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n in YOLO_CLASS_FILES for n in names) and any(
+        n.endswith(".txt") and n not in YOLO_CLASS_FILES for n in names)
+
+
+def extract_label_files(path: Path, folder: Path) -> list[Path]:
+    """The label files (JSON, CSV, JSONL) in an export's zip, outside its images/, written to `folder`."""
+    out = []
+    try:
+        with zipfile.ZipFile(path) as z:
+            for m in z.infolist():
+                p = Path(m.filename)
+                if m.is_dir() or p.suffix.lower() not in LABEL_SUFFIXES or "images" in p.parts[:-1]:
+                    continue
+                if m.file_size > MAX_LABEL_FILE_BYTES:
+                    raise ValueError(f"'{path.name}': {p.name} is larger than {MAX_LABEL_FILE_BYTES // 2**20} MB")
+                target = folder / f"{len(out)}" / p.name
+                target.parent.mkdir(parents=True)
+                target.write_bytes(z.read(m))
+                out.append(target)
+    except zipfile.BadZipFile:
+        return []
+    return out
+
+
+def read_label_file(path: Path) -> LabelFile:
+    """Any label file the app imports, by suffix and content: CSV, JSONL, Detic/COCO image labels,
+    COCO with boxes, Label Studio tasks (a JSON list), a YOLO zip. DataError names what is wrong."""
+    from train.data import DataError, read_label_rows
+
+    path = Path(path)
+    if path.suffix.lower() == ".zip":
+        return read_yolo_zip(path)
+    data = None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"'{path.name}' is not valid JSON ({e})") from None
+        if isinstance(data, list):
+            return read_label_studio(data, path.name)
+    rows = read_label_rows(path)
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list) and data["annotations"]:
+        return _coco_boxes(data, rows, path.name)
+    kind = {".csv": "CSV", ".jsonl": "JSONL"}.get(path.suffix.lower(), "Detic/COCO image labels")
+    return LabelFile(kind, [Entry([name], sha, pos, neg) for name, pos, neg, sha in rows])
+
+
+def _coco_boxes(data: dict, rows: list, file: str) -> LabelFile:
+    """COCO detection JSON (its images' pos/neg_category_ids, when there are, as tags too)."""
+    from train.data import DataError
+
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    entries, by_id = [], {}
+    for info, (name, pos, neg, sha) in zip(data["images"], rows):
+        entries.append(Entry([name], sha, pos, neg))
+        by_id[info.get("id")] = entries[-1]
+    crowd = no_box = 0
+    for i, ann in enumerate(data["annotations"]):
+        where = f"'{file}' annotation {i + 1}"
+        if not isinstance(ann, dict) or ann.get("image_id") not in by_id:
+            raise DataError(f"{where}: its image_id is not one of the file's images")
+        if ann.get("category_id") not in names:
+            raise DataError(f"{where}: unknown category_id {ann.get('category_id')!r}")
+        if ann.get("iscrowd"):
+            crowd += 1
+            continue
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+            no_box += 1
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        by_id[ann["image_id"]].boxes.append((names[ann["category_id"]], (x, y, x + w, y + h)))
+    notes = [f"{crowd} crowd region(s) not imported"] if crowd else []
+    notes += [f"{no_box} annotation(s) without a box not imported"] if no_box else []
+    return LabelFile("COCO", entries, notes)
+
+
+def _ls_image_names(ref: str) -> list[str]:
+    """The names a Label Studio task's image reference may have here: its file name, and that name
+    without the '1a2b3c4d-' prefix Label Studio gives uploaded files."""
+    import re
+    from urllib.parse import unquote
+
+    ref = unquote(ref.split("?d=", 1)[1] if "?d=" in ref else ref.split("?", 1)[0])
+    base = Path(ref.replace("\\", "/")).name
+    stripped = re.sub(r"^[0-9a-f]{8}-", "", base)
+    return [base] if stripped == base else [base, stripped]
+
+
+def read_label_studio(tasks: list, file: str) -> LabelFile:
+    """Label Studio's JSON export: per task, its latest annotation that was not cancelled:
+    rectangles (percent of the image) as boxes, choices as tags. Predictions are not labels."""
+    from train.data import DataError
+
+    if not tasks:
+        raise DataError(f"'{file}' is an empty list: neither Label Studio tasks nor Detic/COCO JSON")
+    entries, predicted, no_annotation, rotated = [], 0, 0, 0
+    for i, task in enumerate(tasks):
+        where = f"'{file}' task {i + 1}"
+        data = task.get("data") if isinstance(task, dict) else None
+        ref = None
+        if isinstance(data, dict):
+            ref = data["image"] if isinstance(data.get("image"), str) else next(
+                (v for v in data.values() if isinstance(v, str)), None)
+        if not isinstance(ref, str) or not ref.strip():
+            raise DataError(f"{where}: needs 'data' with the image's name or URL (Label Studio's JSON export)")
+        entry = Entry(_ls_image_names(ref), relative=True)
+        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not annotations:
+            no_annotation += 1
+            predicted += sum(len(p.get("result") or []) for p in task.get("predictions") or [] if isinstance(p, dict))
+        for r in (annotations[-1].get("result") or []) if annotations else []:
+            value = r.get("value") if isinstance(r, dict) else None
+            if not isinstance(value, dict):
+                continue
+            if r.get("type") == "choices":
+                entry.positives += [str(c) for c in value.get("choices") or []]
+            elif r.get("type") in ("rectanglelabels", "rectangle"):
+                try:
+                    x, y, w, h = (float(value[k]) / 100 for k in ("x", "y", "width", "height"))
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(f"{where}: a rectangle needs x, y, width and height") from None
+                rotated += bool(value.get("rotation"))
+                for label in value.get("rectanglelabels") or value.get("labels") or []:
+                    entry.boxes.append((str(label), (x, y, x + w, y + h)))
+        entries.append(entry)
+    notes = []
+    if no_annotation:
+        notes.append(f"{no_annotation} task(s) without an annotation" +
+                     (f" ({predicted} predicted box(es): predictions are not imported as labels)" if predicted else ""))
+    if rotated:
+        notes.append(f"{rotated} rotated rectangle(s) imported unrotated")
+    return LabelFile("Label Studio", entries, notes)
+
+
+def read_yolo_zip(path: Path) -> LabelFile:
+    """A YOLO dataset zip: class names from data.yaml (`names`: a list or {id: name}) or
+    classes.txt, one label .txt per image (`class cx cy w h` normalised, or a polygon) found beside
+    it in the labels/ folder that mirrors its images/ folder, else by its name."""
+    import yaml
+
+    from train.data import DataError
+
+    name = path.name
+    with zipfile.ZipFile(path) as z:
+        members = [m for m in z.namelist() if not m.endswith("/")]
+        lower = {Path(m).name.lower(): m for m in members}
+        classes: list[str] | None = None
+        for key in ("data.yaml", "data.yml"):
+            if key in lower:
+                try:
+                    spec = yaml.safe_load(z.read(lower[key]).decode("utf-8"))
+                except (yaml.YAMLError, UnicodeDecodeError) as e:
+                    raise DataError(f"'{name}': {key} is not readable YAML ({e})") from None
+                found = spec.get("names") if isinstance(spec, dict) else None
+                if isinstance(found, dict):
+                    found = [found[k] for k in sorted(found, key=int)]
+                if not isinstance(found, list) or not found:
+                    raise DataError(f"'{name}': {key} has no 'names' list")
+                classes = [str(c) for c in found]
+                break
+        if classes is None:
+            key = "classes.txt" if "classes.txt" in lower else "obj.names"
+            classes = [c.strip() for c in z.read(lower[key]).decode("utf-8").splitlines() if c.strip()]
+        texts = {m: m for m in members if m.lower().endswith(".txt") and Path(m).name.lower() not in YOLO_CLASS_FILES}
+        by_stem: dict[str, list[str]] = {}
+        for m in texts:
+            by_stem.setdefault(Path(m).stem, []).append(m)
+        entries, unmatched = [], 0
+        for m in members:
+            if Path(m).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            parts = list(Path(m).with_suffix(".txt").parts)
+            mirrored = "/".join("labels" if p == "images" else p for p in parts)
+            label = mirrored if mirrored in texts else (by_stem.get(Path(m).stem) or [None])[0]
+            entry = Entry([Path(m).name], relative=True)
+            if label is None:
+                unmatched += 1
+            else:
+                entry.boxes = _yolo_boxes(z.read(label).decode("utf-8", "replace"), classes, f"'{name}' {label}")
+            entries.append(entry)
+    notes = [f"{unmatched} image(s) without a label file (no objects)"] if unmatched else []
+    if not entries:
+        raise DataError(f"'{name}' holds YOLO labels but no images: zip the images/ folder with labels/")
+    return LabelFile("YOLO", entries, notes)
+
+
+def _yolo_boxes(text: str, classes: list[str], where: str) -> list[tuple[str, tuple[float, float, float, float]]]:
+    from train.data import DataError
+
+    boxes = []
+    for n, line in enumerate(text.splitlines(), 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            cls, values = int(tokens[0]), [float(t) for t in tokens[1:]]
+        except ValueError:
+            raise DataError(f"{where} line {n}: expected 'class cx cy w h'") from None
+        if not 0 <= cls < len(classes):
+            raise DataError(f"{where} line {n}: class {cls} is not one of the {len(classes)} names")
+        if len(values) in (4, 5):  # box (with a confidence)
+            cx, cy, w, h = values[:4]
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon: its bounding box
+            xs, ys = values[0::2], values[1::2]
+            box = (min(xs), min(ys), max(xs), max(ys))
+        else:
+            raise DataError(f"{where} line {n}: expected 'class cx cy w h' or a polygon")
+        boxes.append((classes[cls], box))
+    return boxes

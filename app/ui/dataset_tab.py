@@ -48,8 +48,9 @@ def build(ep: dict) -> dict:
         del_confirm = gr.Checkbox(False, label="Yes, remove it from every image", elem_id="dataset-delete-confirm")
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
-        imp_file = gr.File(label="Import labels: a Detic/COCO JSON, CSV or JSONL file, plus its images (files or a "
-                                 ".zip) unless they are already here", file_count="multiple",
+        imp_file = gr.File(label="Import labels: tags (Detic/COCO JSON, CSV, JSONL) or boxes (COCO JSON, Label Studio "
+                                 "JSON, a YOLO .zip with data.yaml or classes.txt), plus the images (files or a .zip) "
+                                 "unless they are already here", file_count="multiple",
                            file_types=[".json", ".csv", ".jsonl", "image", ".zip"], elem_id="dataset-import")
         imp_btn = gr.Button("Import")
     with gr.Row():
@@ -112,6 +113,9 @@ def build(ep: dict) -> dict:
 
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
+        if r.get("boxes") or any("box" in m for m in r.get("messages", [])):  # what each box file held and got
+            msg = f"imported tags or boxes for {r['imported']} image(s) ({r['boxes']} box(es)); " \
+                  f"{r['images_added']} new image(s). " + " ".join(r["messages"])
         if r["missing"]:
             msg += f"; {len(r['missing'])} not found: " + ", ".join(r["missing"][:10]) + ("…" if len(r["missing"]) > 10 else "")
         if r["skipped"]:
