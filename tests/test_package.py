@@ -46,3 +46,15 @@ def test_ovdet_dispatches_to_every_cli(capsys, monkeypatch):
     monkeypatch.setattr("train.cli.main", lambda argv: calls.append(("train", argv)) or 0)
     assert launch.ovdet(["predict", "x.png", "-v", "cat"]) == 0 and launch.ovdet(["finetune", "--iters", "1"]) == 0
     assert calls == [("detector", ["predict", "x.png", "-v", "cat"]), ("train", ["finetune", "--iters", "1"])]
+
+
+def test_the_docker_image_checks_its_health_offers_cpu_torch_and_leaves_tests_out():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "\nHEALTHCHECK " in dockerfile and "ARG TORCH_VARIANT=" in dockerfile
+    assert "download.pytorch.org/whl/cpu" in dockerfile
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"tests", "docs", "bench", ".git", ".venv"} <= ignored
+    hadolint = Path(sys.executable).with_name("hadolint")
+    if hadolint.exists():
+        r = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
