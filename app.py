@@ -1,4 +1,5 @@
-"""Start the app: `python app.py [--host 127.0.0.1] [--port 7860] [--model auto] [--data-dir DIR]`.
+"""Start the app: `python app.py [--host 127.0.0.1] [--port 7860] [--model auto] [--data-dir DIR]`
+(installed: `ovdet-app`). The launcher itself is `app.launch`.
 
 Environment: APP_HOST, APP_PORT, APP_MODEL, DATA_DIR, APP_USERNAME + APP_PASSWORD (optional
 login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1, APP_ALLOWED_DIRS and APP_ALLOW_SERVER_TOKEN
@@ -6,55 +7,9 @@ login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1, APP_ALLOWED_DIRS and APP_
 the app listens on 0.0.0.0 and keeps its data in /data when persistent storage is attached.
 """
 
-from __future__ import annotations
+from app.launch import build_parser, launch_kwargs, main
 
-import argparse
-import logging
-import os
-
-
-def build_parser(env=os.environ) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    on_space = bool(env.get("SPACE_ID"))
-    ap.add_argument("--host", default=env.get("APP_HOST", "0.0.0.0" if on_space else "127.0.0.1"))
-    ap.add_argument("--port", type=int, default=int(env.get("APP_PORT", env.get("GRADIO_SERVER_PORT", "7860"))))
-    ap.add_argument("--model", default=env.get("APP_MODEL", "auto"),
-                    help="auto (coco-clip when downloadable, else offline), a preset, a checkpoint folder or a Hub id")
-    ap.add_argument("--data-dir", default=None, help="labels, images, models and runs (default $DATA_DIR, /data, ./data)")
-    ap.add_argument("--share", action="store_true", default=env.get("APP_SHARE") == "1")
-    return ap
-
-
-def launch_kwargs(args: argparse.Namespace, data_dir, env=os.environ) -> dict:
-    """Everything `Blocks.launch` gets: address, optional login, upload limit, file access."""
-    from app.ui import launch_options
-    from app.ui.common import login_app_kwargs
-
-    user, password = env.get("APP_USERNAME"), env.get("APP_PASSWORD")
-    login = bool(user and password)
-    return {
-        "server_name": args.host, "server_port": args.port, "share": args.share,
-        "auth": (user, password) if login else None,
-        # With a login, a visitor not logged in gets the login page only (no endpoint names).
-        **({"app_kwargs": login_app_kwargs()} if login else {}),
-        "max_file_size": env.get("APP_MAX_FILE_SIZE", "50mb"),
-        # Nothing of the data folder is served: the UI shows stored images as pixels it sends itself.
-        "allowed_paths": [],
-        **launch_options(),
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from app.service import AppService
-    from app.ui import build_app
-
-    service = AppService(args.data_dir, model=args.model)
-    logging.getLogger("app").info("serving %s (%s); data in %s", service.serving.source,
-                                  service.serving.note, service.data_dir)
-    build_app(service).launch(**launch_kwargs(args, service.data_dir.resolve()))
-
+__all__ = ["build_parser", "launch_kwargs", "main"]
 
 if __name__ == "__main__":
     main()

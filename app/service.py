@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector import ImageLoadError, Predictor
-from detector.annotate import annotate, coco_annotations, detections_to_records, draw_assignment
+from detector.annotate import annotate, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
 from detector.images import IMAGE_SUFFIXES, load_image
 from detector.vocabulary import parse_vocabulary
@@ -63,6 +63,11 @@ SUGGEST_KEEP = 4
 # The pass's shorter image side (at most the model's own): the offline preset at its 640 costs
 # about 2.5x as much per image, for the same names on the test photos (see `Predictor.at_size`).
 SUGGEST_SIDE = 384
+
+# A run's box data when the store has boxes and no box file is given: `_launch` writes them into
+# the run folder as COCO (`RunDir.write_boxes`) and the run trains on them beside the tags.
+STORED_BOXES = "(the stored boxes)"
+EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
@@ -567,40 +572,79 @@ class AppService:
 
     @endpoint(api=False)
     def import_labels(self, files: list) -> dict:
-        """Tags from uploaded label files (Detic/COCO JSON, CSV, JSONL), with the images uploaded
-        beside them (files or zips) or already in the store (matched by sha256 or name), or in an
-        allowed server folder. Each file is imported whole or not at all; returns what happened."""
-        from train.data import DataError, read_label_rows
+        """Tags and boxes from uploaded label files: Detic/COCO image labels, CSV, JSONL, COCO with
+        boxes, Label Studio JSON (its annotations' rectangles and choices) and YOLO zips (data.yaml
+        or classes.txt, labels/ and the images), with the images uploaded beside them (files or
+        zips) or already in the store (matched by sha256 or name), or in an allowed server folder.
+        Each file is imported whole or not at all (one transaction). Returns what happened:
+        `imported` images given tags or boxes, `boxes` stored, and `messages`: one sentence per
+        file saying what was found in it and what was done."""
+        from . import formats
 
         files = [f for f in (files if isinstance(files, (list, tuple)) else [files]) if f is not None]
-        label_files = [p for p in map(_upload_path, files) if p and p.suffix.lower() in (".json", ".csv", ".jsonl")]
-        if not label_files:
-            raise StoreError("choose a Detic/COCO JSON, CSV or JSONL label file (and, optionally, its images)")
-        images = [f for f in files if _upload_path(f) not in label_files]
-        uploaded = self.add_images(images)
+        paths = [_upload_path(f) for f in files]
+        label_files = [p for p in paths if p and p.suffix.lower() in formats.LABEL_SUFFIXES]
+        unpacked = Path(tempfile.mkdtemp(prefix="ovd-import-"))
+        try:
+            for p in paths:  # a YOLO zip is a label file; an export's zip holds one beside its images/
+                if p and p.suffix.lower() == ".zip":
+                    label_files += [p] if formats.is_yolo_zip(p) else formats.extract_label_files(p, unpacked / p.stem)
+            if not label_files:
+                raise StoreError("choose a label file: Detic/COCO JSON (tags or boxes), CSV, JSONL, Label Studio JSON "
+                                 "or a YOLO zip (and, optionally, the images)")
+            return self._import_files(label_files, [f for f, p in zip(files, paths) if p not in label_files
+                                                    or p.suffix.lower() == ".zip"])
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+
+    def _import_files(self, label_files: list[Path], images: list) -> dict:
+        from train.data import DataError
+
+        from . import formats
+
+        uploaded = self.add_images(images)  # a zip's images too
         by_name = {}
         for h in uploaded["added"]:
             row = self.store._image(h)
             by_name.setdefault(row["original_name"], h)
-        report = {"imported": 0, "images_added": len(uploaded["added"]), "missing": [],
-                  "skipped": list(uploaded["skipped"])}
+        report = {"imported": 0, "boxes": 0, "images_added": len(uploaded["added"]), "missing": [],
+                  "skipped": list(uploaded["skipped"]), "messages": []}
         for path in label_files:
             try:
-                rows = read_label_rows(path)
-            except DataError as e:
+                parsed = formats.read_label_file(path)
+            except (DataError, KeyError, OSError) as e:
                 raise StoreError(str(e)) from None
-            matched, missing = [], []
-            for name, pos, neg, sha in rows:
-                h = (self.store.find_image(name, sha) if sha else None) or by_name.get(Path(name).name) \
-                    or self.store.find_image(name) or self._from_allowed_folders(name)
+            tags, boxes, missing = [], {}, []
+            for entry in parsed.entries:
+                h = self._match_image(entry.names, entry.sha256, by_name)
                 if h is None:
-                    missing.append(Path(name).name)
-                elif pos or neg:
-                    matched.append((h, pos, neg))
-            self.store.import_tags(matched)
-            report["imported"] += len(matched)
+                    if entry.positives or entry.negatives or entry.boxes:
+                        missing.append(Path(entry.names[0]).name)
+                    continue
+                if entry.positives or entry.negatives:
+                    tags.append((h, entry.positives, entry.negatives))
+                if entry.boxes:
+                    row = self.store._image(h)
+                    sx, sy = (row["width"], row["height"]) if entry.relative else (1, 1)
+                    boxes.setdefault(h, []).extend((n, (x1 * sx, y1 * sy, x2 * sx, y2 * sy))
+                                                   for n, (x1, y1, x2, y2) in entry.boxes)
+            stored = self.store.import_tags(tags, boxes)
+            done = len({h for h, *_ in tags} | set(boxes))
+            report["imported"] += done
+            report["boxes"] += stored["boxes"]
             report["missing"] += missing
+            report["messages"].append(_import_sentence(path.name, parsed, tags, stored, missing))
         return report
+
+    def _match_image(self, names: list[str], sha256: str | None, by_name: dict[str, str]) -> str | None:
+        """The stored image a label file's entry means: by sha256, uploaded beside it, stored, or in
+        an allowed server folder (by each of its names in turn)."""
+        h = self.store.find_image(names[0], sha256) if sha256 else None
+        for name in names:
+            h = h or by_name.get(Path(name).name) or self.store.find_image(name)
+        return h or self._from_allowed_folders(names[0])
 
     def _from_allowed_folders(self, name: str) -> str | None:
         for folder in self.policy.allowed_dirs:
@@ -613,49 +657,81 @@ class AppService:
         return None
 
     @endpoint(file=True)
-    def export_labels(self, fmt: str = "detic", *, progress: Progress | None = None) -> str:
+    def export_labels(self, fmt: str = "detic", with_images: bool = False, *, progress: Progress | None = None) -> str:
         """Write an export file (named after the dataset and today's date); returns its path.
-        `progress`: see `detections_coco` (the other formats are written at once)."""
-        return str(self.export(fmt, progress))
+        Formats (`EXPORT_FORMATS`): the tags as `detic` JSON or `csv`; the model's boxes on every
+        image as `coco_detections` (COCO with scores), `yolo` (zip: data.yaml, classes.txt,
+        labels/), `voc` (zip of Pascal VOC XML) or `label_studio` (tasks with the model's boxes as
+        scored predictions and stored boxes as annotations). Images are named by their original
+        names; `with_images` zips them (images/) with the labels. `progress`: see
+        `detections_coco` (the tag formats are written at once)."""
+        return str(self.export(fmt, progress, with_images=bool(with_images)))
 
     def export_name(self, what: str) -> str:
         """`<dataset>_<YYYY-MM-DD>_<what>`: the dataset is the data folder's name."""
         dataset = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.data_dir.resolve().name) or "dataset"
         return f"{dataset}_{time.strftime('%Y-%m-%d')}_{what}"
 
-    def export(self, fmt: str, progress: Progress | None = None) -> Path:
+    def export(self, fmt: str, progress: Progress | None = None, with_images: bool = False) -> Path:
         """A fresh file in a private temporary folder (never a path inside the data folder)."""
-        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
-        if fmt == "detic":
-            return atomic_write_json(out / self.export_name("image_labels.json"), self.store.export_detic(), indent=1)
-        if fmt == "csv":
-            return atomic_write(out / self.export_name("image_labels.csv"), self.store.export_csv())
-        if fmt == "coco_detections":
-            return atomic_write_json(out / self.export_name("detections_coco.json"), self.detections_coco(progress=progress),
-                                     indent=None)
-        raise ValueError(f"unknown export format {fmt!r}: detic, csv or coco_detections")
+        from . import formats
 
-    @endpoint(gpu=True)
-    def detections_coco(self, score_threshold: float | None = None, *, progress: Progress | None = None) -> dict:
-        """The current model's detections on every stored image, over the store's labels, as COCO.
-        It runs the model on every image: `progress(done, total)` is called before each image and
-        once at the end."""
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}: {', '.join(EXPORT_FORMATS)}")
+        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
+        if fmt in ("detic", "csv"):
+            what = "image_labels.json" if fmt == "detic" else "image_labels.csv"
+            if not with_images:
+                if fmt == "detic":
+                    return atomic_write_json(out / self.export_name(what), self.store.export_detic(), indent=1)
+                return atomic_write(out / self.export_name(what), self.store.export_csv())
+            rows = [r for r in self.store.images() if r["positives"] or r["negatives"]]
+            names = formats.export_names(rows)
+            work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
+            try:
+                formats.stage_images([(r, None) for r in rows], names, self.store.image_dir, work / "images")
+                if fmt == "detic":
+                    atomic_write_json(work / what, self.store.export_detic(names), indent=1)
+                else:
+                    atomic_write(work / what, self.store.export_csv(names))
+                return formats.zip_folder(work, out / self.export_name(what.rsplit(".", 1)[0] + ".zip"))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        names, items = self._detections(None, progress)
+        what = {"coco_detections": ("coco", "detections_coco"), "yolo": ("yolo", "detections_yolo"),
+                "voc": ("voc", "detections_voc"), "label_studio": ("label_studio", "label_studio")}[fmt]
+        return formats.write_box_export(what[0], names, items, self.store.image_dir, out, self.export_name(what[1]),
+                                        with_images=with_images, description=self._export_description(),
+                                        model_version=Path(str(self.serving.source)).name or "model",
+                                        annotated=formats.boxes_as_detections(self.store.boxes(), names))
+
+    def _export_description(self) -> str:
+        return f"detections of '{Path(str(self.serving.source)).name}' on {self.data_dir.resolve().name}"
+
+    def _detections(self, score_threshold: float | None, progress: Progress | None) -> tuple[list[str], list]:
+        """(the store's labels, [(image row, its detections over them)]) for every stored image."""
         names = self.store.labels()
         if not names:
             raise StoreError("no labels yet: tag some images first")
-        images, anns = [], []
-        category_ids = list(range(1, len(names) + 1))
-        rows = self.store.images()
-        for i, row in enumerate(rows, 1):
+        rows, items = self.store.images(), []
+        for i, row in enumerate(rows):
             if progress:
-                progress(i - 1, len(rows))
-            images.append({"id": i, "file_name": row["file"], "width": row["width"], "height": row["height"]})
-            det = self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]
-            anns += coco_annotations(det, i, category_ids, first_id=len(anns) + 1)
+                progress(i, len(rows))
+            items.append((row, self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]))
         if progress:
             progress(len(rows), len(rows))
-        return {"images": images, "annotations": anns,
-                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+        return names, items
+
+    @endpoint(gpu=True)
+    def detections_coco(self, score_threshold: float | None = None, *, progress: Progress | None = None) -> dict:
+        """The current model's detections on every stored image, over the store's labels, as COCO
+        (images by original name, with `info` and `licenses`; scores on the annotations).
+        It runs the model on every image: `progress(done, total)` is called before each image and
+        once at the end."""
+        from . import formats
+
+        names, items = self._detections(score_threshold, progress)
+        return formats.coco(names, items, formats.export_names([r for r, _ in items]), self._export_description())
 
     # --- training ----------------------------------------------------------------------------
     @endpoint()
@@ -715,8 +791,10 @@ class AppService:
             for v, what in ((box_data, "box data"), (box_images, "image folder"), (eval_data, "evaluation data"),
                             (eval_images, "image folder")))
         tagged, _ = self.store.progress()
+        if not box_data and self.store.box_count():  # the imported boxes: written into the run folder by _launch
+            box_data, box_images = STORED_BOXES, str(self.store.image_dir)
         if tagged == 0 and not box_data:
-            raise StoreError("nothing to train on: tag some images (or give a box-labelled COCO file) first")
+            raise StoreError("nothing to train on: tag some images (or import box labels) first")
         cfg = RunConfig(model=base_model or "", iters=int(iters), image_label_rule=image_label_rule,
                         image_label_weight=float(image_label_weight),
                         ratio=ratio or "1:1", box_data=box_data or None, box_images=box_images or None,
@@ -749,6 +827,9 @@ class AppService:
         try:
             if labels is not None:
                 cfg = cfg.replace(label_data=str(run.write_labels(labels)), label_images=str(self.store.image_dir))
+            if getattr(cfg, "box_data", None) == STORED_BOXES:
+                cfg = cfg.replace(box_data=str(run.write_boxes(self.store.export_boxes_coco())),
+                                  box_images=str(self.store.image_dir))
             if not cfg.model:
                 cfg = cfg.replace(model=self._current_source())
             run.write_config(cfg)
@@ -978,6 +1059,26 @@ def queue_filter(show: str, suggested: dict[str, tuple[str, ...]] | None = None)
         return lambda row: name in found.get(row["hash"], ()) and \
             name not in {t.casefold() for t in (*row["positives"], *row["negatives"])}
     raise ValueError(f"unknown filter {show!r}: all, untagged, label:NAME or suggestion:NAME")
+
+
+def _import_sentence(file: str, parsed, tags: list, stored: dict, missing: list[str]) -> str:
+    """What one label file held and what its import did, in one sentence."""
+    found_tags = sum(1 for e in parsed.entries if e.positives or e.negatives)
+    found_box_images = sum(1 for e in parsed.entries if e.boxes)
+    found = [f"{parsed.box_count} box(es) on {found_box_images} image(s)"] if parsed.box_count else []
+    found += [f"image-level labels for {found_tags} image(s)"] if found_tags else []
+    done = []
+    if parsed.box_count:
+        done.append(f"stored {stored['boxes']} box(es) on {stored['box_images']} image(s)")
+    if found_tags:
+        done.append(f"tags for {len(tags)} image(s)")
+    if stored.get("dropped"):
+        done.append(f"dropped {stored['dropped']} box(es) empty or outside their image")
+    if missing:
+        done.append(f"{len(missing)} image(s) not found here (upload them with the file)")
+    text = f"'{file}' ({parsed.kind}): " + (" and ".join(found) if found else "no labels found")
+    text += ("; " + "; ".join(done)) if done else ""
+    return text + "".join(f"; {n}" for n in parsed.notes) + "."
 
 
 def _upload_path(f) -> Path | None:

@@ -3,7 +3,8 @@
     DATA_DIR/labels.db        schema below, created on open and migrated forward
     DATA_DIR/images/ab/abcd…  each distinct image stored once, named by its SHA-256
 
-Tags are image-level: (image, label, positive|negative). Every write is one transaction, so a
+Tags are image-level: (image, label, positive|negative); boxes (image, label, x1, y1, x2, y2 in the
+image's pixels) come from imported box files, and a box's label is a positive tag of its image. Every write is one transaction, so a
 process killed mid-write leaves the previous consistent state. Label names are unique
 case-insensitively; renaming onto an existing name merges. Import/export speak Detic's
 image-label JSON (COCO `images` with `pos_category_ids`/`neg_category_ids`), CSV and
@@ -28,7 +29,7 @@ from detector.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from detector.vocabulary import clean_name
 from train.data import join_labels
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(ValueError):
@@ -82,6 +83,18 @@ class LabelStore:
                         updated REAL NOT NULL, PRIMARY KEY (image, label));
                     CREATE INDEX IF NOT EXISTS tags_by_label ON tags(label);
                     PRAGMA user_version = 1;
+                """)
+        if version < 2:
+            with self.db.conn:
+                self.db.conn.executescript("""
+                    CREATE TABLE IF NOT EXISTS boxes (
+                        id INTEGER PRIMARY KEY,
+                        image TEXT NOT NULL REFERENCES images(hash) ON DELETE CASCADE,
+                        label INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+                        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+                        updated REAL NOT NULL);
+                    CREATE INDEX IF NOT EXISTS boxes_by_image ON boxes(image);
+                    PRAGMA user_version = 2;
                 """)
 
     @property
@@ -228,6 +241,7 @@ class LabelStore:
             if target is None or target == old_id:
                 self.db.conn.execute("UPDATE labels SET name = ? WHERE id = ?", [new, old_id])
                 return
+            self.db.conn.execute("UPDATE boxes SET label = ? WHERE label = ?", [target, old_id])
             self.db.conn.execute(
                 "INSERT INTO tags (image, label, positive, updated) SELECT image, ?, positive, updated FROM tags "
                 "WHERE label = ? ON CONFLICT (image, label) DO UPDATE SET positive = MAX(positive, excluded.positive)",
@@ -252,28 +266,30 @@ class LabelStore:
             self.db.conn.execute("DELETE FROM labels WHERE id = ?", [label_id])
 
     # --- export / import --------------------------------------------------------------------
-    def export_detic(self) -> dict:
-        """Detic image-label JSON: COCO `images` with pos/neg_category_ids, no annotations."""
+    def export_detic(self, file_names: dict[str, str] | None = None) -> dict:
+        """Detic image-label JSON: COCO `images` with pos/neg_category_ids, no annotations.
+        `file_name`: the stored file (relative to `image_dir`), or `file_names[hash]` when given."""
         names = self.labels()
         cat = {n: i + 1 for i, n in enumerate(names)}
         images = []
         for i, row in enumerate(self.images()):
             if not row["positives"] and not row["negatives"]:
                 continue
-            images.append({"id": i + 1, "file_name": row["file"], "width": row["width"], "height": row["height"],
+            images.append({"id": i + 1, "file_name": file_names[row["hash"]] if file_names else row["file"],
+                           "width": row["width"], "height": row["height"],
                            "original_name": row["original_name"], "sha256": row["hash"],
                            "pos_category_ids": [cat[n] for n in row["positives"]],
                            "neg_category_ids": [cat[n] for n in row["negatives"]]})
         return {"info": {"description": "image-level labels", "schema": "detic"}, "images": images,
                 "annotations": [], "categories": [{"id": cat[n], "name": n} for n in names]}
 
-    def export_csv(self) -> str:
+    def export_csv(self, file_names: dict[str, str] | None = None) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["image", "labels", "negatives", "original_name"])
         for row in self.images():
             if row["positives"] or row["negatives"]:
-                w.writerow([row["file"], join_labels(row["positives"]), join_labels(row["negatives"]),
+                w.writerow([file_names[row["hash"]] if file_names else row["file"], join_labels(row["positives"]), join_labels(row["negatives"]),
                             row["original_name"]])
         return buf.getvalue()
 
@@ -293,9 +309,33 @@ class LabelStore:
                                    [name, len(tail), tail, base]).fetchone()
         return row[0] if row else None
 
-    def import_tags(self, rows: list[tuple[str, list[str], list[str]]]) -> None:
-        """(image hash, positives, negatives) added in ONE transaction: all of a file or none of it."""
-        cleaned = [(h, *self._clean_tags(pos, neg)) for h, pos, neg in rows]
+    def import_tags(self, rows: list[tuple[str, list[str], list[str]]],
+                    boxes: dict[str, list[tuple[str, tuple[float, float, float, float]]]] | None = None) -> dict:
+        """(image hash, positives, negatives) and boxes {image hash: [(label, (x1, y1, x2, y2) in
+        pixels)]} added in ONE transaction: all of a file or none of it. An image's boxes replace
+        the boxes it had (importing a file twice stores them once); each box's label becomes a
+        positive tag. Boxes are clipped to the image; empty ones are dropped.
+        -> {"boxes": stored, "dropped": boxes dropped, "box_images": images with boxes stored}."""
+        merged: dict[str, tuple[list[str], list[str]]] = {}
+        for h, pos, neg in [(h, *self._clean_tags(pos, neg)) for h, pos, neg in rows]:  # a row's own conflict: an error
+            p, n = merged.setdefault(h, ([], []))
+            p += pos
+            n += neg
+        kept: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
+        dropped = 0
+        for h, items in (boxes or {}).items():
+            row = self._image(h)
+            good = []
+            for name, box in items:
+                clipped = _clip_box(box, row["width"], row["height"])
+                if clipped is None:
+                    dropped += 1
+                else:
+                    good.append((_clean_label(name), clipped))
+            kept[h] = good
+            merged.setdefault(h, ([], []))[0].extend(name for name, _ in good)
+        cleaned = [(h, *self._clean_tags(pos, [x for x in neg if x.casefold() not in {p.casefold() for p in pos}]))
+                   for h, (pos, neg) in merged.items()]
         now = time.time()
         with self.db.conn:
             for h, pos, neg in cleaned:
@@ -304,3 +344,58 @@ class LabelStore:
                 keep_neg = [n for n in dict.fromkeys([*current["negatives"], *neg])
                             if n.casefold() not in {x.casefold() for x in pos}]
                 self._upsert_tags(h, pos, keep_neg, now)
+            for h, items in kept.items():
+                self.db.conn.execute("DELETE FROM boxes WHERE image = ?", [h])
+                for name, (x1, y1, x2, y2) in items:
+                    self.db.conn.execute("INSERT INTO boxes (image, label, x1, y1, x2, y2, updated) "
+                                         "VALUES (?, ?, ?, ?, ?, ?, ?)", [h, self._label_id(name), x1, y1, x2, y2, now])
+        return {"boxes": sum(len(v) for v in kept.values()), "dropped": dropped,
+                "box_images": sum(1 for v in kept.values() if v)}
+
+    # --- boxes ------------------------------------------------------------------------------
+    def boxes(self, image: str | None = None) -> list[dict]:
+        """Stored boxes (of one image, or all), in insertion order: {image, label, box: [x1, y1, x2, y2]}."""
+        where, args = ("WHERE b.image = ?", [image]) if image else ("", [])
+        rows = self.db.query(f"SELECT b.image, l.name, b.x1, b.y1, b.x2, b.y2 FROM boxes b JOIN labels l "
+                             f"ON l.id = b.label {where} ORDER BY b.id", args)
+        return [{"image": r["image"], "label": r["name"], "box": [r["x1"], r["y1"], r["x2"], r["y2"]]} for r in rows]
+
+    def box_count(self) -> int:
+        return self.db["boxes"].count
+
+    def export_boxes_coco(self, file_names: dict[str, str] | None = None) -> dict:
+        """The stored boxes as COCO detection JSON (the images that have boxes; `file_name`: the stored
+        file, relative to `image_dir`, or `file_names[hash]`), what a training run reads as box data."""
+        per_image: dict[str, list[dict]] = {}
+        for b in self.boxes():
+            per_image.setdefault(b["image"], []).append(b)
+        names = sorted({b["label"] for bs in per_image.values() for b in bs}, key=str.casefold)
+        cat = {n: i + 1 for i, n in enumerate(names)}
+        images, anns = [], []
+        for i, row in enumerate((r for r in self.images() if r["hash"] in per_image), 1):
+            images.append({"id": i, "file_name": file_names[row["hash"]] if file_names else row["file"],
+                           "width": row["width"], "height": row["height"], "sha256": row["hash"],
+                           "original_name": row["original_name"]})
+            for b in per_image[row["hash"]]:
+                x1, y1, x2, y2 = b["box"]
+                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat[b["label"]],
+                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        return {"info": {"description": "stored boxes", "schema": "coco"}, "images": images, "annotations": anns,
+                "categories": [{"id": cat[n], "name": n} for n in names]}
+
+
+def _clip_box(box, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """xyxy clipped to the image, or None when not four finite numbers or empty after clipping."""
+    import math
+
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
+    y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return None
+    return x1, y1, x2, y2

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+__version__ = "0.2.0"  # the package's one version: pyproject.toml reads it from here
+
 _EXPORTS = {
     "Assignment": "predictor", "CheckpointError": "checkpoint", "DetectorConfig": "config",
     "HubUnavailableError": "hub", "ImageLoadError": "images", "OpenVocabDetector": "model",

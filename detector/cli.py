@@ -1,21 +1,64 @@
-"""`python -m detector predict IMAGE... --vocabulary "cat, dog"`: JSON out, optional drawing."""
+"""`python -m detector predict INPUT... --vocabulary "cat, dog"`: detections as JSON, JSONL, CSV or COCO.
+
+Inputs are image files, folders (their images, recursively), glob patterns ("shots/*.jpg",
+"**/*.png") and videos (every `--frame-stride`-th frame, each reported with its index and time).
+Every input is checked before the model loads; a progress bar runs over the images and frames.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
+import io
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .annotate import annotate, detections_to_records
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+FORMATS = ("json", "jsonl", "csv", "coco")
+BATCH = 8  # images or frames per model call
+
+
+class InputError(ValueError):
+    """An input that cannot be used; found before the model loads."""
+
+
+@dataclass
+class Item:
+    """One picture to run the model on: an image file, or a frame of a video."""
+
+    source: str  # the path as given (or found in a folder / by a pattern)
+    frame: int | None = None  # the frame's index in its video
+    time: float | None = None  # the frame's time in seconds
+    pixels: object = None  # the decoded frame (RGB), for videos
+
+    def record(self, detections) -> dict:
+        out = {"image": self.source}
+        if self.frame is not None:
+            out.update(frame=self.frame, time=round(self.time, 3))
+        return {**out, "detections": detections_to_records(detections)}
+
+
+@dataclass
+class Video:
+    path: str
+    fps: float
+    frames: int  # as the container says (0 when unknown)
+    size: tuple[int, int]  # (width, height)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m detector", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m detector", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("predict", help="detect a vocabulary in images")
-    pr.add_argument("images", nargs="+", help="image files")
+    pr = sub.add_parser("predict", help="detect a vocabulary in images, folders, globs and videos")
+    pr.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders, glob patterns or videos")
     pr.add_argument("--vocabulary", "-v", required=True, help="class names, comma separated")
     pr.add_argument("--model", "-m", default=None,
                     help="preset (offline, tiny, resnet50-clip), checkpoint folder or Hub id")
@@ -23,54 +66,221 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--nms-threshold", type=float, default=None)
     pr.add_argument("--max-detections", type=int, default=None)
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    pr.add_argument("--out", type=Path, default=None, help="write JSON here instead of stdout")
+    pr.add_argument("--format", "-f", choices=FORMATS, default="json",
+                    help="json (one object, or a list), jsonl (one line per image or frame), csv (one row per "
+                         "detection) or coco (detection results with scores)")
+    pr.add_argument("--out", type=Path, default=None, help="write the detections here instead of stdout")
     pr.add_argument("--annotated", type=Path, default=None,
                     help="write the annotated image here (a folder when several images are given)")
+    pr.add_argument("--frame-stride", type=int, default=1, help="videos: run on every N-th frame (default 1)")
+    pr.add_argument("--annotated-video", type=Path, default=None,
+                    help="write the video's detected frames, drawn, here (.mp4; one video input)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """(image files, video files) the inputs name, in order; InputError on a missing file, a
+    folder without images or a pattern that matches nothing."""
+    from .images import IMAGE_SUFFIXES, list_image_files
+
+    images, videos, problems = [], [], []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            found = [str(p) for p in list_image_files(path)]
+            found += sorted(str(p) for p in path.rglob("*") if _is_video(p) and not p.name.startswith("."))
+            if not found:
+                problems.append(f"the folder '{given}' holds no images or videos")
+        elif path.is_file():
+            found = [given]
+        elif glob.has_magic(given):
+            found = sorted(p for p in glob.glob(given, recursive=True)
+                           if Path(p).is_file() and Path(p).suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES))
+            if not found:
+                problems.append(f"the pattern '{given}' matches no images or videos")
+        else:
+            found = []
+            problems.append(f"'{given}' does not exist")
+        for f in found:
+            (videos if _is_video(Path(f)) else images).append(f)
+    if problems:
+        raise InputError("; ".join(problems))
+    return list(dict.fromkeys(images)), list(dict.fromkeys(videos))
+
+
+def open_video(path: str) -> Video:
+    """The video's frame rate, frame count and size; InputError when OpenCV cannot read a frame of it."""
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        ok = cap.isOpened() and cap.read()[0]
+        if not ok:
+            raise InputError(f"'{Path(path).name}' is not a video OpenCV can read")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        return Video(path, fps if fps > 0 else 25.0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+                     (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))))
+    finally:
+        cap.release()
+
+
+def video_frames(video: Video, stride: int) -> Iterator[Item]:
+    """Every `stride`-th frame (from the first), decoded as RGB, with its index and time."""
+    import cv2
+
+    cap = cv2.VideoCapture(video.path)
+    try:
+        index = 0
+        while True:
+            if index % stride:
+                if not cap.grab():
+                    return
+            else:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield Item(video.path, index, index / video.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        cap.release()
+
+
+def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_output(records: list[dict], fmt: str, names: list[str], single: bool) -> str:
+    if fmt == "json":
+        return json.dumps(records[0] if single and records else records, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["image", "frame", "time", "class_name", "score", "x1", "y1", "x2", "y2"])
+        for r in records:
+            for d in r["detections"]:
+                w.writerow([r["image"], r.get("frame", ""), r.get("time", ""), d["class_name"], d["score"], *d["box"]])
+        return buf.getvalue()
+    images, anns = [], []
+    for i, r in enumerate(records, 1):
+        info = {"id": i, "file_name": Path(r["image"]).name, "path": r["image"]}
+        if "frame" in r:
+            info.update(frame_index=r["frame"], time=r["time"])
+        images.append(info)
+        for d in r["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": d["class_id"] + 1,
+                         "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                         "area": round((x2 - x1) * (y2 - y1), 2), "score": d["score"], "iscrowd": 0})
+    return json.dumps({"info": {"description": "python -m detector predict"}, "images": images, "annotations": anns,
+                       "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .vocabulary import parse_vocabulary
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    # --- every input and output checked before the model loads
+    if args.frame_stride < 1:
+        return fail("--frame-stride must be 1 or more")
+    try:
+        names = parse_vocabulary(args.vocabulary)
+        image_paths, video_paths = expand_inputs(args.images)
+        videos = [open_video(v) for v in video_paths]
+    except (InputError, ValueError) as e:
+        return fail(str(e))
+    single = len(args.images) == 1 and len(image_paths) == 1 and not videos and Path(args.images[0]).is_file()
+    if args.annotated_video is not None and len(videos) != 1:
+        return fail(f"--annotated-video needs exactly one video input ({len(videos)} given)")
+    for target in (args.out, args.annotated if args.annotated and single else None, args.annotated_video):
+        if target is not None and not target.parent.is_dir():
+            return fail(f"the folder of '{target}' does not exist")
+
+    from tqdm import tqdm
+
     from . import Predictor
     from .checkpoint import CheckpointError
     from .hub import HubUnavailableError
     from .images import ImageLoadError, load_image
 
-    for target in (args.out, args.annotated if args.annotated and len(args.images) == 1 else None):
-        if target is not None and not target.parent.is_dir():  # before any work is done
-            print(f"error: the folder of '{target}' does not exist", file=sys.stderr)
-            return 2
     try:
         predictor = Predictor.from_pretrained(args.model, device=args.device)
-        paths, images, bad = [], [], []
-        for p in args.images:  # decoded once: for the model and the drawing; bad ones listed, not fatal
-            try:
-                images.append(load_image(p))
-                paths.append(p)
-            except ImageLoadError as e:
-                bad.append(str(e))
-        dets = predictor.predict(images, args.vocabulary, args.score_threshold,
-                                 args.nms_threshold, args.max_detections) if images else []
-    except (ImageLoadError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result = [{"image": str(path), "detections": detections_to_records(d)} for path, d in zip(paths, dets)]
-    text = json.dumps(result if len(args.images) > 1 else (result[0] if result else []), indent=2,
-                      ensure_ascii=False)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    elif result:
-        print(text)
-    if args.annotated:
-        from PIL import Image
+    except (CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
+        return fail(str(e))
+    total = len(image_paths) + sum(-(-v.frames // args.frame_stride) for v in videos)
+    bar = tqdm(total=total or None, unit="img", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    records, bad = [], []
+    writer = None
 
-        for path, image, d in zip(paths, images, dets):
-            target = args.annotated
-            if len(args.images) > 1:
-                target.mkdir(parents=True, exist_ok=True)
-                target = target / (Path(path).stem + ".png")
-            Image.fromarray(annotate(image, d)).save(target)
+    def run(loaded: list) -> list:
+        return predictor.predict(loaded, names, args.score_threshold, args.nms_threshold, args.max_detections)
+
+    try:
+        for batch in _batches((Item(p) for p in image_paths), BATCH):
+            kept, loaded = [], []
+            for item in batch:  # decoded once: for the model and the drawing; bad ones listed, not fatal
+                try:
+                    loaded.append(load_image(item.source))
+                    kept.append(item)
+                except ImageLoadError as e:
+                    bad.append(str(e))
+            for item, image, det in zip(kept, loaded, run(loaded) if kept else []):
+                records.append(item.record(det))
+                if args.annotated:
+                    _save_annotated(args.annotated, item, image, det, single)
+            bar.update(len(batch))
+        for video in videos:
+            if args.annotated_video is not None:
+                import cv2
+
+                writer = cv2.VideoWriter(str(args.annotated_video), cv2.VideoWriter_fourcc(*"mp4v"),
+                                         max(1.0, video.fps / args.frame_stride), video.size)
+            for batch in _batches(video_frames(video, args.frame_stride), BATCH):
+                loaded = [load_image(item.pixels) for item in batch]
+                for item, image, det in zip(batch, loaded, run(loaded)):
+                    records.append(item.record(det))
+                    if writer is not None:
+                        writer.write(cv2.cvtColor(annotate(image, det), cv2.COLOR_RGB2BGR))
+                bar.update(len(batch))
+    except (ImageLoadError, ValueError) as e:
+        bar.close()
+        return fail(str(e))
+    finally:
+        if writer is not None:
+            writer.release()
+    bar.close()
+    text = write_output(records, args.format, names, single)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    elif records or args.format == "coco":
+        sys.stdout.write(text)
     for message in bad:
         print(f"error: {message}", file=sys.stderr)
     return 2 if bad else 0
+
+
+def _save_annotated(target: Path, item: Item, image, det, single: bool) -> None:
+    from PIL import Image
+
+    if not single:
+        target.mkdir(parents=True, exist_ok=True)
+        target = target / (Path(item.source).stem + ".png")
+    Image.fromarray(annotate(image, det)).save(target)

@@ -119,6 +119,9 @@ def test_unresponsive_hub_fails_within_seconds(monkeypatch):
 
 
 def test_cli_names_the_problem_on_bad_model(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")  # inputs are checked first: this one is fine
     r = subprocess.run([sys.executable, "-m", "detector", "predict", str(tmp_path / "x.png"), "-v", "cat",
                         "-m", "someone/not-cached"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: could not fetch")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.store import LabelStore, StoreError
+from app.store import SCHEMA_VERSION, LabelStore, StoreError
 from detector import ImageLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def store(tmp_path):
 
 def test_schema_created_and_reopened(tmp_path):
     s = LabelStore(tmp_path)
-    assert s.schema_version == 1
-    assert {"images", "labels", "tags"} <= set(s.db.table_names())
+    assert s.schema_version == SCHEMA_VERSION == 2  # 2: the boxes table
+    assert {"images", "labels", "tags", "boxes"} <= set(s.db.table_names())
     assert s.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     h = s.add_image(png(0))
     s.set_tags(h, ["cat"])

@@ -529,7 +529,7 @@ def test_the_detections_export_reports_progress_per_image(tmp_path, tiny_predict
     from app.endpoints import make_endpoints
 
     ops = make_endpoints(service)
-    assert list(inspect.signature(ops["export_labels"]).parameters) == ["fmt"]
+    assert list(inspect.signature(ops["export_labels"]).parameters) == ["fmt", "with_images"]
     assert list(inspect.signature(ops["detections_coco"]).parameters) == ["score_threshold"]
 
 

@@ -4,6 +4,7 @@
       run_config.json                  the RunConfig a fine-tuning run was started with, or
       pretrain_config.json             the PretrainConfig of a pre-training run (one of the two)
       image_labels.json                the label snapshot the app exported for this run (if any)
+      boxes_coco.json                  the snapshot of the app's stored boxes (COCO) it trains on (if any)
       job.json                         pid + command of the process the launcher started
       status.json                      state, iteration, total, message, pid of the trainer
       metrics.jsonl                    one line per logged iteration (tail-able)
@@ -47,6 +48,7 @@ class RunDir:
     PRETRAIN_CONFIG = "pretrain_config.json"
     CONFIG_FILES = {"finetune": CONFIG, "pretrain": PRETRAIN_CONFIG}  # command -> its config file
     LABELS = "image_labels.json"
+    BOXES = "boxes_coco.json"
     JOB = "job.json"
     STATUS = "status.json"
     METRICS_LOG = "metrics.jsonl"
@@ -118,6 +120,10 @@ class RunDir:
     def write_labels(self, detic_json: dict) -> Path:
         """The snapshot of image-level labels this run trains on (Detic JSON)."""
         return atomic_write_json(self.file(self.LABELS), detic_json, indent=None)
+
+    def write_boxes(self, coco_json: dict) -> Path:
+        """The snapshot of box labels this run trains on (COCO detection JSON)."""
+        return atomic_write_json(self.file(self.BOXES), coco_json, indent=None)
 
     # --- process and status ---------------------------------------------------------------
     def write_job(self, pid: int, argv: list[str]) -> None:

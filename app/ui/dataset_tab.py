@@ -48,12 +48,15 @@ def build(ep: dict) -> dict:
         del_confirm = gr.Checkbox(False, label="Yes, remove it from every image", elem_id="dataset-delete-confirm")
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
-        imp_file = gr.File(label="Import labels: a Detic/COCO JSON, CSV or JSONL file, plus its images (files or a "
-                                 ".zip) unless they are already here", file_count="multiple",
+        imp_file = gr.File(label="Import labels: tags (Detic/COCO JSON, CSV, JSONL) or boxes (COCO JSON, Label Studio "
+                                 "JSON, a YOLO .zip with data.yaml or classes.txt), plus the images (files or a .zip) "
+                                 "unless they are already here", file_count="multiple",
                            file_types=[".json", ".csv", ".jsonl", "image", ".zip"], elem_id="dataset-import")
         imp_btn = gr.Button("Import")
     with gr.Row():
-        exp_fmt = gr.Radio(["detic", "csv", "coco_detections"], value="detic", label="Export format")
+        exp_fmt = gr.Radio(["detic", "csv", "coco_detections", "yolo", "voc", "label_studio"], value="detic",
+                           label="Export format (tags: detic, csv; the model's boxes: the others)")
+        exp_images = gr.Checkbox(False, label="Zip the images with the labels", elem_id="dataset-export-images")
         exp_btn = gr.Button("Export")
         exp_file = gr.File(label="Export", elem_id="dataset-export")
 
@@ -110,6 +113,9 @@ def build(ep: dict) -> dict:
 
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
+        if r.get("boxes") or any("box" in m for m in r.get("messages", [])):  # what each box file held and got
+            msg = f"imported tags or boxes for {r['imported']} image(s) ({r['boxes']} box(es)); " \
+                  f"{r['images_added']} new image(s). " + " ".join(r["messages"])
         if r["missing"]:
             msg += f"; {len(r['missing'])} not found: " + ", ".join(r["missing"][:10]) + ("…" if len(r["missing"]) > 10 else "")
         if r["skipped"]:
@@ -119,16 +125,16 @@ def build(ep: dict) -> dict:
     # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)
     imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [msg, *out], api_name="import_labels",
                   show_progress_on=msg)
-    def export(fmt, progress=gr.Progress()):
+    def export(fmt, with_images, progress=gr.Progress()):
         """The detections export runs the model on every image: a progress bar per image."""
         def per_image(done: int, total: int):
             progress((done, total), desc="detecting", unit="images")
 
         run = handler(functools.partial(ep["export_labels"], progress=per_image), present=lambda path: (path, ""),
                       error=lambda m, *_: (gr.update(), error_text(m)))
-        return run(fmt)
+        return run(fmt, bool(with_images))
 
     export.endpoint = ep["export_labels"]
-    exp_btn.click(export, exp_fmt, [exp_file, msg], api_name=False, show_progress_on=msg)
+    exp_btn.click(export, [exp_fmt, exp_images], [exp_file, msg], api_name=False, show_progress_on=msg)
     return {"refresh": (handler(ep["dataset"], present=_present), [], out), "open_in_tag": open_in_tag,
             "picked": picked_image, "msg": msg}

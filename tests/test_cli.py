@@ -1,0 +1,88 @@
+"""`python -m detector predict` over folders, globs and videos, in every output format."""
+
+import csv
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector import cli
+
+
+def make_video(path, frames=10, fps=10.0, size=(64, 48)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "shots"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "sub/b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / name)
+    return folder, make_video(tmp_path / "clip.mp4")
+
+
+RUN = ["-v", "cat, dog", "-m", "tiny", "--score-threshold", "0", "--max-detections", "2"]
+
+
+def test_folders_globs_and_videos_with_frame_index_and_time(inputs, tmp_path, capsys):
+    folder, video = inputs
+    out = tmp_path / "o.jsonl"
+    rc = cli.main(["predict", str(folder), str(folder / "*.png"), str(video), *RUN, "--frame-stride", "3",
+                   "--format", "jsonl", "--out", str(out), "--annotated-video", str(tmp_path / "drawn.mp4")])
+    assert rc == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in records[:2]] == [str(folder / "a.png"), str(folder / "sub" / "b.jpg")]  # once each
+    frames = records[2:]
+    assert [(r["frame"], r["time"]) for r in frames] == [(0, 0.0), (3, 0.3), (6, 0.6), (9, 0.9)]
+    assert all(r["image"] == str(video) and len(r["detections"]) == 2 for r in frames)
+    drawn = cv2.VideoCapture(str(tmp_path / "drawn.mp4"))
+    assert int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and drawn.read()[1].shape == (48, 64, 3)
+    drawn.release()
+    err = capsys.readouterr().err
+    assert "6/6" in err and "100%" in err  # the progress bar: 2 images and 4 frames
+
+
+def test_every_input_is_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from detector import Predictor
+
+    def never(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(Predictor, "from_pretrained", never)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    rc = cli.main(["predict", str(tmp_path / "nope.png"), str(tmp_path / "empty"), str(tmp_path / "*.gif"),
+                   *RUN])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'nope.png' does not exist" in err.replace(str(tmp_path) + "/", "")
+    assert "holds no images" in err and "matches no images" in err
+    assert cli.main(["predict", str(tmp_path / "bad.mp4"), *RUN]) == 2
+    assert "'bad.mp4' is not a video OpenCV can read" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert cli.main(["predict", str(tmp_path / "x.png"), *RUN, "--annotated-video", str(tmp_path / "o.mp4")]) == 2
+    assert "exactly one video" in capsys.readouterr().err
+
+
+def test_csv_and_coco_output(inputs, tmp_path, capsys):
+    folder, video = inputs
+    assert cli.main(["predict", str(folder), *RUN, "--format", "csv", "--no-progress"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 4 and set(rows[0]) == {"image", "frame", "time", "class_name", "score", "x1", "y1", "x2", "y2"}
+    assert {r["class_name"] for r in rows} <= {"cat", "dog"}
+    out = tmp_path / "coco.json"
+    assert cli.main(["predict", str(video), *RUN, "--format", "coco", "--frame-stride", "5", "--out", str(out)]) == 0
+    coco = json.loads(out.read_text())
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
+    assert [(i["frame_index"], i["file_name"]) for i in coco["images"]] == [(0, "clip.mp4"), (5, "clip.mp4")]
+    assert len(coco["annotations"]) == 4 and all("score" in a and len(a["bbox"]) == 4 for a in coco["annotations"])

@@ -1,0 +1,274 @@
+"""Exports other tools read (YOLO, Pascal VOC, COCO, Label Studio; images zipped under their
+original names) and box-label imports (COCO, YOLO, Label Studio) into the store."""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import supervision as sv
+from PIL import Image
+
+from app.formats import export_names
+from app.service import AppService
+
+BOXES = [[2.0, 3.0, 20.0, 25.0], [5.0, 6.0, 30.0, 28.0]]  # what the fake model finds, class 0 and 1
+
+
+def image_bytes(seed: int, size=(40, 32), fmt="PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def fake_predict(images, vocabulary, score_threshold=None, *args, **kwargs):
+    names = list(vocabulary)
+    k = min(2, len(names))
+    return [sv.Detections(xyxy=np.array(BOXES[:k], dtype=np.float32), confidence=np.array([0.9, 0.6][:k]),
+                          class_id=np.arange(k), data={"class_name": np.array(names[:k])})]
+
+
+@pytest.fixture
+def service(tmp_path, tiny_predictor, monkeypatch):
+    s = AppService(tmp_path / "data", predictor=tiny_predictor)
+    monkeypatch.setattr(tiny_predictor, "predict", fake_predict)
+    return s
+
+
+@pytest.fixture
+def filled(service):
+    """Three tagged images, two of them both named 'a.png' (one in a folder), one JPEG."""
+    hashes = [service.store.add_image(image_bytes(1), "a.png"), service.store.add_image(image_bytes(2), "dir/a.png"),
+              service.store.add_image(image_bytes(3, fmt="JPEG"), "photo one.jpg")]
+    for h in hashes:
+        service.store.set_tags(h, ["mug"], ["laptop"])
+    return service, hashes
+
+
+def unzip(path: str | Path, where: Path) -> Path:
+    with zipfile.ZipFile(path) as z:
+        z.extractall(where)
+    return where
+
+
+def test_export_names_are_original_and_unique_by_stem():
+    rows = [{"hash": "1" * 64, "file": "11/x.png", "original_name": "a.png"},
+            {"hash": "2" * 64, "file": "22/x.jpg", "original_name": "sub/A.jpg"},
+            {"hash": "3" * 64, "file": "33/x.png", "original_name": None},
+            {"hash": "4" * 64, "file": "44/x.png", "original_name": "notes.txt"}]
+    names = export_names(rows)
+    assert names == {"1" * 64: "a.png", "2" * 64: "A-22222222.jpg", "3" * 64: "333333333333.png",
+                     "4" * 64: "notes.txt.png"}
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "voc", "coco_detections"])
+def test_box_exports_with_images_load_back_into_supervision(filled, tmp_path, fmt):
+    service, hashes = filled
+    path = Path(service.export_labels(fmt, True))
+    assert path.suffix == ".zip"
+    root = unzip(path, tmp_path / "out")
+    names = sorted(p.name for p in (root / "images").iterdir())
+    assert names == ["a-" + hashes[1][:8] + ".png", "a.png", "photo one.jpg"]
+    # the images are the stored bytes, not re-encoded
+    assert (root / "images" / "a.png").read_bytes() == service.store.image_path(hashes[0]).read_bytes()
+    if fmt == "yolo":
+        ds = sv.DetectionDataset.from_yolo(str(root / "images"), str(root / "labels"), str(root / "data.yaml"))
+        assert (root / "classes.txt").read_text().split() == ds.classes
+    elif fmt == "voc":
+        ds = sv.DetectionDataset.from_pascal_voc(str(root / "images"), str(root / "annotations"))
+    else:
+        coco = json.loads((root / "annotations.json").read_text())
+        assert coco["info"]["description"] and coco["licenses"] and "score" in coco["annotations"][0]
+        assert {i["file_name"] for i in coco["images"]} == set(names)
+        ds = sv.DetectionDataset.from_coco(str(root / "images"), str(root / "annotations.json"))
+    assert len(ds) == 3
+    assert sorted(ds.classes) == ["laptop", "mug"]
+    for image_path, _, det in ds:
+        order = np.argsort([ds.classes[c] for c in det.class_id])  # the labels sorted: laptop (the model's 0), mug
+        assert np.allclose(det.xyxy[order], BOXES, atol=1.01), image_path
+        assert [ds.classes[c] for c in det.class_id[order]] == ["laptop", "mug"]
+
+
+def test_box_exports_without_images_hold_only_labels(filled, tmp_path):
+    service, _ = filled
+    yolo = Path(service.export_labels("yolo"))
+    with zipfile.ZipFile(yolo) as z:
+        members = z.namelist()
+    assert "data.yaml" in members and "classes.txt" in members and sum(m.startswith("labels/") for m in members) == 3
+    assert not any(m.startswith("images/") for m in members)
+    coco = Path(service.export_labels("coco_detections"))
+    assert coco.suffix == ".json" and json.loads(coco.read_text())["images"][0]["file_name"] == "a.png"
+
+
+def test_label_studio_tasks_carry_scored_predictions_by_original_name(filled):
+    service, hashes = filled
+    tasks = json.loads(Path(service.export_labels("label_studio")).read_text())
+    assert [t["data"]["image"] for t in tasks] == ["a.png", f"a-{hashes[1][:8]}.png", "photo one.jpg"]
+    (pred,) = tasks[0]["predictions"]
+    result = pred["result"][0]
+    assert result["type"] == "rectanglelabels" and result["value"]["rectanglelabels"] == ["laptop"]
+    assert result["score"] == pytest.approx(0.9) and pred["score"] == pytest.approx(0.75)
+    assert result["original_width"] == 40 and result["value"]["x"] == pytest.approx(5.0)  # 2 of 40 px
+    assert tasks[0]["meta"]["sha256"] == hashes[0]
+
+
+def test_tag_exports_zip_the_images_under_their_names_and_train_reads_them(filled, tmp_path):
+    from train.data import read_label_dataset
+
+    service, hashes = filled
+    root = unzip(service.export_labels("detic", True), tmp_path / "detic")
+    samples, stats = read_label_dataset(root / "image_labels.json", root / "images")
+    assert len(samples) == 3 and stats.skipped_missing == 0
+    assert {s.path.name for s in samples} == {"a.png", f"a-{hashes[1][:8]}.png", "photo one.jpg"}
+    root = unzip(service.export_labels("csv", True), tmp_path / "csv")
+    samples, _ = read_label_dataset(root / "image_labels.csv", root / "images")
+    assert len(samples) == 3 and all(s.positives == ["mug"] and s.negatives == ["laptop"] for s in samples)
+
+
+def test_unknown_export_format_names_the_known_ones(service):
+    with pytest.raises(ValueError, match="yolo, voc, label_studio"):
+        service.export_labels("pascal")
+
+
+# --- box labels in ------------------------------------------------------------------------------
+def write_images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"img{i}.png")
+        paths[-1].write_bytes(image_bytes(10 + i))
+    return paths
+
+
+def coco_file(path: Path, names: list[str]) -> Path:
+    path.write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": n, "width": 40, "height": 32, "pos_category_ids": [2] if i == 0 else []}
+                   for i, n in enumerate(names)],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 18, 22]},
+                        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [5, 6, 25, 22]},
+                        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [30, 20, 50, 50]}],  # clipped to 40x32
+        "categories": [{"id": 1, "name": "mug"}, {"id": 2, "name": "kitchen"}, {"id": 3, "name": "laptop"}]}))
+    return path
+
+
+def test_store_boxes_round_trip_through_sqlite_and_training(tmp_path):
+    from app.store import LabelStore, StoreError
+    from train.data import read_box_dataset
+    from train.run_dir import RunDir
+
+    store = LabelStore(tmp_path / "data")
+    assert store.schema_version == 2
+    a, b = store.add_image(image_bytes(1), "a.png"), store.add_image(image_bytes(2), "b.png")
+    result = store.import_tags([(a, [], ["mug"])], {a: [("mug", (2, 3, 20, 25)), ("laptop", (-5, 1, 10, 40))],
+                                                    b: [("mug", (1, 1, 1.5, 9))]})  # b's box is empty: dropped
+    assert result == {"boxes": 2, "dropped": 1, "box_images": 1}
+    assert store.boxes(a) == [{"image": a, "label": "mug", "box": [2, 3, 20, 25]},
+                              {"image": a, "label": "laptop", "box": [0, 1, 10, 32]}]
+    assert store.tags(a) == {"positives": ["laptop", "mug"], "negatives": []}  # a box's label is present
+    store.import_tags([], {a: [("cup", (1, 1, 9, 9))]})  # the same image again: its boxes replaced
+    assert [x["label"] for x in store.boxes()] == ["cup"]
+    store.rename_label("cup", "mug")  # a merge moves the boxes
+    assert store.boxes(a)[0]["label"] == "mug"
+    with pytest.raises(StoreError):  # one transaction per file: nothing of it is stored
+        store.import_tags([(b, ["x"], ["x"])], {b: [("x", (1, 1, 9, 9))]})
+    assert store.boxes(b) == [] and store.box_count() == 1
+    # reopened (another process): the same boxes; the training run's snapshot reads back identically
+    again = LabelStore(tmp_path / "data")
+    path = RunDir(tmp_path / "run").write_boxes(again.export_boxes_coco())
+    samples, _ = read_box_dataset(path, again.image_dir)
+    assert [(s.path, s.names, s.boxes.tolist()) for s in samples] == [(again.image_path(a), ["mug"], [[1, 1, 9, 9]])]
+    store.delete_label("mug")
+    assert store.box_count() == 0
+
+
+def test_a_version_1_database_gains_the_boxes_table(tmp_path):
+    import sqlite3
+
+    from app.store import LabelStore
+
+    store = LabelStore(tmp_path)
+    h = store.add_image(image_bytes(1), "a.png")
+    store.set_tags(h, ["mug"])
+    with sqlite3.connect(tmp_path / "labels.db") as db:
+        db.executescript("DROP TABLE boxes; PRAGMA user_version = 1;")
+    reopened = LabelStore(tmp_path)
+    assert reopened.schema_version == 2 and reopened.box_count() == 0 and reopened.tags(h)["positives"] == ["mug"]
+
+
+def test_coco_boxes_import_with_their_images_and_say_what_they_did(service, tmp_path):
+    images = write_images(tmp_path / "imgs", 3)
+    labels = coco_file(tmp_path / "boxes.json", [p.name for p in images[:2]])
+    report = service.import_labels([str(labels), *map(str, images[:2])])
+    assert report["imported"] == 2 and report["boxes"] == 3 and report["images_added"] == 2
+    (sentence,) = report["messages"]
+    assert "'boxes.json' (COCO): 3 box(es) on 2 image(s) and image-level labels for 1 image(s)" in sentence
+    assert "stored 3 box(es) on 2 image(s)" in sentence
+    h = service.store.find_image("img1.png")
+    assert service.store.boxes(h)[1] == {"image": h, "label": "laptop", "box": [30, 20, 40, 32]}
+    assert service.store.tags(service.store.find_image("img0.png"))["positives"] == ["kitchen", "mug"]
+    # without the images: never a silent "imported: 0"
+    other = AppService(tmp_path / "other", predictor=service.predictor)
+    report = other.import_labels([str(labels)])
+    assert report["imported"] == 0 and report["missing"] == ["img0.png", "img1.png"]
+    assert "3 box(es) on 2 image(s)" in report["messages"][0] and "2 image(s) not found" in report["messages"][0]
+
+
+def test_yolo_zip_imports_boxes_in_pixels(service, tmp_path):
+    images = write_images(tmp_path / "imgs", 2)
+    archive = tmp_path / "yolo.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("data.yaml", "names:\n  0: mug\n  1: laptop\n")
+        for p in images:
+            z.write(p, f"images/train/{p.name}")
+        z.writestr("labels/train/img0.txt", "0 0.5 0.5 0.5 0.5\n1 0.1 0.1 0.3 0.3 0.2 0.3\n")  # box; polygon
+        z.writestr("labels/train/img1.txt", "")
+    report = service.import_labels([str(archive)])
+    assert report["images_added"] == 2 and report["boxes"] == 2, report
+    assert "'yolo.zip' (YOLO): 2 box(es) on 1 image(s)" in report["messages"][0]
+    boxes = service.store.boxes(service.store.find_image("img0.png"))
+    assert [b["label"] for b in boxes] == ["mug", "laptop"]
+    assert np.allclose([b["box"] for b in boxes], [[10, 8, 30, 24], [4, 3.2, 12, 9.6]])
+
+
+def test_label_studio_and_yolo_exports_import_back_into_the_app(service, tmp_path):
+    images = write_images(tmp_path / "imgs", 2)
+    service.import_labels([str(coco_file(tmp_path / "boxes.json", [p.name for p in images])), *map(str, images)])
+    stored = sorted((service.store._image(b["image"])["original_name"], b["label"], b["box"])
+                    for b in service.store.boxes())
+    for fmt in ("label_studio", "coco_detections"):  # stored boxes: Label Studio annotations
+        archive = service.export_labels(fmt, True)
+        fresh = AppService(tmp_path / fmt, predictor=service.predictor)
+        report = fresh.import_labels([archive])
+        got = sorted((fresh.store._image(b["image"])["original_name"], b["label"], b["box"])
+                     for b in fresh.store.boxes())
+        if fmt == "label_studio":
+            assert np.allclose([g[2] for g in got], [s[2] for s in stored], atol=1e-3)
+            assert [g[:2] for g in got] == [s[:2] for s in stored], report
+            assert "predictions are not imported" not in report["messages"][0]
+        else:  # the model's (fake) boxes
+            assert len(got) == 2 * len(images) and report["boxes"] == 4
+    tasks = json.loads(Path(service.export_labels("label_studio")).read_text())
+    for t in tasks:
+        t.pop("annotations", None)
+    (tmp_path / "preds.json").write_text(json.dumps(tasks))
+    report = service.import_labels([str(tmp_path / "preds.json")])
+    assert "predictions are not imported as labels" in report["messages"][0]
+
+
+def test_training_trains_on_the_stored_boxes_beside_the_tags(service, tmp_path, monkeypatch):
+    from train.data import read_box_dataset
+    from train.run_dir import RunDir
+
+    images = write_images(tmp_path / "imgs", 2)
+    service.import_labels([str(coco_file(tmp_path / "boxes.json", [p.name for p in images])), *map(str, images)])
+    monkeypatch.setattr(service.jobs, "start", lambda run, **kw: run.id)  # no process: only what it would get
+    monkeypatch.setattr(service, "_current_source", lambda: "tiny")
+    run = RunDir(service.jobs.runs_dir / service.start_training(iters=10))
+    cfg = run.read_config()
+    assert Path(cfg.box_data) == run.file(RunDir.BOXES) and Path(cfg.box_images) == service.store.image_dir
+    assert cfg.label_data and Path(cfg.label_data) == run.file(RunDir.LABELS)
+    samples, _ = read_box_dataset(cfg.box_data, cfg.box_images)
+    assert sum(len(s.names) for s in samples) == 3
