@@ -109,4 +109,5 @@ def as_file(fn: Callable) -> Callable:
         return FileData(path=str(path), orig_name=os.path.basename(str(path)))
 
     wrapper.__signature__ = inspect.signature(fn).replace(return_annotation=FileData)
+    wrapper.endpoint = fn  # as every UI handler: the one service operation it goes through
     return wrapper
