@@ -68,6 +68,7 @@ SUGGEST_SIDE = 384
 # the run folder as COCO (`RunDir.write_boxes`) and the run trains on them beside the tags.
 STORED_BOXES = "(the stored boxes)"
 EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
+HOTKEYS = 9  # the Tag tab's number keys 1-9: the first nine labels created (`tag_view`'s `keys`)
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
@@ -314,7 +315,8 @@ class AppService:
         "suggestion:NAME" filter reads what the suggestion pass (`start_suggestions`) has found so
         far with them and the live model, and never waits for it: `pending` counts the images it has
         not looked at yet (they match nothing until it has), `running` whether it is looking now,
-        `suggestion_error` why the last pass stopped, if it failed."""
+        `suggestion_error` why the last pass stopped, if it failed. `keys`: the labels number keys
+        1-9 toggle, in the order the labels were created (a label keeps its key as others arrive)."""
         rows = self.store.images()
         tagged, total = self.store.progress()
         show = (show or "all").strip() or "all"
@@ -329,7 +331,8 @@ class AppService:
             state = self._pass_of(names)
         matches = queue_filter(show, suggested)
         matching = [i for i, r in enumerate(rows) if matches(r)]
-        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(), "image": None,
+        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(),
+                "keys": self.store.labels_by_age()[:HOTKEYS], "image": None,
                 "show": show, "matches": len(matching), "position": None, "suggest_names": names,
                 "pending": pending, "running": bool(state and state.running and pending),
                 "suggestion_error": state.error if state else ""}
@@ -975,12 +978,28 @@ class AppService:
                 "current": {"heads": info["heads"], "backbone": info["backbone_training"]}}
 
     @endpoint()
+    def revision(self) -> str:
+        """Changes whenever the stored images, labels or tags or the served model change: an open
+        page asks for it every few seconds and refreshes what it shows only when it moved."""
+        return f"{self.store.revision}.{self.model_version}"
+
+    @endpoint()
     def model_info(self) -> dict:
         """What is being served: source, why, architecture, parameters, device, and `limits`: what
         keeps its answers from being meaningful (empty when nothing does)."""
         info = self.predictor.info()
         info.setdefault("rpn_trained", getattr(self.predictor.model.config, "rpn_trained", None))
-        return {"source": self.serving.source, "note": self.serving.note, **info, "limits": model_limits(info)}
+        return {"source": self.serving.source, "note": self.serving.note, "headline": headline(self.serving.note),
+                "run": self._served_run(), **info, "limits": model_limits(info)}
+
+    def _served_run(self) -> str | None:
+        """The id of this app's run the served model comes from (its folder or a checkpoint in it), if any."""
+        try:
+            inside = Path(self.serving.source).resolve().relative_to(self.jobs.runs_dir.resolve())
+        except (ValueError, OSError):
+            return None
+        run_id = inside.parts[0] if inside.parts else ""
+        return run_id if run_id and (self.jobs.runs_dir / run_id).is_dir() else None
 
     @endpoint(api=False)
     def push_to_hub(self, repo_id: str, token: str = "", private: bool = True) -> str:
@@ -1003,6 +1022,19 @@ class AppService:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return str(getattr(commit, "commit_url", commit))
+
+
+def headline(note: str) -> str:
+    """Why this model is served, in one plain sentence (the note itself holds the details)."""
+    note = str(note or "")
+    if note.startswith("offline model:"):
+        text = ("The built-in offline model is served, because the better COCO + CLIP model could not be "
+                "downloaded.")
+        return text + (" The model chosen last could not be loaded either." if "could not be loaded" in note else "")
+    if " unavailable: using 'offline'" in note:
+        return "The built-in offline model is served, because the model asked for could not be loaded."
+    first = note.split("; ")[0].split(" (")[0].strip()
+    return first[:1].upper() + first[1:] + ("." if first and not first.endswith(".") else "")
 
 
 def _ap(value: float | None) -> str:

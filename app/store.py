@@ -13,6 +13,7 @@ one-folder-per-class trees. No Gradio here.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -50,6 +51,8 @@ class LabelStore:
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "labels.db"
         self._local = threading.local()
+        self._revision = 0  # counts this process's writes: see `revision`
+        self._revision_lock = threading.Lock()
         self.db.enable_wal()
         self._migrate()
 
@@ -97,6 +100,20 @@ class LabelStore:
                     PRAGMA user_version = 2;
                 """)
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """One write transaction; when it commits, `revision` moves on."""
+        with self.db.conn:
+            yield
+        with self._revision_lock:
+            self._revision += 1
+
+    @property
+    def revision(self) -> int:
+        """Changes whenever this store's images, labels or tags may have changed (a cheap way for
+        an open page to ask whether what it shows is stale)."""
+        return self._revision
+
     @property
     def schema_version(self) -> int:
         return self.db.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -125,7 +142,7 @@ class LabelStore:
         rel = Path(digest[:2]) / f"{digest}{suffix}"
         atomic_write(self.image_dir / rel, data)
         h, w = loaded.original_size
-        with self.db.conn:
+        with self._writing():
             self.db["images"].insert({"hash": digest, "file": str(rel), "original_name": original_name,
                                       "width": w, "height": h, "added": time.time()}, ignore=True)
         return digest
@@ -165,6 +182,11 @@ class LabelStore:
     def labels(self) -> list[str]:
         return [r["name"] for r in self.db.query("SELECT name FROM labels ORDER BY name COLLATE NOCASE")]
 
+    def labels_by_age(self) -> list[str]:
+        """Labels in the order they were first created (a rename keeps a label's place): the Tag
+        tab's number keys, which stay with a label as others arrive."""
+        return [r["name"] for r in self.db.query("SELECT name FROM labels ORDER BY id")]
+
     def _clean_tags(self, positives: Iterable[str], negatives: Iterable[str]) -> tuple[list[str], list[str]]:
         pos = list(dict.fromkeys(_clean_label(n) for n in positives))
         neg = list(dict.fromkeys(_clean_label(n) for n in negatives))
@@ -186,14 +208,14 @@ class LabelStore:
         two people adding tags to one image at once both keep theirs."""
         self._image(image)
         pos, neg = self._clean_tags(positives, negatives)
-        with self.db.conn:
+        with self._writing():
             self._upsert_tags(image, pos, neg, time.time())
         return self.tags(image)
 
     def remove_tags(self, image: str, names: Iterable[str]) -> dict:
         """Remove these names from the image's tags (present or not present); others stay."""
         self._image(image)
-        with self.db.conn:
+        with self._writing():
             for n in names:
                 label = self._label_id(n, create=False)
                 if label is not None:
@@ -205,7 +227,7 @@ class LabelStore:
         the app's editors use `add_tags` / `remove_tags`)."""
         self._image(image)
         pos, neg = self._clean_tags(positives, negatives)
-        with self.db.conn:
+        with self._writing():
             self.db.conn.execute("DELETE FROM tags WHERE image = ?", [image])
             self._upsert_tags(image, pos, neg, time.time())
         return self.tags(image)
@@ -236,7 +258,7 @@ class LabelStore:
         if old_id is None:
             raise StoreError(f"no label named {old!r}")
         new = _clean_label(new)
-        with self.db.conn:
+        with self._writing():
             target = self._label_id(new, create=False)
             if target is None or target == old_id:
                 self.db.conn.execute("UPDATE labels SET name = ? WHERE id = ?", [new, old_id])
@@ -252,7 +274,7 @@ class LabelStore:
         """Merge each source label into `into` (created if needed); one transaction per source."""
         into = _clean_label(into)
         if self._label_id(into, create=False) is None:
-            with self.db.conn:
+            with self._writing():
                 self._label_id(into)
         for s in sources:
             if _clean_label(s).casefold() != into.casefold():
@@ -262,7 +284,7 @@ class LabelStore:
         label_id = self._label_id(name, create=False)
         if label_id is None:
             raise StoreError(f"no label named {name!r}")
-        with self.db.conn:
+        with self._writing():
             self.db.conn.execute("DELETE FROM labels WHERE id = ?", [label_id])
 
     # --- export / import --------------------------------------------------------------------
@@ -337,7 +359,7 @@ class LabelStore:
         cleaned = [(h, *self._clean_tags(pos, [x for x in neg if x.casefold() not in {p.casefold() for p in pos}]))
                    for h, (pos, neg) in merged.items()]
         now = time.time()
-        with self.db.conn:
+        with self._writing():
             for h, pos, neg in cleaned:
                 self._image(h)
                 current = self.tags(h)

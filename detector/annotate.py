@@ -77,12 +77,16 @@ def draw_assignment(image: LoadedImage | np.ndarray, assignment, faint: int = 50
         canvas = sv.BoxAnnotator(color=sv.Color.from_hex("#bbbbbb"), thickness=1,
                                  color_lookup=_INDEX).annotate(canvas, grey)
     thickness = sv.calculate_optimal_line_thickness(wh) + 1
-    for rule, choices in assignment.rules.items():
+    # The whole-image box first and drawn further inside the border: a chosen proposal as large as
+    # the image (max_size often picks one) is drawn over it, along the border, so both stay visible.
+    ordered = sorted(assignment.rules.items(), key=lambda item: all(i == n for i, _ in item[1]), reverse=True)
+    for rule, choices in ordered:
         if not choices:
             continue
         boxes = np.array([proposals[i] for i, _ in choices], dtype=np.float32)
-        # Keep the whole-image box just inside the border so it stays visible.
-        boxes = np.clip(boxes, thickness, [wh[0] - thickness - 1, wh[1] - thickness - 1] * 2)
+        # Chosen boxes just inside the border (so they stay visible), the whole-image box further in.
+        inset = np.array([[3 * thickness if i == n else thickness] for i, _ in choices], dtype=np.float32)
+        boxes = np.clip(boxes, inset, np.array([wh[0] - 1, wh[1] - 1] * 2, dtype=np.float32) - inset)
         det = sv.Detections(xyxy=boxes)
         colour = RULE_COLOURS.get(rule, sv.Color.WHITE)
         canvas = sv.BoxAnnotator(color=colour, thickness=thickness, color_lookup=_INDEX).annotate(canvas, det)

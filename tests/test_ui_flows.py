@@ -258,7 +258,7 @@ def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
     service, page = app
     hashes = [service.store.add_image(np.roll(np.asarray(Image.open(photos[i % 4])), 7 * i, axis=0), f"img_{i}.png")
               for i in range(10)]
-    service.tag(hashes[9], "mug")  # a label to start with; "cup" is typed below, then labels are cup, mug
+    service.tag(hashes[9], "mug")  # a label to start with (key 1); "cup" is typed below and gets key 2
 
     # Keys do nothing outside the Tag tab.
     page.keyboard.press("ArrowRight")
@@ -278,17 +278,17 @@ def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
     page.keyboard.press("Control+Enter")
     expect(status).to_contain_text("Image 2 / 10", timeout=30_000)
     assert service.store.tags(hashes[0])["positives"] == ["cup"]
-    expect(page.locator("#tag-keys")).to_contain_text("1 cup")
+    expect(page.locator("#tag-keys")).to_contain_text("1 mug · 2 cup")  # mug keeps its key
 
     # Images 2-9: a number key, then Enter.
     for i in range(1, 9):
-        page.keyboard.press("2" if i % 2 else "1")
+        page.keyboard.press("1" if i % 2 else "2")
         page.keyboard.press("Enter")
         expect(status).to_contain_text(f"Image {i + 2} / 10", timeout=30_000)
-    # Image 10 (already "mug"): 1 adds "cup"; 2 again removes "mug", 2 once more puts it back.
+    # Image 10 (already "mug"): 2 adds "cup"; 1 removes "mug", 1 once more puts it back.
+    page.keyboard.press("2")
     page.keyboard.press("1")
-    page.keyboard.press("2")
-    page.keyboard.press("2")
+    page.keyboard.press("1")
     _wait(page, lambda: service.store.tags(hashes[9])["positives"] == ["cup", "mug"], "image 10 tagged cup, mug")
     expect(status).to_contain_text("tagged 10 / 10", timeout=30_000)
     assert service.store.progress() == (10, 10)
@@ -300,7 +300,7 @@ def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
     expect(page.locator("#tag-msg")).to_contain_text("all 10 images are tagged", timeout=30_000)
     expect(status).to_contain_text("Image 10 / 10")
 
-    # z undoes the last change (2 put "mug" back on image 10); a second z has nothing to undo.
+    # z undoes the last change (1 put "mug" back on image 10); a second z has nothing to undo.
     page.keyboard.press("z")
     expect(page.locator("#tag-msg")).to_contain_text("undone: mug", timeout=30_000)
     assert service.store.tags(hashes[9])["positives"] == ["cup"]

@@ -16,6 +16,8 @@ from .common import handler, launch_options
 
 __all__ = ["build_app", "launch_options"]
 
+WATCH_EVERY_S = 5.0  # how often an open page asks whether the store or the served model changed
+
 
 def build_app(service: AppService) -> gr.Blocks:
     ep = make_endpoints(service)
@@ -42,23 +44,29 @@ def build_app(service: AppService) -> gr.Blocks:
                                             (train_page, train["refresh"])):
             page.select(fn, inputs, outputs, api_name=False, show_progress="hidden")
         tag_page.select(*tag["choices"], api_name=False, show_progress="hidden")  # the Show filters, as they are now
-        served = handler(ep["model_info"], present=lambda info: (info, model_tab.model_header(info)))
-        model_page.select(served, None, [model["info"], header], api_name=False, show_progress="hidden")
+        # The served model: its summary and details on the Model tab, and the page's header.
+        model_out = [model["summary"], model["info"], header]
+
+        def model_views(info: dict) -> tuple:
+            return (*model["present"](info), model_tab.model_header(info))
+
+        served = handler(ep["model_info"], present=model_views)
+        model_page.select(served, None, model_out, api_name=False, show_progress="hidden")
 
         def swapped(info: dict) -> tuple:
             if info.get("needs_confirmation"):  # nothing was swapped: say why and how to go ahead
-                return (gr.update(), gr.update(),
+                return (gr.update(), gr.update(), gr.update(),
                         f"not served. {info['message']} Tick 'Serve it even if it scored lower' to serve it anyway.")
-            return info, model_tab.model_header(info), f"now serving `{info['source']}`"
+            return (*model_views(info), f"now serving `{info['source']}`")
 
         def use_run(run_id, anyway):
             return (*train["need_run"](run_id), bool(anyway))
 
         train["use"].click(handler(ep["use_model"], prepare=use_run, present=swapped),
                            [train["run"], train["use_anyway"]],
-                           [model["info"], header, train["msg"]], api_name=False, show_progress_on=train["msg"])
+                           [*model_out, train["msg"]], api_name=False, show_progress_on=train["msg"])
         model["load"].click(handler(ep["use_model"], present=swapped), model["source"],
-                            [model["info"], header, model["msg"]], api_name=False, show_progress_on=model["msg"])
+                            [*model_out, model["msg"]], api_name=False, show_progress_on=model["msg"])
 
         # Dataset → Tag: an image picked in the Dataset tab's gallery opens in the Tag editor.
         def open_in_tag(image_hash: str) -> tuple:
@@ -72,11 +80,33 @@ def build_app(service: AppService) -> gr.Blocks:
                                      show_progress_on=dataset["msg"])
 
         def on_load(first_untagged: int) -> tuple:
-            info = ep["model_info"]()
-            return (*tag["view_at"](first_untagged), *dataset["refresh"][0](), info, model_tab.model_header(info))
+            return (*tag["view_at"](first_untagged), *dataset["refresh"][0](), *model_views(ep["model_info"]()),
+                    ep["revision"]())
 
-        demo.load(handler(ep["first_untagged"], present=on_load), None, [*tag["refresh"][2], *dataset["refresh"][2], model["info"], header],
-                  api_name=False, show_progress="hidden")
+        seen = gr.State("")  # the store's and model's revision the page shows (`AppService.revision`)
+        demo.load(handler(ep["first_untagged"], present=on_load), None,
+                  [*tag["refresh"][2], *dataset["refresh"][2], *model_out, seen], api_name=False,
+                  show_progress="hidden")
+
+        # What a person is looking at follows changes made elsewhere (another page tagged, a hot
+        # swap): every few seconds the page asks whether anything changed, and only then refreshes
+        # the Dataset counts, the Tag tab's status line and keys, and the served model.
+        watch_out = [seen, *dataset["refresh"][2], *tag["watch"][2], *model_out]
+
+        def watch(last: str, *tag_values) -> tuple:
+            unchanged = tuple(gr.update() for _ in watch_out)
+            try:
+                now = ep["revision"]()
+                if now == last:
+                    return unchanged
+                return (now, *dataset["refresh"][0](), *tag["watch"][0](*tag_values),
+                        *model_views(ep["model_info"]()))
+            except gr.Error:  # e.g. a model swap under way: the next tick tries again
+                return unchanged
+
+        watch.endpoint = ep["revision"]
+        gr.Timer(WATCH_EVERY_S).tick(watch, [seen, *tag["watch"][1]], watch_out, api_name=False,
+                                     show_progress="hidden", trigger_mode="always_last")
         register_api(ep)
     demo.app_endpoints = ep  # for inspection (tests): the operations every event and API call goes through
     return demo

@@ -7,6 +7,7 @@ import contextlib
 import html
 import json
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -208,13 +209,25 @@ def _output_path(suffix: str) -> Path:
         for old in OUTPUTS.iterdir():
             with contextlib.suppress(OSError):
                 if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
-                    old.unlink()
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
     return OUTPUTS / f"{uuid.uuid4().hex}{suffix}"
 
 
-def json_file(data, name: str) -> str:
-    """A download for `data`."""
-    path = _output_path(f"-{name}.json")
+def download_name(text: str) -> str:
+    """A file name a person recognises, from user text (an image's name): letters, digits, - _ ."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(str(text)).stem).strip(".-")
+    return cleaned[:80] or "image"
+
+
+def json_file(data, name: str, named_after: str | None = None) -> str:
+    """A download for `data`, named `<named_after>-<name>.json` (e.g. after the image it is for) in
+    a folder of its own, else `<unique>-<name>.json`."""
+    if named_after:
+        folder = _output_path("")
+        folder.mkdir()
+        path = folder / f"{download_name(named_after)}-{name}.json"
+    else:
+        path = _output_path(f"-{name}.json")
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     return str(path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -43,7 +44,7 @@ def build(ep: dict, defaults) -> dict:
             out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
                                  elem_id="detect-table")
-            download = gr.File(label="Detections (JSON)")
+            download = gr.File(label="Detections (JSON)", elem_id="detect-download")
     with gr.Accordion("Many images at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
         batch_btn = gr.Button("Detect all")
@@ -55,13 +56,32 @@ def build(ep: dict, defaults) -> dict:
             raise gr.Error("upload an image (or use the webcam) first")
         return (image, *rest)
 
-    detect = handler(ep["detect"], prepare=need_image,
-                     present=lambda r: (png_file(r[0]), _rows(r[1]), json_file(r[1], "detections")))
+    def named(image, *rest) -> tuple:
+        """The detections, and the image's name (the download is named after it)."""
+        return (*ep["detect"](image, *rest), image)
+
+    detect = handler(named, prepare=need_image,
+                     present=lambda r: (png_file(r[0]), _rows(r[1]), json_file(r[1], "detections", named_after=r[2])))
+    detect.endpoint = ep["detect"]
+
+    def hint(detections, threshold) -> str:
+        """Pure UI: what the result line says after a detection (none found: what to try), from
+        the detections' JSON just written."""
+        try:
+            found = len(json.loads(Path(detections).read_text(encoding="utf-8"))) if detections else 0
+        except (OSError, ValueError):
+            return ""
+        if not found:
+            return f"no box above {float(threshold):.2f} — lower the threshold or try other names"
+        return f"{found} box(es) above {float(threshold):.2f}"
+
+    hint.ui_only = True
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
-    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg)
-    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg)
+    hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
+    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted)
+    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.HEAD)
-        slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg)
+        slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
     preset.change(fill_preset, preset, vocabulary, api_name=False)
 
     def batch_present(results):

@@ -8,15 +8,22 @@ import gradio as gr
 
 from .common import error_text, handler, tab_message
 
-HOTKEYS = 9  # number keys 1-9 toggle the first nine labels as present
+HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
 TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
 
 
-def _keys(labels: list[str]) -> str:
-    """The key legend, with the labels the number keys toggle (names escaped: they are user text)."""
-    numbers = " · ".join(f"**{i}** {html.escape(n)}" for i, n in enumerate(labels[:HOTKEYS], 1))
+def _keys(keyed: list[str]) -> str:
+    """The key legend: the labels the number keys toggle, in the order they were created (`tag_view`'s
+    `keys`; names escaped: they are user text)."""
+    numbers = " · ".join(f"**{i}** {html.escape(n)}" for i, n in enumerate(keyed[:HOTKEYS], 1))
     return (f"Keys: {numbers or 'tag an image to get number keys'} · **Enter** / **Ctrl+Enter** next · "
             "**←/→** previous / next · **u** next untagged · **z** undo · **t** tag box (**Esc** leaves it)")
+
+
+def _choices(v: dict) -> list[tuple[str, str]]:
+    """The label chips' (shown, value) choices: a label with a number key shows it ("2 · cup")."""
+    key = {n: i for i, n in enumerate(v["keys"][:HOTKEYS], 1)}
+    return [(f"{key[n]} · {n}" if n in key else n, n) for n in v["labels"]]
 
 
 def _status(view: dict) -> str:
@@ -124,10 +131,10 @@ def build(ep: dict, server_folders: bool) -> dict:
         img = v["image"]
         hint = ", ".join(v["labels"][:30]) + ("…" if len(v["labels"]) > 30 else "")
         return {status: _status(v),
-                positives: gr.update(choices=v["labels"], value=img["positives"] if img else []),
-                negatives: gr.update(choices=v["labels"], value=img["negatives"] if img else []),
+                positives: gr.update(choices=_choices(v), value=img["positives"] if img else []),
+                negatives: gr.update(choices=_choices(v), value=img["negatives"] if img else []),
                 suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"),
-                keys: _keys(v["labels"]), shown: _shown(v)}
+                keys: _keys(v["keys"]), shown: _shown(v)}
 
     def _present_view(v: dict) -> dict:
         """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
@@ -233,7 +240,7 @@ def build(ep: dict, server_folders: bool) -> dict:
         """Number key `number`: the label at that place becomes present, or stops being present."""
         if not image_hash:
             raise gr.Error("no image selected")
-        labels = view(0)["labels"]
+        labels = view(0)["keys"]
         if number > len(labels):
             raise gr.Error(f"key {number}: there are only {len(labels)} labels")
         name = labels[number - 1]
@@ -291,7 +298,9 @@ def build(ep: dict, server_folders: bool) -> dict:
             out[last_edit] = edit
         stored = out[shown]
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
-            del out[positives], out[negatives]
+            # only the choices (a new label's chip shows its number key), never the values
+            out[positives] = gr.update(choices=out[positives]["choices"])
+            out[negatives] = gr.update(choices=out[negatives]["choices"])
         return out
 
     def refused(message, image_hash, pos, neg, before):
@@ -360,6 +369,16 @@ def build(ep: dict, server_folders: bool) -> dict:
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
     refresh = handler(view, prepare=lambda i, s, vocab: (i, s, False, vocab),
                       present=lambda v: as_tuple(_present_view(v)))
+
+    def watched(i, s, vocab) -> tuple:
+        """(status, keys) of the image shown as stored now (changes made on another page); the
+        editor itself is left as it is (a person may be typing)."""
+        v = view(int(i or 0), s, False, vocab)
+        if v["image"] is None or v["index"] != int(i or 0):
+            return gr.update(), _keys(v["keys"])
+        return _status(v), _keys(v["keys"])
+
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
+            "watch": (watched, [index, show, suggest_vocab], [status, keys]),
             "choices": (choices, suggest_vocab, [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
             "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash))))}

@@ -212,7 +212,8 @@ def build(ep: dict, server_folders: bool = False) -> dict:
                                           elem_id="train-delete-confirm")
                 delete = gr.Button("Delete run", variant="stop", elem_id="train-delete")
     log = gr.Textbox(label="Log (tail)", lines=8, interactive=False)
-    history = gr.Dataframe(label="Runs (click a row to open it)", interactive=False, elem_id="train-history")
+    history = gr.Dataframe(_present_runs([]), headers=HISTORY_COLUMNS, label="Runs (click a row to open it)",
+                           interactive=False, elem_id="train-history")
     timer = gr.Timer(2.0)
 
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight,
