@@ -252,7 +252,8 @@ def test_killed_run_leaves_loadable_checkpoint_and_sigterm_stops_cleanly(syn, tm
 def test_two_process_ddp_keeps_ranks_identical(syn, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "train", "finetune",
+    # --standalone: torchrun's rendezvous binds a free port of its own (a fixed one can collide)
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "train", "finetune",
                         "--model", "tiny", "--box-data", str(syn / "box_train.json"), "--box-images", str(syn / "images"),
                         "--label-data", str(syn / "image_labels.json"), "--label-images", str(syn / "images"),
                         "--iters", "4", "--box-batch", "2", "--label-batch", "2", "--box-size", "64",
