@@ -410,3 +410,18 @@ def test_a_failing_suggestion_pass_says_why(tmp_path, small_image, monkeypatch):
     with pytest.raises(ValueError, match="out of memory"):
         service.find_suggestions("mug")
     assert service.tag_view(0, "suggestion:mug", vocabulary="mug")["suggestion_error"] == "out of memory"
+
+
+def test_importing_and_building_the_ui_writes_nothing_into_the_source_tree(tmp_path):
+    """Gradio writes a `.pyi` beside the module of every component subclass it creates (at import,
+    so this test module's own import would already have written one); the app defines none."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("from app.service import AppService; from app.ui import build_app; from detector import Predictor; "
+            f"build_app(AppService({str(tmp_path / 'data')!r}, predictor=Predictor.from_pretrained('tiny', device='cpu')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stubs = sorted(str(p.relative_to(root)) for p in (root / "app").rglob("*.pyi"))
+    assert not stubs, f"stubs in the source tree (one left by an older checkout can be deleted): {stubs}"

@@ -5,7 +5,6 @@ import pytest
 
 from detector import load_checkpoint
 from detector.capacity import backbone_choice_of, head_preset_of
-
 from tests.test_ui_flows import app, browser, photos, shots  # noqa: F401 - the served app and its browser
 
 pytestmark = pytest.mark.slow
