@@ -143,6 +143,7 @@ def test_assign_endpoint(running):
     assert "max_size trains" in said
 
 
+@pytest.mark.slow
 def test_tag_export_train_hot_swap_detect(running):
     """The whole loop: add images, tag with nasty names, export, train in the background,
     watch it finish, hot-swap the new model, detect again."""

@@ -192,6 +192,7 @@ def test_thin_images_detect_with_boxes_inside_them(public, tmp_path, shape):
     assert (boxes[:, 2] <= w + 0.01).all() and (boxes[:, 3] <= h + 0.01).all()  # no crash, nothing outside
 
 
+@pytest.mark.slow
 def test_absurd_images_are_refused_and_decode_memory_is_bounded(tmp_path):
     """A 15000 x 15000 PNG (a few hundred KB) is refused before decoding; a 40-megapixel one is
     decoded, downscaled and detected within a bounded peak (measured in a fresh process)."""
@@ -286,6 +287,7 @@ def test_error_texts_show_no_temp_paths_or_object_reprs(public, tmp_path):
     assert " at 0x" not in str(e.value) and "uploaded image" in str(e.value)
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_clients_all_succeed(public, tmp_path):
     """20 clients x 5 identical detects on loopback: 0 errors, bounded in time: all 100 take at most
     twice as long as the same 100 one after another from one client would (plus 30 s to connect)."""
