@@ -1,11 +1,16 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline and the text
-embedding cache lives in a temporary folder."""
+embedding cache lives in a temporary folder of the session, removed when the session ends."""
 
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("OVD_CACHE_DIR", tempfile.mkdtemp(prefix="ovd-cache-"))
+# Set before any test module is imported (and inherited by the processes tests start); removed in
+# `pytest_unconfigure` unless the caller chose the folder.
+_SESSION_CACHE = None if os.environ.get("OVD_CACHE_DIR") else tempfile.mkdtemp(prefix="ovd-cache-")
+if _SESSION_CACHE:
+    os.environ["OVD_CACHE_DIR"] = _SESSION_CACHE
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -48,3 +53,10 @@ def unit_embeddings():
         return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
 
     return make
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+        if os.environ.get("OVD_CACHE_DIR") == _SESSION_CACHE:
+            del os.environ["OVD_CACHE_DIR"]

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -78,7 +79,13 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     assert default_data_dir() == tmp_path
     monkeypatch.delenv("DATA_DIR")
-    assert default_data_dir() in (Path("/data"), Path("data"))
+    # /data as a Space's persistent storage would be: present and writable, present but read-only, absent
+    real_is_dir, real_access = Path.is_dir, os.access
+    for exists, writable, expected in ((True, True, Path("/data")), (True, False, Path("data")),
+                                       (False, False, Path("data"))):
+        monkeypatch.setattr(Path, "is_dir", lambda p, e=exists: e if str(p) == "/data" else real_is_dir(p))
+        monkeypatch.setattr(os, "access", lambda p, mode, w=writable: w if str(p) == "/data" else real_access(p, mode))
+        assert default_data_dir() == expected, (exists, writable)
 
 
 def test_detect_endpoint(running):
@@ -136,6 +143,7 @@ def test_assign_endpoint(running):
     assert "max_size trains" in said
 
 
+@pytest.mark.slow
 def test_tag_export_train_hot_swap_detect(running):
     """The whole loop: add images, tag with nasty names, export, train in the background,
     watch it finish, hot-swap the new model, detect again."""
@@ -171,7 +179,10 @@ def test_tag_export_train_hot_swap_detect(running):
     assert final["state"] == "finished" and final["iteration"] == 6 and final["metrics"]
     info = client.predict(run_id, api_name="/use_model")
     assert info["source"].endswith(run_id) and service.predictor is not before
-    assert info["trained_class_names"] >= 1
+    # every tagged image is in each batch of 8: the run trained all four positive names (not "dog": a negative)
+    trained = service.predictor.config.trained_class_names
+    assert sorted(trained) == sorted(["chat 🐈", "Robert'); DROP TABLE tags;--", 'say "cheese"', "person"])
+    assert info["trained_class_names"] == 4
     _, table, _ = client.predict(handle_file(str(paths[0])), "person", 0.0, 0.5, 5, api_name="/detect")
     assert len(table["data"]) == 5
     # The store survived all of it.
@@ -400,3 +411,18 @@ def test_a_failing_suggestion_pass_says_why(tmp_path, small_image, monkeypatch):
     with pytest.raises(ValueError, match="out of memory"):
         service.find_suggestions("mug")
     assert service.tag_view(0, "suggestion:mug", vocabulary="mug")["suggestion_error"] == "out of memory"
+
+
+def test_importing_and_building_the_ui_writes_nothing_into_the_source_tree(tmp_path):
+    """Gradio writes a `.pyi` beside the module of every component subclass it creates (at import,
+    so this test module's own import would already have written one); the app defines none."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("from app.service import AppService; from app.ui import build_app; from detector import Predictor; "
+            f"build_app(AppService({str(tmp_path / 'data')!r}, predictor=Predictor.from_pretrained('tiny', device='cpu')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stubs = sorted(str(p.relative_to(root)) for p in (root / "app").rglob("*.pyi"))
+    assert not stubs, f"stubs in the source tree (one left by an older checkout can be deleted): {stubs}"

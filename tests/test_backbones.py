@@ -107,14 +107,17 @@ def test_torchvision_weights_are_loaded_tensors_only(tmp_path, monkeypatch):
     """Cached torchvision weights go through torch's restricted unpickler: a pickle payload fails."""
     import os
     import pickle
+    import shlex
 
     from torchvision.models import ResNet50_Weights
 
     from detector.backbones import load_torchvision_weights
 
+    marker = tmp_path / "pwned"
+
     class Exploit:
         def __reduce__(self):
-            return (os.system, ("echo pwned > /tmp/ovd-pwned-tv",))
+            return (os.system, (f"echo pwned > {shlex.quote(str(marker))}",))
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
@@ -122,4 +125,4 @@ def test_torchvision_weights_are_loaded_tensors_only(tmp_path, monkeypatch):
     name = os.path.basename(ResNet50_Weights.IMAGENET1K_V2.url)
     (cache / name).write_bytes(pickle.dumps({"w": Exploit()}))
     assert load_torchvision_weights(ResNet50_Weights.IMAGENET1K_V2) is None  # refused, one warning
-    assert not os.path.exists("/tmp/ovd-pwned-tv")
+    assert not marker.exists()

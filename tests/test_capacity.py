@@ -78,7 +78,7 @@ def test_run_config_validates_the_choices_before_a_run_exists():
     assert RunConfig.from_dict(RunConfig(heads="light", train_backbone="all").to_dict()).heads == "light"
 
 
-def test_finetune_trains_the_chosen_heads_and_backbone(syn, tmp_path):
+def test_finetune_trains_the_chosen_heads_and_backbone(syn, tmp_path, monkeypatch):
     cfg = RunConfig(model="tiny", heads="light", train_backbone="last_stages", box_data=str(syn / "box_train.json"),
                     box_images=str(syn / "images"), iters=3, box_batch=2, box_size=64, warmup=1, log_every=1,
                     checkpoint_every=2)
@@ -91,9 +91,25 @@ def test_finetune_trains_the_chosen_heads_and_backbone(syn, tmp_path):
     assert moved and all(k.startswith("stages.") for k in moved), "only the last stages' weights move"
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["peak_memory_mb"] > 0 for m in metrics)
-    # resuming does not rebuild (it would throw the trained heads away): same weights as the checkpoint
+    # resuming does not rebuild (it would throw the trained heads away): the loop starts from exactly
+    # the checkpoint's weights
+    from train.loop import Loop
+
+    saved = load_checkpoint(tmp_path / "run").state_dict()
+    at_start = {}
+    run_steps = Loop.run_steps
+
+    def recording(self, step, start_it):
+        at_start.update({k: v.detach().clone() for k, v in step.model.state_dict().items()}, start_it=start_it)
+        return run_steps(self, step, start_it)
+
+    monkeypatch.setattr(Loop, "run_steps", recording)
     resumed = finetune(cfg.replace(iters=4), tmp_path / "run", resume=True)
-    assert resumed["state"] == "finished" and resumed["iteration"] == 4
+    assert resumed["state"] == "finished" and resumed["iteration"] == 4 and at_start.pop("start_it") == 3
+    assert at_start.keys() == saved.keys()
+    differ = [k for k in saved if not torch.equal(saved[k], at_start[k].to(saved[k].dtype))]
+    assert not differ, f"the resumed run did not start from the checkpoint's weights: {differ[:5]}"
+    assert any(not torch.equal(saved[k], v) for k, v in load_checkpoint(tmp_path / "run").state_dict().items())
 
 
 def test_dry_run_measures_each_batch_kind(syn):

@@ -1,6 +1,7 @@
 import contextlib
 import os
 import pickle
+import shlex
 import socket
 import subprocess
 import sys
@@ -34,20 +35,26 @@ def test_weights_file_alone_is_a_complete_checkpoint(tiny_model, tmp_path):
 
 
 class Exploit:
+    """Unpickling it runs a shell command that writes `marker` (a path of the test's own)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /tmp/ovd-pwned",))
+        return (os.system, (f"echo pwned > {shlex.quote(self.marker)}",))
 
 
 def test_pickle_payload_is_refused(tmp_path):
-    (tmp_path / "model.safetensors").write_bytes(pickle.dumps({"w": Exploit()}))
+    marker = tmp_path / "pwned"
+    (tmp_path / "model.safetensors").write_bytes(pickle.dumps({"w": Exploit(marker)}))
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         load_checkpoint(tmp_path)
     only_pickle = tmp_path / "other"
     only_pickle.mkdir()
-    (only_pickle / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
+    (only_pickle / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit(marker)))
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_checkpoint(only_pickle)
-    assert not os.path.exists("/tmp/ovd-pwned")
+    assert not marker.exists()
 
 
 def test_mismatched_weights_are_reported(tiny_model, tmp_path):

@@ -51,10 +51,28 @@ def test_exif_rotation_is_applied():
     assert out.array.shape == (80, 40, 3) and out.original_size == (80, 40)
 
 
-def test_huge_image_is_downscaled_and_boxes_map_back(tiny_predictor, small_image):
+def test_huge_image_is_downscaled_and_boxes_map_back(tiny_predictor, small_image, monkeypatch):
+    """The predictor decodes a too-large image at most `max_side` wide, detects on that, and reports
+    the boxes in the original image's pixels: the downscaled image's boxes times the scale."""
+    import detector.predictor
+
     big = np.array(Image.fromarray(small_image).resize((1536, 1536)))
     loaded = load_image(big, max_side=384)
     assert loaded.array.shape == (384, 384, 3) and loaded.original_size == (1536, 1536) and loaded.scale == 4
+    seen = []
+
+    def load_at_384(source, max_side=384):
+        seen.append(load_image(source, max_side=max_side))
+        return seen[-1]
+
+    monkeypatch.setattr(detector.predictor, "load_image", load_at_384)
+    on_big = tiny_predictor.predict(big, "person, flag", score_threshold=0.0, max_detections=5)[0]
+    assert seen[0].array.shape == (384, 384, 3)  # the predictor detected on the downscaled image
+    on_small = tiny_predictor.predict(loaded.array, "person, flag", score_threshold=0.0, max_detections=5)[0]
+    assert len(on_big) == len(on_small) == 5
+    assert np.allclose(on_big.xyxy, on_small.xyxy * 4, atol=1e-3)  # same boxes, in the original's pixels
+    assert on_big.xyxy.max() > 384 and (on_big.xyxy >= 0).all() and (on_big.xyxy <= 1536).all()
+    assert (on_big.data["class_name"] == on_small.data["class_name"]).all()
 
 
 @pytest.mark.parametrize("bad", [b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, np.zeros((0, 5, 3)),

@@ -1,5 +1,6 @@
 """Background runs: the app starts, polls and cancels; the run folder is `train.run_dir.RunDir`'s."""
 
+import os
 import subprocess
 import sys
 
@@ -48,16 +49,29 @@ def test_live_process_counts_as_active_and_refuses_a_second_run(tmp_path):
         proc.wait()
 
 
-def test_started_run_records_the_child_pid_and_finishes(tmp_path):
+def test_started_run_records_the_child_pid_and_finishes(tmp_path, monkeypatch):
     """The pid the app polls is the training process's own, and a bad config ends the run as failed."""
+    import app.jobs
+
+    launched = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            launched.append(self)
+
+    monkeypatch.setattr(app.jobs.subprocess, "Popen", RecordingPopen)
     jobs = TrainingJobs(tmp_path / "runs")
     run = RunDir.create(jobs.runs_dir)
     run.write_config(RunConfig(model="tiny", box_data=str(tmp_path / "missing.json"), box_images=str(tmp_path)))
     jobs.start(run)
-    assert run.job()["argv"] == finetune_argv(run)
+    (child,) = launched
+    assert run.job()["argv"] == finetune_argv(run) == child.args
+    assert run.job()["pid"] == child.pid != os.getpid()  # the launcher's record: the child, not the app
     status = jobs.wait(run.id, timeout=300)
     assert status["state"] == "failed" and "missing.json" in status["message"], run.log_tail()
-    assert status.get("pid") in (None, run.job()["pid"])  # never the app's own pid
+    assert status["pid"] == child.pid  # the trainer wrote its own pid, the one the launcher recorded
+    child.wait(timeout=60)
 
 
 def test_argv_is_the_config_file_only(tmp_path):

@@ -289,7 +289,8 @@ def test_app_start_pretraining_writes_a_config_over_the_stored_images(tmp_path, 
 def test_two_process_ddp_pretraining_keeps_ranks_identical(syn, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29521", "-m", "train", "pretrain",
+    # --standalone: torchrun's rendezvous binds a free port of its own (a fixed one can collide)
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "train", "pretrain",
                         "--images", str(syn / "images"), "--model", "tiny", "--iters", "3", "--batch", "1",
                         "--size", "96", "--workers", "1", "--device", "cpu", "--out", str(tmp_path / "ddp")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

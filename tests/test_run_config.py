@@ -31,21 +31,48 @@ def _non_default_config(tmp_path) -> RunConfig:
     return cfg
 
 
+def _data_at_the_config_paths(cfg: RunConfig, tmp_path) -> None:
+    """Real (synthetic) files where `cfg` points, so that the real `finetune` runs up to its loop;
+    one class is renamed "猫" so that both novel names are among the categories."""
+    from train.synthetic import generate
+
+    syn = tmp_path / "syn"
+    generate(syn, seed=0, n_box=4, n_label=8, n_val=2, size=64)
+    for data, images, name in ((cfg.box_data, cfg.box_images, "box_train.json"),
+                               (cfg.label_data, cfg.label_images, "image_labels.json"),
+                               (cfg.eval_data, cfg.eval_images, "val.json")):
+        d = json.loads((syn / name).read_text())
+        for c in d["categories"]:
+            c["name"] = "猫" if c["name"] == "blue circle" else c["name"]
+        Path(data).write_text(json.dumps(d), encoding="utf-8")
+        Path(images).symlink_to(syn / "images")
+    assert set(cfg.novel) <= {c["name"] for c in d["categories"]}
+
+
 def test_every_field_survives_app_config_file_cli_and_training_loop(tmp_path, monkeypatch):
+    """The app writes the config, launches `python -m train finetune --config FILE` (its argv run
+    in-process here) and the real `finetune` hands the training loop a config equal, field by field,
+    to the app's; the loop then stops at once (the run ends "cancelled" at iteration 0)."""
+    from train.loop import Loop
+
     cfg = _non_default_config(tmp_path)
+    _data_at_the_config_paths(cfg, tmp_path)
     run = RunDir.create(tmp_path / "runs")
     run.write_config(cfg)  # what the app does
-    seen = {}
+    seen = []
 
-    def fake_finetune(c, out, resume=False, on_progress=None):
-        seen.update(cfg=c, out=out, resume=resume)
-        return {"state": "finished", "iteration": c.iters, "total": c.iters, "seconds": 0.0}
+    def loop_that_stops_at_once(self, step, start_it):
+        seen.append((self.cfg, self.run.path, start_it))
+        return "cancelled", start_it
 
-    monkeypatch.setattr("train.finetune.finetune", fake_finetune)
+    monkeypatch.setattr(Loop, "run_steps", loop_that_stops_at_once)
     argv = finetune_argv(run)  # what the app launches
     assert cli.main(argv[argv.index("train") + 1:]) == 0
-    assert seen["cfg"] == cfg and seen["cfg"].to_dict() == json.loads(run.file(RunDir.CONFIG).read_text())
-    assert str(seen["out"]) == str(run.path) and seen["resume"] is False
+    (loop_cfg, loop_run, start_it), = seen
+    differ = [f.name for f in dataclasses.fields(RunConfig) if getattr(loop_cfg, f.name) != getattr(cfg, f.name)]
+    assert not differ and loop_cfg == cfg, f"fields the loop got differently: {differ}"
+    assert loop_run == run.path and start_it == 0 and run.status()["state"] == "cancelled"
+    assert json.loads(run.file(RunDir.CONFIG).read_text()) == cfg.to_dict()  # as the run rewrote it
 
 
 def test_every_field_is_a_flag_that_overrides_the_config_file(tmp_path, monkeypatch):

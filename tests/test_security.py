@@ -176,7 +176,7 @@ def test_exports_reimport_through_uploads(public, tmp_path):
     assert "imported tags for 1 image(s)" in report and "1 not found: not-there.png" in report
     client.predict([handle_file(str(tmp_path / "more.csv")), handle_file(str(c))], api_name="/import_labels")
     assert "plum" in service.store.labels() and "ghost" not in service.store.labels()
-    assert len(detic["images"]) >= 1
+    assert len(detic["images"]) == before + 1  # every tagged image, the one tagged here included
 
 
 # 7. Thin images, 8. memory ----------------------------------------------------------------------------------
@@ -192,6 +192,7 @@ def test_thin_images_detect_with_boxes_inside_them(public, tmp_path, shape):
     assert (boxes[:, 2] <= w + 0.01).all() and (boxes[:, 3] <= h + 0.01).all()  # no crash, nothing outside
 
 
+@pytest.mark.slow
 def test_absurd_images_are_refused_and_decode_memory_is_bounded(tmp_path):
     """A 15000 x 15000 PNG (a few hundred KB) is refused before decoding; a 40-megapixel one is
     decoded, downscaled and detected within a bounded peak (measured in a fresh process)."""
@@ -286,12 +287,19 @@ def test_error_texts_show_no_temp_paths_or_object_reprs(public, tmp_path):
     assert " at 0x" not in str(e.value) and "uploaded image" in str(e.value)
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_clients_all_succeed(public, tmp_path):
-    """20 clients x 5 identical detects on loopback: 0 errors, bounded in time."""
+    """20 clients x 5 identical detects on loopback: 0 errors, bounded in time: all 100 take at most
+    twice as long as the same 100 one after another from one client would (plus 30 s to connect)."""
     from gradio_client import Client, handle_file
 
-    _, _, base, _ = public
+    _, client, base, _ = public
     path = str(_png(tmp_path / "load.png", 9))
+    client.predict(handle_file(path), "cat", 0.3, 0.5, 10, api_name="/detect")  # warm
+    t0 = time.time()
+    for _ in range(5):
+        client.predict(handle_file(path), "cat", 0.3, 0.5, 10, api_name="/detect")
+    one_by_one = (time.time() - t0) / 5
     errors, done = [], []
     t0 = time.time()
 
@@ -307,7 +315,9 @@ def test_twenty_concurrent_clients_all_succeed(public, tmp_path):
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         list(pool.map(client_loop, range(20)))
-    assert not errors and len(done) == 100 and time.time() - t0 < 600
+    took = time.time() - t0
+    assert not errors and len(done) == 100
+    assert took < 2 * 100 * one_by_one + 30, f"100 concurrent detects took {took:.1f} s, one alone {one_by_one:.2f} s"
 
 
 @pytest.mark.slow
@@ -336,46 +346,64 @@ def test_a_cancelled_run_resumes_from_the_app_with_one_metric_line_per_iteration
 
 # 2. Script injection, in a real browser ------------------------------------------------------------------
 @pytest.mark.slow
-def test_user_and_error_text_is_inert_in_a_real_browser(public, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_user_and_error_text_is_inert_in_a_real_browser(tmp_path, tiny_predictor):
+    """The payload is waited for, as text, at every place text reaches the page (a class name in the
+    detect table, a file name and a label in the Tag tab, a label in the Dataset table, a failed run's
+    message in the Train tab, a Load error); only then is it checked that no script ran."""
+    from playwright.sync_api import expect, sync_playwright
 
-    service, client, base, _ = public
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-    # The payload everywhere text reaches the page: a label, a failed run's message, error toasts.
-    h = service.store.add_image(_png(tmp_path / "x.png", 10).read_bytes(), original_name=XSS + ".png")
-    service.tag(h, XSS)
     from train.run_config import RunConfig
     from train.run_dir import RunDir
 
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())  # served publicly
+    h = service.store.add_image(_png(tmp_path / "x.png", 10).read_bytes(), original_name=XSS + ".png")
+    service.tag(h, XSS)
     run = RunDir.create(service.jobs.runs_dir)
     run.write_config(RunConfig(model="tiny"))
     run.write_status("failed", message=XSS, iteration=1, total=2)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=flags)
-        page = browser.new_page()
-        page.goto(base + "/", wait_until="load")
-        page.locator("#vocabulary textarea").fill(XSS)  # a class name: drawn into the image, listed in the table
-        page.locator("#detect-image input[type=file]").set_input_files(str(tmp_path / "x.png"))
-        page.locator("#detect-button").click()
-        page.wait_for_timeout(4000)
-        page.get_by_role("tab", name="Tag").click()
-        page.wait_for_timeout(1500)
-        page.get_by_role("tab", name="Dataset").click()
-        page.wait_for_timeout(1500)
-        page.get_by_role("tab", name="Train").click()
-        page.wait_for_timeout(3000)  # the timer shows the failed run's message
-        page.locator("textarea, input[type=text]").first  # noqa: B018 - the page is live
-        page.get_by_role("tab", name="Model").click()
-        page.get_by_label("Load a model").fill(XSS)
-        page.get_by_role("button", name="Load").click()
-        page.wait_for_timeout(2000)
-        shown = page.content()
-        xss = page.evaluate("window.__xss")
-        browser.close()
-    assert xss is None
-    assert "onerror" in shown  # it was on the page, as text
+    demo = build_app(service)
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+    shown_at = []
+
+    def shown_as_text(where: str, locator, text: str = XSS) -> None:  # the literal characters: never parsed as HTML
+        expect(locator).to_contain_text(text, timeout=60_000)
+        shown_at.append(where)
+
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=flags)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.locator("#vocabulary textarea").fill(XSS)  # a class name: drawn into the image, listed in the table
+            page.locator("#detect-image input[type=file]").set_input_files(str(tmp_path / "x.png"))
+            expect(page.locator("#detect-image img")).to_be_visible(timeout=30_000)
+            page.locator("#detect-score input[type=number]").fill("0")  # boxes, whatever the tiny model scores
+            page.locator("#detect-button").click()
+            shown_as_text("detect table", page.locator("#detect-table tbody"))
+            page.get_by_role("tab", name="Tag").click()
+            shown_as_text("tag status (file name)", page.locator("#tag-status"))
+            shown_as_text("tag editor (label)", page.locator("#tag-positives"))
+            page.get_by_role("tab", name="Dataset").click()
+            shown_as_text("dataset table", page.locator("#dataset-table"))
+            page.get_by_role("tab", name="Train").click()
+            shown_as_text("failed run's message", page.locator("#train-status"))
+            page.get_by_role("tab", name="Model").click()
+            page.get_by_label("Load a model").fill(XSS)
+            page.get_by_role("button", name="Load").click()
+            # Gradio 6's toast shows the message as text, and `friendly` has escaped it for toasts
+            # that render HTML: the visitor reads "&lt;img …&gt;" (escaped once too often, inert).
+            shown_as_text("load error (toast)", page.get_by_test_id("toast-body").last, html.escape(XSS, quote=False))
+            parsed = page.locator('img[src="x"]').count()  # the payload parsed as HTML anywhere on the page
+            xss = page.evaluate("window.__xss")
+            browser.close()
+    finally:
+        demo.close()
+    assert len(shown_at) == 6 and parsed == 0
+    assert xss is None, "a script ran"
 
 
 def test_a_message_line_escapes_user_text_exactly_once():

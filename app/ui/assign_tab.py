@@ -6,7 +6,7 @@ import gradio as gr
 
 from detector.annotate import RULE_COLOURS
 
-from .common import ImageInput, handler, png_file, tab_message
+from .common import handler, image_input, png_file, tab_message
 
 COLUMNS = ["rule", "labels", "proposal", "rank (by objectness)", "% of image", "box"]
 ORDER = [0, 5, 1, 2, 3, 4]  # `AppService.assign`'s row -> COLUMNS (the labels early: never cut off)
@@ -50,7 +50,7 @@ def build(ep: dict, defaults) -> None:
     gr.Markdown(LEGEND, elem_id="assign-legend")
     with gr.Row():
         with gr.Column():
-            image = ImageInput(label="Image", type="filepath", elem_id="assign-image")
+            image = image_input(label="Image", type="filepath", elem_id="assign-image")
             tags = gr.Textbox(label="Image-level tags", value=default_tag(defaults), elem_id="assign-tags")
             vocab = gr.Textbox(label="Vocabulary (optional; defaults to the tags)")
             props = gr.Slider(5, 300, value=considered, step=1, elem_id="assign-considered",

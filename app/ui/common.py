@@ -141,16 +141,23 @@ def login_app_kwargs() -> dict:
     return {"middleware": [Middleware(LoginOnly)]}
 
 
-class ImageInput(gr.Image):
+def image_input(**kwargs) -> gr.Image:
     """An image input whose upload goes to `detector.images` untouched: one loader for every path
-    (EXIF, odd modes, huge images, clear errors) and no second decode by Gradio."""
+    (EXIF, odd modes, huge images, clear errors) and no second decode by Gradio.
 
-    is_template = True  # rendered by Gradio's own Image widget
+    A `gr.Image` whose `preprocess` is replaced on the instance, not a subclass: Gradio's component
+    metaclass writes a `.pyi` stub beside the module of every component class it creates (here
+    app/ui/common.pyi, into the source tree, on every import)."""
+    image = gr.Image(**kwargs)
+    default = image.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
-        return super().preprocess(payload)
+        return default(payload)
+
+    image.preprocess = preprocess
+    return image
 
 
 def tab_message(elem_id: str) -> gr.Markdown:

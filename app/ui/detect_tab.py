@@ -9,7 +9,7 @@ import gradio as gr
 
 from detector.vocabulary import PRESETS
 
-from .common import ImageInput, handler, json_file, png_file, tab_message
+from .common import handler, image_input, json_file, png_file, tab_message
 
 
 def _rows(records: list[dict]) -> list[list]:
@@ -28,7 +28,7 @@ def build(ep: dict, defaults) -> dict:
     """`defaults`: the served model's DetectorConfig (initial thresholds)."""
     with gr.Row():
         with gr.Column():
-            image = ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
+            image = image_input(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                elem_id="detect-image")
             vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value="person, cup, laptop",
                                     lines=1, max_lines=4, elem_id="vocabulary")
