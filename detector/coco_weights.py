@@ -21,7 +21,8 @@ import torch
 
 log = logging.getLogger(__name__)
 EXPECTED_UNUSED = ("roi_heads.box_predictor.cls_score.",)  # COCO classifier: replaced
-EXPECTED_NEW = ("roi_heads.box_predictor.cls_score.",)  # our zero-shot classifier: trained here
+# our zero-shot classifier (trained here) and what tags teach the region scorer (empty until then)
+EXPECTED_NEW = ("roi_heads.box_predictor.cls_score.", "name_adapters.")
 
 
 class WeightMappingError(RuntimeError):

@@ -110,9 +110,13 @@ def test_bad_detect_inputs_give_clear_messages(running, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     assert "not a readable image" in _error(client.predict, handle_file(str(bad)), "cat", 0.3, 0.5, 10,
                                             api_name="/detect")
-    many = ", ".join(f"thing {i}" for i in range(5000))
+    from detector.vocabulary import MAX_NAMES
+
+    many = ", ".join(f"thing {i}" for i in range(MAX_NAMES))  # the most a vocabulary may hold
     _, table, _ = client.predict(handle_file(str(paths[0])), many, 0.0, 0.5, 20, api_name="/detect")
     assert len(table["data"]) == 20
+    assert f"at most {MAX_NAMES:,} names" in _error(client.predict, handle_file(str(paths[0])), many + ", one more",
+                                                    0.3, 0.5, 10, api_name="/detect")
 
 
 @pytest.mark.slow
@@ -136,10 +140,12 @@ def test_assign_endpoint(running):
     image, table, said = client.predict(handle_file(str(paths[1])), "person, flag", "", 20, 10, api_name="/assign")
     rules = [r[0] for r in table["data"]]
     assert rules.count("max_size") == 1 and rules.count("image_box") == 1 and rules.count("max_score") == 2
-    assert [r for r in table["data"] if r[0] == "image_box"][0][1] == "whole image"
+    col = {h: i for i, h in enumerate(table["headers"])}
+    assert [r for r in table["data"] if r[0] == "image_box"][0][col["proposal"]] == "whole image"
     assert Image.open(image).size == (192, 192)
     max_size = [r for r in table["data"] if r[0] == "max_size"][0]
-    assert max_size[2].endswith("of 20") or max_size[2] == "—"
+    rank = max_size[col["rank (by objectness)"]]
+    assert rank.endswith("of 20") or rank == "—"
     assert "max_size trains" in said
 
 
@@ -191,7 +197,8 @@ def test_tag_export_train_hot_swap_detect(running):
 
 
 def test_label_management_endpoints(running):
-    _, client, _, _ = running
+    service, client, paths, _ = running
+    service.tag(service.store.add_image(paths[0]), ['say "cheese"', "dog"])  # whatever ran before
     counts = client.predict("say \"cheese\"", "smile", api_name="/rename_label")["labels"]
     assert "smile" in counts and 'say "cheese"' not in counts
     counts = client.predict("smile", "person", api_name="/merge_labels")["labels"]

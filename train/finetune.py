@@ -289,9 +289,9 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if cached_path:  # the neck's features are cached: only the box head and the classifier learn
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-        log.info("tags only, frozen backbone: the backbone, neck and proposals run once per image "
-                 "(cached); the %s learn", "classifier" if cfg.image_label_scope == "classifier"
-                 else "box head and classifier")
+        log.info("image labels only: the RPN and box regression get no signal; with a frozen backbone the "
+                 "backbone, neck and proposals run once per image (cached) and the %s learn",
+                 "classifier" if cfg.image_label_scope == "classifier" else "box head and classifier")
     elif not box:
         log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
                  "classifier" if cfg.image_label_scope == "classifier" else "classifier, box head and neck")
