@@ -73,8 +73,8 @@ def current_token() -> str | bool | None:
     return scoped if scoped is not None else _default_token
 
 
-def _endpoint() -> str | None:
-    # Read at call time (not import time) so tests and users can point elsewhere.
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT, read at call time (not import time) so tests and users can point elsewhere."""
     return os.environ.get("HF_ENDPOINT") or None
 
 
@@ -119,7 +119,7 @@ def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | N
             allow_patterns=allow_patterns,
             etag_timeout=HUB_TIMEOUT_S,
             local_files_only=offline(),
-            endpoint=_endpoint(),
+            endpoint=hub_endpoint(),
             token=current_token(),
         )
     except Exception as e:  # huggingface_hub raises many types; all mean "not available"
@@ -139,7 +139,7 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
             revision=revision,
             etag_timeout=HUB_TIMEOUT_S,
             local_files_only=offline(),
-            endpoint=_endpoint(),
+            endpoint=hub_endpoint(),
             token=current_token(),
         )
     except Exception as e:
