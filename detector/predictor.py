@@ -285,17 +285,13 @@ class Predictor:
         out["proposals"] = out["proposals"] / scale
         rules = {r: [(c.proposal, [names[k] for k in c.labels]) for c in cs] for r, cs in out["choices"].items()}
         return Assignment(
-            proposals=_clip(out["proposals"].float().cpu().numpy(), img.array.shape[:2]) * img.scale,
+            proposals=sv.clip_boxes(out["proposals"].float().cpu().numpy().reshape(-1, 4),
+                                    img.array.shape[1::-1]) * img.scale,
             objectness=out["objectness"].float().cpu().numpy(),
             scores=out["scores"].float().cpu().numpy(),
             labels=labels,
             rules=rules,
         )
-
-
-def _clip(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    return np.clip(boxes.reshape(-1, 4), 0, [w, h, w, h])
 
 
 def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float = 1.0,
@@ -305,7 +301,7 @@ def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float =
     boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)
     scores = det["scores"].float().cpu().numpy()
     if size:  # padding (thin images) can leave boxes with nothing of the image inside: drop them
-        boxes = _clip(boxes, size)
+        boxes = sv.clip_boxes(boxes, size[::-1])  # (width, height)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
     return sv.Detections(

@@ -290,3 +290,61 @@ def test_the_app_pushes_a_runs_training_data_and_held_out_scores(tiny_predictor,
     service.push_to_hub("me/run", token="hf_visitor")
     card = FakeHfApi.calls[1][2]["README.md"].decode()
     assert "| cat | 0.500 | 1.000 | 1 | 1 |" in card and "10 images with image-level tags" in card
+
+
+def test_a_hub_id_loads_from_a_loopback_hub_reading_only_config_and_weights(tiny_predictor, tmp_path, monkeypatch):
+    """The online path (model_info with a timeout, then each file) against a fake Hub: the
+    checkpoint loads and neither the model card nor anything else is fetched."""
+    import hashlib
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tiny_predictor.save_pretrained(tmp_path / "repo")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    sha = "a" * 40
+    seen = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _answer(self, body_wanted: bool):
+            seen.append((self.command, self.path))
+            if self.path.startswith("/api/models/me/model"):
+                body = json.dumps({"id": "me/model", "sha": sha,
+                                   "siblings": [{"rfilename": n} for n in files]}).encode()
+                headers = {"Content-Type": "application/json"}
+            elif self.path.startswith(f"/me/model/resolve/{sha}/") and self.path.rsplit("/", 1)[1] in files:
+                body = files[self.path.rsplit("/", 1)[1]]
+                headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(body).hexdigest()}"'}
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if body_wanted:
+                self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer(True)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        loaded = Predictor.from_pretrained("me/model", device="cpu")
+    finally:
+        server.shutdown()
+    assert loaded.config == tiny_predictor.config
+    fetched = {p.rsplit("/", 1)[1] for method, p in seen if "/resolve/" in p}
+    assert fetched == {"config.json", "model.safetensors"}  # not README.md
