@@ -7,7 +7,11 @@ login), APP_MAX_FILE_SIZE (default 50mb), APP_SHARE=1, APP_ALLOWED_DIRS and APP_
 the app listens on 0.0.0.0 and keeps its data in /data when persistent storage is attached.
 """
 
-from app.launch import build_parser, launch_kwargs, main
+from app.zerogpu import import_spaces
+
+import_spaces()  # on a ZeroGPU Space, before anything imports torch (app/zerogpu.py)
+
+from app.launch import build_parser, launch_kwargs, main  # noqa: E402
 
 __all__ = ["build_parser", "launch_kwargs", "main"]
 

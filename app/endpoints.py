@@ -18,6 +18,7 @@ import gradio as gr
 
 from detector import CheckpointError, HubUnavailableError, ImageLoadError
 
+from . import zerogpu
 from .jobs import JobError
 from .policy import check_text
 from .service import AppService
@@ -42,14 +43,8 @@ def friendly(fn: Callable) -> Callable:
 
 
 def on_zero_gpu(fn: Callable) -> Callable:
-    """On a ZeroGPU Space, run `fn` on the GPU; elsewhere unchanged."""
-    if not os.environ.get("SPACE_ID"):
-        return fn
-    try:
-        import spaces
-    except ImportError:
-        return fn
-    return spaces.GPU(fn)
+    """On a ZeroGPU Space, run `fn` on the GPU (`spaces.GPU`, see app/zerogpu.py); elsewhere unchanged."""
+    return zerogpu.gpu(fn)
 
 
 def limited(fn: Callable, method: Callable) -> Callable:

@@ -12,6 +12,10 @@ import argparse
 import logging
 import os
 
+from app.zerogpu import import_spaces
+
+import_spaces()  # on ZeroGPU `spaces` comes before torch; this module imports torch only in main()
+
 
 def build_parser(env=os.environ) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,6 +23,8 @@ from pathlib import Path
 from detector.hub import set_default_token, token_scope
 from detector.images import READ_ROOTS_ENV, list_image_files
 
+from .zerogpu import zero_gpu
+
 # Characters one text field of a request may hold (a vocabulary of MAX_NAMES names of ~50 characters):
 # checked before anything parses it. Lists of texts count their items and characters together.
 MAX_TEXT_CHARS = int(os.environ.get("APP_MAX_TEXT_CHARS", "100000"))
@@ -124,7 +126,7 @@ class AccessPolicy:
     def child_env(self, read_roots: list[str | Path] | None = None, env=None) -> dict[str, str]:
         """The environment of a process started for a visitor (training, the dry run): without
         the operator's token unless allowed and, given `read_roots` (the data folder), reading
-        images only under them and the allowed folders."""
+        images only under them and the allowed folders. On ZeroGPU, without CUDA (app/zerogpu.py)."""
         env = dict(os.environ if env is None else env)
         if not self.allow_server_token:
             for name in TOKEN_VARIABLES:
@@ -132,4 +134,6 @@ class AccessPolicy:
             env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"  # nor the stored login (~/.cache/huggingface/token)
         if read_roots is not None:
             env[READ_ROOTS_ENV] = os.pathsep.join(str(Path(p).resolve()) for p in (*self.allowed_dirs, *read_roots))
+        if zero_gpu(env):  # started outside any spaces.GPU call, it has no GPU: CPU only, said plainly
+            env["CUDA_VISIBLE_DEVICES"] = ""
         return env

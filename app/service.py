@@ -1003,25 +1003,51 @@ class AppService:
 
     @endpoint(api=False)
     def push_to_hub(self, repo_id: str, token: str = "", private: bool = True) -> str:
-        """Upload the live model (config.json + model.safetensors). The token is used, never stored."""
-        from huggingface_hub import HfApi
-
+        """Upload the live model (config.json + model.safetensors + a model card, README.md, with the
+        run's training data and held-out scores when it comes from one). The token is used, never stored."""
         repo_id = (repo_id or "").strip()
         if not repo_id:
             raise ValueError("type a Hub repo id like 'you/my-detector'")
         token = self.policy.hub_token(token)
-        folder = Path(tempfile.mkdtemp(prefix="ovd-push-"))
+        with self._lock:
+            predictor, source = self.predictor, self.serving.source
         try:
-            self.predictor.save_pretrained(folder)
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=bool(private), exist_ok=True)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="upload detector")
+            return predictor.push_to_hub(repo_id, token=token, private=bool(private), card_info=self.card_info(source))
         except Exception as e:  # noqa: BLE001 - offline, bad token, no rights: one readable line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ValueError(f"could not push to '{repo_id}': {first}") from None
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return str(getattr(commit, "commit_url", commit))
+
+    def card_info(self, source: str | None = None) -> dict:
+        """What the model card (`detector.model_card`) cannot know from the model: when the model
+        (`source`, default the live one) comes from a training run (its folder, or its best/
+        checkpoint), the run's training data and held-out scores."""
+        source = Path(str(self.serving.source if source is None else source))
+        run_path = next((p for p in (source, source.parent) if (p / RunDir.CONFIG).is_file()), None)
+        if run_path is None:
+            return {}
+        run = RunDir(run_path)
+        heldout = heldout_summary(run.heldout())
+        info: dict = {"heldout": heldout}
+        try:
+            cfg = run.read_config()
+        except Exception:  # noqa: BLE001 - an unreadable config only leaves the card shorter
+            return info
+        parts = []
+        detic = read_json(cfg.label_data) if str(getattr(cfg, "label_data", "") or "").endswith(".json") else None
+        if isinstance(detic, dict):
+            names = [c["name"] for c in detic.get("categories", [])]
+            held = f", {heldout['images']} of them held out to score the run" if heldout and heldout.get("images") \
+                else ""
+            parts.append(f"{len(detic.get('images', []))} images with image-level tags ({len(names)} labels: "
+                         f"{', '.join(names[:30])}{', …' if len(names) > 30 else ''}){held}")
+        elif getattr(cfg, "label_data", None):
+            parts.append(f"image-level tags from {Path(cfg.label_data).name}")
+        if getattr(cfg, "box_data", None):
+            parts.append(f"box labels from {Path(cfg.box_data).name}")
+        if parts:
+            info["training_data"] = (f"Fine-tuned for {cfg.iters} iterations (run {run.id}) on "
+                                     + "; ".join(parts) + ".")
+        return info
 
 
 def headline(note: str) -> str:

@@ -1,4 +1,6 @@
 """`python -m detector predict INPUT... --vocabulary "cat, dog"`: detections as JSON, JSONL, CSV or COCO.
+`python -m detector export-onnx --model tiny --vocabulary "cat, dog" --out model.onnx`: an ONNX
+model with the vocabulary baked in (see detector.onnx_export).
 
 Inputs are image files, folders (their images, recursively), glob patterns ("shots/*.jpg",
 "**/*.png") and videos (every `--frame-stride`-th frame, each reported with its index and time).
@@ -76,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--annotated-video", type=Path, default=None,
                     help="write the video's detected frames, drawn, here (.mp4; one video input)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ex = sub.add_parser("export-onnx", help="write an ONNX model with a vocabulary baked in",
+                        description="ONNX export (models whose proposals and scores come from the network, "
+                                    "e.g. 'tiny' or a checkpoint with a trained RPN and no region scoring). "
+                                    "Input: one RGB image, float32 [3, H, W] in [0, 1], any size; outputs: "
+                                    "boxes [N, 4] (xyxy pixels), scores [N], labels [N] (vocabulary indices).")
+    ex.add_argument("--model", "-m", default=None, help="preset, checkpoint folder or Hub id")
+    ex.add_argument("--vocabulary", "-v", required=True, help="class names, comma separated (baked in)")
+    ex.add_argument("--out", "-o", type=Path, required=True, help="the .onnx file to write")
+    ex.add_argument("--score-threshold", type=float, default=None)
+    ex.add_argument("--nms-threshold", type=float, default=None)
+    ex.add_argument("--max-detections", type=int, default=None)
     return p
 
 
@@ -189,14 +202,50 @@ def write_output(records: list[dict], fmt: str, names: list[str], single: bool) 
                        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}, ensure_ascii=False) + "\n"
 
 
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def export_onnx_main(args) -> int:
+    """`export-onnx`: refused, with the reason, for models whose proposals or scores run outside the network."""
+    from .vocabulary import parse_vocabulary
+
+    try:
+        names = parse_vocabulary(args.vocabulary)
+    except ValueError as e:
+        return fail(str(e))
+    if not args.out.parent.is_dir():
+        return fail(f"the folder of '{args.out}' does not exist")
+
+    from .checkpoint import CheckpointError
+    from .embedding_cache import VocabularyEmbedder
+    from .hub import HubUnavailableError
+    from .onnx_export import OnnxExportError, check_exportable, export_onnx
+    from .presets import PRESETS, load_detector
+
+    try:
+        if args.model in PRESETS:  # refused before any weights load
+            check_exportable(PRESETS[args.model])
+        model = load_detector(args.model, "cpu")
+        check_exportable(model.config)
+        names, emb = VocabularyEmbedder.for_config(model.config)(names)
+        export_onnx(model, names, emb, args.out, score_threshold=args.score_threshold,
+                    nms_threshold=args.nms_threshold, max_detections=args.max_detections)
+    except ModuleNotFoundError as e:
+        return fail(f"ONNX export needs the 'onnx' package ({e})")
+    except (OnnxExportError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
+        return fail(str(e))
+    print(f"wrote {args.out} ({len(names)} names: {', '.join(names)})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.command == "export-onnx":
+        return export_onnx_main(args)
     from .vocabulary import parse_vocabulary
-
-    def fail(message: str) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return 2
 
     # --- every input and output checked before the model loads
     if args.frame_stride < 1:

@@ -11,6 +11,7 @@ a Hub id on a visitor's behalf sends no token, or only the visitor's, never the 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 from contextvars import ContextVar
@@ -73,65 +74,42 @@ def current_token() -> str | bool | None:
     return scoped if scoped is not None else _default_token
 
 
-def _endpoint() -> str | None:
-    # Read at call time (not import time) so tests and users can point elsewhere.
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT, read at call time (not import time) so tests and users can point elsewhere."""
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def _bounded_client():
-    """huggingface_hub's own HTTP client with every wait (connect, each read) bounded: its default
-    waits forever on a server that accepts a connection and never answers. A slow but live
-    download still proceeds (the bound is per read, not per file)."""
-    from huggingface_hub.utils import _http
-
-    def bound(request) -> None:  # huggingface_hub passes timeout=None explicitly on some calls
-        limits = request.extensions.get("timeout") or {}
-        request.extensions["timeout"] = {k: limits.get(k) or HUB_TIMEOUT_S
-                                         for k in ("connect", "read", "write", "pool")}
-
-    client = _http.default_client_factory()
-    client.timeout = HUB_TIMEOUT_S
-    client.event_hooks["request"] = [*client.event_hooks["request"], bound]
-    return client
-
-
-_installed = False
-
-
-def _use_bounded_client() -> None:
-    global _installed
-    if not _installed:
-        import huggingface_hub
-
-        huggingface_hub.set_client_factory(_bounded_client)
-        _installed = True
-
-
 def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None) -> Path:
-    """Local folder holding `allow_patterns` of `repo_id` (from cache when offline)."""
-    from huggingface_hub import snapshot_download
+    """Local folder holding `allow_patterns` of `repo_id` (from cache when offline).
 
-    _use_bounded_client()
+    Every request is bounded by huggingface_hub's documented timeouts: the file listing by
+    `model_info(timeout=)`, each file's metadata by `etag_timeout` and its download by
+    HF_HUB_DOWNLOAD_TIMEOUT (per read: a slow but live download proceeds). `snapshot_download`
+    lists files without a timeout, so online it is used only through `download_file`."""
+    from huggingface_hub import HfApi, snapshot_download
+
     try:
-        path = snapshot_download(
-            repo_id,
-            revision=revision,
-            allow_patterns=allow_patterns,
-            etag_timeout=HUB_TIMEOUT_S,
-            local_files_only=offline(),
-            endpoint=_endpoint(),
-            token=current_token(),
-        )
+        if offline():
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns,
+                                          local_files_only=True, token=current_token()))
+        info = HfApi(endpoint=hub_endpoint(), token=current_token()).model_info(
+            repo_id, revision=revision, timeout=HUB_TIMEOUT_S)
+        names = [f.rfilename for f in info.siblings or []
+                 if any(fnmatch.fnmatchcase(f.rfilename, p) for p in allow_patterns)]
+        if not names:
+            raise FileNotFoundError(f"no file matching {', '.join(allow_patterns)}")
     except Exception as e:  # huggingface_hub raises many types; all mean "not available"
         raise _explain(f"'{repo_id}'", e) from None
-    return Path(path)
+    first = download_file(repo_id, names[0], info.sha)  # a commit hash: every file in one snapshot folder
+    for name in names[1:]:
+        download_file(repo_id, name, info.sha)
+    return first.parents[len(Path(names[0]).parts) - 1]
 
 
 def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
     """Local path of one file of a Hub repo (from cache when offline)."""
     from huggingface_hub import hf_hub_download
 
-    _use_bounded_client()
     try:
         path = hf_hub_download(
             repo_id,
@@ -139,7 +117,7 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
             revision=revision,
             etag_timeout=HUB_TIMEOUT_S,
             local_files_only=offline(),
-            endpoint=_endpoint(),
+            endpoint=hub_endpoint(),
             token=current_token(),
         )
     except Exception as e:

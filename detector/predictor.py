@@ -79,8 +79,36 @@ class Predictor:
         """From a preset name, a local checkpoint folder or a Hub repo id (see `load_detector`)."""
         return cls(load_detector(source, "cpu"), device=device)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        return save_checkpoint(self.model, directory)
+    def save_pretrained(self, directory: str | Path, card_info: dict | None = None) -> Path:
+        """`config.json` + `model.safetensors` (what loading reads) and a model card, README.md
+        (`detector.model_card`; `card_info`: the training data and held-out scores, when known)."""
+        from .model_card import write_model_card
+
+        directory = save_checkpoint(self.model, directory)
+        write_model_card(directory, self.model.config, card_info)
+        return directory
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = True,
+                    card_info: dict | None = None, commit_message: str = "upload detector") -> str:
+        """Upload what `save_pretrained` writes to the Hub repo `repo_id` (created, private by
+        default, when missing); returns the commit's URL. `token`: None = huggingface_hub's own
+        (HF_TOKEN or the stored login). Errors are huggingface_hub's."""
+        import shutil
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        from .hub import hub_endpoint
+
+        folder = Path(tempfile.mkdtemp(prefix="ovd-push-"))
+        try:
+            self.save_pretrained(folder, {**(card_info or {}), "repo_id": repo_id})
+            api = HfApi(endpoint=hub_endpoint(), token=token)
+            api.create_repo(repo_id, private=bool(private), exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return str(getattr(commit, "commit_url", commit))
 
     @property
     def config(self):
@@ -257,17 +285,13 @@ class Predictor:
         out["proposals"] = out["proposals"] / scale
         rules = {r: [(c.proposal, [names[k] for k in c.labels]) for c in cs] for r, cs in out["choices"].items()}
         return Assignment(
-            proposals=_clip(out["proposals"].float().cpu().numpy(), img.array.shape[:2]) * img.scale,
+            proposals=sv.clip_boxes(out["proposals"].float().cpu().numpy().reshape(-1, 4),
+                                    img.array.shape[1::-1]) * img.scale,
             objectness=out["objectness"].float().cpu().numpy(),
             scores=out["scores"].float().cpu().numpy(),
             labels=labels,
             rules=rules,
         )
-
-
-def _clip(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    return np.clip(boxes.reshape(-1, 4), 0, [w, h, w, h])
 
 
 def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float = 1.0,
@@ -277,7 +301,7 @@ def to_detections(det: dict[str, torch.Tensor], names: list[str], scale: float =
     boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)
     scores = det["scores"].float().cpu().numpy()
     if size:  # padding (thin images) can leave boxes with nothing of the image inside: drop them
-        boxes = _clip(boxes, size)
+        boxes = sv.clip_boxes(boxes, size[::-1])  # (width, height)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
     return sv.Detections(

@@ -17,7 +17,8 @@ from detector.presets import resolve_source
 
 def test_round_trip_gives_identical_outputs(tiny_predictor, small_image, tmp_path):
     out = tiny_predictor.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temp files left
+    # the weights, their config and the model card; no temp files left
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     again = Predictor.from_pretrained(str(tmp_path / "ckpt"), device="cpu")
     assert again.config == tiny_predictor.config
     a = tiny_predictor.predict(small_image, "person, sky", score_threshold=0.0)[0]
@@ -191,3 +192,166 @@ def test_checkpoints_from_before_the_field_do_not_claim_a_random_backbone(tiny_m
                   metadata={"format": "pt", "config": json.dumps(cfg)})
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
         assert load_checkpoint(tmp_path / name).backbone_pretrained is expected, name
+
+
+# --- the Hub's conventions: a model card beside the weights, push ------------------------------------
+
+
+def test_saved_folder_has_a_model_card_in_the_hubs_format(tiny_predictor, tmp_path):
+    from huggingface_hub import ModelCard
+
+    tiny_predictor.save_pretrained(tmp_path / "plain")
+    card = ModelCard.load(tmp_path / "plain" / "README.md")
+    assert card.data.library_name == "pytorch" and card.data.pipeline_tag == "zero-shot-object-detection"
+    assert card.data.license == "apache-2.0"
+    assert "No held-out score was recorded" in card.text and "model.safetensors" in card.text
+
+    heldout = {"images": 3, "best_iteration": 40, "mean_before": 0.25, "mean_after": 0.5, "note": "3 of 16 held out",
+               "labels": {"cat": {"before": 0.25, "after": 0.5, "positives": 1, "negatives": 2},
+                          "dog": {"before": None, "after": None, "positives": 0, "negatives": 3}}}
+    tiny_predictor.save_pretrained(tmp_path / "run", card_info={"heldout": heldout, "license": "mit",
+                                                                "training_data": "16 tagged images."})
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert card.data.license == "mit"
+    assert "16 tagged images." in card.text and "iteration 40" in card.text
+    assert "| cat | 0.250 | 0.500 | 1 | 2 |" in card.text and "| dog | not measurable |" in card.text
+    assert Predictor.from_pretrained(str(tmp_path / "run"), device="cpu").config == tiny_predictor.config
+
+
+def test_the_card_names_the_base_models():
+    from detector.model_card import model_card
+    from detector.presets import PRESETS
+
+    head = model_card(PRESETS["resnet50-clip"]).split("\n---\n")[0]
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in head and "pipeline_tag: zero-shot-object-detection" in head
+    text = model_card(PRESETS["offline"])
+    assert "sentence-transformers/all-MiniLM-L6-v2" in text and "EfficientNet-Lite0" in text
+    assert "selective search" in text and "ImageNet scores of region crops" in text
+
+
+class FakeHfApi:
+    """Records what a push would send; no network."""
+
+    calls: list = []
+
+    def __init__(self, endpoint=None, token=None):
+        self.endpoint, self.token = endpoint, token
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kw):
+        FakeHfApi.calls.append(("create_repo", repo_id, private, exist_ok, self.token))
+
+    def upload_folder(self, repo_id, folder_path, commit_message="", **kw):
+        from pathlib import Path
+
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        FakeHfApi.calls.append(("upload_folder", repo_id, files))
+        return type("Commit", (), {"commit_url": f"https://hub.test/{repo_id}/commit/abc"})()
+
+
+def test_push_to_hub_uploads_weights_config_and_card(tiny_predictor, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    url = tiny_predictor.push_to_hub("me/detector", token="hf_x")
+    assert url == "https://hub.test/me/detector/commit/abc"
+    (_, repo, private, exist_ok, token), (_, repo2, files) = FakeHfApi.calls
+    assert (repo, private, exist_ok, token, repo2) == ("me/detector", True, True, "hf_x", "me/detector")  # private by default
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    assert b'Predictor.from_pretrained("me/detector")' in files["README.md"]
+    assert b"pipeline_tag: zero-shot-object-detection" in files["README.md"]
+    FakeHfApi.calls = []
+    tiny_predictor.push_to_hub("me/public", private=False)
+    assert FakeHfApi.calls[0][2] is False and FakeHfApi.calls[0][4] is None  # huggingface_hub's own token
+
+
+def test_the_app_pushes_a_runs_training_data_and_held_out_scores(tiny_predictor, tmp_path, monkeypatch):
+    import json
+
+    import huggingface_hub
+
+    from app.policy import AccessPolicy
+    from app.service import AppService
+    from train.run_config import RunConfig
+    from train.run_dir import RunDir
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    run = RunDir.create(service.jobs.runs_dir)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+                                  "images": [{"file_name": f"{i}.png", "pos_category_ids": [1 + i % 2]}
+                                             for i in range(10)]}))
+    run.write_config(RunConfig(model="tiny", label_data=str(labels), label_images=".", iters=40))
+    run.write_heldout({"images": 2, "note": "2 of 10 tagged images held out",
+                       "before": {"labels": {"cat": {"ap": 0.5, "positives": 1, "negatives": 1}}, "mean": 0.5},
+                       "checkpoints": [{"iteration": 40, "labels": {"cat": {"ap": 1.0, "positives": 1, "negatives": 1}},
+                                        "mean": 1.0}], "best": {"iteration": 40, "mean": 1.0}})
+    info = service.card_info(str(run.file(RunDir.BEST)))  # a run serves its best/ checkpoint
+    assert "10 images with image-level tags (2 labels: cat, dog), 2 of them held out" in info["training_data"]
+    assert "40 iterations" in info["training_data"] and info["heldout"]["mean_after"] == 1.0
+    assert service.card_info("tiny") == {}
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    service.serving.source = str(run.path)
+    service.push_to_hub("me/run", token="hf_visitor")
+    card = FakeHfApi.calls[1][2]["README.md"].decode()
+    assert "| cat | 0.500 | 1.000 | 1 | 1 |" in card and "10 images with image-level tags" in card
+
+
+def test_a_hub_id_loads_from_a_loopback_hub_reading_only_config_and_weights(tiny_predictor, tmp_path, monkeypatch):
+    """The online path (model_info with a timeout, then each file) against a fake Hub: the
+    checkpoint loads and neither the model card nor anything else is fetched."""
+    import hashlib
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tiny_predictor.save_pretrained(tmp_path / "repo")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    sha = "a" * 40
+    seen = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _answer(self, body_wanted: bool):
+            seen.append((self.command, self.path))
+            if self.path.startswith("/api/models/me/model"):
+                body = json.dumps({"id": "me/model", "sha": sha,
+                                   "siblings": [{"rfilename": n} for n in files]}).encode()
+                headers = {"Content-Type": "application/json"}
+            elif self.path.startswith(f"/me/model/resolve/{sha}/") and self.path.rsplit("/", 1)[1] in files:
+                body = files[self.path.rsplit("/", 1)[1]]
+                headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(body).hexdigest()}"'}
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if body_wanted:
+                self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer(True)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        loaded = Predictor.from_pretrained("me/model", device="cpu")
+    finally:
+        server.shutdown()
+    assert loaded.config == tiny_predictor.config
+    fetched = {p.rsplit("/", 1)[1] for method, p in seen if "/resolve/" in p}
+    assert fetched == {"config.json", "model.safetensors"}  # not README.md
