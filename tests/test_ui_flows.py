@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,32 @@ def _wait(page, condition, what: str, timeout_s: float = 30):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# Records, for the element with the given id, whether the status tracker of an event shown on it
+# became visible (the event pending) and then hid again (the event answered and its outputs applied).
+_WATCH_EVENT = """id => {
+  const root = document.getElementById(id);
+  const seen = window.__events = window.__events || {};
+  seen[id] = 'armed';
+  const check = () => {
+    const t = root.querySelector('[data-testid=status-tracker]');
+    if (t && !t.classList.contains('hide')) seen[id] = 'busy';
+    else if (seen[id] === 'busy') { seen[id] = 'done'; observer.disconnect(); }
+  };
+  const observer = new MutationObserver(check);
+  observer.observe(root, {subtree: true, attributes: true, childList: true});
+}"""
+
+
+@contextlib.contextmanager
+def _event_done(page, elem_id: str, timeout_s: float = 30):
+    """Around an action whose event shows its progress on `#elem_id` (`show_progress_on`): after
+    the block, waits until that event has been answered: the positive signal a "nothing changed"
+    assertion needs first (never a fixed sleep)."""
+    page.evaluate(_WATCH_EVENT, elem_id)
+    yield
+    page.wait_for_function("id => window.__events[id] === 'done'", arg=elem_id, timeout=timeout_s * 1000)
+
+
 def _error_badges(page) -> int:
     """Components showing Gradio's red "Error" status (other than a tab's message line)."""
     return page.locator("[data-testid=status-tracker]:visible").evaluate_all(
@@ -120,8 +147,7 @@ def test_a_failing_action_leaves_the_dataset_tab_usable(app, photos, shots, tmp_
     bad.write_text("{not json")
     page.locator("#dataset-import input[type=file]").set_input_files(str(bad))
     page.get_by_role("button", name="Import").click()
-    expect(msg.locator(".error")).to_be_visible(timeout=30_000)
-    page.wait_for_timeout(500)
+    expect(msg.locator(".error")).to_be_visible(timeout=30_000)  # the import's answer, badges included
     assert _error_badges(page) == 0
 
     # The tab is still usable: a good rename goes through and every view shows it.
@@ -130,6 +156,7 @@ def test_a_failing_action_leaves_the_dataset_tab_usable(app, photos, shots, tmp_
     expect(msg).to_contain_text("renamed", timeout=30_000)
     expect(page.locator("#dataset-table")).to_contain_text("espresso cup")
     assert service.store.counts()["espresso cup"]["positive"] == 1
+    assert _error_badges(page) == 0  # none appeared late either
 
 
 def test_the_tag_editor_shows_what_is_stored(app, photos):
@@ -267,8 +294,6 @@ def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
     status = page.locator("#tag-status")
     expect(status).to_contain_text("Image 1 / 10", timeout=30_000)
     expect(page.locator("#tag-keys")).to_contain_text("1 mug")
-    page.wait_for_timeout(500)
-    assert service.store.progress() == (1, 10)
 
     # Image 1: t focuses the tag box, type a new name, Enter adds it, Ctrl+Enter goes on.
     page.locator("#tag-image").click()
@@ -278,6 +303,10 @@ def test_label_ten_images_with_the_keyboard_only(app, photos, tmp_path, shots):
     page.keyboard.press("Control+Enter")
     expect(status).to_contain_text("Image 2 / 10", timeout=30_000)
     assert service.store.tags(hashes[0])["positives"] == ["cup"]
+    # The editor's events run in order, one at a time: Ctrl+Enter has been answered, so keys pressed
+    # on the Detect tab would have been too. They did nothing: only "cup" (and the first "mug") are stored.
+    assert service.store.progress() == (2, 10)
+    assert service.store.tags(hashes[1]) == {"positives": [], "negatives": []}
     expect(page.locator("#tag-keys")).to_contain_text("1 mug · 2 cup")  # mug keeps its key
 
     # Images 2-9: a number key, then Enter.
@@ -397,11 +426,23 @@ def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots
                                              else ("cancelled", "finished", "iteration 4 / 4"))
     expect(page.locator("#train-status")).to_contain_text(newest_state, timeout=30_000)  # by default
 
+    asked = []  # the runs the 2 s refresh asks the status of
+    real_run = service.jobs.run
+
+    def run(run_id):
+        if sys._getframe(1).f_code.co_name == "training_status":
+            asked.append(run_id)
+        return real_run(run_id)
+
+    service.jobs.run = run
     history.get_by_text(old).click()
     expect(page.locator("#train-status")).to_contain_text(old_state, timeout=30_000)
     expect(page.locator("#train-status")).to_contain_text(old_progress)
     expect(page.locator("#train-run textarea, #train-run input").first).to_have_value(old)
-    page.wait_for_timeout(2500)  # the 2 s refresh keeps the opened run
+    # The 2 s refresh keeps the opened run: a tick starts only once the one before was answered, so
+    # when a second tick asks, the first one's answer is on the page.
+    after = asked.count(old)
+    _wait(page, lambda: asked.count(old) >= after + 2, "two refreshes of the opened run", timeout_s=15)
     expect(page.locator("#train-status")).to_contain_text(old_progress)
     page.screenshot(path=str(shots / "train-history.png"), full_page=True)
 
@@ -451,7 +492,8 @@ def test_rename_on_dataset_then_tag_on_tag_keeps_the_rename(app, photos):
     box.fill("plate")
     box.press("Enter")
     _wait(page, lambda: service.store.tags(h)["positives"] == ["espresso cup", "plate"], "plate added")
-    page.wait_for_timeout(500)
+    # The save's answer is on the page (plate got its number key): no write of that edit is left to come.
+    expect(page.locator("#tag-keys")).to_contain_text("1 espresso cup · 2 plate", timeout=30_000)
     assert service.store.tags(h)["positives"] == ["espresso cup", "plate"]
     assert service.dataset()["labels"]["espresso cup"]["positive"] == 1 and "mug" not in service.store.labels()
     box.click()
@@ -616,8 +658,8 @@ def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
     page.locator("#tag-next").click()
     expect(status).to_contain_text("Image 5 / 6", timeout=30_000)
     expect(count).to_contain_text("this is 2 of 2")
-    page.locator("#tag-next").click()  # no further match: it stays
-    page.wait_for_timeout(500)
+    with _event_done(page, "tag-msg"):
+        page.locator("#tag-next").click()  # no further match: it stays
     expect(status).to_contain_text("Image 5 / 6")
     page.keyboard.press("ArrowLeft")
     expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
@@ -692,9 +734,9 @@ def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, 
     # Nothing found yet: the image shown stays, and everything still works at once.
     expect(count).to_contain_text("suggestions: 0 of 6 images checked, still running · none match yet",
                                   timeout=30_000)
-    page.keyboard.press("ArrowRight")
-    page.wait_for_timeout(300)
-    expect(status).to_contain_text("Image 1 / 6", timeout=10_000)
+    with _event_done(page, "tag-msg"):
+        page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text("Image 1 / 6")
     page.keyboard.press("1")  # mug, on img_0: saved while the model is held
     _wait(page, lambda: service.store.tags(hashes[0])["positives"] == ["mug"], "img_0 tagged mug", timeout_s=10)
 
@@ -706,8 +748,8 @@ def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, 
     page.keyboard.press("ArrowRight")
     expect(status).to_contain_text("Image 2 / 6", timeout=10_000)
     expect(count).to_contain_text("this is 1 of 1")
-    page.keyboard.press("ArrowRight")  # no further match known yet: it stays
-    page.wait_for_timeout(300)
+    with _event_done(page, "tag-msg"):
+        page.keyboard.press("ArrowRight")  # no further match known yet: it stays
     expect(status).to_contain_text("Image 2 / 6")
     assert sorted(calls) == sorted(hashes[:3]) and service.suggestion_progress("mug, cat")["running"]
 
@@ -718,8 +760,8 @@ def test_the_tag_queue_shows_the_images_to_review_for_a_suggestion(app, photos, 
     page.locator("#tag-next").click()
     expect(status).to_contain_text("Image 4 / 6", timeout=30_000)
     expect(count).to_contain_text("2 of 6 match · this is 2 of 2")
-    page.locator("#tag-next").click()  # img_4 is tagged mug already, img_5 has a cat: it stays
-    page.wait_for_timeout(500)
+    with _event_done(page, "tag-msg"):
+        page.locator("#tag-next").click()  # img_4 is tagged mug already, img_5 has a cat: it stays
     expect(status).to_contain_text("Image 4 / 6")
     page.keyboard.press("ArrowLeft")
     expect(status).to_contain_text("Image 2 / 6", timeout=30_000)
@@ -843,7 +885,6 @@ def test_a_trained_model_served_after_a_swap_is_described_truthfully(tmp_path, b
         page.get_by_role("button", name="Use this run's model (hot swap)").click()
         expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
         expect(page.locator("#model-line")).to_contain_text(run_id, timeout=30_000)
-        page.wait_for_timeout(500)
         lines_after = _banner_lines(page)
         page.screenshot(path=str(shots / "after-swap-header.png"))
 
