@@ -42,7 +42,7 @@ def test_a_cuda_predictor_is_channels_last_and_agrees_with_the_cpu(small_image):
     assert np.abs(np.sort(on_gpu.confidence) - np.sort(on_cpu.confidence)).max() < 0.05
 
 
-def test_on_zero_gpu_wraps_with_spaces_gpu_only_on_a_space(monkeypatch):
+def test_on_zero_gpu_wraps_with_spaces_gpu_only_on_a_zero_gpu_space(monkeypatch):
     wrapped = []
     fake = types.ModuleType("spaces")
     fake.GPU = lambda fn: wrapped.append(fn) or (lambda *a, **k: ("on gpu", fn(*a, **k)))
@@ -51,9 +51,10 @@ def test_on_zero_gpu_wraps_with_spaces_gpu_only_on_a_space(monkeypatch):
     def detect(x):
         return x + 1
 
-    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/app")  # a Space, but not a ZeroGPU one
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert on_zero_gpu(detect) is detect and not wrapped
-    monkeypatch.setenv("SPACE_ID", "someone/app")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert on_zero_gpu(detect)(1) == ("on gpu", 2) and wrapped == [detect]
     monkeypatch.setitem(sys.modules, "spaces", None)  # not installed: unchanged
     assert on_zero_gpu(detect) is detect
