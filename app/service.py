@@ -68,6 +68,7 @@ SUGGEST_SIDE = 384
 # the run folder as COCO (`RunDir.write_boxes`) and the run trains on them beside the tags.
 STORED_BOXES = "(the stored boxes)"
 EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
+MAX_VIDEO_FRAMES = 120  # frames of one video the Detect tab runs (a short clip; the CLI takes any length)
 HOTKEYS = 9  # the Tag tab's number keys 1-9: the first nine labels created (`tag_view`'s `keys`)
 
 MAX_ZIP_MEMBERS = 5000
@@ -215,6 +216,29 @@ class AppService:
                                       int(max_detections) if max_detections else None)
         return [{"image": Path(str(getattr(f, "name", f))).name, "drawn": annotate(im, d),
                  "detections": detections_to_records(d)} for f, im, d in zip(images, loaded, dets)]
+
+    @endpoint(gpu=True, api=False)
+    def detect_video(self, video, vocabulary: str, score_threshold: float | None = None,
+                     nms_threshold: float | None = None, max_detections: int | None = None, stride: int = 10,
+                     *, progress: Progress | None = None) -> dict:
+        """A short video: every `stride`-th frame (at most `MAX_VIDEO_FRAMES`) through the model ->
+        {"video": the annotated frames as a WebM, "frames": [{frame, time, detections}], "note"}."""
+        from detector.video import detect_video
+
+        path = _upload_path(video)
+        if path is None or not path.is_file():
+            raise ValueError("upload a video first")
+        stride = max(1, int(stride or 1))
+        out = Path(tempfile.mkdtemp(prefix="ovd-video-")) / f"{Path(path).stem[:60] or 'video'}-detections.webm"
+        with self._lock:
+            predictor = self.predictor
+        frames, info, cut = detect_video(predictor, str(path), vocabulary, score_threshold, nms_threshold,
+                                         int(max_detections) if max_detections else None, stride,
+                                         MAX_VIDEO_FRAMES, out, progress)
+        note = (f"{len(frames)} frames (every {stride}th of {info.frames or '?'} at {info.fps:.0f} fps)"
+                + (f"; stopped after {MAX_VIDEO_FRAMES} frames — raise the stride to cover the whole video"
+                   if cut else ""))
+        return {"video": str(out), "frames": frames, "note": note}
 
     @endpoint(gpu=True, api=False)
     def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int | None = None,

@@ -17,42 +17,16 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from .annotate import annotate, detections_to_records
+from .annotate import annotate
+from .video import VIDEO_SUFFIXES, InputError, Item, Video, detect_video, open_video, video_frames  # noqa: F401
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FORMATS = ("json", "jsonl", "csv", "coco")
 BATCH = 8  # images or frames per model call
 
 
-class InputError(ValueError):
-    """An input that cannot be used; found before the model loads."""
 
-
-@dataclass
-class Item:
-    """One picture to run the model on: an image file, or a frame of a video."""
-
-    source: str  # the path as given (or found in a folder / by a pattern)
-    frame: int | None = None  # the frame's index in its video
-    time: float | None = None  # the frame's time in seconds
-    pixels: object = None  # the decoded frame (RGB), for videos
-
-    def record(self, detections) -> dict:
-        out = {"image": self.source}
-        if self.frame is not None:
-            out.update(frame=self.frame, time=round(self.time, 3))
-        return {**out, "detections": detections_to_records(detections)}
-
-
-@dataclass
-class Video:
-    path: str
-    fps: float
-    frames: int  # as the container says (0 when unknown)
-    size: tuple[int, int]  # (width, height)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,43 +98,6 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     if problems:
         raise InputError("; ".join(problems))
     return list(dict.fromkeys(images)), list(dict.fromkeys(videos))
-
-
-def open_video(path: str) -> Video:
-    """The video's frame rate, frame count and size; InputError when OpenCV cannot read a frame of it."""
-    import cv2
-
-    cap = cv2.VideoCapture(path)
-    try:
-        ok = cap.isOpened() and cap.read()[0]
-        if not ok:
-            raise InputError(f"'{Path(path).name}' is not a video OpenCV can read")
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        return Video(path, fps if fps > 0 else 25.0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
-                     (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))))
-    finally:
-        cap.release()
-
-
-def video_frames(video: Video, stride: int) -> Iterator[Item]:
-    """Every `stride`-th frame (from the first), decoded as RGB, with its index and time."""
-    import cv2
-
-    cap = cv2.VideoCapture(video.path)
-    try:
-        index = 0
-        while True:
-            if index % stride:
-                if not cap.grab():
-                    return
-            else:
-                ok, frame = cap.read()
-                if not ok:
-                    return
-                yield Item(video.path, index, index / video.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            index += 1
-    finally:
-        cap.release()
 
 
 def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -277,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     total = len(image_paths) + sum(-(-v.frames // args.frame_stride) for v in videos)
     bar = tqdm(total=total or None, unit="img", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
     records, bad = [], []
-    writer = None
 
     def run(loaded: list) -> list:
         return predictor.predict(loaded, names, args.score_threshold, args.nms_threshold, args.max_detections)
@@ -297,24 +233,19 @@ def main(argv: list[str] | None = None) -> int:
                     _save_annotated(args.annotated, item, image, det, single)
             bar.update(len(batch))
         for video in videos:
-            if args.annotated_video is not None:
-                import cv2
+            done = [0]
 
-                writer = cv2.VideoWriter(str(args.annotated_video), cv2.VideoWriter_fourcc(*"mp4v"),
-                                         max(1.0, video.fps / args.frame_stride), video.size)
-            for batch in _batches(video_frames(video, args.frame_stride), BATCH):
-                loaded = [load_image(item.pixels) for item in batch]
-                for item, image, det in zip(batch, loaded, run(loaded)):
-                    records.append(item.record(det))
-                    if writer is not None:
-                        writer.write(cv2.cvtColor(annotate(image, det), cv2.COLOR_RGB2BGR))
-                bar.update(len(batch))
+            def advance(n, _total, done=done):
+                bar.update(n - done[0])
+                done[0] = n
+
+            frames, _, _ = detect_video(predictor, video.path, names, args.score_threshold, args.nms_threshold,
+                                        args.max_detections, args.frame_stride, annotated=args.annotated_video,
+                                        progress=advance)
+            records.extend(frames)
     except (ImageLoadError, ValueError) as e:
         bar.close()
         return fail(str(e))
-    finally:
-        if writer is not None:
-            writer.release()
     bar.close()
     text = write_output(records, args.format, names, single)
     if args.out:

@@ -86,3 +86,44 @@ def test_csv_and_coco_output(inputs, tmp_path, capsys):
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
     assert [(i["frame_index"], i["file_name"]) for i in coco["images"]] == [(0, "clip.mp4"), (5, "clip.mp4")]
     assert len(coco["annotations"]) == 4 and all("score" in a and len(a["bbox"]) == 4 for a in coco["annotations"])
+
+
+def _webm(path, frames: int = 12, size=(96, 64)):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 10, size)
+    for i in range(frames):
+        frame = np.zeros((size[1], size[0], 3), np.uint8)
+        frame[10:40, 5 + 4 * i: 35 + 4 * i] = (0, 0, 255)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_the_app_detects_in_a_short_video_frame_by_frame(tmp_path, tiny_predictor):
+    """The Detect tab's video path (AppService.detect_video): every n-th frame with its index and
+    time, an annotated WebM a browser can play, and a cap on how many frames one request runs."""
+    from app import service as service_module
+    from app.service import AppService
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    video = _webm(tmp_path / "clip.webm")
+    result = service.detect_video(str(video), "red box", 0.0, 0.5, 5, stride=4)
+    assert [f["frame"] for f in result["frames"]] == [0, 4, 8]
+    assert [f["time"] for f in result["frames"]] == [0.0, 0.4, 0.8]
+    assert all(f["detections"] for f in result["frames"])
+    out = cv2.VideoCapture(result["video"])
+    assert result["video"].endswith(".webm") and out.isOpened() and out.read()[0]
+    out.release()
+    assert "3 frames (every 4th of 12" in result["note"]
+    service_module.MAX_VIDEO_FRAMES, kept = 2, service_module.MAX_VIDEO_FRAMES
+    try:
+        cut = service.detect_video(str(video), "red box", 0.0, 0.5, 5, stride=1)
+    finally:
+        service_module.MAX_VIDEO_FRAMES = kept
+    assert len(cut["frames"]) == 2 and "stopped after 2 frames" in cut["note"]
+    (tmp_path / "fake.webm").write_text("not a video")
+    with pytest.raises(ValueError, match="not a video OpenCV can read"):
+        service.detect_video(str(tmp_path / "fake.webm"), "cat")
+    with pytest.raises(ValueError, match="upload a video"):
+        service.detect_video(None, "cat")

@@ -226,3 +226,32 @@ def test_the_first_launch_header_is_one_plain_sentence(tmp_path, browser, shots)
     # The details are escaped like every other text in the header.
     shown = model_header({"source": "x", "note": "offline model: y (<img src=z onerror=alert(1)>)"})
     assert "<img" not in shown and "&lt;img" in shown
+
+
+def test_the_detect_tab_takes_a_short_video(app, tmp_path, shots):
+    """Issue #22: a short video on the Detect tab: every n-th frame detected, the annotated frames
+    play in the page, and the per-frame JSON downloads."""
+    import json
+    from pathlib import Path
+
+    from playwright.sync_api import expect
+
+    from .test_cli import _webm
+
+    _, page = app
+    video = _webm(tmp_path / "clip.webm", frames=10)
+    page.get_by_role("tab", name="Detect").click()
+    page.get_by_text("A short video").click()
+    page.locator("#detect-video input[type=file]").set_input_files(str(video))
+    page.locator("#detect-video-stride input").fill("5")
+    page.locator("#vocabulary textarea, #vocabulary input").first.fill("red box")
+    page.locator("#detect-video-button").click()
+    expect(page.locator("#detect-msg")).to_contain_text("2 frames (every 5th of 10", timeout=120_000)
+    expect(page.locator("#detect-video-output video")).to_have_attribute("src", re.compile(r"\.webm"), timeout=30_000)
+    link = page.locator("#detect-video-json a").first
+    expect(link).to_have_attribute("download", "clip-detections.json", timeout=30_000)
+    with page.expect_download() as got:
+        link.click()
+    frames = json.loads(Path(got.value.path()).read_text())
+    assert [f["frame"] for f in frames] == [0, 5] and all("detections" in f for f in frames)
+    page.screenshot(path=str(shots / "detect-video.png"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def build(ep: dict, defaults) -> dict:
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
                                  elem_id="detect-table")
             download = gr.File(label="Detections (JSON)", elem_id="detect-download")
+    with gr.Accordion("A short video", open=False):
+        with gr.Row():
+            video_in = gr.Video(label="Video", sources=["upload"], elem_id="detect-video")
+            video_out = gr.Video(label="Detections", elem_id="detect-video-output")
+        stride = gr.Number(10, label="Every n-th frame", precision=0, minimum=1, elem_id="detect-video-stride")
+        video_btn = gr.Button("Detect in the video", elem_id="detect-video-button")
+        video_json = gr.File(label="Detections per frame (JSON)", elem_id="detect-video-json")
     with gr.Accordion("Many images at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
         batch_btn = gr.Button("Detect all")
@@ -83,6 +91,24 @@ def build(ep: dict, defaults) -> dict:
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.HEAD)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
     preset.change(fill_preset, preset, vocabulary, api_name=False)
+
+    def video(path, vocabulary, score, nms, max_det, every, progress=gr.Progress()):
+        """A short video: the annotated frames and a JSON of every sampled frame's detections."""
+        def per_frame(done: int, total: int):
+            progress((done, total or None), desc="frames", unit="frames")
+
+        def need_video(path, *rest):
+            if not path:
+                raise gr.Error("upload a video first")
+            return (path, *rest)
+
+        run = handler(functools.partial(ep["detect_video"], progress=per_frame), prepare=need_video,
+                      present=lambda r: (r["video"], json_file(r["frames"], "detections", named_after=path), r["note"]))
+        return run(path, vocabulary, score, nms, max_det, int(every or 1))
+
+    video.endpoint = ep["detect_video"]
+    video_btn.click(video, [video_in, vocabulary, score, nms, max_det, stride], [video_out, video_json, msg],
+                    api_name=False, show_progress_on=msg)
 
     def batch_present(results):
         gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {len(r['detections'])}") for r in results]
