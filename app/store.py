@@ -102,9 +102,19 @@ class LabelStore:
 
     @contextlib.contextmanager
     def _writing(self):
-        """One write transaction; when it commits, `revision` moves on."""
-        with self.db.conn:
+        """One write transaction, taken at once (BEGIN IMMEDIATE): what it reads inside (a label's id)
+        cannot be deleted by another writer before it writes. When it commits, `revision` moves on."""
+        conn = self.db.conn
+        if conn.in_transaction:  # inside an outer write: that one commits
             yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
         with self._revision_lock:
             self._revision += 1
 
@@ -254,11 +264,11 @@ class LabelStore:
 
     def rename_label(self, old: str, new: str) -> None:
         """Rename; if `new` exists (any case) the two labels are merged (positive wins)."""
-        old_id = self._label_id(old, create=False)
-        if old_id is None:
-            raise StoreError(f"no label named {old!r}")
         new = _clean_label(new)
-        with self._writing():
+        with self._writing():  # read and write under one lock: nobody deletes `old` in between
+            old_id = self._label_id(old, create=False)
+            if old_id is None:
+                raise StoreError(f"no label named {old!r}")
             target = self._label_id(new, create=False)
             if target is None or target == old_id:
                 self.db.conn.execute("UPDATE labels SET name = ? WHERE id = ?", [new, old_id])
@@ -281,10 +291,10 @@ class LabelStore:
                 self.rename_label(s, into)
 
     def delete_label(self, name: str) -> None:
-        label_id = self._label_id(name, create=False)
-        if label_id is None:
-            raise StoreError(f"no label named {name!r}")
         with self._writing():
+            label_id = self._label_id(name, create=False)
+            if label_id is None:
+                raise StoreError(f"no label named {name!r}")
             self.db.conn.execute("DELETE FROM labels WHERE id = ?", [label_id])
 
     # --- export / import --------------------------------------------------------------------
