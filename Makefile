@@ -18,12 +18,12 @@ run: install
 	$(BIN)/python app.py
 
 test: install-test browser
-	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff check --no-cache .
 	$(BIN)/hadolint Dockerfile
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: install-test
-	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff check --no-cache .
 	$(BIN)/hadolint Dockerfile
 
 # The browser test drives Debian's chromium (Playwright's own browser download is not used).
