@@ -23,7 +23,7 @@ from detector.presets import load_detector
 from .finetune import TrainStep
 from .loop import peak_memory_mb
 from .run_config import RunConfig
-from .tag_features import REFRESH_VISITS, CachedTagImage, can_cache, tag_step
+from .tag_features import REFRESH_VISITS, can_cache, encode_tag_image, tag_step
 
 NAMES = [f"class {i}" for i in range(8)]  # stand-in vocabulary: the cost hardly depends on its size
 
@@ -57,12 +57,10 @@ def _scene(size: int, gen: torch.Generator) -> torch.Tensor:
 def _measure_cached(model, cfg: RunConfig, emb: torch.Tensor, steps: int, gen: torch.Generator,
                     device: torch.device) -> tuple[float, float, float]:
     """(s per image to cache, s per tag step, s per held-out image to encode) of the cached path."""
-    from detector.image_labels import with_image_box
-    from detector.images import LoadedImage, resize_shorter
+    from detector.images import LoadedImage
     from detector.model import eval_mode
     from detector.predictor import Predictor
 
-    k = model.config.image_label_num_proposals
     n_images = cfg.label_batch + 1  # the first one is a warm-up (allocations, first calls), not timed
     predictor = Predictor(model, device=str(device))  # its region scorer is the one finetune trains
     scorer = predictor.region_scorer if model.config.region_scorer == "imagenet" else None
@@ -78,14 +76,7 @@ def _measure_cached(model, cfg: RunConfig, emb: torch.Tensor, steps: int, gen: t
             if i == 1:
                 t = time.perf_counter()
             full = _scene(model.config.min_size, gen).to(device)  # a photo as stored, resized as training does
-            img, scale = resize_shorter(full, cfg.label_size)
-            image_list, _ = model.transform([img])
-            features = model.backbone(image_list.tensors)
-            hw = tuple(image_list.image_sizes[0])
-            boxes = with_image_box(model.propose([img], image_list, features)[0][0][:k].float(), hw)
-            pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
-            regions = scorer.embed_regions(full, boxes / scale).cpu().clone() if scorer is not None else None
-            items.append(CachedTagImage(boxes.cpu(), pooled.half().cpu(), [0], [1], hw, regions=regions))
+            items.append(encode_tag_image(model, full, cfg.label_size, [0], [1], region_scorer=scorer))
         model.transform.train(False)
     cache_s = (time.perf_counter() - t) / (n_images - 1)
     batch = items[1:]  # distinct images, each visited once a step as in a run

@@ -82,10 +82,8 @@ def cache_tag_images(model, samples: list[LabelSample], names_index: dict[str, i
 
     With a `region_scorer` that has name adapters to train (the ImageNet one), each candidate's
     region distribution is cached too, computed from the image at full resolution as serving does."""
-    from detector.images import load_image, resize_shorter
+    from detector.images import load_image
 
-    k = model.config.image_label_num_proposals
-    store_dtype = torch.float16 if device.type == "cpu" else torch.bfloat16
     tagged = {names_index[n.casefold()] for s in samples for n in s.positives}
     cached, skipped = [], []
     with torch.no_grad(), eval_mode(model):
@@ -99,25 +97,39 @@ def cache_tag_images(model, samples: list[LabelSample], names_index: dict[str, i
                     log.warning("skipping unreadable image: %s", e)
                     continue
                 full = torch.from_numpy(loaded.array).permute(2, 0, 1).float().div_(255).to(device)
-                img, scale = resize_shorter(full, size)  # = load_resized without jitter or flip
-                image_list, _ = model.transform([img])
-                features = model.backbone(image_list.tensors)
-                hw = tuple(image_list.image_sizes[0])
-                boxes = _proposals(model, img, image_list, features, k, _proposal_file(proposal_cache, s.path, hw, k))
-                boxes = with_image_box(boxes, hw)
-                pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
                 positives = [names_index[n.casefold()] for n in s.positives]
                 negatives = [names_index[n.casefold()] for n in s.negatives]
-                regions = (region_scorer.embed_regions(full, boxes / scale).cpu().clone()  # a normal tensor, not an inference one
-                           if region_scorer is not None else None)
-                cached.append(CachedTagImage(boxes.cpu(), pooled.to(store_dtype).cpu(), positives, negatives, hw,
-                                             path=str(s.path), regions=regions,
-                                             others=sorted(tagged - set(positives) - set(negatives))))
+                cached.append(encode_tag_image(model, full, size, positives, negatives,
+                                               sorted(tagged - set(positives) - set(negatives)), region_scorer,
+                                               proposal_cache, s.path))
                 if on_image:
                     on_image(i + 1, len(samples))
         finally:
             model.transform.train(model.training)
     return cached, skipped
+
+
+def encode_tag_image(model, full: torch.Tensor, size: int, positives: list[int], negatives: list[int],
+                     others: list[int] = (), region_scorer=None, proposal_cache: Path | None = None,
+                     source: Path | None = None) -> CachedTagImage:
+    """One image's cached candidates (`full`: [3, H, W] in [0, 1] as stored), resized as training
+    resizes tag images (`load_resized` without jitter or flip). Call it with the model in eval mode,
+    its transform in training mode (no resize) and without gradients, as `cache_tag_images` does."""
+    from detector.images import resize_shorter
+
+    k = model.config.image_label_num_proposals
+    img, scale = resize_shorter(full, size)
+    image_list, _ = model.transform([img])
+    features = model.backbone(image_list.tensors)
+    hw = tuple(image_list.image_sizes[0])
+    cache_file = _proposal_file(proposal_cache, source, hw, k) if source is not None else None
+    boxes = with_image_box(_proposals(model, img, image_list, features, k, cache_file), hw)
+    pooled = model.roi_heads.box_roi_pool(features, [boxes], [hw])
+    regions = (region_scorer.embed_regions(full, boxes / scale).cpu().clone()  # a normal tensor, not an inference one
+               if region_scorer is not None else None)
+    store_dtype = torch.float16 if full.device.type == "cpu" else torch.bfloat16
+    return CachedTagImage(boxes.cpu(), pooled.to(store_dtype).cpu(), list(positives), list(negatives), hw,
+                          path=str(source or ""), regions=regions, others=list(others))
 
 
 def adapter_loss(model, batch: list[CachedTagImage], base_logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
