@@ -117,6 +117,13 @@ def _event_done(page, elem_id: str, timeout_s: float = 30):
     page.wait_for_function("id => window.__events[id] === 'done'", arg=elem_id, timeout=timeout_s * 1000)
 
 
+def _settled(page) -> None:
+    """Until the page has laid out what it shows: fonts loaded and two frames painted (what a
+    layout measurement needs first; the content itself is awaited before, by what it shows)."""
+    page.evaluate("""() => document.fonts.ready.then(() => new Promise(
+        done => requestAnimationFrame(() => requestAnimationFrame(done))))""")
+
+
 def _error_badges(page) -> int:
     """Components showing Gradio's red "Error" status (other than a tab's message line)."""
     return page.locator("[data-testid=status-tracker]:visible").evaluate_all(
@@ -462,7 +469,8 @@ def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots
     service.tag(h, "mug")
     page.get_by_role("tab", name="Dataset").click()
     expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
-    page.wait_for_timeout(1000)
+    expect(page.locator("#dataset-plot svg, #dataset-plot canvas").first).to_be_visible(timeout=30_000)
+    _settled(page)
     page.locator("#dataset-plot").screenshot(path=str(shots / "dataset-plot.png"))
 
 
@@ -628,8 +636,14 @@ def test_an_image_picked_in_the_dataset_gallery_opens_in_tag(app, photos):
     expect(page.locator("#tag-status")).to_contain_text("photo_1.png")
     expect(page.locator("#tag-image")).to_be_visible()
     expect(page.get_by_role("tab", name="Tag")).to_have_attribute("aria-selected", "true")
-    page.wait_for_timeout(1000)  # the Tag tab's own refresh on opening keeps the image
-    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3")
+    # The Tag tab's own refresh on opening (fired by the tab change, before the status above) kept
+    # the image: ▶ from it goes to the third image (from a page reset to the first, it would show
+    # the second), and ◀ comes back to it.
+    page.locator("#tag-next").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 3 / 3", timeout=30_000)
+    expect(page.locator("#tag-status")).to_contain_text("photo_2.png")
+    page.locator("#tag-prev").click()
+    expect(page.locator("#tag-status")).to_contain_text("Image 2 / 3", timeout=30_000)
 
 
 def test_the_tag_queue_shows_all_untagged_or_one_label(app, photos):
@@ -833,7 +847,7 @@ def test_every_tab_works_on_a_390_px_phone(browser, app, photos, shots):
                 expect(page.locator("#dataset-table")).to_contain_text("narrow screen", timeout=30_000)
             if name == "Train":
                 expect(page.locator("#train-history")).to_contain_text("finished", timeout=30_000)
-            page.wait_for_timeout(500)
+            _settled(page)
             assert page.evaluate("document.documentElement.scrollWidth") <= 392, name
             assert page.evaluate(_OFF_SCREEN, 390) == [], name
             page.screenshot(path=str(shots / f"phone-{name.lower()}.png"), full_page=True)
