@@ -30,7 +30,7 @@ from PIL import ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.synthetic import _background, _iou, _polygon  # noqa: E402
+from train.synthetic import _background, _iou, _polygon, write_benchmark  # noqa: E402
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 215), "yellow": (235, 200, 30),
            "purple": (140, 50, 190), "orange": (245, 130, 20)}
@@ -111,52 +111,28 @@ def scene(rng, size: int, classes: list[str], n_objects: tuple[int, int], rel_si
     return img.filter(ImageFilter.GaussianBlur(0.5)), objects
 
 
-def _coco(images, annotations) -> dict:
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]}
+def _box_scene(rng: np.random.Generator, size: int):
+    """A box image: up to four objects of any of the 22 classes, among clutter."""
+    picks = [CLASSES[int(k)] for k in rng.integers(len(CLASSES), size=4)]
+    return scene(rng, size, picks, (2, 4))
+
+
+def _label_image(rng: np.random.Generator, size: int, i: int):
+    """A tag image, every class present listed: even `i` object-centric, odd `i` a scene."""
+    first = CLASSES[i % len(CLASSES)]  # balanced over base and novel classes
+    if i % 2 == 0:  # object-centric: one large object plus clutter
+        img, objects = scene(rng, size, [first], (1, 1), rel_size=(0.45, 0.75), clutter=(1, 3))
+    else:  # a scene: 2-3 objects, every one of them tagged
+        others = [CLASSES[int(k)] for k in rng.integers(len(CLASSES), size=2)]
+        img, objects = scene(rng, size, [first, *others], (2, 3), rel_size=(0.25, 0.42))
+    return img, [c for c, _ in objects]
 
 
 def generate(out: str | Path, seed: int = 0, n_box: int = 240, n_label: int = 240, n_val: int = 80,
              size: int = 128) -> dict[str, Path]:
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    cat_id = {n: i + 1 for i, n in enumerate(CLASSES)}
-    files: dict[str, Path] = {}
-    for split, n in (("box_train", n_box), ("val", n_val)):
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        images, anns = [], []
-        for i in range(n):
-            picks = [CLASSES[int(k)] for k in rng.integers(len(CLASSES), size=4)]
-            img, objects = scene(rng, size, picks, (2, 4))
-            name = f"{split}/{i:05d}.png"
-            img.save(out / "images" / name)
-            images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-            for cls, (x1, y1, x2, y2) in objects:
-                if split == "box_train" and cls in NOVEL:
-                    continue  # novel objects appear in box images but carry no box (LVIS-base)
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_id[cls],
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        files[split] = out / f"{split}.json"
-        files[split].write_text(json.dumps(_coco(images, anns)))
-    (out / "images" / "image_labels").mkdir(parents=True, exist_ok=True)
-    images = []
-    for i in range(n_label):
-        first = CLASSES[i % len(CLASSES)]  # balanced over base and novel classes
-        if i % 2 == 0:  # object-centric: one large object plus clutter
-            img, objects = scene(rng, size, [first], (1, 1), rel_size=(0.45, 0.75), clutter=(1, 3))
-        else:  # a scene: 2-3 objects, every one of them tagged
-            others = [CLASSES[int(k)] for k in rng.integers(len(CLASSES), size=2)]
-            img, objects = scene(rng, size, [first, *others], (2, 3), rel_size=(0.25, 0.42))
-        name = f"image_labels/{i:05d}.png"
-        img.save(out / "images" / name)
-        images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
-                       "pos_category_ids": sorted({cat_id[c] for c, _ in objects}), "neg_category_ids": []})
-    files["image_labels"] = out / "image_labels.json"
-    files["image_labels"].write_text(json.dumps(_coco(images, [])))
-    files["meta"] = out / "meta.json"
-    files["meta"].write_text(json.dumps({"classes": CLASSES, "novel": NOVEL, "base": BASE, "seed": seed}, indent=2))
-    files["images"] = out / "images"
-    return files
+    """Write the benchmark under `out` with `train.synthetic`'s writer; returns the paths of its files."""
+    return write_benchmark(out, seed, n_box, n_label, n_val, size, CLASSES, NOVEL, BASE,
+                           box_scene=_box_scene, label_image=_label_image)
 
 
 def main(argv: list[str] | None = None) -> None:

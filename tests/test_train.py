@@ -56,6 +56,26 @@ def test_synthetic_benchmark_is_deterministic_and_split_correctly(syn, tmp_path)
     assert set(NOVEL) < set(CLASSES) and all(n.split()[0] in " ".join(BASE) for n in NOVEL)
 
 
+
+def test_the_hard_benchmark_goes_through_the_same_writer_deterministically(tmp_path):
+    """bench/hard_synthetic writes with train.synthetic.write_benchmark: same seed, same files;
+    its novel classes (unseen shapes, unrelated names) get no box in box_train, and a tag image
+    lists every class drawn in it."""
+    from bench import hard_synthetic
+
+    sizes = dict(seed=1, n_box=4, n_label=6, n_val=2, size=64)
+    files = hard_synthetic.generate(tmp_path / "a", **sizes)
+    hard_synthetic.generate(tmp_path / "b", **sizes)
+    for name in ("box_train.json", "image_labels.json", "val.json", "meta.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    box = json.loads(files["box_train"].read_text())
+    names = {c["id"]: c["name"] for c in box["categories"]}
+    assert list(names.values()) == hard_synthetic.CLASSES
+    assert {names[a["category_id"]] for a in box["annotations"]} <= set(hard_synthetic.BASE)
+    labels = json.loads(files["image_labels"].read_text())["images"]
+    assert all(i["pos_category_ids"] == sorted(set(i["pos_category_ids"])) and i["pos_category_ids"] for i in labels)
+    assert any(len(i["pos_category_ids"]) > 1 for i in labels)  # the scenes: every class present is tagged
+
 # --- data readers ------------------------------------------------------------------------------------
 
 

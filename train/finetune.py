@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
 from .heldout import ENSEMBLE_WEIGHTS, HeldoutScorer, heldout_summary, rank_key, split_heldout
-from .loop import Loop
+from .loop import Loop, device_for
 from .run_config import RunConfig
 from .run_dir import RunDir
 from .sampler import MixedSampler, parse_ratio
@@ -243,13 +244,67 @@ class HeldoutRecord:
                  "not measurable" if report["mean"] is None else f"{report['mean']:.3f}")
 
 
+@dataclass
+class _Data:
+    """What a run trains on: box-labelled and tagged samples, the tagged images held out to score
+    it (and why), and the vocabulary over both."""
+
+    box: list
+    labels: list
+    heldout: list
+    heldout_note: str
+    names: list[str]
+    names_index: dict[str, int]
+
+
 def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, on_progress) -> dict:
+    """One run, in named steps: the data, the model (new or resumed), the class embeddings, the
+    held-out scorer, the optimizer, the kind of step, the shared loop (`train.loop.Loop`) and what
+    the run leaves in its folder."""
     t_start = time.time()
     cfg.validate()
     if rank == 0:
         run.write_config(cfg)
         run.write_status("running", iteration=0, total=cfg.iters, message="reading the labels", started=t_start,
                          pid=os.getpid())
+    data = _read_data(cfg)
+    device = device_for(cfg, world)
+    model, start_it, resume_from = _start_model(cfg, run, resume, rank, data.names)
+    cached_path = _ready_model(cfg, model, data, device, world)
+    embedder, emb, box_emb, box_index = _class_embeddings(model, data, device)
+    record = _heldout_record(cfg, run, rank, model, embedder, data, device, cached_path, start_it, resume_from)
+    skipped: set[str] = set()
+    sampler = MixedSampler(len(data.box), len(data.labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
+                           cfg.seed, rank)
+    optimizer, params, adapter, region_scorer = _optimizer(cfg, run, model, embedder, emb, record, cached_path,
+                                                           device, resume_from)
+    common = {"run": run, "model": model, "optimizer": optimizer, "names": data.names,
+              "trained_boxes": bool(data.box), "heldout": record}
+    if cached_path:
+        step = _cached_step(cfg, run, rank, model, data, device, emb, adapter, region_scorer, sampler, start_it,
+                            skipped, common)
+    else:
+        step = _detic_step(cfg, model, data, device, emb, box_emb, box_index, sampler, world, skipped, common)
+    loop = Loop(cfg, run, optimizer, params, device, rank, world, "train", t_start, on_progress)
+    state, it = loop.run_steps(step, start_it)
+
+    result = {"state": state, "iteration": it, "total": cfg.iters, "vocabulary": data.names,
+              "skipped_images": sorted(skipped), "seconds": time.time() - t_start, "last": loop.last,
+              "cached_features": cached_path}
+    if world > 1:
+        checks = [None] * world
+        dist.all_gather_object(checks, [float(p.detach().double().sum()) for p in params])
+        result["rank_checksums"] = checks
+    if rank == 0:
+        _finish(cfg, run, model, embedder, step, record, skipped, state, it, result)
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _read_data(cfg: RunConfig) -> _Data:
+    """The box and tag datasets, the held-out share of the tags (by file name: a resumed run holds
+    out the same images) and the vocabulary."""
     box, labels = [], []
     if cfg.box_data:
         box, _ = read_box_dataset(cfg.box_data, cfg.box_images)
@@ -263,11 +318,12 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if labels and cfg.heldout_share > 0:  # by file name: a resumed run holds out the same images
         labels, heldout, heldout_note = split_heldout(labels, cfg.heldout_share)
         log.info("%s", heldout_note)
+    return _Data(box, labels, heldout, heldout_note, names, names_index)
 
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+
+def _start_model(cfg: RunConfig, run: RunDir, resume: bool, rank: int, names: list[str]) -> tuple:
+    """(model, first iteration, checkpoint resumed from or None): the run's latest checkpoint when
+    resuming, else `cfg.model` with the heads and backbone training it asks for."""
     start_it, opt_state = 0, None
     resume_from = run.latest_checkpoint() if resume else None
     if resume and resume_from is None:
@@ -287,6 +343,13 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         if cfg.heads or cfg.train_backbone:  # Vasconcelos' choices (detector.capacity)
             model, report = rebuild(model, cfg.heads or None, cfg.train_backbone or None, seed=cfg.seed)
             log.info("heads %s, backbone %s: %s", cfg.heads or "kept", cfg.train_backbone or "kept", report.describe())
+    return model, start_it, resume_from
+
+
+def _ready_model(cfg: RunConfig, model, data: _Data, device: torch.device, world: int) -> bool:
+    """The model on its device in training mode, its backbone frozen when the tags' features are
+    cached; returns whether they are (tags only, frozen backbone: `tag_features.can_cache`)."""
+    box, labels = data.box, data.labels
     if box:  # box batches train the RPN: from now on the model proposes with it (not selective search)
         model.config.rpn_trained = True
     model.to(device).train()
@@ -300,7 +363,12 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     elif not box:
         log.info("image labels only: the RPN and box regression get no signal; only the %s learns",
                  "classifier" if cfg.image_label_scope == "classifier" else "classifier, box head and neck")
+    return cached_path
 
+
+def _class_embeddings(model, data: _Data, device: torch.device) -> tuple:
+    """(embedder, every name's embedding, the box classes' embeddings, name -> box class index)."""
+    box, labels, names, names_index = data.box, data.labels, data.names, data.names_index
     embedder = VocabularyEmbedder.for_config(model.config)
     _, emb = embedder(names)
     emb = emb.to(device)
@@ -318,7 +386,14 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     if box and labels:
         log.info("vocabulary: %d classes, %d with boxes (box batches classify over those only)",
                  len(names), len(box_ids))
+    return embedder, emb, box_emb, box_index
 
+
+def _heldout_record(cfg: RunConfig, run: RunDir, rank: int, model, embedder, data: _Data, device, cached_path: bool,
+                    start_it: int, resume_from) -> HeldoutRecord | None:
+    """Rank 0: the held-out scorer with the starting model's scores (and, with validation data,
+    its evaluation); None without held-out images."""
+    heldout, heldout_note, labels, names = data.heldout, data.heldout_note, data.labels, data.names
     record = None
     if rank == 0 and heldout:
         def heldout_progress(done, total):
@@ -342,10 +417,14 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
         run.write_evaluation(evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
                                             embedder=embedder), before=True)
         model.train()
+    return record
 
-    skipped: set[str] = set()
-    sampler = MixedSampler(len(box), len(labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
-                           cfg.seed, rank)
+
+def _optimizer(cfg: RunConfig, run: RunDir, model, embedder, emb, record, cached_path: bool, device,
+               resume_from) -> tuple:
+    """(AdamW over what trains, those parameters, the name mapping's (logits, rows) or None, the
+    region scorer or None). With cached features and an ImageNet region scorer the tags also
+    teach it what each name means (`detector.name_adapters`), at a larger step."""
     region_scorer, adapter = None, None
     if cached_path and model.config.region_scoring and model.config.region_scorer == "imagenet":
         # the tags also teach the ImageNet region scorer what each name means (detector.name_adapters)
@@ -367,62 +446,63 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     params = params + adapter_params
     if resume_from is not None:
         run.restore_optimizer(resume_from, optimizer)
-    common = {"run": run, "model": model, "optimizer": optimizer, "names": names, "trained_boxes": bool(box),
-              "heldout": record}
-    if cached_path:
-        def cache_progress(done, total):
-            if rank == 0:
-                run.write_status("running", iteration=start_it, total=cfg.iters,
-                                 message=f"reading and caching tagged images: {done} of {total}")
+    return optimizer, params, adapter, region_scorer
 
-        cached_list, unreadable = cache_tag_images(model, labels, names_index, cfg.label_size, device,
-                                                   run.cache_dir("tag_proposals"), cache_progress, region_scorer)
-        skipped.update(unreadable)
-        by_path = {item.path: item for item in cached_list}
-        cached = {i: by_path[str(s.path)] for i, s in enumerate(labels) if str(s.path) in by_path}
-        if not cached:
-            raise DataError("none of the tagged images could be read")
-        step = _CachedTagStep(cached, sampler, cfg, device, emb, adapter=adapter, **common)
-    else:
-        train_step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
-                                       "scope": cfg.image_label_scope})
-        if world > 1:
-            train_step = nn.parallel.DistributedDataParallel(
-                train_step, find_unused_parameters=True, device_ids=[device.index] if device.type == "cuda" else None)
-        step = _DeticStep(train_step, sampler, box, labels, cfg, names_index, box_index, device, emb, box_emb,
-                          world, skipped, **common)
-    loop = Loop(cfg, run, optimizer, params, device, rank, world, "train", t_start, on_progress)
-    state, it = loop.run_steps(step, start_it)
 
-    result = {"state": state, "iteration": it, "total": cfg.iters, "vocabulary": names,
-              "skipped_images": sorted(skipped), "seconds": time.time() - t_start, "last": loop.last,
-              "cached_features": cached_path}
+def _cached_step(cfg: RunConfig, run: RunDir, rank: int, model, data: _Data, device, emb, adapter, region_scorer,
+                 sampler, start_it: int, skipped: set[str], common: dict) -> _CachedTagStep:
+    """Steps on cached candidates: every tagged image read once through the frozen model first."""
+    labels, names_index = data.labels, data.names_index
+
+    def cache_progress(done, total):
+        if rank == 0:
+            run.write_status("running", iteration=start_it, total=cfg.iters,
+                             message=f"reading and caching tagged images: {done} of {total}")
+
+    cached_list, unreadable = cache_tag_images(model, labels, names_index, cfg.label_size, device,
+                                               run.cache_dir("tag_proposals"), cache_progress, region_scorer)
+    skipped.update(unreadable)
+    by_path = {item.path: item for item in cached_list}
+    cached = {i: by_path[str(s.path)] for i, s in enumerate(labels) if str(s.path) in by_path}
+    if not cached:
+        raise DataError("none of the tagged images could be read")
+    return _CachedTagStep(cached, sampler, cfg, device, emb, adapter=adapter, **common)
+
+
+def _detic_step(cfg: RunConfig, model, data: _Data, device, emb, box_emb, box_index, sampler, world: int,
+                skipped: set[str], common: dict) -> _DeticStep:
+    """Detic's full path (box and tag batches through the whole model), under DDP when `world` > 1."""
+    train_step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
+                                   "scope": cfg.image_label_scope})
     if world > 1:
-        checks = [None] * world
-        dist.all_gather_object(checks, [float(p.detach().double().sum()) for p in params])
-        result["rank_checksums"] = checks
-    if rank == 0:
-        step.save(it)
-        step.evaluate(it)
-        if record is not None:
-            result["heldout"] = heldout_summary(record.record)
-        if state == "finished" and cfg.eval_data:
-            from .evaluate import evaluate_model
+        train_step = nn.parallel.DistributedDataParallel(
+            train_step, find_unused_parameters=True, device_ids=[device.index] if device.type == "cuda" else None)
+    return _DeticStep(train_step, sampler, data.box, data.labels, cfg, data.names_index, box_index, device, emb,
+                      box_emb, world, skipped, **common)
 
-            result["evaluation"] = evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
-                                                  embedder=embedder)
-            run.write_evaluation(result["evaluation"])
-        run.write_summary(result)
-        run.clear_cancel()
-        unreadable = sorted(skipped | set(record.scorer.skipped if record is not None else []))
-        message = "done" if state == "finished" else "stopped; Resume continues it (--resume on the command line)"
-        if unreadable:
-            message += (f"; {len(unreadable)} unreadable image(s) skipped: "
-                        + ", ".join(Path(p).name for p in unreadable[:5]) + (" …" if len(unreadable) > 5 else ""))
-        run.write_status(state, iteration=it, total=cfg.iters, message=message)
-    if world > 1:
-        dist.barrier()
-    return result
+
+def _finish(cfg: RunConfig, run: RunDir, model, embedder, step, record, skipped: set[str], state: str, it: int,
+            result: dict) -> None:
+    """Rank 0, after the loop: the last checkpoint and its held-out score, the evaluation (with
+    validation data), the summary and the final status line (with the images skipped)."""
+    step.save(it)
+    step.evaluate(it)
+    if record is not None:
+        result["heldout"] = heldout_summary(record.record)
+    if state == "finished" and cfg.eval_data:
+        from .evaluate import evaluate_model
+
+        result["evaluation"] = evaluate_model(model.eval(), cfg.eval_data, cfg.eval_images, cfg.novel,
+                                              embedder=embedder)
+        run.write_evaluation(result["evaluation"])
+    run.write_summary(result)
+    run.clear_cancel()
+    unreadable = sorted(skipped | set(record.scorer.skipped if record is not None else []))
+    message = "done" if state == "finished" else "stopped; Resume continues it (--resume on the command line)"
+    if unreadable:
+        message += (f"; {len(unreadable)} unreadable image(s) skipped: "
+                    + ", ".join(Path(p).name for p in unreadable[:5]) + (" …" if len(unreadable) > 5 else ""))
+    run.write_status(state, iteration=it, total=cfg.iters, message=message)
 
 
 def _save(run: RunDir, model, optimizer, it, names, trained_names, trained_boxes: bool = False) -> None:

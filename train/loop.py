@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -52,6 +53,16 @@ class StopFlag:
 
     def __bool__(self) -> bool:
         return self.signalled or self.run.cancel_requested()
+
+
+def device_for(cfg, world: int) -> torch.device:
+    """The configured device, else CUDA when there is one; under DDP (`world` > 1) this rank's GPU
+    (LOCAL_RANK), made the current one."""
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -57,7 +57,7 @@ from detector.proposals import ALIGNDET, ProposalParams, selective_search
 
 from .data import DataError
 from .finetune import run_with_status
-from .loop import Loop
+from .loop import Loop, device_for
 from .run_config import PretrainConfig
 from .run_dir import RunDir
 
@@ -341,53 +341,18 @@ def _batch(idx, paths, proposals, cfg, rng, device):
 
 
 def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: int, on_progress) -> dict:
+    """One run, in named steps: the images and their proposals, the detector and its momentum
+    copy (new or resumed), the optimizer, the shared loop (`train.loop.Loop`) and what the run
+    leaves in its folder."""
     t_start = time.time()
     cfg.validate()
     if rank == 0:
         run.write_config(cfg)
         run.write_status("running", iteration=0, total=cfg.iters, message="finding images", started=t_start,
                          pid=os.getpid())
-    paths = list_images(cfg.images, cfg.extra_images)
-    params = ProposalParams(top_k=cfg.proposals)
-    workers = cfg.workers or min(8, os.cpu_count() or 1)
-
-    def proposal_progress(done, total):
-        if rank == 0:
-            run.write_status("running", iteration=0, total=cfg.iters, message=f"proposals {done}/{total} images")
-
-    t_prop = time.time()
-    if rank == 0:
-        proposals, failed = cached_proposals(paths, run.cache_dir("proposals"), params, workers, proposal_progress)
-    if world > 1:
-        dist.barrier()  # rank 0 filled the cache; the others read it
-    if rank != 0:
-        proposals, failed = cached_proposals(paths, run.cache_dir("proposals"), params, 1)
-    proposal_seconds = time.time() - t_prop
-    paths = [p for p in paths if p in proposals]
-    if not paths:
-        raise DataError("none of the images could be read")
-    for f in failed:
-        log.warning("skipping unreadable image: %s", f)
-    n_boxes = [len(proposals[p]) for p in paths]
-    log.info("%d images, %.1f proposals per image (%.0f s)", len(paths), sum(n_boxes) / len(paths), proposal_seconds)
-
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    start_it, trainer_state = 0, None
-    resume_from = run.latest_checkpoint() if resume else None
-    if resume and resume_from is None:
-        log.warning("--resume: no checkpoint in %s yet, starting from %s", run.path, cfg.model)
-    if resume_from is not None:
-        config, state = read_checkpoint(resume_from)
-        detector, momentum = _build(cfg, config, state)
-        momentum.load_state_dict(run.load_tensors(resume_from, "momentum"))
-        trainer_state = run.trainer_state(resume_from)
-        start_it = int(trainer_state["iteration"])
-        log.info("resuming from %s at iteration %d", resume_from, start_it)
-    else:
-        detector, momentum = _build(cfg, cfg.model)
+    paths, proposals, failed, n_boxes, proposal_seconds = _images_and_proposals(cfg, run, rank, world)
+    device = device_for(cfg, world)
+    detector, momentum, start_it, resume_from = _start_models(cfg, run, resume)
     detector.to(device).train()
     momentum.to(device).train()
     detector.backbone.body.eval()  # never trained here, whatever the model's freeze setting
@@ -424,6 +389,54 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
     if world > 1:
         dist.barrier()
     return result
+
+
+def _images_and_proposals(cfg: PretrainConfig, run: RunDir, rank: int, world: int) -> tuple:
+    """(readable images, their selective-search proposals, unreadable ones, proposals per image,
+    seconds it took): rank 0 fills the run's proposal cache (in parallel), the other ranks read it."""
+    paths = list_images(cfg.images, cfg.extra_images)
+    params = ProposalParams(top_k=cfg.proposals)
+    workers = cfg.workers or min(8, os.cpu_count() or 1)
+
+    def proposal_progress(done, total):
+        if rank == 0:
+            run.write_status("running", iteration=0, total=cfg.iters, message=f"proposals {done}/{total} images")
+
+    t_prop = time.time()
+    if rank == 0:
+        proposals, failed = cached_proposals(paths, run.cache_dir("proposals"), params, workers, proposal_progress)
+    if world > 1:
+        dist.barrier()  # rank 0 filled the cache; the others read it
+    if rank != 0:
+        proposals, failed = cached_proposals(paths, run.cache_dir("proposals"), params, 1)
+    proposal_seconds = time.time() - t_prop
+    paths = [p for p in paths if p in proposals]
+    if not paths:
+        raise DataError("none of the images could be read")
+    for f in failed:
+        log.warning("skipping unreadable image: %s", f)
+    n_boxes = [len(proposals[p]) for p in paths]
+    log.info("%d images, %.1f proposals per image (%.0f s)", len(paths), sum(n_boxes) / len(paths), proposal_seconds)
+    return paths, proposals, failed, n_boxes, proposal_seconds
+
+
+def _start_models(cfg: PretrainConfig, run: RunDir, resume: bool) -> tuple:
+    """(detector, momentum copy, first iteration, checkpoint resumed from or None): the run's
+    latest checkpoint when resuming, else `cfg.model` with a fresh momentum copy."""
+    start_it, trainer_state = 0, None
+    resume_from = run.latest_checkpoint() if resume else None
+    if resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s yet, starting from %s", run.path, cfg.model)
+    if resume_from is not None:
+        config, state = read_checkpoint(resume_from)
+        detector, momentum = _build(cfg, config, state)
+        momentum.load_state_dict(run.load_tensors(resume_from, "momentum"))
+        trainer_state = run.trainer_state(resume_from)
+        start_it = int(trainer_state["iteration"])
+        log.info("resuming from %s at iteration %d", resume_from, start_it)
+    else:
+        detector, momentum = _build(cfg, cfg.model)
+    return detector, momentum, start_it, resume_from
 
 
 class _PretrainStep:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,57 +96,75 @@ def _scene(rng, size: int, classes: list[str], n_objects: tuple[int, int], rel_s
     return img.filter(ImageFilter.GaussianBlur(0.5)), objects
 
 
-def _coco(images, annotations) -> dict:
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]}
-
-
-def generate(out: str | Path, seed: int = 0, n_box: int = 240, n_label: int = 240, n_val: int = 80,
-             size: int = 160) -> dict[str, Path]:
-    """Write the benchmark under `out`; returns the paths of its files."""
+def write_benchmark(out: str | Path, seed: int, n_box: int, n_label: int, n_val: int, size: int,
+                    classes: list[str], novel: list[str], base: list[str],
+                    box_scene: Callable[[np.random.Generator, int], tuple[Image.Image, list]],
+                    label_image: Callable[[np.random.Generator, int, int], tuple[Image.Image, list[str]]]
+                    ) -> dict[str, Path]:
+    """The one writer of the synthetic benchmarks (this one and `bench/hard_synthetic.py`): under
+    `out`, `box_train.json` and `val.json` from `box_scene(rng, size)` -> (image, [(name, box)])
+    (novel objects carry no box in box_train), `image_labels.json` from `label_image(rng, size, i)`
+    -> (image, names present), `meta.json` and `images/`; one seeded generator draws everything in
+    that order. Returns the paths of its files."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    cat_id = {n: i + 1 for i, n in enumerate(CLASSES)}
+    cat_id = {n: i + 1 for i, n in enumerate(classes)}
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(classes)]
     files = {}
     for split, n in (("box_train", n_box), ("val", n_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         images, anns = [], []
         for i in range(n):
-            img, objects = _scene(rng, size, CLASSES, (2, 4), (0.18, 0.38))
+            img, objects = box_scene(rng, size)
             name = f"{split}/{i:05d}.png"
             img.save(out / "images" / name)
             images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
             for cls, (x1, y1, x2, y2) in objects:
-                if split == "box_train" and cls in NOVEL:
+                if split == "box_train" and cls in novel:
                     continue  # novel objects appear in box images but carry no box (LVIS-base)
                 anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_id[cls],
                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
         files[split] = out / f"{split}.json"
-        files[split].write_text(json.dumps(_coco(images, anns)))
+        files[split].write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
     (out / "images" / "image_labels").mkdir(parents=True, exist_ok=True)
     images = []
     for i in range(n_label):
-        img = _background(rng, size)
-        draw = ImageDraw.Draw(img)
-        cls = CLASSES[i % len(CLASSES)]  # balanced over base and novel classes
-        s = rng.uniform(0.45, 0.8) * size
-        x, y = rng.uniform(0, size - s), rng.uniform(0, size - s)
-        _draw(draw, cls, (x, y, x + s, y + s), rng)
-        if rng.random() < 0.3:  # a small, unlabelled distractor somewhere else
-            d = rng.uniform(0.1, 0.18) * size
-            dx, dy = rng.uniform(0, size - d), rng.uniform(0, size - d)
-            if _iou((dx, dy, dx + d, dy + d), (x, y, x + s, y + s)) == 0:
-                _draw(draw, CLASSES[int(rng.integers(len(CLASSES)))], (dx, dy, dx + d, dy + d), rng)
+        img, present = label_image(rng, size, i)
         name = f"image_labels/{i:05d}.png"
-        img.filter(ImageFilter.GaussianBlur(0.5)).save(out / "images" / name)
+        img.save(out / "images" / name)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
-                       "pos_category_ids": [cat_id[cls]], "neg_category_ids": []})
+                       "pos_category_ids": sorted({cat_id[c] for c in present}), "neg_category_ids": []})
     files["image_labels"] = out / "image_labels.json"
-    files["image_labels"].write_text(json.dumps(_coco(images, [])))
+    files["image_labels"].write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
     files["meta"] = out / "meta.json"
-    files["meta"].write_text(json.dumps({"classes": CLASSES, "novel": NOVEL, "base": BASE, "seed": seed}, indent=2))
+    files["meta"].write_text(json.dumps({"classes": classes, "novel": novel, "base": base, "seed": seed}, indent=2))
     files["images"] = out / "images"
     return files
+
+
+def _object_centric(rng: np.random.Generator, size: int, i: int) -> tuple[Image.Image, list[str]]:
+    """A tag image: one dominant object (classes in turn: balanced over base and novel), sometimes
+    a small unlabelled distractor elsewhere."""
+    img = _background(rng, size)
+    draw = ImageDraw.Draw(img)
+    cls = CLASSES[i % len(CLASSES)]  # balanced over base and novel classes
+    s = rng.uniform(0.45, 0.8) * size
+    x, y = rng.uniform(0, size - s), rng.uniform(0, size - s)
+    _draw(draw, cls, (x, y, x + s, y + s), rng)
+    if rng.random() < 0.3:  # a small, unlabelled distractor somewhere else
+        d = rng.uniform(0.1, 0.18) * size
+        dx, dy = rng.uniform(0, size - d), rng.uniform(0, size - d)
+        if _iou((dx, dy, dx + d, dy + d), (x, y, x + s, y + s)) == 0:
+            _draw(draw, CLASSES[int(rng.integers(len(CLASSES)))], (dx, dy, dx + d, dy + d), rng)
+    return img.filter(ImageFilter.GaussianBlur(0.5)), [cls]
+
+
+def generate(out: str | Path, seed: int = 0, n_box: int = 240, n_label: int = 240, n_val: int = 80,
+             size: int = 160) -> dict[str, Path]:
+    """Write the benchmark under `out`; returns the paths of its files."""
+    return write_benchmark(out, seed, n_box, n_label, n_val, size, CLASSES, NOVEL, BASE,
+                           box_scene=lambda rng, size: _scene(rng, size, CLASSES, (2, 4), (0.18, 0.38)),
+                           label_image=_object_centric)
 
 
 def main(argv: list[str] | None = None) -> None:

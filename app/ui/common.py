@@ -30,40 +30,9 @@ CSS = """
 .prose code {overflow-wrap: anywhere}
 """
 
-# Labelling keys, active only while the Tag tab is shown (see the legend there, `tag_tab._keys`):
-# 1-9 toggle the first labels, Enter / Ctrl+Enter next image (Ctrl+Enter also from the tag box,
-# after the typed name is added), arrows move, u next untagged, z undo, t focuses the tag box,
-# Esc leaves it.
-HEAD = """
-<script>
-document.addEventListener('keydown', (e) => {
-  const tab = document.getElementById('tag-image');
-  if (!tab || !tab.checkVisibility()) return;
-  const t = e.target;
-  const typing = t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable;
-  const click = (id, delay) => {
-    const b = document.getElementById(id);
-    if (!b) return;
-    e.preventDefault();
-    delay ? setTimeout(() => b.click(), delay) : b.click();
-  };
-  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
-    if (typing) { t.blur(); return click('tag-next', 300); }
-    return click('tag-next');
-  }
-  if (typing) { if (e.key === 'Escape') t.blur(); return; }
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === 'Enter' && t.tagName !== 'BUTTON') return click('tag-next');
-  if (e.key === 'ArrowRight') return click('tag-next');
-  if (e.key === 'ArrowLeft') return click('tag-prev');
-  if (e.key === 'u') return click('tag-next-untagged');
-  if (e.key === 'z') return click('tag-undo');
-  if (/^[1-9]$/.test(e.key)) return click('tag-key-' + e.key);
-  if (e.key === 't') {
-    const box = document.querySelector('#tag-positives input');
-    if (box) { e.preventDefault(); box.focus(); }
-  }
-});
+# The page's keyboard script: the Tag tab's labelling keys (`tag_tab.KEYBOARD_SCRIPT`), and Enter in a
+# slider's number box (below). Assembled by `launch_options` into the page's head.
+SLIDER_ENTER_SCRIPT = """\
 // Enter in a slider's number box (a threshold typed on the Detect tab) commits it as leaving the
 // box does: the slider's release event (which detects again there). The box keeps the focus.
 document.addEventListener('keydown', (e) => {
@@ -74,12 +43,14 @@ document.addEventListener('keydown', (e) => {
   t.blur();
   t.focus();
 });
-</script>
 """
 
 
 def launch_options() -> dict:
-    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS, "head": HEAD}
+    from .tag_tab import KEYBOARD_SCRIPT  # here, not at the top: tag_tab imports this module
+
+    head = f"\n<script>\n{KEYBOARD_SCRIPT}{SLIDER_ENTER_SCRIPT}</script>\n"
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS, "head": head}
 
 
 _API_INFO = re.compile(rb"window\.gradio_api_info = .*?</script>", re.DOTALL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -21,6 +22,18 @@ def _present(summary: dict) -> tuple:
 
 
 def build(ep: dict) -> dict:
+    """The tab: its layout, then its events by what they do (browse, label edits, import, export)."""
+    c = _layout()
+    _wire_browse(ep, c)
+    _wire_label_edits(ep, c)
+    _wire_import(ep, c)
+    _wire_export(ep, c)
+    return {"refresh": (handler(ep["dataset"], present=_present), [], c.out), "open_in_tag": c.open_in_tag,
+            "picked": c.picked_image, "msg": c.msg}
+
+
+def _layout() -> SimpleNamespace:
+    """Every component of the tab, top to bottom, by its name (no events here)."""
     summary = gr.Markdown()
     msg = tab_message("dataset-msg")
     with gr.Row():
@@ -61,20 +74,13 @@ def build(ep: dict) -> dict:
         exp_file = gr.File(label="Export", elem_id="dataset-export")
 
     out = [plot, table, summary, browse_label, ren_old, merge_src, del_label]
-    unchanged = tuple(gr.update() for _ in out)
+    return SimpleNamespace(**locals())
 
-    def picked(*values):
-        if not all(v for v in values) or not all(str(v).strip() for v in values if isinstance(v, str)):
-            raise gr.Error("pick a label (and type the new name) first")
-        return values
 
-    def done(what: str):
-        """present for a label edit: the new summary everywhere, and what happened."""
-        return lambda summary: (*_present(summary), what)
-
-    def failed(message: str, *_) -> tuple:
-        """A failed edit changes nothing on the tab but its message line."""
-        return (*unchanged, error_text(message))
+def _wire_browse(ep: dict, c: SimpleNamespace) -> None:
+    """A label's images in the gallery; the one picked can be opened in Tag (`ui.build_app`)."""
+    browse_label, gallery, browsed, picked_image = c.browse_label, c.gallery, c.browsed, c.picked_image
+    open_in_tag, msg = c.open_in_tag, c.msg
 
     def browse(rows: list[dict]) -> tuple:
         """The label's images in the gallery; nothing picked yet."""
@@ -94,6 +100,29 @@ def build(ep: dict) -> dict:
 
     pick.ui_only = True
     gallery.select(pick, browsed, [picked_image, open_in_tag], api_name=False, show_progress="hidden")
+
+
+def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
+    """Rename, merge and delete labels; each edit shows the new summary everywhere."""
+    out, msg, ren_btn, ren_old, ren_new, merge_btn = c.out, c.msg, c.ren_btn, c.ren_old, c.ren_new, c.merge_btn
+    merge_src, merge_into, del_btn, del_label = c.merge_src, c.merge_into, c.del_btn, c.del_label
+    del_confirm = c.del_confirm
+
+    unchanged = tuple(gr.update() for _ in out)
+
+    def picked(*values):
+        if not all(v for v in values) or not all(str(v).strip() for v in values if isinstance(v, str)):
+            raise gr.Error("pick a label (and type the new name) first")
+        return values
+
+    def done(what: str):
+        """present for a label edit: the new summary everywhere, and what happened."""
+        return lambda summary: (*_present(summary), what)
+
+    def failed(message: str, *_) -> tuple:
+        """A failed edit changes nothing on the tab but its message line."""
+        return (*unchanged, error_text(message))
+
     ren_btn.click(handler(ep["rename_label"], prepare=picked, present=done("renamed"), error=failed),
                   [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
     merge_btn.click(handler(ep["merge_labels"], present=done("merged"), error=failed), [merge_src, merge_into],
@@ -111,6 +140,11 @@ def build(ep: dict) -> dict:
                           error=lambda m, *_: (*failed(m), gr.update())), [del_label, del_confirm],
                   [*out, msg, del_confirm], api_name=False, show_progress_on=msg)
 
+
+def _wire_import(ep: dict, c: SimpleNamespace) -> None:
+    """Label files (and their images) in; what each file held and got on the message line."""
+    out, msg, imp_btn, imp_file = c.out, c.msg, c.imp_btn, c.imp_file
+
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
         if r.get("boxes") or any("box" in m for m in r.get("messages", [])):  # what each box file held and got
@@ -125,6 +159,12 @@ def build(ep: dict) -> dict:
     # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)
     imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [msg, *out], api_name="import_labels",
                   show_progress_on=msg)
+
+
+def _wire_export(ep: dict, c: SimpleNamespace) -> None:
+    """An export file out, with a progress bar while the model runs over the images."""
+    msg, exp_btn, exp_fmt, exp_images, exp_file = c.msg, c.exp_btn, c.exp_fmt, c.exp_images, c.exp_file
+
     def export(fmt, with_images, progress=gr.Progress()):
         """The detections export runs the model on every image: a progress bar per image."""
         def per_image(done: int, total: int):
@@ -136,5 +176,3 @@ def build(ep: dict) -> dict:
 
     export.endpoint = ep["export_labels"]
     exp_btn.click(export, [exp_fmt, exp_images], [exp_file, msg], api_name=False, show_progress_on=msg)
-    return {"refresh": (handler(ep["dataset"], present=_present), [], out), "open_in_tag": open_in_tag,
-            "picked": picked_image, "msg": msg}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -27,6 +28,15 @@ fill_preset.ui_only = True
 
 def build(ep: dict, defaults) -> dict:
     """`defaults`: the served model's DetectorConfig (initial thresholds)."""
+    c = _layout(defaults)
+    _wire_detect(ep, c)
+    _wire_video(ep, c)
+    _wire_batch(ep, c)
+    return {"vocabulary": c.vocabulary}
+
+
+def _layout(defaults) -> SimpleNamespace:
+    """Every component of the tab, top to bottom, by its name (no events here)."""
     with gr.Row():
         with gr.Column():
             image = image_input(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
@@ -58,6 +68,13 @@ def build(ep: dict, defaults) -> dict:
         batch_btn = gr.Button("Detect all")
         batch_gallery = gr.Gallery(label="Results", columns=4)
         batch_json = gr.File(label="All detections (JSON)")
+    return SimpleNamespace(**locals())
+
+
+def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
+    """One image: Detect, Enter in the vocabulary, a released slider; then the result line."""
+    image, vocabulary, preset, score, nms, max_det = c.image, c.vocabulary, c.preset, c.score, c.nms, c.max_det
+    detect_btn, msg, out_image, table, download = c.detect_btn, c.msg, c.out_image, c.table, c.download
 
     def need_image(image, *rest):
         if image is None:
@@ -88,9 +105,15 @@ def build(ep: dict, defaults) -> dict:
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
     detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted)
     vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
-    for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.HEAD)
+    for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.SLIDER_ENTER_SCRIPT)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
     preset.change(fill_preset, preset, vocabulary, api_name=False)
+
+
+def _wire_video(ep: dict, c: SimpleNamespace) -> None:
+    """A short video, every n-th frame, with a progress bar."""
+    video_in, video_out, video_json, video_btn = c.video_in, c.video_out, c.video_json, c.video_btn
+    stride, vocabulary, score, nms, max_det, msg = c.stride, c.vocabulary, c.score, c.nms, c.max_det, c.msg
 
     def video(path, vocabulary, score, nms, max_det, every, progress=gr.Progress()):
         """A short video: the annotated frames and a JSON of every sampled frame's detections."""
@@ -110,6 +133,13 @@ def build(ep: dict, defaults) -> dict:
     video_btn.click(video, [video_in, vocabulary, score, nms, max_det, stride], [video_out, video_json, msg],
                     api_name=False, show_progress_on=msg)
 
+
+def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
+    """Many images at once: a gallery and one JSON."""
+    batch_files, batch_btn, batch_gallery = c.batch_files, c.batch_btn, c.batch_gallery
+    batch_json, vocabulary, score, nms, max_det = c.batch_json, c.vocabulary, c.score, c.nms, c.max_det
+    msg = c.msg
+
     def batch_present(results):
         gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {len(r['detections'])}") for r in results]
         return gallery, json_file([{"image": r["image"], "detections": r["detections"]} for r in results],
@@ -117,4 +147,3 @@ def build(ep: dict, defaults) -> dict:
 
     batch_btn.click(handler(ep["detect_batch"], present=batch_present), [batch_files, vocabulary, score, nms, max_det],
                     [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg)
-    return {"vocabulary": vocabulary}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -10,6 +11,46 @@ from .common import error_text, handler, tab_message
 
 HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
 TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
+
+# The editor's quick events run in order, every one (a key pressed twice counts twice): a save
+# lands before ▶. One queue for the whole server, so only quick store operations join it
+# (uploads and Suggest, which can take long, do not).
+QUEUED = {"concurrency_id": TAG_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
+
+# Labelling keys, active only while the Tag tab is shown (see the legend, `_keys`):
+# 1-9 toggle the first labels, Enter / Ctrl+Enter next image (Ctrl+Enter also from the tag box,
+# after the typed name is added), arrows move, u next untagged, z undo, t focuses the tag box,
+# Esc leaves it.
+KEYBOARD_SCRIPT = """\
+document.addEventListener('keydown', (e) => {
+  const tab = document.getElementById('tag-image');
+  if (!tab || !tab.checkVisibility()) return;
+  const t = e.target;
+  const typing = t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable;
+  const click = (id, delay) => {
+    const b = document.getElementById(id);
+    if (!b) return;
+    e.preventDefault();
+    delay ? setTimeout(() => b.click(), delay) : b.click();
+  };
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    if (typing) { t.blur(); return click('tag-next', 300); }
+    return click('tag-next');
+  }
+  if (typing) { if (e.key === 'Escape') t.blur(); return; }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === 'Enter' && t.tagName !== 'BUTTON') return click('tag-next');
+  if (e.key === 'ArrowRight') return click('tag-next');
+  if (e.key === 'ArrowLeft') return click('tag-prev');
+  if (e.key === 'u') return click('tag-next-untagged');
+  if (e.key === 'z') return click('tag-undo');
+  if (/^[1-9]$/.test(e.key)) return click('tag-key-' + e.key);
+  if (e.key === 't') {
+    const box = document.querySelector('#tag-positives input');
+    if (box) { e.preventDefault(); box.focus(); }
+  }
+});
+"""
 
 
 def _keys(keyed: list[str]) -> str:
@@ -79,6 +120,22 @@ def _no_suggestions() -> tuple:
 
 
 def build(ep: dict, server_folders: bool) -> dict:
+    """The tab: its layout, the views of the image shown, then its events by what they do. The
+    number keys' script is `KEYBOARD_SCRIPT` (in the page's head, `common.launch_options`)."""
+    c = _layout(server_folders)
+    views = _views(ep, c)
+    _wire_uploads(ep, c, views)
+    choices = _wire_queue(ep, c, views)
+    _wire_next_untagged(ep, c, views)
+    _wire_number_keys(ep, c, views)
+    _wire_save(ep, c, views)
+    _wire_suggestions(ep, c, views)
+    _wire_undo(ep, c, views)
+    return _exports(ep, c, views, choices)
+
+
+def _layout(server_folders: bool) -> SimpleNamespace:
+    """Every component of the tab, top to bottom, by its name (no events here)."""
     with gr.Accordion("Add images", open=True), gr.Row():
         upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
                          elem_id="tag-upload")
@@ -123,6 +180,16 @@ def build(ep: dict, server_folders: bool) -> dict:
     # old `shown` (another image's hash: nothing is saved) or sees everything new.
     view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
                 keys, show, shown]
+    outputs = [*view_out, msg, last_edit]
+    return SimpleNamespace(**locals())
+
+
+def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
+    """What the editor shows of an image (tag_view -> component values), shared by the events."""
+    index, current, image, status, positives = c.index, c.current, c.image, c.status, c.positives
+    negatives, suggestions, suggested_for = c.negatives, c.suggestions, c.suggested_for
+    suggest_vocab, keys, shown, view_out, msg = c.suggest_vocab, c.keys, c.shown, c.view_out, c.msg
+
     view = ep["tag_view"]
 
     def _editor(v: dict) -> dict:
@@ -148,6 +215,31 @@ def build(ep: dict, server_folders: bool) -> dict:
     def as_tuple(values: dict) -> tuple:
         return tuple(values.get(c, gr.update()) for c in view_out)
 
+    def _edit(image_hash: str, touched: list[str], before: dict | None = None) -> dict:
+        """What Undo needs: the names an edit touches and their tags before it."""
+        if before is None:
+            before = view(_index_of(image_hash))["image"]
+        return {"hash": image_hash, "touched": list(touched),
+                "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
+
+    def _index_of(image_hash: str) -> int:
+        return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
+
+    def edited(image_hash: str, text: str | None = None) -> dict:
+        """The editor of the image shown, as stored, and `text` on the message line (None: the
+        line keeps what it says, e.g. the upload report while the editor settles)."""
+        return {**({} if text is None else {msg: text}), **_editor(view(_index_of(image_hash)))}
+
+    return SimpleNamespace(_editor=_editor, _present_view=_present_view, as_tuple=as_tuple, _edit=_edit,
+                           _index_of=_index_of, edited=edited)
+
+
+def _wire_uploads(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """Images in (files, zips, a server folder): the queue then shows the first untagged one."""
+    upload, folder, folder_btn, msg, outputs = c.upload, c.folder, c.folder_btn, c.msg, c.outputs
+    _present_view = views._present_view
+    view = ep["tag_view"]
+
     def added(result: dict) -> dict:
         text = f"added {len(result['new'])} new image(s)"
         if result["duplicates"]:
@@ -157,15 +249,21 @@ def build(ep: dict, server_folders: bool) -> dict:
             text += f"; skipped {len(result['skipped'])}: " + "; ".join(map(html.escape, result["skipped"][:5]))
         return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
-    # The editor's quick events run in order, every one (a key pressed twice counts twice): a save
-    # lands before ▶. One queue for the whole server, so only quick store operations join it
-    # (uploads and Suggest, which can take long, do not).
-    queued = {"concurrency_id": TAG_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
-    outputs = [*view_out, msg, last_edit]
     upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
                   show_progress_on=msg)
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
                      show_progress_on=msg)
+
+
+def _wire_queue(ep: dict, c: SimpleNamespace, views: SimpleNamespace):
+    """◀ / ▶ and the Show filter, the count of images it lets through and the filters offered;
+    returns the filters' refresh (`choices`)."""
+    index, show, show_count, suggest_vocab = c.index, c.show, c.show_count, c.suggest_vocab
+    prev_btn, next_btn, shown, status, msg = c.prev_btn, c.next_btn, c.shown, c.status, c.msg
+    outputs = c.outputs
+    _present_view = views._present_view
+    view = ep["tag_view"]
+
     def go(i: int, s: str, vocab: str, backward: bool, here: int) -> dict:
         """The queue's image at `i`. A "with suggestion" filter starts the model on the images it
         has not looked at yet under these names, in the background (once; never waited for): the
@@ -209,10 +307,10 @@ def build(ep: dict, server_folders: bool) -> dict:
     # ◀ / ▶ (and the keys) go to the previous / next image the filter shows.
     moves = [index, show, suggest_vocab]
     prev_btn.click(moving(-1, backward=True), moves, outputs, api_name=False, show_progress_on=msg,
-                   **queued).then(**counted)
-    next_btn.click(moving(+1), moves, outputs, api_name=False, show_progress_on=msg, **queued).then(**counted)
+                   **QUEUED).then(**counted)
+    next_btn.click(moving(+1), moves, outputs, api_name=False, show_progress_on=msg, **QUEUED).then(**counted)
     # Choosing a filter stays on the image shown when it matches, else goes to the next that does.
-    show.input(moving(0), moves, outputs, api_name=False, show_progress_on=msg, **queued).then(**counted)
+    show.input(moving(0), moves, outputs, api_name=False, show_progress_on=msg, **QUEUED).then(**counted)
     gr.on([shown.change, status.change, show.change, suggest_vocab.change], **counted)
 
     # The filters offered: the labels and the Suggest names, as they are now.
@@ -225,6 +323,14 @@ def build(ep: dict, server_folders: bool) -> dict:
     choices.endpoint = view
     gr.on([shown.change, suggest_vocab.change], choices, suggest_vocab, [show, msg], api_name=False,
           show_progress="hidden", trigger_mode="always_last")
+    return choices
+
+
+def _wire_next_untagged(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """Next untagged: the first image with no tags."""
+    next_untagged, msg, outputs = c.next_untagged, c.msg, c.outputs
+    _present_view = views._present_view
+    view = ep["tag_view"]
 
     def untagged(i: int) -> dict:
         """Next untagged, or where every image is tagged, says so (and stays)."""
@@ -234,7 +340,14 @@ def build(ep: dict, server_folders: bool) -> dict:
         return {msg: "", **_present_view(v)}
 
     next_untagged.click(handler(ep["first_untagged"], present=untagged), None, outputs,
-                        api_name=False, show_progress_on=msg, **queued)
+                        api_name=False, show_progress_on=msg, **QUEUED)
+
+
+def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """The buttons behind the number keys 1-9 (hidden; `KEYBOARD_SCRIPT` clicks them)."""
+    hotkeys, current, msg, last_edit, outputs = c.hotkeys, c.current, c.msg, c.last_edit, c.outputs
+    _edit, edited = views._edit, views.edited
+    view = ep["tag_view"]
 
     def toggle(image_hash, number):
         """Number key `number`: the label at that place becomes present, or stops being present."""
@@ -251,27 +364,19 @@ def build(ep: dict, server_folders: bool) -> dict:
         ep["tag"](image_hash, [name], [])
         return image_hash, f"added {html.escape(name)}", edit
 
-    def _edit(image_hash: str, touched: list[str], before: dict | None = None) -> dict:
-        """What Undo needs: the names an edit touches and their tags before it."""
-        if before is None:
-            before = view(_index_of(image_hash))["image"]
-        return {"hash": image_hash, "touched": list(touched),
-                "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
-
-    def _index_of(image_hash: str) -> int:
-        return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
-
-    def edited(image_hash: str, text: str | None = None) -> dict:
-        """The editor of the image shown, as stored, and `text` on the message line (None: the
-        line keeps what it says, e.g. the upload report while the editor settles)."""
-        return {**({} if text is None else {msg: text}), **_editor(view(_index_of(image_hash)))}
-
     for number, key in enumerate(hotkeys, 1):
         toggled = handler(toggle, prepare=lambda h, n=number: (h, n),
                           present=lambda r: {**edited(r[0], r[1]), last_edit: r[2]},
                           error=lambda m, *_: {msg: error_text(m)})
         toggled.endpoint = ep["tag"]
-        key.click(toggled, current, outputs, api_name=False, show_progress="hidden", **queued)
+        key.click(toggled, current, outputs, api_name=False, show_progress="hidden", **QUEUED)
+
+
+def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """Every change of the Present / Not present chips is saved at once, as add / remove operations."""
+    positives, negatives, current, shown, last_edit = c.positives, c.negatives, c.current, c.shown, c.last_edit
+    outputs = c.outputs
+    _edit, edited = views._edit, views.edited
 
     def save(image_hash, pos, neg, before):
         """Saved on every change as the difference to what was shown (add / remove operations)."""
@@ -312,7 +417,16 @@ def build(ep: dict, server_folders: bool) -> dict:
     save_event.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
         dropdown.change(save_event, [current, positives, negatives, shown], outputs, api_name=False,
-                        show_progress="hidden", **queued)
+                        show_progress="hidden", **QUEUED)
+
+
+def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """Suggest names for the image shown from the current model; the checked ones become tags."""
+    suggest_btn, accept_btn, suggestions = c.suggest_btn, c.accept_btn, c.suggestions
+    suggested_for, suggest_vocab, current, index = c.suggested_for, c.suggest_vocab, c.current, c.index
+    msg, last_edit, outputs = c.msg, c.last_edit, c.outputs
+    _edit, edited = views._edit, views.edited
+    view = ep["tag_view"]
 
     def suggest(image_hash, vocab, i):
         """Suggestions for the image shown, labelled with its name; they belong to that image."""
@@ -347,7 +461,14 @@ def build(ep: dict, server_folders: bool) -> dict:
     accept_handler = handler(accept, present=accepted)
     accept_handler.endpoint = ep["tag"]
     accept_btn.click(accept_handler, [current, suggestions, suggested_for], outputs,
-                     api_name=False, show_progress_on=msg, **queued)
+                     api_name=False, show_progress_on=msg, **QUEUED)
+
+
+def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """Undo the last change of tags (a key, a chip, accepted suggestions)."""
+    undo_btn, current, last_edit, msg, outputs = c.undo_btn, c.current, c.last_edit, c.msg, c.outputs
+    edited = views.edited
+
     def undo(image_hash, edit):
         """Put the names the last change touched back as they were (remove, then re-add)."""
         if not edit:
@@ -366,7 +487,16 @@ def build(ep: dict, server_folders: bool) -> dict:
 
     undo_handler = handler(undo, present=undone, error=lambda m, *_: {msg: error_text(m)})
     undo_handler.endpoint = ep["untag"]
-    undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **queued)
+    undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **QUEUED)
+
+
+def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> dict:
+    """What `ui.build_app` uses of the tab: refreshes on opening, watching and going to an image."""
+    index, show, suggest_vocab, status, keys, msg = c.index, c.show, c.suggest_vocab, c.status, c.keys, c.msg
+    view_out = c.view_out
+    as_tuple, _present_view, _index_of = views.as_tuple, views._present_view, views._index_of
+    view = ep["tag_view"]
+
     refresh = handler(view, prepare=lambda i, s, vocab: (i, s, False, vocab),
                       present=lambda v: as_tuple(_present_view(v)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -160,6 +161,24 @@ def cost_markdown(cost: dict) -> str:
 
 
 def build(ep: dict, server_folders: bool = False) -> dict:
+    """The tab: its layout, then its events (starting runs; following, cancelling, resuming, deleting one)."""
+    c = _layout(server_folders)
+    _wire_start(ep, c)
+    _wire_runs(ep, c)
+    run, msg, use, use_anyway, heads = c.run, c.msg, c.use, c.use_anyway, c.heads
+    refresh = handler(ep["capacity_choices"], present=lambda c: gr.update(choices=head_choices(c)))
+    return {"use": use, "use_anyway": use_anyway, "run": run, "msg": msg, "need_run": need_run, "refresh": (refresh, None, [heads])}
+
+
+def need_run(run_id):
+    """The operations on one run need one picked: (run id,), else a readable error."""
+    if not run_id:
+        raise gr.Error("no run selected")
+    return (run_id,)
+
+
+def _layout(server_folders: bool) -> SimpleNamespace:
+    """Every component of the tab, left column then right, by its name (no events here)."""
     with gr.Row():
         with gr.Column():
             iters = gr.Number(300, label="Iterations", precision=0, minimum=1)
@@ -218,6 +237,15 @@ def build(ep: dict, server_folders: bool = False) -> dict:
 
     inputs = [iters, rule, ratio, base, box, box_images, eval_data, eval_images, novel, label_size, box_size, weight,
               heads, backbone]
+    return SimpleNamespace(**locals())
+
+
+def _wire_start(ep: dict, c: SimpleNamespace) -> None:
+    """Start a fine-tuning run, measure what one would cost (a dry run), or start pre-training."""
+    inputs, start, measure, cost, pre_start = c.inputs, c.start, c.measure, c.cost, c.pre_start
+    pre_iters, pre_size, base, pre_folder, run = c.pre_iters, c.pre_size, c.base, c.pre_folder, c.run
+    msg = c.msg
+
     def started(run_id: str) -> tuple[str, str]:
         return run_id, f"started run `{run_id}` · {ep['training_plan']()['note']}"
 
@@ -231,10 +259,12 @@ def build(ep: dict, server_folders: bool = False) -> dict:
                             present=lambda run_id: (run_id, f"started pre-training run `{run_id}`")),
                     [pre_iters, pre_size, base, pre_folder], [run, msg], api_name=False)
 
-    def need_run(run_id):
-        if not run_id:
-            raise gr.Error("no run selected")
-        return (run_id,)
+
+def _wire_runs(ep: dict, c: SimpleNamespace) -> None:
+    """The run shown: its status every two seconds, the history (a row opens its run), Cancel,
+    Resume and Delete."""
+    run, msg, cancel, resume, delete, delete_sure = c.run, c.msg, c.cancel, c.resume, c.delete, c.delete_sure
+    timer, history, status, curve, log, evaluation = c.timer, c.history, c.status, c.curve, c.log, c.evaluation
 
     cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False, show_progress_on=msg)
     resume.click(handler(ep["resume_training"], prepare=need_run, present=lambda run_id: f"resuming run `{run_id}`"),
@@ -264,5 +294,3 @@ def build(ep: dict, server_folders: bool = False) -> dict:
     delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False)),
                  [run, delete_sure], [run, msg, delete_sure], api_name=False, show_progress_on=msg)
     history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
-    refresh = handler(ep["capacity_choices"], present=lambda c: gr.update(choices=head_choices(c)))
-    return {"use": use, "use_anyway": use_anyway, "run": run, "msg": msg, "need_run": need_run, "refresh": (refresh, None, [heads])}

@@ -1,0 +1,236 @@
+"""The dataset as a whole: label edits (rename, merge, delete), importing label files and
+exporting tags or the model's boxes in the usual formats. A part of `AppService`."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from detector.files import atomic_write, atomic_write_json
+from detector.vocabulary import parse_vocabulary
+
+from .service_base import Progress, _nonempty, _upload_path, endpoint
+from .store import StoreError
+
+EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
+
+
+class DatasetMixin:
+    """Label edits, import and export; uses `self.store`, `self.policy`, `self.predictor` and
+    `self.serving` (set by `AppService`)."""
+
+    @endpoint()
+    def dataset(self) -> dict:
+        """{"images", "tagged", "labels": {name: {"positive", "negative"}}}."""
+        tagged, total = self.store.progress()
+        return {"images": total, "tagged": tagged, "labels": self.store.counts()}
+
+    @endpoint()
+    def images_with_label(self, label: str) -> list[dict]:
+        """Stored images tagged present with `label`: [{hash, name, path}]."""
+        return [{"hash": r["hash"], "name": r["original_name"] or r["hash"][:12]}
+                for r in self.store.images() if label in r["positives"]]
+
+    @endpoint()
+    def rename_label(self, old: str, new: str) -> dict:
+        """Rename a label everywhere (an existing name merges); returns the dataset summary."""
+        self.store.rename_label(old, new)
+        return self.dataset()
+
+    @endpoint()
+    def merge_labels(self, sources: str | list[str], into: str) -> dict:
+        sources = parse_vocabulary(sources) if _nonempty(sources) else []
+        if not sources or not (into or "").strip():
+            raise StoreError("pick labels to merge and the name to merge them into")
+        self.store.merge_labels(sources, into)
+        return self.dataset()
+
+    @endpoint()
+    def delete_label(self, name: str) -> dict:
+        self.store.delete_label(name)
+        return self.dataset()
+
+    @endpoint(api=False)
+    def import_labels(self, files: list) -> dict:
+        """Tags and boxes from uploaded label files: Detic/COCO image labels, CSV, JSONL, COCO with
+        boxes, Label Studio JSON (its annotations' rectangles and choices) and YOLO zips (data.yaml
+        or classes.txt, labels/ and the images), with the images uploaded beside them (files or
+        zips) or already in the store (matched by sha256 or name), or in an allowed server folder.
+        Each file is imported whole or not at all (one transaction). Returns what happened:
+        `imported` images given tags or boxes, `boxes` stored, and `messages`: one sentence per
+        file saying what was found in it and what was done."""
+        from . import formats
+
+        files = [f for f in (files if isinstance(files, (list, tuple)) else [files]) if f is not None]
+        paths = [_upload_path(f) for f in files]
+        label_files = [p for p in paths if p and p.suffix.lower() in formats.LABEL_SUFFIXES]
+        unpacked = Path(tempfile.mkdtemp(prefix="ovd-import-"))
+        try:
+            for p in paths:  # a YOLO zip is a label file; an export's zip holds one beside its images/
+                if p and p.suffix.lower() == ".zip":
+                    label_files += [p] if formats.is_yolo_zip(p) else formats.extract_label_files(p, unpacked / p.stem)
+            if not label_files:
+                raise StoreError("choose a label file: Detic/COCO JSON (tags or boxes), CSV, JSONL, Label Studio JSON "
+                                 "or a YOLO zip (and, optionally, the images)")
+            return self._import_files(label_files, [f for f, p in zip(files, paths) if p not in label_files
+                                                    or p.suffix.lower() == ".zip"])
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+
+    def _import_files(self, label_files: list[Path], images: list) -> dict:
+        from train.data import DataError
+
+        from . import formats
+
+        uploaded = self.add_images(images)  # a zip's images too
+        by_name = {}
+        for h in uploaded["added"]:
+            row = self.store._image(h)
+            by_name.setdefault(row["original_name"], h)
+        report = {"imported": 0, "boxes": 0, "images_added": len(uploaded["added"]), "missing": [],
+                  "skipped": list(uploaded["skipped"]), "messages": []}
+        for path in label_files:
+            try:
+                parsed = formats.read_label_file(path)
+            except (DataError, KeyError, OSError) as e:
+                raise StoreError(str(e)) from None
+            tags, boxes, missing = [], {}, []
+            for entry in parsed.entries:
+                h = self._match_image(entry.names, entry.sha256, by_name)
+                if h is None:
+                    if entry.positives or entry.negatives or entry.boxes:
+                        missing.append(Path(entry.names[0]).name)
+                    continue
+                if entry.positives or entry.negatives:
+                    tags.append((h, entry.positives, entry.negatives))
+                if entry.boxes:
+                    row = self.store._image(h)
+                    sx, sy = (row["width"], row["height"]) if entry.relative else (1, 1)
+                    boxes.setdefault(h, []).extend((n, (x1 * sx, y1 * sy, x2 * sx, y2 * sy))
+                                                   for n, (x1, y1, x2, y2) in entry.boxes)
+            stored = self.store.import_tags(tags, boxes)
+            done = len({h for h, *_ in tags} | set(boxes))
+            report["imported"] += done
+            report["boxes"] += stored["boxes"]
+            report["missing"] += missing
+            report["messages"].append(_import_sentence(path.name, parsed, tags, stored, missing))
+        return report
+
+    def _match_image(self, names: list[str], sha256: str | None, by_name: dict[str, str]) -> str | None:
+        """The stored image a label file's entry means: by sha256, uploaded beside it, stored, or in
+        an allowed server folder (by each of its names in turn)."""
+        h = self.store.find_image(names[0], sha256) if sha256 else None
+        for name in names:
+            h = h or by_name.get(Path(name).name) or self.store.find_image(name)
+        return h or self._from_allowed_folders(names[0])
+
+    def _from_allowed_folders(self, name: str) -> str | None:
+        for folder in self.policy.allowed_dirs:
+            candidate = (folder / name).resolve()
+            if (folder in candidate.parents) and candidate.is_file():
+                try:
+                    return self.store.add_image(candidate)
+                except (ValueError, OSError):
+                    return None
+        return None
+
+    @endpoint(file=True)
+    def export_labels(self, fmt: str = "detic", with_images: bool = False, *, progress: Progress | None = None) -> str:
+        """Write an export file (named after the dataset and today's date); returns its path.
+        Formats (`EXPORT_FORMATS`): the tags as `detic` JSON or `csv`; the model's boxes on every
+        image as `coco_detections` (COCO with scores), `yolo` (zip: data.yaml, classes.txt,
+        labels/), `voc` (zip of Pascal VOC XML) or `label_studio` (tasks with the model's boxes as
+        scored predictions and stored boxes as annotations). Images are named by their original
+        names; `with_images` zips them (images/) with the labels. `progress`: see
+        `detections_coco` (the tag formats are written at once)."""
+        return str(self.export(fmt, progress, with_images=bool(with_images)))
+
+    def export_name(self, what: str) -> str:
+        """`<dataset>_<YYYY-MM-DD>_<what>`: the dataset is the data folder's name."""
+        dataset = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.data_dir.resolve().name) or "dataset"
+        return f"{dataset}_{time.strftime('%Y-%m-%d')}_{what}"
+
+    def export(self, fmt: str, progress: Progress | None = None, with_images: bool = False) -> Path:
+        """A fresh file in a private temporary folder (never a path inside the data folder)."""
+        from . import formats
+
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}: {', '.join(EXPORT_FORMATS)}")
+        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
+        if fmt in ("detic", "csv"):
+            what = "image_labels.json" if fmt == "detic" else "image_labels.csv"
+            if not with_images:
+                if fmt == "detic":
+                    return atomic_write_json(out / self.export_name(what), self.store.export_detic(), indent=1)
+                return atomic_write(out / self.export_name(what), self.store.export_csv())
+            rows = [r for r in self.store.images() if r["positives"] or r["negatives"]]
+            names = formats.export_names(rows)
+            work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
+            try:
+                formats.stage_images([(r, None) for r in rows], names, self.store.image_dir, work / "images")
+                if fmt == "detic":
+                    atomic_write_json(work / what, self.store.export_detic(names), indent=1)
+                else:
+                    atomic_write(work / what, self.store.export_csv(names))
+                return formats.zip_folder(work, out / self.export_name(what.rsplit(".", 1)[0] + ".zip"))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        names, items = self._detections(None, progress)
+        what = {"coco_detections": ("coco", "detections_coco"), "yolo": ("yolo", "detections_yolo"),
+                "voc": ("voc", "detections_voc"), "label_studio": ("label_studio", "label_studio")}[fmt]
+        return formats.write_box_export(what[0], names, items, self.store.image_dir, out, self.export_name(what[1]),
+                                        with_images=with_images, description=self._export_description(),
+                                        model_version=Path(str(self.serving.source)).name or "model",
+                                        annotated=formats.boxes_as_detections(self.store.boxes(), names))
+
+    def _export_description(self) -> str:
+        return f"detections of '{Path(str(self.serving.source)).name}' on {self.data_dir.resolve().name}"
+
+    def _detections(self, score_threshold: float | None, progress: Progress | None) -> tuple[list[str], list]:
+        """(the store's labels, [(image row, its detections over them)]) for every stored image."""
+        names = self.store.labels()
+        if not names:
+            raise StoreError("no labels yet: tag some images first")
+        rows, items = self.store.images(), []
+        for i, row in enumerate(rows):
+            if progress:
+                progress(i, len(rows))
+            items.append((row, self.predictor.predict(self.store.image_dir / row["file"], names, score_threshold)[0]))
+        if progress:
+            progress(len(rows), len(rows))
+        return names, items
+
+    @endpoint(gpu=True)
+    def detections_coco(self, score_threshold: float | None = None, *, progress: Progress | None = None) -> dict:
+        """The current model's detections on every stored image, over the store's labels, as COCO
+        (images by original name, with `info` and `licenses`; scores on the annotations).
+        It runs the model on every image: `progress(done, total)` is called before each image and
+        once at the end."""
+        from . import formats
+
+        names, items = self._detections(score_threshold, progress)
+        return formats.coco(names, items, formats.export_names([r for r, _ in items]), self._export_description())
+
+
+def _import_sentence(file: str, parsed, tags: list, stored: dict, missing: list[str]) -> str:
+    """What one label file held and what its import did, in one sentence."""
+    found_tags = sum(1 for e in parsed.entries if e.positives or e.negatives)
+    found_box_images = sum(1 for e in parsed.entries if e.boxes)
+    found = [f"{parsed.box_count} box(es) on {found_box_images} image(s)"] if parsed.box_count else []
+    found += [f"image-level labels for {found_tags} image(s)"] if found_tags else []
+    done = []
+    if parsed.box_count:
+        done.append(f"stored {stored['boxes']} box(es) on {stored['box_images']} image(s)")
+    if found_tags:
+        done.append(f"tags for {len(tags)} image(s)")
+    if stored.get("dropped"):
+        done.append(f"dropped {stored['dropped']} box(es) empty or outside their image")
+    if missing:
+        done.append(f"{len(missing)} image(s) not found here (upload them with the file)")
+    text = f"'{file}' ({parsed.kind}): " + (" and ".join(found) if found else "no labels found")
+    text += ("; " + "; ".join(done)) if done else ""
+    return text + "".join(f"; {n}" for n in parsed.notes) + "."

@@ -1,0 +1,171 @@
+"""Images, tags and the Tag queue: adding images (files, zips, server folders), tagging and
+untagging, and the queue views (`tag_view`, `queue_filter`). A part of `AppService`."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from detector.images import IMAGE_SUFFIXES, load_image
+from detector.vocabulary import parse_vocabulary
+
+from .service_base import _nonempty, _upload_path, endpoint
+from .store import StoreError
+
+HOTKEYS = 9  # the Tag tab's number keys 1-9: the first nine labels created (`tag_view`'s `keys`)
+
+MAX_ZIP_MEMBERS = 5000
+MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
+
+
+class TaggingMixin:
+    """Images, tags and queue views; uses `self.store` and `self.policy` (set by `AppService`)."""
+
+    @endpoint(api=False)
+    def add_images(self, files: list) -> dict:
+        """Add image files, bytes or zip archives; returns {added: [hashes], new: [hashes not in the
+        store before], duplicates: [names of images already there or given twice], skipped: [reasons]}."""
+        before = {r["hash"] for r in self.store.images()}
+        added, skipped = [], []
+        for f in files or []:
+            path = _upload_path(f)
+            if path is not None and path.suffix.lower() == ".zip":
+                a, s = self._add_zip(path)
+                added += a
+                skipped += s
+                continue
+            try:
+                added.append(self.store.add_image(f if path is None else path))
+            except (ValueError, OSError) as e:  # one bad file must not stop the others
+                skipped.append(f"{path.name if path else 'upload'}: {e}")
+        seen, new, duplicates = set(), [], []
+        for h in added:
+            if h in before or h in seen:
+                row = self.store._image(h)
+                duplicates.append(row["original_name"] or h[:12])
+            else:
+                new.append(h)
+            seen.add(h)
+        return {"added": list(dict.fromkeys(added)), "new": new, "duplicates": duplicates, "skipped": skipped}
+
+    def _add_zip(self, path: Path) -> tuple[list[str], list[str]]:
+        added, skipped = [], []
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = [m for m in z.infolist() if not m.is_dir()
+                           and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
+                if len(members) > MAX_ZIP_MEMBERS:
+                    return [], [f"{path.name}: more than {MAX_ZIP_MEMBERS} images"]
+                for m in members:
+                    if m.file_size > MAX_ZIP_MEMBER_BYTES:
+                        skipped.append(f"{m.filename}: larger than {MAX_ZIP_MEMBER_BYTES // 2**20} MB")
+                        continue
+                    try:
+                        added.append(self.store.add_image(z.read(m), Path(m.filename).name))
+                    except (ValueError, OSError) as e:
+                        skipped.append(f"{m.filename}: {e}")
+        except zipfile.BadZipFile:
+            skipped.append(f"{path.name}: not a valid zip file")
+        return added, skipped
+
+    @endpoint()
+    def add_folder(self, folder: str) -> dict:
+        """Add every image under a server folder the operator allows (`APP_ALLOWED_DIRS`)."""
+        folder_path = self.policy.server_path(folder, "folder")
+        if not folder_path.is_dir():
+            raise StoreError(f"not a folder on the server: {Path(folder).name}")
+        files, outside = self.policy.allowed_files(folder_path)  # links pointing outside: skipped, reported
+        result = self.add_images(files)
+        return {**result, "skipped": [*result["skipped"], *outside]}
+
+    @endpoint()
+    def images(self) -> list[dict]:
+        """Every stored image, oldest first: hash, original name, size, positive/negative tags."""
+        return [{k: r[k] for k in ("hash", "original_name", "width", "height", "positives", "negatives")}
+                for r in self.store.images()]
+
+    @endpoint()
+    def tag_view(self, index: int = 0, show: str = "all", backward: bool = False, vocabulary: str | list[str] = "") -> dict:
+        """The tagging queue at `index` (clamped): the image, its tags, the label list and progress.
+        `show` restricts the queue to the images that match (`queue_filter`): when the image at
+        `index` does not, the nearest one after it that does is shown (before it with `backward`;
+        failing that, the nearest the other way). `matches`: how many images match; `position`:
+        the shown image's place among them (1-based); `image` is None when none matches.
+        `vocabulary`: the names Suggest uses (empty = the labels), `suggest_names` as parsed; a
+        "suggestion:NAME" filter reads what the suggestion pass (`start_suggestions`) has found so
+        far with them and the live model, and never waits for it: `pending` counts the images it has
+        not looked at yet (they match nothing until it has), `running` whether it is looking now,
+        `suggestion_error` why the last pass stopped, if it failed. `keys`: the labels number keys
+        1-9 toggle, in the order the labels were created (a label keeps its key as others arrive)."""
+        rows = self.store.images()
+        tagged, total = self.store.progress()
+        show = (show or "all").strip() or "all"
+        suggested, pending, names, state = None, 0, [], None
+        try:
+            names = self._suggest_vocabulary(vocabulary)
+        except ValueError:
+            if show.startswith("suggestion:"):
+                raise
+        if show.startswith("suggestion:"):
+            suggested, pending = self._found_suggestions(names, rows)
+            state = self._pass_of(names)
+        matches = queue_filter(show, suggested)
+        matching = [i for i, r in enumerate(rows) if matches(r)]
+        view = {"index": 0, "count": len(rows), "tagged": tagged, "labels": self.store.labels(),
+                "keys": self.store.labels_by_age()[:HOTKEYS], "image": None,
+                "show": show, "matches": len(matching), "position": None, "suggest_names": names,
+                "pending": pending, "running": bool(state and state.running and pending),
+                "suggestion_error": state.error if state else ""}
+        if matching:
+            index = max(0, min(int(index or 0), len(rows) - 1))
+            after, before = [i for i in matching if i >= index], [i for i in reversed(matching) if i <= index]
+            index = ((before or after) if backward else (after or before))[0]
+            row = rows[index]
+            view.update(index=index, position=matching.index(index) + 1,
+                        image={"hash": row["hash"], "name": row["original_name"] or row["hash"][:12],
+                               "positives": row["positives"], "negatives": row["negatives"]})
+        return view
+
+    @endpoint(api=False)
+    def image_preview(self, image_hash: str, max_side: int = 1024):
+        """A stored image as an RGB array for display (the data folder itself is never served)."""
+        return load_image(self.store.image_path(image_hash), max_side=max_side).array
+
+    @endpoint()
+    def first_untagged(self) -> int:
+        """Index of the first image with no tags (0 when all are tagged)."""
+        return next((i for i, r in enumerate(self.store.images()) if not r["positives"] and not r["negatives"]), 0)
+
+    @endpoint()
+    def tag(self, image_hash: str, positives: str | list[str], negatives: str | list[str] = "") -> dict:
+        """Add tags to an image (present / not present); other tags stay. Returns its tags as stored."""
+        pos = parse_vocabulary(positives) if _nonempty(positives) else []
+        neg = parse_vocabulary(negatives) if _nonempty(negatives) else []
+        return self.store.add_tags(image_hash, pos, neg)
+
+    @endpoint()
+    def untag(self, image_hash: str, names: str | list[str]) -> dict:
+        """Remove tags from an image; other tags stay. Returns its tags as stored."""
+        return self.store.remove_tags(image_hash, parse_vocabulary(names) if _nonempty(names) else [])
+
+
+def queue_filter(show: str, suggested: dict[str, tuple[str, ...]] | None = None) -> Callable[[dict], bool]:
+    """Which stored images (rows) the Tag queue shows: "all", "untagged" (no tags at all),
+    "label:NAME" (tagged present with NAME; a label that no longer exists matches none) or
+    "suggestion:NAME": images to review for NAME, those where the model suggests it (`suggested`:
+    {hash: names}, from `AppService.find_suggestions`) and that have no tag NAME yet, present or not."""
+    show = (show or "all").strip() or "all"
+    if show == "all":
+        return lambda row: True
+    if show == "untagged":
+        return lambda row: not row["positives"] and not row["negatives"]
+    if show.startswith("label:"):
+        name = show[len("label:"):]
+        return lambda row: name in row["positives"]
+    if show.startswith("suggestion:"):
+        name = show[len("suggestion:"):].strip().casefold()  # labels compare case-insensitively
+        found = {h: {n.casefold() for n in names} for h, names in (suggested or {}).items()}
+        return lambda row: name in found.get(row["hash"], ()) and \
+            name not in {t.casefold() for t in (*row["positives"], *row["negatives"])}
+    raise ValueError(f"unknown filter {show!r}: all, untagged, label:NAME or suggestion:NAME")
