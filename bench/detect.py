@@ -1,19 +1,22 @@
-"""Latency and throughput of `Predictor.predict` next to torchvision's stock Faster R-CNN.
+"""`Predictor.predict` next to torchvision's Faster R-CNN of the same architecture, in one process.
 
-Both run in the same process on the same input: torchvision's `fasterrcnn_resnet50_fpn`
-(random weights, 91 classes) is the baseline; the ratio column is ours / baseline time
-(< 1 means faster). The image cache is disabled so every call does the full work; a last row
-shows the cached path (same image, new vocabulary), which is what the app hits when a person
-edits the vocabulary or threshold.
+The baseline is torchvision's model of the same architecture with random weights: for `coco-clip`
+(ResNet-50 FPN v2 localisation) `fasterrcnn_resnet50_fpn_v2`, for the other presets the v1
+`fasterrcnn_resnet50_fpn`. Both are timed from the same uint8 numpy images to results on the host
+(the conversion to a float tensor on the device, and the copy of the outputs back, are inside the
+timing of both), both classify the same number of test proposals, and on CUDA both run bf16
+autocast + channels_last. The image cache is off except in the "cached image" row.
 
-    python bench/detect.py --model offline --size 640 [--device cuda] [--runs 10]
-    python bench/detect.py --model coco-clip --region-scoring --same-architecture-offline
+    python bench/detect.py --model coco-clip --same-architecture-offline --size 800 --batch 8
+    python bench/detect.py --model offline --size 640 --runs 7 --batch 2
+    python bench/detect.py --model coco-clip --same-architecture-offline --size 320 --ops --batch 4
 
-`--vs-offline-before` times the model against the pre-issue-14 `offline` model (RPN proposals, no
-region scores) on a real 640 px photograph, interleaved in one process.
-`--region-scoring` adds the latency of the same model with and without CLIP region scoring.
-`--same-architecture-offline` builds the preset's exact architecture with random weights when
-its downloads are unavailable (latency does not depend on the weights' values).
+`--same-architecture-offline` builds the preset's architecture with random weights (no downloads;
+latency does not depend on the weights' values) and, as `load_detector` does once the COCO weights
+are loaded, takes the trained-RPN path (RPN proposals, box regression, objectness product).
+`--ops` prints, for batch 1..`--batch`, the top-level aten ops and host-sync ops of one predict
+for both models with region scoring on and off (`bench/op_counts.py` says how they are counted);
+the counts are the same on every device.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.op_counts import count_ops  # noqa: E402
 from detector import Predictor  # noqa: E402
 from detector.vocabulary import COCO_CLASSES  # noqa: E402
 
@@ -51,6 +56,169 @@ def summary(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), float(np.percentile(times, 95))
 
 
+def build_ours(args) -> Predictor:
+    from detector import OpenVocabDetector
+    from detector.presets import PRESETS, resolve_source
+
+    size = dict(min_size=args.size, max_size=int(args.size * 4 / 3) + 1)
+    if not args.same_architecture_offline:
+        return Predictor.from_pretrained(args.model, device=args.device).at_size(**size)
+    cfg = PRESETS[args.model] if args.model in PRESETS else resolve_source(args.model)[1]
+    options = dict(cfg.text_encoder_options)
+    if "pretrained" in options:
+        options["pretrained"] = ""
+    # what load_detector sets once COCO weights are in: the trained-RPN path
+    rpn_trained = cfg.rpn_trained or cfg.init_weights == "torchvision_coco_frcnn_v2"
+    cfg = cfg.replace(init_weights="", backbone_weights="none", text_encoder_options=options,
+                      rpn_trained=rpn_trained, **size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Predictor(OpenVocabDetector(cfg), device=args.device)
+
+
+def build_baseline(args, ours: Predictor):
+    """torchvision's model of `ours`' architecture: v2 for FPN-v2 localisation, else v1."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
+
+    cfg = ours.config
+    v2 = cfg.init_weights == "torchvision_coco_frcnn_v2" or args.model == "coco-clip"
+    make = fasterrcnn_resnet50_fpn_v2 if v2 else fasterrcnn_resnet50_fpn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base = make(weights=None, weights_backbone=None, num_classes=91, min_size=cfg.min_size,
+                    max_size=cfg.max_size, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+                    rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+                    box_detections_per_img=cfg.max_detections).to(args.device).eval()
+    if args.device == "cuda":
+        base = base.to(memory_format=torch.channels_last)
+    return base, ("fasterrcnn_resnet50_fpn_v2" if v2 else "fasterrcnn_resnet50_fpn")
+
+
+def baseline_runner(base, device: str):
+    """uint8 numpy images -> torchvision outputs on the host (conversion inside, as for ours)."""
+    def run(images: list[np.ndarray]):
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
+            if device == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = base(tensors)
+            else:
+                out = base(tensors)
+            return [{k: v.float().cpu() for k, v in o.items()} for o in out]
+    return run
+
+
+def row(case, n, o, b=None) -> dict:
+    return {"case": case, "images": n, "ours_median_s": o[0], "ours_p95_s": o[1],
+            "baseline_median_s": b[0] if b else None, "baseline_p95_s": b[1] if b else None,
+            "ratio": o[0] / b[0] if b else None, "ours_img_per_s": n / o[0],
+            "baseline_img_per_s": n / b[0] if b else None}
+
+
+def peak_memory(fn, device: str) -> float | None:
+    """Peak CUDA memory (GiB) of one call; None on CPU (no per-call allocator statistics there)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def timing_rows(args, ours: Predictor, base_run, images, vocab) -> list[dict]:
+    rows, b1 = [], images[:1]
+    scorer = ours.region_scorer
+    settings = [("on", scorer), ("off", None)] if scorer is not None else [("none", None)]
+    for label, sc in settings:
+        ours.region_scorer = sc
+        ours.predict(images[:2], vocab)  # warm-up
+        o, b = [], []
+        for _ in range(args.runs):  # interleaved, so a busy machine slows both alike
+            o += timed(lambda: ours.predict(b1, vocab), 1, args.device)
+            b += timed(lambda: base_run(b1), 1, args.device)
+        rows.append(row(f"batch 1, region scoring {label}", 1, summary(o), summary(b)))
+        n = len(images)
+        o, b = [], []
+        for _ in range(max(2, args.runs // 3)):
+            o += timed(lambda n=n: ours.predict(images, vocab, batch_size=n), 1, args.device)
+            b += timed(lambda: base_run(images), 1, args.device)
+        r = row(f"batch {n}, region scoring {label}", n, summary(o), summary(b))
+        r["ours_peak_gib"] = peak_memory(lambda n=n: ours.predict(images, vocab, batch_size=n), args.device)
+        r["baseline_peak_gib"] = peak_memory(lambda: base_run(images), args.device)
+        rows.append(r)
+    ours.region_scorer = scorer
+    return rows
+
+
+def vocabulary_rows(args, ours: Predictor, image, vocab) -> list[dict]:
+    """A cached image under a new vocabulary, and 1,000 names never seen (text encoder included)."""
+    from detector.embedding_cache import EmbeddingCache, VocabularyEmbedder
+
+    ours.cache_size = 8
+    ours.predict(image, vocab)
+    rows = [row("cached image, new vocabulary", 1,
+                summary(timed(lambda: ours.predict(image, vocab[::-1]), args.runs, args.device)))]
+    shared = ours.embedder
+    with tempfile.TemporaryDirectory() as tmp:  # a throw-away embedding cache: the names are new every run
+        ours.embedder = VocabularyEmbedder(shared.encoder, shared.prompt, EmbeddingCache(Path(tmp) / "e.sqlite"))
+        times = []
+        for run in range(max(2, args.runs // 3)):
+            names = [f"thing {run}-{i}" for i in range(1000)]
+            times += timed(lambda names=names: ours.predict(image, names), 1, args.device)
+        ours.embedder = shared
+    rows.append(row("cached image, 1,000 new names", 1, summary(times)))
+    ours.cache_size = 0
+    return rows
+
+
+def ops_rows(args, ours: Predictor, base_run, images, vocab) -> list[dict]:
+    """Top-level aten ops and host syncs of one predict, batch 1..N, region scoring on/off."""
+    out, scorer = [], ours.region_scorer
+    for label, sc in ([("on", scorer), ("off", None)] if scorer is not None else [("none", None)]):
+        ours.region_scorer = sc
+        ours.predict(images[:1], vocab)
+        for n in range(1, len(images) + 1):
+            o = count_ops(lambda n=n: ours.predict(images[:n], vocab, batch_size=n))
+            b = count_ops(lambda n=n: base_run(images[:n]))
+            out.append({"region_scoring": label, "batch": n, "ours_ops": o["top_level"], "ours_syncs": o["syncs"],
+                        "baseline_ops": b["top_level"], "baseline_syncs": b["syncs"],
+                        "ours_sync_ops": {k: o[k] for k in ("aten::item", "aten::_local_scalar_dense",
+                                                            "aten::nonzero", "aten::is_nonzero")},
+                        "baseline_sync_ops": {k: b[k] for k in ("aten::item", "aten::_local_scalar_dense",
+                                                                "aten::nonzero", "aten::is_nonzero")}})
+    ours.region_scorer = scorer
+    return out
+
+
+def print_ops(rows: list[dict]) -> None:
+    print(f"{'region scoring':>14s} {'batch':>5s} {'ours ops':>9s} {'tv ops':>7s} {'ratio':>6s} "
+          f"{'ours syncs':>10s} {'tv syncs':>8s}")
+    for r in rows:
+        print(f"{r['region_scoring']:>14s} {r['batch']:5d} {r['ours_ops']:9d} {r['baseline_ops']:7d} "
+              f"{r['ours_ops'] / r['baseline_ops']:6.2f} {r['ours_syncs']:10d} {r['baseline_syncs']:8d}")
+    for label in dict.fromkeys(r["region_scoring"] for r in rows):
+        sel = [r for r in rows if r["region_scoring"] == label]
+        if len(sel) > 1:
+            x = [r["batch"] for r in sel]
+            fo, fb = np.polyfit(x, [r["ours_ops"] for r in sel], 1), np.polyfit(x, [r["baseline_ops"] for r in sel], 1)
+            print(f"fit (region scoring {label}): ours {fo[1]:.0f} + {fo[0]:.0f}·B, torchvision {fb[1]:.0f} + "
+                  f"{fb[0]:.0f}·B; per-image growth ratio {fo[0] / fb[0]:.2f}")
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'case':34s} {'ours p50/p95 (s)':>18s} {'baseline p50/p95 (s)':>22s} {'ratio':>6s} "
+          f"{'ours img/s':>10s} {'base img/s':>10s} {'peak GiB o/b':>13s}")
+    for r in rows:
+        b = f"{r['baseline_median_s']:.4f}/{r['baseline_p95_s']:.4f}" if r["baseline_median_s"] else "-"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        bi = f"{r['baseline_img_per_s']:.2f}" if r["baseline_img_per_s"] else "-"
+        mem = (f"{r['ours_peak_gib']:.2f}/{r['baseline_peak_gib']:.2f}" if r.get("ours_peak_gib") is not None
+               else "-")
+        print(f"{r['case']:34s} {r['ours_median_s']:.4f}/{r['ours_p95_s']:.4f}".ljust(53)
+              + f"{b:>22s} {ratio:>6s} {r['ours_img_per_s']:10.2f} {bi:>10s} {mem:>13s}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="offline", help="preset, folder or Hub id")
@@ -60,122 +228,37 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--test-proposals", type=int, default=None,
-                    help="override rpn_post_nms_top_n_test (proposals classified per image)")
-    ap.add_argument("--region-scoring", action="store_true", help="also time with vs without CLIP region scores")
-    ap.add_argument("--vs-offline-before", action="store_true",
-                    help="also time today's pre-issue-14 offline model (RPN proposals, no region scores) on "
-                         "the same image, interleaved with ours, and report ours / that")
+                    help="proposals classified per image, for both models (default: ours' config)")
     ap.add_argument("--same-architecture-offline", action="store_true",
-                    help="random weights of the same architecture (no downloads)")
+                    help="random weights of the same architecture, trained-RPN path (no downloads)")
+    ap.add_argument("--ops", action="store_true", help="print op and host-sync counts instead of timings")
     args = ap.parse_args()
-    torch.manual_seed(0)
+    ours = build_ours(args)
+    if args.test_proposals:
+        ours.model.config = ours.model.config.replace(rpn_post_nms_top_n_test=args.test_proposals)
+        ours.model.rpn._post_nms_top_n["testing"] = args.test_proposals
+    ours.cache_size = 0
+    ours.clear_cache()
+    base, base_name = build_baseline(args, ours)
+    base_run = baseline_runner(base, args.device)
     rng = np.random.default_rng(0)
     h, w = args.size, int(args.size * 4 / 3)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.batch)]
     vocab = list(COCO_CLASSES)
-
-    if args.same_architecture_offline:
-        from detector import OpenVocabDetector
-        from detector.presets import PRESETS
-
-        cfg = PRESETS[args.model]
-        options = dict(cfg.text_encoder_options)
-        if "pretrained" in options:
-            options["pretrained"] = ""
-        ours = Predictor(OpenVocabDetector(cfg.replace(init_weights="", backbone_weights="none",
-                                                       text_encoder_options=options)), device=args.device)
-    else:
-        ours = Predictor.from_pretrained(args.model, device=args.device)
-    ours.model.config.min_size, ours.model.config.max_size = args.size, int(args.size * 4 / 3) + 1
-    ours.model.transform.min_size, ours.model.transform.max_size = (args.size,), int(args.size * 4 / 3) + 1
-    if args.test_proposals:
-        ours.model.config.rpn_post_nms_top_n_test = args.test_proposals
-        ours.model.rpn._post_nms_top_n["testing"] = args.test_proposals
-    ours.cache_size = 0
-    ours.clear_cache()
-
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
-
-    base = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
-                                   min_size=args.size, max_size=int(args.size * 4 / 3) + 1).to(args.device).eval()
-    tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(args.device) for im in images]
-
-    def base_run(batch):
-        with torch.inference_mode():
-            if args.device == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    base(batch)
-            else:
-                base(batch)
-
-    ours.predict(images[:2], vocab)  # warm-up (also embeds the vocabulary once)
-    base_run(tensors[:2])
-    rows = []
-    for label, ours_fn, base_fn, n in [
-        ("batch 1 latency", lambda: ours.predict(images[0], vocab), lambda: base_run(tensors[:1]), 1),
-        (f"batch {args.batch} per call", lambda: ours.predict(images, vocab, batch_size=args.batch),
-         lambda: base_run(tensors), args.batch),
-    ]:
-        runs = args.runs if n == 1 else max(3, args.runs // 3)
-        o, b = summary(timed(ours_fn, runs, args.device)), summary(timed(base_fn, runs, args.device))
-        rows.append({"case": label, "images": n, "ours_median_s": o[0], "ours_p95_s": o[1],
-                     "baseline_median_s": b[0], "baseline_p95_s": b[1], "ratio": o[0] / b[0],
-                     "ours_img_per_s": n / o[0], "baseline_img_per_s": n / b[0]})
-    ours.cache_size = 8
-    ours.predict(images[0], vocab)
-    cached = summary(timed(lambda: ours.predict(images[0], vocab[::-1]), args.runs, args.device))
-    rows.append({"case": "cached image, new vocabulary", "images": 1, "ours_median_s": cached[0],
-                 "ours_p95_s": cached[1], "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,
-                 "ours_img_per_s": 1 / cached[0], "baseline_img_per_s": None})
-
-    if args.region_scoring and ours.region_scorer is not None:
-        scorer = ours.region_scorer
-        for label, on in (("region scoring on", True), ("region scoring off", False)):
-            ours.region_scorer = scorer if on else None
-            ours.cache_size = 0
-            ours.clear_cache()
-            t = summary(timed(lambda: ours.predict(images[0], vocab), max(3, args.runs // 2), args.device))
-            rows.append({"case": f"batch 1, {label}", "images": 1, "ours_median_s": t[0], "ours_p95_s": t[1],
-                         "baseline_median_s": None, "baseline_p95_s": None, "ratio": None,
-                         "ours_img_per_s": 1 / t[0], "baseline_img_per_s": None})
-        ours.region_scorer = scorer
-
-    if args.vs_offline_before:
-        from detector import OpenVocabDetector
-        from detector.presets import PRESETS
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            old_cfg = PRESETS["offline"].replace(rpn_trained=True, region_scoring=False, part_suppression=0.0,
-                                                 min_size=args.size, max_size=int(args.size * 4 / 3) + 1)
-            before = Predictor(OpenVocabDetector(old_cfg), device=args.device)
-        from PIL import Image
-        from skimage import data
-
-        # A real photograph: selective search finds few regions in random noise.
-        photo = np.array(Image.fromarray(data.astronaut()).resize((w, h)))
-        before.cache_size = ours.cache_size = 0
-        before.predict(photo, vocab)
-        t_ours, t_before = [], []
-        for _ in range(args.runs):  # interleaved, so a busy machine slows both alike
-            t_ours += timed(lambda: ours.predict(photo, vocab), 1, args.device)
-            t_before += timed(lambda: before.predict(photo, vocab), 1, args.device)
-        o, b = summary(t_ours), summary(t_before)
-        rows.append({"case": "batch 1 vs offline before", "images": 1, "ours_median_s": o[0], "ours_p95_s": o[1],
-                     "baseline_median_s": b[0], "baseline_p95_s": b[1], "ratio": o[0] / b[0],
-                     "ours_img_per_s": 1 / o[0], "baseline_img_per_s": 1 / b[0]})
-
+    base_run(images[:1])
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model={args.model} backbone={ours.config.backbone} input={h}x{w} device={dev} vocabulary=80 names "
-          f"test proposals={ours.config.rpn_post_nms_top_n_test}")
-    print(f"{'case':32s} {'ours med/p95 (s)':>20s} {'baseline med/p95 (s)':>22s} {'ratio':>7s} {'ours img/s':>10s}")
-    for r in rows:
-        b = f"{r['baseline_median_s']:.4f}/{r['baseline_p95_s']:.4f}" if r["baseline_median_s"] else "-"
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        print(f"{r['case']:32s} {r['ours_median_s']:.4f}/{r['ours_p95_s']:.4f}".ljust(54)
-              + f"{b:>22s} {ratio:>7s} {r['ours_img_per_s']:10.2f}")
+    print(f"model={args.model} backbone={ours.config.backbone} baseline={base_name} input={h}x{w} device={dev} "
+          f"vocabulary=80 names test proposals={ours.config.rpn_post_nms_top_n_test} "
+          f"proposals={'selective search' if ours.model.uses_selective_search else 'RPN'}")
+    if args.ops:
+        rows = ops_rows(args, ours, base_run, images, vocab)
+        print_ops(rows)
+    else:
+        rows = timing_rows(args, ours, base_run, images, vocab) + vocabulary_rows(args, ours, images[0], vocab)
+        print_rows(rows)
     if args.json:
-        args.json.write_text(json.dumps({"device": dev, "model": args.model, "size": args.size, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"device": dev, "model": args.model, "baseline": base_name,
+                                         "size": args.size, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,14 @@ import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
@@ -42,7 +45,7 @@ from .image_labels import (
     with_image_box,
 )
 from .name_adapters import NameAdapters
-from .roi_heads import ZeroShotRoIHeads, select_detections
+from .roi_heads import ZeroShotRoIHeads, select_detections, select_detections_batched
 from .rpn import ScoredRPN
 
 
@@ -54,6 +57,35 @@ class DetectorTransform(GeneralizedRCNNTransform):
         if self.training:
             return image, target
         return super().resize(image, target)
+
+    def from_uint8(self, groups: list[tuple[list[int], torch.Tensor]], count: int) -> ImageList:
+        """What `forward` does image by image at inference, for a batch already on the device as
+        uint8: `groups` are (image indices, [G, H, W, 3] uint8) of equal-shape images. One
+        normalise + resize per group (not per image), one pad (or one copy per group)."""
+        device = groups[0][1].device
+        mean = torch.tensor(self.image_mean, device=device).mul_(255)[:, None, None]
+        inv_std = torch.tensor(self.image_std, device=device).mul_(255).reciprocal_()[:, None, None]
+        sizes: list[tuple[int, int]] = [(0, 0)] * count
+        outs = []
+        for idx, t in groups:
+            h, w = t.shape[1:3]
+            x = (t.permute(0, 3, 1, 2).float() - mean) * inv_std  # = (t / 255 - mean) / std
+            scale = min(float(self.min_size[-1]) / min(h, w), float(self.max_size) / max(h, w))
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                              align_corners=False)
+            outs.append((idx, x))
+            for i in idx:
+                sizes[i] = (int(x.shape[-2]), int(x.shape[-1]))
+        stride = self.size_divisible
+        height = -(-max(s[0] for s in sizes) // stride) * stride
+        width = -(-max(s[1] for s in sizes) // stride) * stride
+        if len(outs) == 1 and outs[0][0] == list(range(count)):
+            x = outs[0][1]
+            return ImageList(F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])), sizes)
+        batch = outs[0][1].new_zeros(count, 3, height, width)
+        for idx, x in outs:
+            batch[idx, :, : x.shape[-2], : x.shape[-1]] = x
+        return ImageList(batch, sizes)
 
 
 def _norm_layer(kind: str):
@@ -96,6 +128,15 @@ class EncodedImages:
         return EncodedImages(*[[f[i]] for f in (self.proposals, self.objectness, self.box_features,
                                                   self.boxes, self.image_sizes, self.original_sizes)], regions,
                              pooled)
+
+    @staticmethod
+    def concat(parts: list[EncodedImages]) -> EncodedImages:
+        """Several encodings (e.g. single images from the cache) as one batch."""
+        if len(parts) == 1:
+            return parts[0]
+        fields = [[x for p in parts for x in getattr(p, f.name)] if getattr(parts[0], f.name) is not None else None
+                  for f in dataclasses.fields(EncodedImages)]
+        return EncodedImages(*fields)
 
     def with_box_features(self, box_features: list[torch.Tensor]) -> EncodedImages:
         """The same images seen through another box head (the frozen parts re-used)."""
@@ -202,8 +243,8 @@ class OpenVocabDetector(GeneralizedRCNN):
 
         proposals, objectness = [], []
         device = image_list.tensors.device
-        for img, size in zip(images, image_list.image_sizes):
-            orig = tuple(img.shape[-2:])
+        for img, size in zip(images, image_list.image_sizes):  # a [3, H, W] tensor or an H x W x 3 array
+            orig = tuple(img.shape[-2:]) if isinstance(img, torch.Tensor) else tuple(img.shape[:2])
             boxes = selective_search(img, DETECTION)
             if len(boxes) == 0:  # e.g. a blank image: the whole image is the only region
                 boxes = torch.tensor([[0.0, 0.0, float(orig[1]), float(orig[0])]])
@@ -219,8 +260,15 @@ class OpenVocabDetector(GeneralizedRCNN):
         backbone, the neck and the proposals."""
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = self.transform(images)
+        return self.encode_images(image_list, original_sizes, images, keep_pooled)
+
+    @torch.no_grad()
+    def encode_images(self, image_list: ImageList, original_sizes: list[tuple[int, int]], sources,
+                      keep_pooled: bool = False) -> EncodedImages:
+        """`encode` from a batch already normalised, resized and padded (`DetectorTransform`);
+        `sources`: the images as given (selective search reads them; unused with the RPN)."""
         features = self.backbone(image_list.tensors)
-        proposals, objectness = self.propose(images, image_list, features)
+        proposals, objectness = self.propose(sources, image_list, features)
         pooled = self.roi_heads.box_roi_pool(features, proposals, image_list.image_sizes)
         x = self.roi_heads.box_head(pooled)
         if self.uses_selective_search:  # box regression is as untrained as the RPN: keep the boxes
@@ -264,19 +312,67 @@ class OpenVocabDetector(GeneralizedRCNN):
                      clip_weights: torch.Tensor | None = None) -> torch.Tensor:
         """[N, C] final per-box, per-name scores of image `i` of `enc` (what `classify` thresholds):
         the head's sigmoid, F-VLM's ensemble with the region scorer, and Detic's objectness product."""
+        return self.batch_scores(enc.select(i), class_embeddings, region_scorer, clip_weights)
+
+    @torch.no_grad()
+    def batch_scores(self, enc: EncodedImages, class_embeddings: torch.Tensor, region_scorer=None,
+                     clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`class_scores` of every image of `enc` in one pass: [sum N_i, C], images one after another.
+        Region features cover each image's first boxes (highest objectness); the rest get p_region 0."""
         from .region_scorer import ensemble
 
-        logits = self.roi_heads.box_predictor.cls_score(enc.box_features[i].float(), class_embeddings)
+        feats = enc.box_features[0] if len(enc.boxes) == 1 else torch.cat(enc.box_features)
+        logits = self.roi_heads.box_predictor.cls_score(feats.float(), class_embeddings)
         scores = torch.sigmoid(logits[:, :-1].float())
-        regions = enc.region_embeddings[i] if enc.region_embeddings is not None else None
+        regions = enc.region_embeddings
         if regions is not None and region_scorer is not None and clip_weights is not None:
-            p_clip = scores.new_zeros(scores.shape)
-            p_clip[: len(regions)] = region_scorer.probabilities(
-                regions, class_embeddings, adapters=self.name_adapters.offsets(class_embeddings)).to(scores.device)
+            if any(r is None for r in regions):  # not seen in practice: image by image
+                return torch.cat([self.batch_scores(enc.select(i), class_embeddings, region_scorer, clip_weights)
+                                  for i in range(len(enc.boxes))])
+            counts, ks = [len(b) for b in enc.boxes], [len(r) for r in regions]
+            probs = region_scorer.probabilities(
+                regions[0] if len(ks) == 1 else torch.cat(regions), class_embeddings,
+                adapters=self.name_adapters.offsets(class_embeddings)).to(scores.device, scores.dtype)
+            if ks == counts:
+                p_clip = probs
+            else:
+                starts = np.cumsum([0] + counts[:-1])
+                rows = np.concatenate([s + np.arange(k) for s, k in zip(starts, ks)])
+                p_clip = scores.new_zeros(scores.shape)
+                p_clip[torch.from_numpy(rows).to(scores.device)] = probs
             scores = ensemble(scores, p_clip, clip_weights)
         if self.config.mult_proposal_score and not self.uses_selective_search:  # objectness means something
-            scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])
+            obj = enc.objectness[0] if len(enc.boxes) == 1 else torch.cat(enc.objectness)
+            scores = torch.sqrt(scores * obj.float()[:, None])
         return scores
+
+    @torch.no_grad()
+    def detect_batch(self, enc: EncodedImages, class_embeddings=None, score_threshold=None, nms_threshold=None,
+                     max_detections=None, region_scorer=None,
+                     clip_weights: torch.Tensor | None = None) -> list[dict[str, np.ndarray]]:
+        """`classify` for the whole batch at once (scores, ensemble, thresholds and NMS over image x
+        class groups), ending in one device-to-host copy: per image {"boxes" [K, 4] in original
+        pixels, "scores" [K], "labels" [K]} as numpy arrays, best first."""
+        cfg = self.config
+        scores = self.batch_scores(enc, self._embeddings(class_embeddings), region_scorer, clip_weights)
+        counts = [len(b) for b in enc.boxes]
+        boxes = enc.boxes[0] if len(counts) == 1 else torch.cat(enc.boxes)
+        image_ids = torch.from_numpy(np.repeat(np.arange(len(counts)), counts)).to(boxes.device)
+        det = select_detections_batched(
+            boxes, scores, image_ids, len(counts),
+            cfg.score_threshold if score_threshold is None else score_threshold,
+            cfg.nms_threshold if nms_threshold is None else nms_threshold, part_ratio=cfg.part_suppression)
+        host = torch.cat([det["boxes"].float(), det["scores"][:, None].float(), det["labels"][:, None].float(),
+                          det["images"][:, None].float()], dim=1).cpu().numpy()  # the one copy to the host
+        limit = cfg.max_detections if max_detections is None else max_detections
+        out = []
+        for i, (size, orig) in enumerate(zip(enc.image_sizes, enc.original_sizes)):
+            rows = host[host[:, 6] == i][:limit]  # best first within the image, as NMS sorted them
+            # torchvision's resize_boxes ratios, in float32 as it computes them
+            rw, rh = np.float32(orig[1]) / np.float32(size[1]), np.float32(orig[0]) / np.float32(size[0])
+            out.append({"boxes": rows[:, :4] * np.array([rw, rh, rw, rh], np.float32), "scores": rows[:, 4],
+                        "labels": rows[:, 5].astype(np.int64)})
+        return out
 
     # --- image-labelled training (Detic) -------------------------------------------------------
     def _label_proposals(self, images, num_proposals):

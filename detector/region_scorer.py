@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
@@ -53,11 +54,20 @@ def expand_boxes(boxes: torch.Tensor, context: float, height: int, width: int) -
                         out[:, 2].clamp(0, width), out[:, 3].clamp(0, height)], dim=1)
 
 
+def expand_boxes_within(boxes: torch.Tensor, context: float, sizes: torch.Tensor) -> torch.Tensor:
+    """`expand_boxes` with one image size per box (`sizes` [N, 2] = width, height), no host sync."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1) * context
+    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1) * context
+    out = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+    return torch.minimum(out.clamp(min=0), sizes.repeat(1, 2))
+
+
 class ClipRegionScorer:
     kind = "clip"
     capabilities = "CLIP region scores: most everyday objects and people, by name."
 
-    def __init__(self, clip: ClipEncoder, context: float = 1.5, batch_size: int = 64,
+    def __init__(self, clip: ClipEncoder, context: float = 1.5, batch_size: int = 1024,
                  background: torch.Tensor | None = None):
         self.clip = clip
         self.context = context
@@ -80,6 +90,38 @@ class ClipRegionScorer:
                               sampling_ratio=2, aligned=True)
             out.append(self.clip.encode_images(crops))
         return torch.cat(out)
+
+    @torch.inference_mode()
+    def embed_regions_batch(self, groups: list[tuple[list[int], torch.Tensor]], boxes: torch.Tensor,
+                            counts: list[int]) -> torch.Tensor:
+        """`embed_regions` for the boxes of a whole batch at once: `groups` are the images as uint8
+        [G, H, W, 3] on the device (image indices, tensor), `boxes` [sum(counts), 4] in each image's
+        pixels, `counts[i]` boxes of image i in order. One roi_align and one pass of the image tower
+        per `batch_size` crops (default 1,024: all of a batch of 8 at region_top_k = 100)."""
+        if sum(counts) == 0:
+            return boxes.new_zeros(0, self.clip.dim)
+        device = next(self.clip.model.parameters()).device
+        sizes = [None] * len(counts)
+        for idx, t in groups:
+            for i in idx:
+                sizes[i] = t.shape[1:3]
+        if len(groups) == 1:
+            images = groups[0][1].permute(0, 3, 1, 2).float().div_(255)
+        else:  # images of several shapes: zero-padded to the largest (crops stay inside their image)
+            images = groups[0][1].new_zeros(len(counts), 3, max(s[0] for s in sizes), max(s[1] for s in sizes),
+                                            dtype=torch.float32)
+            for idx, t in groups:
+                images[idx, :, : t.shape[1], : t.shape[2]] = t.permute(0, 3, 1, 2).float().div_(255)
+        per_box = np.repeat(np.array([[i, s[1], s[0]] for i, s in enumerate(sizes)], np.float32), counts, axis=0)
+        per_box = torch.from_numpy(per_box).to(device)
+        crops_boxes = expand_boxes_within(boxes.float().to(device), self.context, per_box[:, 1:])
+        rois = torch.cat([per_box[:, :1], crops_boxes], dim=1)
+        out = []
+        for i in range(0, len(rois), self.batch_size):
+            crops = roi_align(images.to(device), rois[i : i + self.batch_size], output_size=self.clip.image_size,
+                              spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            out.append(self.clip.encode_images(crops))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
                       adapters: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,12 +11,14 @@ Proposal sampling, matching and box coding are torchvision's, inherited unchange
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, clip_boxes_to_image, nms, remove_small_boxes
 
 MAX_CANDIDATES = 20_000  # cap on (box, class) pairs entering NMS, for huge vocabularies
+NMS_SHIFT_LIMIT = 8_000  # above this many candidates, torchvision's per-group NMS loop is cheaper
 
 
 def federated_classes(
@@ -92,9 +94,15 @@ class ZeroShotRoIHeads(RoIHeads):
         raise RuntimeError("inference goes through OpenVocabDetector.encode + classify")
 
     def decode_boxes(self, deltas, proposals, image_shapes) -> list[torch.Tensor]:
+        """Refined boxes per image, clipped to it: `clip_boxes_to_image`'s values, for the whole
+        batch in two ops (the per-box limits come from the host, no sync)."""
         counts = [len(p) for p in proposals]
-        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4).split(counts)
-        return [clip_boxes_to_image(b, s) for b, s in zip(boxes, image_shapes)]
+        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)
+        if torch.jit.is_tracing():  # ONNX export: symbolic sizes
+            return [clip_boxes_to_image(b, s) for b, s in zip(boxes.split(counts), image_shapes)]
+        limits = np.repeat(np.array([[w, h, w, h] for h, w in image_shapes], np.float32), counts, axis=0)
+        boxes = torch.minimum(boxes.clamp(min=0), torch.from_numpy(limits).to(boxes.device, boxes.dtype))
+        return list(boxes.split(counts))
 
 
 def suppress_parts(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, ratio: float,
@@ -136,3 +144,41 @@ def select_detections(boxes, scores, score_thresh, nms_thresh, max_detections,
     keep = keep[:max_detections]
     return {"boxes": b[keep], "scores": flat[keep], "labels": cls_idx[keep]}
 
+
+
+def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`batched_nms` for many groups (image x class): one NMS call with each group shifted apart,
+    in float64 so that group offsets of ~10^7 px keep sub-pixel precision (torchvision's float32
+    shift would not; and its CPU fallback above 1,000 boxes loops over groups, one sync each).
+    Above `NMS_SHIFT_LIMIT` boxes the O(n^2) single call costs more than that loop: torchvision's."""
+    if len(boxes) > NMS_SHIFT_LIMIT:
+        return batched_nms(boxes, scores, groups, threshold)
+    b = boxes.double()
+    shifted = b + (groups.double() * (b.max() + 1) if len(b) else groups.double())[:, None]
+    return nms(shifted, scores.double(), threshold)
+
+
+def select_detections_batched(boxes, scores, image_ids, num_images: int, score_thresh, nms_thresh,
+                              part_ratio: float = 0.0) -> dict[str, torch.Tensor]:
+    """`select_detections` for the boxes of many images at once (`boxes` [N, 4], `scores` [N, C],
+    `image_ids` [N]): one mask for the threshold and the small-box rule (one host sync), at most
+    `MAX_CANDIDATES` per image on average, `suppress_parts` and NMS within image x class groups.
+    Returns boxes, scores, labels and images of the kept detections, best first (per-image
+    `max_detections` is the caller's, after its copy to the host)."""
+    num_classes = scores.shape[1]
+    wh = boxes[:, 2:].float() - boxes[:, :2].float()
+    big = (wh >= 1e-2).all(dim=1)  # remove_small_boxes(boxes, 1e-2)
+    box_idx, cls_idx = torch.where((scores > score_thresh) & big[:, None])
+    flat = scores[box_idx, cls_idx]
+    if flat.numel() > MAX_CANDIDATES * num_images:
+        flat, top = flat.topk(MAX_CANDIDATES * num_images)
+        box_idx, cls_idx = box_idx[top], cls_idx[top]
+    b = boxes[box_idx].float()
+    groups = image_ids[box_idx] * num_classes + cls_idx
+    if part_ratio > 0:  # before NMS, so a near-duplicate of the whole cannot remove the whole first
+        keep = suppress_parts(b, flat, groups, part_ratio)
+        b, flat, groups = b[keep], flat[keep], groups[keep]
+    keep = grouped_nms(b, flat, groups, nms_thresh)
+    groups = groups[keep]
+    return {"boxes": b[keep], "scores": flat[keep], "labels": groups % num_classes,
+            "images": torch.div(groups, num_classes, rounding_mode="floor")}

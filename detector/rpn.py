@@ -2,7 +2,8 @@
 
 The stock `RegionProposalNetwork.forward` drops the scores that `filter_proposals` computes; the
 assignment view (top proposals, max-object-score rule) and Detic's optional
-`sqrt(class score * objectness)` need them.
+`sqrt(class score * objectness)` need them. Its `filter_proposals` is torchvision's for the whole
+batch at once (same boxes in the same order; see `ScoredRPN.filter_proposals`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.ops import nms
 
 
 class ScoredRPN(RegionProposalNetwork):
@@ -43,3 +45,32 @@ class ScoredRPN(RegionProposalNetwork):
             )
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
         return boxes, scores, losses
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        """torchvision's `filter_proposals`, same boxes in the same order, with the per-image work
+        batched: clipping, the small-box and score rules as one mask over the batch (one host
+        sync, plus one for the per-image counts), and per image one NMS call over all its levels
+        (levels shifted apart in float64, as exact as torchvision's loop over levels)."""
+        if torch.jit.is_tracing():  # ONNX export: sizes must stay symbolic, torchvision's loop does that
+            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        num_images, device = proposals.shape[0], proposals.device
+        objectness = objectness.detach().reshape(num_images, -1)
+        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device)
+                            for i, n in enumerate(num_anchors_per_level)])[None].expand_as(objectness)
+        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)
+        batch_idx = torch.arange(num_images, device=device)[:, None]
+        prob = torch.sigmoid(objectness[batch_idx, top_n_idx])
+        levels, proposals = levels[batch_idx, top_n_idx], proposals[batch_idx, top_n_idx]
+        limits = torch.tensor([[w, h, w, h] for h, w in image_shapes], dtype=proposals.dtype)
+        boxes = torch.minimum(proposals.clamp(min=0), limits.to(device)[:, None])  # clip_boxes_to_image
+        wh = boxes[..., 2:] - boxes[..., :2]
+        valid = (wh >= self.min_size).all(-1) & (prob >= self.score_thresh)  # remove_small_boxes, score_thresh
+        counts = valid.sum(1).tolist()
+        boxes, prob, levels = boxes[valid], prob[valid], levels[valid]
+        shifted = boxes.double() + (levels.double() * (boxes.max().double() + 1 if len(boxes) else 1))[:, None]
+        final_boxes, final_scores = [], []
+        for b, p, sb in zip(boxes.split(counts), prob.split(counts), shifted.split(counts)):
+            keep = nms(sb, p.double(), self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(b[keep])
+            final_scores.append(p[keep])
+        return final_boxes, final_scores

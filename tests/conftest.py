@@ -60,3 +60,9 @@ def pytest_unconfigure(config):
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
         if os.environ.get("OVD_CACHE_DIR") == _SESSION_CACHE:
             del os.environ["OVD_CACHE_DIR"]
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where the device-agnostic tests run: CUDA when present (bf16 autocast, channels_last), else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -113,8 +113,10 @@ def test_boxes_are_in_original_pixels_for_any_size(tiny_predictor, small_image):
 
 def test_vocabulary_change_reuses_image_work(tiny_predictor, small_image, monkeypatch):
     calls = []
-    original = tiny_predictor.model.encode
-    monkeypatch.setattr(tiny_predictor.model, "encode", lambda imgs: calls.append(len(imgs)) or original(imgs))
+    original = tiny_predictor.model.encode_images
+    monkeypatch.setattr(tiny_predictor.model, "encode_images",
+                        lambda image_list, *a, **k: calls.append(len(image_list.image_sizes))
+                        or original(image_list, *a, **k))
     img = small_image.copy()
     img[0, 0] = [1, 2, 3]  # pixels not seen before
     tiny_predictor.predict(img, "cat")
