@@ -26,6 +26,7 @@ the 1000 classes) and below that of true matches (~0.55-0.8).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 
 MATCH_CENTER = 0.5
 MATCH_TEMPERATURE = 0.05
+# A class under one of the name's WordNet senses: a = sigmoid(6) = 0.998 (a logit, so that tags'
+# adapters can still move it). Other classes of a name WordNet maps count only when their text
+# matches far better than the plain rule asks: centre 0.65 instead of 0.5 ("sheep" -> Old English
+# sheepdog: a 0.82 -> 0.03). Chosen on bench/name_readings.py's corpus (0.6 / 0.65 / 0.7 /
+# WordNet alone: 79 / 83 / 83 / 83 % right; no held-out names, see docs/offline_zero_shot.md).
+WORDNET_LOGIT = 6.0
+TEXT_CENTER_KNOWN = 0.65
+SEEN = 0.5  # a name is "seen" when some ImageNet class counts for it at least this much
 CROP_SIZE = 224
 CAPABILITIES = ("Offline model: recognises ImageNet-like objects (animals, vehicles, tools, food, household "
                 "items, e.g. cat, cup, tripod, helmet); not people ('person'), body parts or scenes. "
@@ -62,6 +71,57 @@ def square_context_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp(min=1) * context
     return torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
+
+
+class NameReading(NamedTuple):
+    """What a name reads as: its best ImageNet classes (weight >= SEEN), empty when unseen."""
+
+    name: str
+    classes: list[str]
+    seen: bool
+
+
+def wordnet_logits(text: torch.Tensor, names: list[str],
+                   text_center: float = TEXT_CENTER_KNOWN) -> torch.Tensor:
+    """Match logits [C, 1000] for `names`: a name WordNet maps (`detector.wordnet_names`) reads
+    as its WordNet classes (WORDNET_LOGIT) plus the classes its text matches at `text_center`
+    (inf: WordNet's alone); the others keep the text logits `text` [C, 1000]."""
+    from .wordnet_names import wordnet_classes
+
+    out = text.clone()
+    shift = (text_center - MATCH_CENTER) / MATCH_TEMPERATURE
+    for i, name in enumerate(names):
+        classes = wordnet_classes(name)
+        if classes:
+            out[i] = text[i] - shift
+            out[i, list(classes)] = WORDNET_LOGIT
+    return out
+
+
+def compete(weights: torch.Tensor) -> torch.Tensor:
+    """Each ImageNet class goes to the typed name(s) it fits best: [C, 1000] -> [C, 1000].
+
+    A name's fit for class k is its weight on k relative to all its weight (its share of the
+    name's meaning: "lion" is all lion, "cat" is 1/13 lion). The best-fitting names keep a(name, k);
+    the others keep it times their fit over the best fit, so in "lion, cat" a lion photo scores
+    lion, not cat. A name sharing no class with the others is not changed (up to the text
+    weights' tails): its score still does not depend on the rest of the vocabulary."""
+    if weights.shape[0] < 2:
+        return weights
+    fit = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
+    best = fit.max(dim=0, keepdim=True).values.clamp(min=1e-12)
+    return weights * (fit / best).clamp(max=1.0)
+
+
+def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[NameReading]:
+    """Per name, its `top` ImageNet classes of weight >= SEEN (strongest first)."""
+    classes = imagenet_class_names()
+    out = []
+    for name, row in zip(names, weights):
+        values, idx = row.topk(min(top, row.numel()))
+        found = [classes[int(i)] for v, i in zip(values.tolist(), idx.tolist()) if v >= SEEN]
+        out.append(NameReading(name, found, bool(found)))
+    return out
 
 
 def match_weights(class_embeddings: torch.Tensor, imagenet_embeddings: torch.Tensor,
@@ -174,17 +234,30 @@ class ImageNetRegionScorer:
             out.append(self.class_distribution(crops))
         return torch.cat(out)
 
-    def match_logits(self, class_embeddings: torch.Tensor) -> torch.Tensor:
-        """L0(name, k) = (cos(t_name, m_k) - c) / T: [C, D] -> [C, 1000] (before any tags)."""
+    def match_logits(self, class_embeddings: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        """L0(name, k) before any tags: [C, D] (+ the C names) -> [C, 1000]. With `names`, a name
+        WordNet maps onto ImageNet classes reads as those (`wordnet_logits`); without, or for a
+        name WordNet has no class for, text similarity (cos(t_name, m_k) - c) / T."""
         sim = (F.normalize(class_embeddings.float(), dim=-1)
                @ F.normalize(self.imagenet_embeddings.to(class_embeddings.device).float(), dim=-1).t())
-        return (sim - MATCH_CENTER) / MATCH_TEMPERATURE
+        text = (sim - MATCH_CENTER) / MATCH_TEMPERATURE
+        return text if names is None else wordnet_logits(text, names)
 
     def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
-                      adapters: torch.Tensor | None = None) -> torch.Tensor:
+                      adapters: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
         """[N, 1000] region distributions x [C, D] names -> [N, C]; `adapters` [C, 1000]: what
-        tags taught about each name (`detector.name_adapters`), added to its match logits."""
-        logits = self.match_logits(class_embeddings.to(regions.device))
+        tags taught about each name (`detector.name_adapters`), added to its match logits; then
+        each ImageNet class goes to the names that fit it best (`compete`)."""
+        logits = self.match_logits(class_embeddings.to(regions.device), names)
         if adapters is not None:
             logits = logits + adapters.to(logits.device, logits.dtype)
-        return (regions.float() @ torch.sigmoid(logits).t()).clamp(0, 1)
+        return (regions.float() @ compete(torch.sigmoid(logits)).t()).clamp(0, 1)
+
+    def name_readings(self, class_embeddings: torch.Tensor, names: list[str], top: int = 3,
+                      adapters: torch.Tensor | None = None) -> list[NameReading]:
+        """What the scorer reads each name as, in this vocabulary (the weights `probabilities`
+        uses): for people, so the app can say "person: not seen by this model"."""
+        logits = self.match_logits(class_embeddings, names)
+        if adapters is not None:
+            logits = logits + adapters.to(logits.device, logits.dtype)
+        return readings(compete(torch.sigmoid(logits)), names, top)

@@ -236,18 +236,19 @@ class OpenVocabDetector(GeneralizedRCNN):
     @torch.no_grad()
     def classify(self, enc: EncodedImages, class_embeddings=None, score_threshold=None,
                  nms_threshold=None, max_detections=None, region_scorer=None,
-                 clip_weights: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+                 clip_weights: torch.Tensor | None = None, names: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
         """Detections (original image coordinates) for `enc` under a vocabulary.
 
         With region features in `enc` and the `region_scorer` that made them (CLIP or ImageNet,
         see `detector.region_scorer`), class probabilities are F-VLM's ensemble
-        p_head^(1-w) * p_region^w with per-class weights `clip_weights` (w).
+        p_head^(1-w) * p_region^w with per-class weights `clip_weights` (w). `names`: the
+        vocabulary as typed (the ImageNet scorer maps them through WordNet).
         """
         emb = self._embeddings(class_embeddings)
         cfg = self.config
         out = []
         for i in range(len(enc.boxes)):
-            scores = self.class_scores(enc, i, emb, region_scorer, clip_weights)
+            scores = self.class_scores(enc, i, emb, region_scorer, clip_weights, names)
             det = select_detections(
                 enc.boxes[i], scores,
                 cfg.score_threshold if score_threshold is None else score_threshold,
@@ -261,7 +262,7 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     @torch.no_grad()
     def class_scores(self, enc: EncodedImages, i: int, class_embeddings: torch.Tensor, region_scorer=None,
-                     clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+                     clip_weights: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
         """[N, C] final per-box, per-name scores of image `i` of `enc` (what `classify` thresholds):
         the head's sigmoid, F-VLM's ensemble with the region scorer, and Detic's objectness product."""
         from .region_scorer import ensemble
@@ -272,7 +273,8 @@ class OpenVocabDetector(GeneralizedRCNN):
         if regions is not None and region_scorer is not None and clip_weights is not None:
             p_clip = scores.new_zeros(scores.shape)
             p_clip[: len(regions)] = region_scorer.probabilities(
-                regions, class_embeddings, adapters=self.name_adapters.offsets(class_embeddings)).to(scores.device)
+                regions, class_embeddings, adapters=self.name_adapters.offsets(class_embeddings),
+                names=names).to(scores.device)
             scores = ensemble(scores, p_clip, clip_weights)
         if self.config.mult_proposal_score and not self.uses_selective_search:  # objectness means something
             scores = torch.sqrt(scores * enc.objectness[i].float()[:, None])

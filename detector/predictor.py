@@ -242,6 +242,22 @@ class Predictor:
         return class_weights(names, cfg.trained_class_names, cfg.ensemble_weight_trained,
                              cfg.ensemble_weight_untrained)
 
+    def name_readings(self, vocabulary, top: int = 3) -> list | None:
+        """For each name, the ImageNet classes the offline model reads it as and whether it sees
+        it at all (`detector.imagenet_scorer.NameReading`); None for a model that reads any name
+        (CLIP region scores, or no region scorer). Cached per vocabulary (2,000 names: ~0.3 s)."""
+        if getattr(self.region_scorer, "kind", None) != "imagenet":
+            return None
+        names, emb = self.embed(vocabulary)
+        key = (tuple(names), top, len(self.model.name_adapters), self.model.name_adapters.deltas._version)
+        cache = self.__dict__.setdefault("_readings", OrderedDict())
+        if key not in cache:
+            adapters = self.model.name_adapters.offsets(emb)
+            cache[key] = self.region_scorer.name_readings(emb, names, top, adapters)
+            while len(cache) > 16:
+                cache.popitem(last=False)
+        return cache[key]
+
     def predict(self, images, vocabulary, score_threshold: float | None = None,
                 nms_threshold: float | None = None, max_detections: int | None = None,
                 batch_size: int = 8) -> list[sv.Detections]:
@@ -257,7 +273,8 @@ class Predictor:
         for img, enc in zip(loaded, encoded):
             with torch.inference_mode(), autocast_for(self.device):
                 det = self.model.classify(enc, emb, score_threshold, nms_threshold, max_detections,
-                                          region_scorer=self.region_scorer, clip_weights=self.clip_weights(names))[0]
+                                          region_scorer=self.region_scorer, clip_weights=self.clip_weights(names),
+                                          names=names)[0]
             results.append(to_detections(det, names, img.scale, img.array.shape[:2]))
         return results
 
