@@ -98,7 +98,8 @@ COCO_CLASSES = [
 PRESETS = {
     "COCO (80 classes)": list(COCO_CLASSES),
     "Household": ["mug", "laptop", "potted plant", "kettle", "book", "chair", "lamp", "remote"],
-    "Street": ["person", "car", "bicycle", "bus", "traffic light", "dog", "stop sign"],
+    # no "person" or "stop sign": the offline model sees neither (issue 20); CLIP models see any name
+    "Street": ["car", "bicycle", "bus", "traffic light", "dog", "street sign", "motorcycle"],
 }
 
 

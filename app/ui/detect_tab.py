@@ -13,6 +13,10 @@ from detector.vocabulary import PRESETS
 from .common import handler, image_input, json_file, png_file, tab_message
 
 
+# Names the offline model sees (ImageNet classes: "person" has none it reads on photos of people).
+DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
+
+
 def _rows(records: list[dict]) -> list[list]:
     return [[r["class_name"], r["score"], *r["box"]] for r in records]
 
@@ -31,7 +35,7 @@ def build(ep: dict, defaults) -> dict:
         with gr.Column():
             image = image_input(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                elem_id="detect-image")
-            vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value="person, cup, laptop",
+            vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value=DEFAULT_VOCABULARY,
                                     lines=1, max_lines=4, elem_id="vocabulary")
             preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
             with gr.Row():

@@ -110,8 +110,8 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict:
     lemmas = {}
     for lemma, (offsets, _) in read_index_noun(wordnet_dir / "index.noun").items():
         # The senses the lemma is the usual (first) name of, when it has some with classes:
-        # "spider" is not a frying pan (skillet, ... spider), "turtle" not a jersey (turtleneck,
-        # turtle, polo-neck); otherwise all: "bike" is the first name of neither of its senses.
+        # "turtle" is not a jersey (turtleneck, turtle, polo-neck), "beetle" not a hammer (beetle
+        # is a mallet's second name); otherwise all: "bike" is the first name of neither sense.
         kept = [o for o in offsets if o in synsets]
         kept = [o for o in kept if first[o] == lemma] or kept
         if kept:
