@@ -12,7 +12,6 @@ from detector.vocabulary import PRESETS
 
 from .common import handler, image_input, json_file, png_file, tab_message
 
-
 # Names the offline model sees (ImageNet classes: "person" has none it reads on photos of people).
 DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
 
@@ -45,6 +44,7 @@ def build(ep: dict, defaults) -> dict:
                 max_det = gr.Slider(1, 300, value=defaults.max_detections, step=1, label="Max detections")
             detect_btn = gr.Button("Detect", variant="primary", elem_id="detect-button")
             msg = tab_message("detect-msg")
+            readings = gr.Markdown(elem_id="detect-readings")  # what the model reads each name as
         with gr.Column():
             out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
@@ -90,8 +90,12 @@ def build(ep: dict, defaults) -> dict:
     hint.ui_only = True
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
-    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted)
-    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
+    read = {"fn": handler(ep["name_readings"]), "inputs": [vocabulary], "outputs": readings,
+            "show_progress": "hidden"}
+    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted).success(
+        **read, api_name="name_readings")
+    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
+        **read, api_name=False)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.HEAD)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
     preset.change(fill_preset, preset, vocabulary, api_name=False)
