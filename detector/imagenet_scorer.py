@@ -113,6 +113,19 @@ def compete(weights: torch.Tensor) -> torch.Tensor:
     return weights * (fit / best).clamp(max=1.0)
 
 
+def above_chance(regions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[N, 1000] distributions x [C, 1000] weights -> [N, C] scores, corrected for chance.
+
+    The mass sum_k p_k a(name, k) of a name covering many classes is large even for a region the
+    network cannot read: a flat distribution gives "dog" (118 breeds) 0.118, above the offline
+    preset's threshold, on every box of a rocket. So the score is how far the mass is above that
+    of a flat distribution, c = mean_k a(name, k), rescaled to [0, 1]: (mass - c) / (1 - c).
+    A name of one class loses 0.001; a flat distribution scores 0 for every name; a sure beagle
+    still scores ~0.9 for "dog". It depends only on the region and the name's own weights."""
+    chance = weights.mean(dim=1)
+    return ((regions @ weights.t() - chance) / (1 - chance).clamp(min=1e-6)).clamp(0, 1)
+
+
 def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[NameReading]:
     """Per name, its `top` ImageNet classes of weight >= SEEN (strongest first)."""
     classes = imagenet_class_names()
@@ -251,7 +264,7 @@ class ImageNetRegionScorer:
         logits = self.match_logits(class_embeddings.to(regions.device), names)
         if adapters is not None:
             logits = logits + adapters.to(logits.device, logits.dtype)
-        return (regions.float() @ compete(torch.sigmoid(logits)).t()).clamp(0, 1)
+        return above_chance(regions.float(), compete(torch.sigmoid(logits)))
 
     def name_readings(self, class_embeddings: torch.Tensor, names: list[str], top: int = 3,
                       adapters: torch.Tensor | None = None) -> list[NameReading]:

@@ -152,3 +152,15 @@ def test_defaults_and_examples_are_seen(offline):
         names += VOCABULARIES[preset]
     unseen = [r.name for r in offline.name_readings(names) if not r.seen]
     assert not unseen, unseen
+
+
+def test_broad_names_score_nothing_on_an_unreadable_region(offline):
+    """"dog" covers 118 classes: a flat distribution would give it 0.118 (above the threshold) on
+    every box; the score is its mass above that chance level."""
+    scorer = offline.region_scorer
+    names, emb = offline.embed(["dog", "animal", "beagle"])
+    flat = torch.full((1, 1000), 1e-3)
+    assert scorer.probabilities(flat, emb, names=names).max() < 1e-4
+    sure = 0.9 * _one_hot("beagle") + 0.1 * _one_hot("collie")
+    p = scorer.probabilities(sure, emb[:1], names=names[:1])
+    assert p[0, 0] > 0.85
