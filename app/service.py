@@ -215,7 +215,8 @@ class AppService:
         readings = self.predictor.name_readings(vocabulary)
         if not readings:
             return ""
-        parts = [f"**{html.escape(r.name)}** → {html.escape(', '.join(r.classes))}" if r.seen
+        parts = [f"**{html.escape(r.name)}** → {html.escape(', '.join(r.classes))}"
+                 + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") if r.seen
                  else f"**{html.escape(r.name)}**: not seen by this model" for r in readings[:50]]
         more = f" … and {len(readings) - 50} more" if len(readings) > 50 else ""
         return "Reads as (ImageNet classes): " + "; ".join(parts) + more

@@ -76,11 +76,13 @@ def square_context_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
 
 
 class NameReading(NamedTuple):
-    """What a name reads as: its best ImageNet classes (weight >= SEEN), empty when unseen."""
+    """What a name reads as: its best ImageNet classes (weight >= SEEN), empty when unseen, and
+    how many classes in all count for it (118 for "dog")."""
 
     name: str
     classes: list[str]
     seen: bool
+    count: int = 0
 
 
 def wordnet_logits(text: torch.Tensor, names: list[str],
@@ -129,13 +131,14 @@ def above_chance(regions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[NameReading]:
-    """Per name, its `top` ImageNet classes of weight >= SEEN (strongest first)."""
+    """Per name, its `top` ImageNet classes of weight >= SEEN (strongest first; equal weights, as
+    WordNet's classes have, in ImageNet's order) and how many there are."""
     classes = imagenet_class_names()
     out = []
-    for name, row in zip(names, weights):
-        values, idx = row.topk(min(top, row.numel()))
-        found = [classes[int(i)] for v, i in zip(values.tolist(), idx.tolist()) if v >= SEEN]
-        out.append(NameReading(name, found, bool(found)))
+    for name, row in zip(names, weights.float().cpu()):
+        order = torch.argsort(-row.round(decimals=3), stable=True)[:top]
+        found = [classes[int(i)] for i in order.tolist() if row[i] >= SEEN]
+        out.append(NameReading(name, found, bool(found), int((row >= SEEN).sum())))
     return out
 
 

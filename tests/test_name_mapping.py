@@ -119,6 +119,8 @@ def test_name_readings(offline):
     readings = offline.name_readings(["motorcycle", "giraffe", "cat", "lion", "café", "猫", "sky"])
     by = {r.name: r for r in readings}
     assert by["motorcycle"].seen and by["motorcycle"].classes[0] == "moped"
+    dog = offline.name_readings(["dog"])[0]
+    assert dog.count == 118 and dog.classes == ["Chihuahua", "Japanese spaniel", "Maltese dog"]  # ImageNet order
     assert not by["giraffe"].seen and by["giraffe"].classes == []
     assert by["lion"].classes == ["lion"] and "lion" not in by["cat"].classes  # in this vocabulary
     assert not by["sky"].seen and not by["猫"].seen
@@ -147,7 +149,7 @@ def test_defaults_and_examples_are_seen(offline):
     from detector.vocabulary import PRESETS as VOCABULARIES
 
     names = [n.strip() for n in DEFAULT_VOCABULARY.split(",")] + [default_tag(PRESETS["offline"])]
-    names += ["mug", "plate"]  # the Tag tab's placeholder example
+    names += ["mug", "bottle"]  # the Tag tab's placeholder example
     for preset in ("Household", "Street"):
         names += VOCABULARIES[preset]
     unseen = [r.name for r in offline.name_readings(names) if not r.seen]
