@@ -166,3 +166,14 @@ def test_broad_names_score_nothing_on_an_unreadable_region(offline):
     sure = 0.9 * _one_hot("beagle") + 0.1 * _one_hot("collie")
     p = scorer.probabilities(sure, emb[:1], names=names[:1])
     assert p[0, 0] > 0.85
+
+
+def test_app_says_what_each_name_reads_as(offline, tiny_predictor, tmp_path):
+    from app.service import AppService
+
+    line = AppService(tmp_path / "a", predictor=offline).name_readings("giraffe, <b>cat</b>, dog, lion")
+    assert "**giraffe**: not seen by this model" in line
+    assert "&lt;b&gt;cat&lt;/b&gt;" in line and "<b>" not in line  # user text is escaped
+    assert "**dog** → Chihuahua, Japanese spaniel, Maltese dog (+115 more)" in line
+    assert "**lion** → lion" in line
+    assert AppService(tmp_path / "b", predictor=tiny_predictor).name_readings("cat") == ""  # reads any name
