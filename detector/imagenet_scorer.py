@@ -105,16 +105,19 @@ def wordnet_logits(text: torch.Tensor, names: list[str],
 def compete(weights: torch.Tensor) -> torch.Tensor:
     """Each ImageNet class goes to the typed name(s) it fits best: [C, 1000] -> [C, 1000].
 
-    A name's fit for class k is its weight on k relative to all its weight (its share of the
-    name's meaning: "lion" is all lion, "cat" is 1/13 lion). The best-fitting names keep a(name, k);
-    the others keep it times their fit over the best fit, so in "lion, cat" a lion photo scores
-    lion, not cat. A name sharing no class with the others is not changed (up to the text
-    weights' tails): its score still does not depend on the rest of the vocabulary."""
+    The names that count class k as theirs (a(name, k) >= SEEN) compete for it. A name's fit for k
+    is its weight on k relative to all its weight (its share of the name's meaning: "lion" is all
+    lion, "dog" is 1/118 beagle). The best-fitting names keep a(name, k); the other competitors
+    keep it times their fit over the best, so in "lion, tiger, cat" a lion photo scores lion and in
+    "dog, beagle" a beagle is a beagle. Weights below SEEN neither compete nor change (a text tail
+    of 0.05 does not take a class from a name that means it), so a name sharing no class with the
+    others keeps its score: it still does not depend on the rest of the vocabulary."""
     if weights.shape[0] < 2:
         return weights
-    fit = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
+    claims = weights >= SEEN
+    fit = torch.where(claims, weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-6), 0.0)
     best = fit.max(dim=0, keepdim=True).values.clamp(min=1e-12)
-    return weights * (fit / best).clamp(max=1.0)
+    return torch.where(claims, weights * (fit / best).clamp(max=1.0), weights)
 
 
 def above_chance(regions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

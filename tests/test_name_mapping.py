@@ -95,10 +95,11 @@ def test_unrelated_names_change_nothing(offline):
 
 
 def test_compete_keeps_ties_and_single_names():
-    w = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    w = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.6, 0.6, 0.6], [0.3, 0.0, 0.0]])
     out = compete(w)
     assert torch.equal(out[:2], w[:2])  # the same meaning twice: both keep it
-    assert out[2, 0] < 0.5 and torch.equal(out[2, 1:], w[2, 1:])
+    assert out[2, 0] < 0.5 and torch.equal(out[2, 1:], w[2, 1:])  # a third of a broader name: reduced
+    assert torch.equal(out[3], w[3])  # a weight below 0.5 neither competes nor changes
     assert torch.equal(compete(w[:1]), w[:1])
 
 
