@@ -10,7 +10,8 @@ score is the probability mass on the ImageNet classes that match the name:
 
 (the text rule; since issue 20 a name's WordNet classes come first, close names compete for
 shared classes and the score is the mass above chance: see `wordnet_logits`, `compete`,
-`above_chance` and docs/offline_zero_shot.md), where t_name is the name's text embedding (the classifier's own, e.g. MiniLM of "a {name}") and
+`above_chance` and docs/offline_zero_shot.md), where t_name is the name's text embedding (the
+classifier's own, e.g. MiniLM of "a {name}") and
 m_k the embedding of ImageNet class k's WordNet lemmas + definition (timm's ImageNetInfo, e.g.
 "tabby, tabby cat: a cat with a grey or tawny coat mottled with black"). Definitions carry the
 hierarchy that bare lemmas lack ("Egyptian cat: a domestic cat of Egypt").

@@ -70,6 +70,7 @@ class Predictor:
 
             self.region_scorer = build_region_scorer(cfg, self.embedder.encoder, self.device)
         self._cache: OrderedDict[str, EncodedImages] = OrderedDict()
+        self._readings: OrderedDict[tuple, list] = OrderedDict()  # name_readings per vocabulary
         self.cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -249,8 +250,9 @@ class Predictor:
         if getattr(self.region_scorer, "kind", None) != "imagenet":
             return None
         names, emb = self.embed(vocabulary)
-        key = (tuple(names), top, len(self.model.name_adapters), self.model.name_adapters.deltas._version)
-        cache = self.__dict__.setdefault("_readings", OrderedDict())
+        adapters_now = (len(self.model.name_adapters), self.model.name_adapters.deltas._version)  # trained in place
+        key = (tuple(names), top, *adapters_now)
+        cache = self._readings
         if key not in cache:
             adapters = self.model.name_adapters.offsets(emb)
             cache[key] = self.region_scorer.name_readings(emb, names, top, adapters)

@@ -12,7 +12,8 @@ from detector.vocabulary import PRESETS
 
 from .common import handler, image_input, json_file, png_file, tab_message
 
-# Names the offline model sees (ImageNet classes: "person" has none it reads on photos of people).
+# Names the offline model sees (tests/test_name_mapping.py); it reads "person" only as ballplayer,
+# groom or scuba diver (ImageNet has no class for people).
 DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
 
 
