@@ -83,6 +83,22 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
                                      int(max_detections) if max_detections else None)[0]
         return annotate(loaded, det), detections_to_records(det)
 
+    @endpoint(gpu=True)  # the mapping's tensors live on the model's device
+    def name_readings(self, vocabulary: str) -> str:
+        """What the served model reads each typed name as, one Markdown line (names escaped: they
+        are user input): the offline model's ImageNet classes, or "not seen by this model"; empty
+        for a model that reads any name (CLIP)."""
+        import html
+
+        readings = self.predictor.name_readings(vocabulary)
+        if not readings:
+            return ""
+        parts = [f"**{html.escape(r.name)}** → {html.escape(', '.join(r.classes))}"
+                 + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") if r.seen
+                 else f"**{html.escape(r.name)}**: not seen by this model" for r in readings[:50]]
+        more = f" … and {len(readings) - 50} more" if len(readings) > 50 else ""
+        return "Reads as (ImageNet classes): " + "; ".join(parts) + more
+
     @endpoint(gpu=True, api=False)
     def detect_batch(self, images: list, vocabulary: str, score_threshold: float | None = None,
                      nms_threshold: float | None = None, max_detections: int | None = None) -> list[dict]:

@@ -82,7 +82,7 @@ def main() -> None:
                                  torch.device("cpu"), None, None, predictor.region_scorer)
     _, emb = predictor.embed(names)
     rows = model.name_adapters.extend(emb)
-    base = predictor.region_scorer.match_logits(emb).detach()
+    base = predictor.region_scorer.match_logits(emb, names).detach()
     model.config.trained_class_names, model.config.ensemble_weight_trained = list(names), 1.0
 
     def score() -> dict:

@@ -8,7 +8,10 @@ score is the probability mass on the ImageNet classes that match the name:
 
     score(region, name) = sum_k p_k * a(name, k),    a(name, k) = sigmoid((cos(t_name, m_k) - c) / T)
 
-where t_name is the name's text embedding (the classifier's own, e.g. MiniLM of "a {name}") and
+(the text rule; since issue 20 a name's WordNet classes come first, close names compete for
+shared classes and the score is the mass above chance: see `wordnet_logits`, `compete`,
+`above_chance` and docs/offline_zero_shot.md), where t_name is the name's text embedding (the
+classifier's own, e.g. MiniLM of "a {name}") and
 m_k the embedding of ImageNet class k's WordNet lemmas + definition (timm's ImageNetInfo, e.g.
 "tabby, tabby cat: a cat with a grey or tawny coat mottled with black"). Definitions carry the
 hierarchy that bare lemmas lack ("Egyptian cat: a domestic cat of Egypt").
@@ -26,6 +29,7 @@ the 1000 classes) and below that of true matches (~0.55-0.8).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,14 @@ log = logging.getLogger(__name__)
 
 MATCH_CENTER = 0.5
 MATCH_TEMPERATURE = 0.05
+# A class under one of the name's WordNet senses: a = sigmoid(6) = 0.998 (a logit, so that tags'
+# adapters can still move it). Other classes of a name WordNet maps count only when their text
+# matches far better than the plain rule asks: centre 0.65 instead of 0.5 ("sheep" -> Old English
+# sheepdog: a 0.82 -> 0.03). Chosen on bench/name_readings.py's corpus (0.6 / 0.65 / 0.7 /
+# WordNet alone: 79 / 83 / 83 / 83 % right; no held-out names, see docs/offline_zero_shot.md).
+WORDNET_LOGIT = 6.0
+TEXT_CENTER_KNOWN = 0.65
+SEEN = 0.5  # a name is "seen" when some ImageNet class counts for it at least this much
 CROP_SIZE = 224
 CAPABILITIES = ("Offline model: recognises ImageNet-like objects (animals, vehicles, tools, food, household "
                 "items, e.g. cat, cup, tripod, helmet); not people ('person'), body parts or scenes. "
@@ -62,6 +74,76 @@ def square_context_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp(min=1) * context
     return torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
+
+
+class NameReading(NamedTuple):
+    """What a name reads as: its best ImageNet classes (weight >= SEEN), empty when unseen, and
+    how many classes in all count for it (118 for "dog")."""
+
+    name: str
+    classes: list[str]
+    seen: bool
+    count: int = 0
+
+
+def wordnet_logits(text: torch.Tensor, names: list[str],
+                   text_center: float = TEXT_CENTER_KNOWN) -> torch.Tensor:
+    """Match logits [C, 1000] for `names`: a name WordNet maps (`detector.wordnet_names`) reads
+    as its WordNet classes (WORDNET_LOGIT) plus the classes its text matches at `text_center`
+    (inf: WordNet's alone); the others keep the text logits `text` [C, 1000]."""
+    from .wordnet_names import wordnet_classes
+
+    out = text.clone()
+    shift = (text_center - MATCH_CENTER) / MATCH_TEMPERATURE
+    for i, name in enumerate(names):
+        classes = wordnet_classes(name)
+        if classes:
+            out[i] = text[i] - shift
+            out[i, list(classes)] = WORDNET_LOGIT
+    return out
+
+
+def compete(weights: torch.Tensor) -> torch.Tensor:
+    """Each ImageNet class goes to the typed name(s) it fits best: [C, 1000] -> [C, 1000].
+
+    The names that count class k as theirs (a(name, k) >= SEEN) compete for it. A name's fit for k
+    is its weight on k relative to all its weight (its share of the name's meaning: "lion" is all
+    lion, "dog" is 1/118 beagle). The best-fitting names keep a(name, k); the other competitors
+    keep it times their fit over the best, so in "lion, tiger, cat" a lion photo scores lion and in
+    "dog, beagle" a beagle is a beagle. Weights below SEEN neither compete nor change (a text tail
+    of 0.05 does not take a class from a name that means it), so a name sharing no class with the
+    others keeps its score: it still does not depend on the rest of the vocabulary."""
+    if weights.shape[0] < 2:
+        return weights
+    claims = weights >= SEEN
+    fit = torch.where(claims, weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-6), 0.0)
+    best = fit.max(dim=0, keepdim=True).values.clamp(min=1e-12)
+    return torch.where(claims, weights * (fit / best).clamp(max=1.0), weights)
+
+
+def above_chance(regions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[N, 1000] distributions x [C, 1000] weights -> [N, C] scores, corrected for chance.
+
+    The mass sum_k p_k a(name, k) of a name covering many classes is large even for a region the
+    network cannot read: a flat distribution gives "dog" (118 breeds) 0.118, above the offline
+    preset's threshold, on every box of a rocket. So the score is how far the mass is above that
+    of a flat distribution, c = mean_k a(name, k), rescaled to [0, 1]: (mass - c) / (1 - c).
+    A name of one class loses 0.001; a flat distribution scores 0 for every name; a sure beagle
+    still scores ~0.9 for "dog". It depends only on the region and the name's own weights."""
+    chance = weights.mean(dim=1)
+    return ((regions @ weights.t() - chance) / (1 - chance).clamp(min=1e-6)).clamp(0, 1)
+
+
+def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[NameReading]:
+    """Per name, its `top` ImageNet classes of weight >= SEEN (strongest first; equal weights, as
+    WordNet's classes have, in ImageNet's order) and how many there are."""
+    classes = imagenet_class_names()
+    out = []
+    for name, row in zip(names, weights.float().cpu()):
+        order = torch.argsort(-row.round(decimals=3), stable=True)[:top]
+        found = [classes[int(i)] for i in order.tolist() if row[i] >= SEEN]
+        out.append(NameReading(name, found, bool(found), int((row >= SEEN).sum())))
+    return out
 
 
 def match_weights(class_embeddings: torch.Tensor, imagenet_embeddings: torch.Tensor,
@@ -174,17 +256,30 @@ class ImageNetRegionScorer:
             out.append(self.class_distribution(crops))
         return torch.cat(out)
 
-    def match_logits(self, class_embeddings: torch.Tensor) -> torch.Tensor:
-        """L0(name, k) = (cos(t_name, m_k) - c) / T: [C, D] -> [C, 1000] (before any tags)."""
+    def match_logits(self, class_embeddings: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        """L0(name, k) before any tags: [C, D] (+ the C names) -> [C, 1000]. With `names`, a name
+        WordNet maps onto ImageNet classes reads as those (`wordnet_logits`); without, or for a
+        name WordNet has no class for, text similarity (cos(t_name, m_k) - c) / T."""
         sim = (F.normalize(class_embeddings.float(), dim=-1)
                @ F.normalize(self.imagenet_embeddings.to(class_embeddings.device).float(), dim=-1).t())
-        return (sim - MATCH_CENTER) / MATCH_TEMPERATURE
+        text = (sim - MATCH_CENTER) / MATCH_TEMPERATURE
+        return text if names is None else wordnet_logits(text, names)
 
     def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
-                      adapters: torch.Tensor | None = None) -> torch.Tensor:
+                      adapters: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
         """[N, 1000] region distributions x [C, D] names -> [N, C]; `adapters` [C, 1000]: what
-        tags taught about each name (`detector.name_adapters`), added to its match logits."""
-        logits = self.match_logits(class_embeddings.to(regions.device))
+        tags taught about each name (`detector.name_adapters`), added to its match logits; then
+        each ImageNet class goes to the names that fit it best (`compete`)."""
+        logits = self.match_logits(class_embeddings.to(regions.device), names)
         if adapters is not None:
             logits = logits + adapters.to(logits.device, logits.dtype)
-        return (regions.float() @ torch.sigmoid(logits).t()).clamp(0, 1)
+        return above_chance(regions.float(), compete(torch.sigmoid(logits)))
+
+    def name_readings(self, class_embeddings: torch.Tensor, names: list[str], top: int = 3,
+                      adapters: torch.Tensor | None = None) -> list[NameReading]:
+        """What the scorer reads each name as, in this vocabulary (the weights `probabilities`
+        uses): for people, so the app can say "person: not seen by this model"."""
+        logits = self.match_logits(class_embeddings, names)
+        if adapters is not None:
+            logits = logits + adapters.to(logits.device, logits.dtype)
+        return readings(compete(torch.sigmoid(logits)), names, top)

@@ -284,18 +284,19 @@ class OpenVocabDetector(GeneralizedRCNN):
     @torch.no_grad()
     def classify(self, enc: EncodedImages, class_embeddings=None, score_threshold=None,
                  nms_threshold=None, max_detections=None, region_scorer=None,
-                 clip_weights: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+                 clip_weights: torch.Tensor | None = None, names: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
         """Detections (original image coordinates) for `enc` under a vocabulary.
 
         With region features in `enc` and the `region_scorer` that made them (CLIP or ImageNet,
         see `detector.region_scorer`), class probabilities are F-VLM's ensemble
-        p_head^(1-w) * p_region^w with per-class weights `clip_weights` (w).
+        p_head^(1-w) * p_region^w with per-class weights `clip_weights` (w). `names`: the
+        vocabulary as typed (the ImageNet scorer maps them through WordNet).
         """
         emb = self._embeddings(class_embeddings)
         cfg = self.config
         out = []
         for i in range(len(enc.boxes)):
-            scores = self.class_scores(enc, i, emb, region_scorer, clip_weights)
+            scores = self.class_scores(enc, i, emb, region_scorer, clip_weights, names)
             det = select_detections(
                 enc.boxes[i], scores,
                 cfg.score_threshold if score_threshold is None else score_threshold,
@@ -309,14 +310,14 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     @torch.no_grad()
     def class_scores(self, enc: EncodedImages, i: int, class_embeddings: torch.Tensor, region_scorer=None,
-                     clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+                     clip_weights: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
         """[N, C] final per-box, per-name scores of image `i` of `enc` (what `classify` thresholds):
         the head's sigmoid, F-VLM's ensemble with the region scorer, and Detic's objectness product."""
-        return self.batch_scores(enc.select(i), class_embeddings, region_scorer, clip_weights)
+        return self.batch_scores(enc.select(i), class_embeddings, region_scorer, clip_weights, names)
 
     @torch.no_grad()
     def batch_scores(self, enc: EncodedImages, class_embeddings: torch.Tensor, region_scorer=None,
-                     clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+                     clip_weights: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
         """`class_scores` of every image of `enc` in one pass: [sum N_i, C], images one after another.
         Region features cover each image's first boxes (highest objectness); the rest get p_region 0."""
         from .region_scorer import ensemble
@@ -327,12 +328,13 @@ class OpenVocabDetector(GeneralizedRCNN):
         regions = enc.region_embeddings
         if regions is not None and region_scorer is not None and clip_weights is not None:
             if any(r is None for r in regions):  # not seen in practice: image by image
-                return torch.cat([self.batch_scores(enc.select(i), class_embeddings, region_scorer, clip_weights)
+                return torch.cat([self.batch_scores(enc.select(i), class_embeddings, region_scorer, clip_weights,
+                                                    names)
                                   for i in range(len(enc.boxes))])
             counts, ks = [len(b) for b in enc.boxes], [len(r) for r in regions]
             probs = region_scorer.probabilities(
                 regions[0] if len(ks) == 1 else torch.cat(regions), class_embeddings,
-                adapters=self.name_adapters.offsets(class_embeddings)).to(scores.device, scores.dtype)
+                adapters=self.name_adapters.offsets(class_embeddings), names=names).to(scores.device, scores.dtype)
             if ks == counts:
                 p_clip = probs
             else:
@@ -348,13 +350,13 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     @torch.no_grad()
     def detect_batch(self, enc: EncodedImages, class_embeddings=None, score_threshold=None, nms_threshold=None,
-                     max_detections=None, region_scorer=None,
-                     clip_weights: torch.Tensor | None = None) -> list[dict[str, np.ndarray]]:
+                     max_detections=None, region_scorer=None, clip_weights: torch.Tensor | None = None,
+                     names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
         """`classify` for the whole batch at once (scores, ensemble, thresholds and NMS over image x
         class groups), ending in one device-to-host copy: per image {"boxes" [K, 4] in original
         pixels, "scores" [K], "labels" [K]} as numpy arrays, best first."""
         cfg = self.config
-        scores = self.batch_scores(enc, self._embeddings(class_embeddings), region_scorer, clip_weights)
+        scores = self.batch_scores(enc, self._embeddings(class_embeddings), region_scorer, clip_weights, names)
         counts = [len(b) for b in enc.boxes]
         boxes = enc.boxes[0] if len(counts) == 1 else torch.cat(enc.boxes)
         image_ids = torch.from_numpy(np.repeat(np.arange(len(counts)), counts)).to(boxes.device)

@@ -71,6 +71,7 @@ class Predictor:
             self.region_scorer = build_region_scorer(cfg, self.embedder.encoder, self.device)
         self._cache: OrderedDict[str, EncodedImages] = OrderedDict()
         self._vocabularies: dict[tuple, object] = {}  # per vocabulary: embeddings, ensemble weights
+        self._readings: OrderedDict[tuple, list] = OrderedDict()  # name_readings per vocabulary
         self.cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -289,6 +290,23 @@ class Predictor:
                                                     cfg.ensemble_weight_untrained).to(self.device)
         return self._vocabularies[key]
 
+    def name_readings(self, vocabulary, top: int = 3) -> list | None:
+        """For each name, the ImageNet classes the offline model reads it as and whether it sees
+        it at all (`detector.imagenet_scorer.NameReading`); None for a model that reads any name
+        (CLIP region scores, or no region scorer). Cached per vocabulary (2,000 names: ~0.3 s)."""
+        if getattr(self.region_scorer, "kind", None) != "imagenet":
+            return None
+        names, emb = self.embed(vocabulary)
+        adapters_now = (len(self.model.name_adapters), self.model.name_adapters.deltas._version)  # trained in place
+        key = (tuple(names), top, *adapters_now)
+        cache = self._readings
+        if key not in cache:
+            adapters = self.model.name_adapters.offsets(emb)
+            cache[key] = self.region_scorer.name_readings(emb, names, top, adapters)
+            while len(cache) > 16:
+                cache.popitem(last=False)
+        return cache[key]
+
     def predict(self, images, vocabulary, score_threshold: float | None = None,
                 nms_threshold: float | None = None, max_detections: int | None = None,
                 batch_size: int = 8) -> list[sv.Detections]:
@@ -302,7 +320,8 @@ class Predictor:
         batch = EncodedImages.concat(self.encode(loaded, batch_size=batch_size))
         with torch.inference_mode(), autocast_for(self.device):
             dets = self.model.detect_batch(batch, emb, score_threshold, nms_threshold, max_detections,
-                                           region_scorer=self.region_scorer, clip_weights=self.clip_weights(names))
+                                           region_scorer=self.region_scorer, clip_weights=self.clip_weights(names),
+                                           names=names)
         return [to_detections(det, names, img.scale, img.array.shape[:2]) for img, det in zip(loaded, dets)]
 
     def assign(self, image, labels, vocabulary=None, num_proposals: int | None = None,

@@ -38,9 +38,10 @@ class RegionScorer(Protocol):
         ...
 
     def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
-                      adapters: torch.Tensor | None = None) -> torch.Tensor:
+                      adapters: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
         """[N, F] region features x [C, D] name embeddings -> [N, C] probabilities in [0, 1]
-        (`adapters`: per-name corrections learned from tags, where the scorer has them)."""
+        (`adapters`: per-name corrections learned from tags, where the scorer has them; `names`:
+        the C names as typed, for a scorer that reads them beyond their embedding)."""
         ...
 
 
@@ -124,8 +125,9 @@ class ClipRegionScorer:
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
-                      adapters: torch.Tensor | None = None) -> torch.Tensor:
-        """`adapters` (learned ImageNet-class corrections) have no meaning for CLIP: ignored."""
+                      adapters: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:
+        """`adapters` (learned ImageNet-class corrections) have no meaning for CLIP, and CLIP reads
+        names through their embeddings alone: both ignored."""
         return region_probabilities(regions, class_embeddings, self.background)
 
 

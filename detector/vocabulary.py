@@ -97,8 +97,11 @@ COCO_CLASSES = [
 
 PRESETS = {
     "COCO (80 classes)": list(COCO_CLASSES),
-    "Household": ["mug", "laptop", "potted plant", "kettle", "book", "chair", "lamp", "remote"],
-    "Street": ["person", "car", "bicycle", "bus", "traffic light", "dog", "stop sign"],
+    # names the offline model reads as what they mean (issue 20): it reads "book" as a bookcase,
+    # "kettle" as a teapot and "lamp" as a candle too
+    "Household": ["mug", "laptop", "potted plant", "teapot", "bottle", "chair", "table lamp", "remote"],
+    # no "person" or "stop sign": the offline model sees neither (issue 20); CLIP models see any name
+    "Street": ["car", "bicycle", "bus", "traffic light", "dog", "street sign", "motorcycle"],
 }
 
 

@@ -29,7 +29,8 @@ def test_the_wheel_lists_the_packages_and_entry_points(tmp_path):
         entry_points = z.read(f"{info}/entry_points.txt").decode()
         metadata = z.read(f"{info}/METADATA").decode()
     for module in ("app/__init__.py", "app/ui/__init__.py", "app/launch.py", "detector/__init__.py",
-                   "detector/cli.py", "train/__init__.py", "train/cli.py"):
+                   "detector/cli.py", "train/__init__.py", "train/cli.py",
+                   "detector/data/imagenet_wordnet.json"):  # the offline name mapping's table (package data)
         assert module in names
     assert not any(n.startswith(("tests/", "bench/", "docs/")) for n in names)
     assert "ovdet = app.launch:ovdet" in entry_points and "ovdet-app = app.launch:main" in entry_points

@@ -434,7 +434,7 @@ def _optimizer(cfg: RunConfig, run: RunDir, model, embedder, emb, record, cached
 
             region_scorer = build_region_scorer(model.config, embedder.encoder, device)
         rows = model.name_adapters.extend(emb)
-        adapter = (region_scorer.match_logits(emb).detach(), rows)
+        adapter = (region_scorer.match_logits(emb, names).detach(), rows)
     adapter_params = [model.name_adapters.deltas] if adapter is not None else []
     params = [p for p in model.parameters() if p.requires_grad and all(p is not a for a in adapter_params)]
     if cached_path and cfg.image_label_scope == "classifier":

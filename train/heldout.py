@@ -167,7 +167,7 @@ class HeldoutScorer:
                     enc = enc.with_box_features([model.roi_heads.box_head(enc.pooled[0])])
                 else:
                     enc = self.predictor.encode_keeping_pooled(load_image(self.samples[i].path))
-                s = model.class_scores(enc, 0, self.embedding, self.predictor.region_scorer, weights)
+                s = model.class_scores(enc, 0, self.embedding, self.predictor.region_scorer, weights, self.names)
                 out.append(s.max(dim=0).values.float().cpu().tolist() if len(s) else [0.0] * len(self.names))
         return out
 

@@ -13,6 +13,10 @@ from detector.vocabulary import PRESETS
 
 from .common import handler, image_input, json_file, png_file, tab_message
 
+# Names the offline model sees (tests/test_name_mapping.py); it reads "person" only as ballplayer,
+# groom or scuba diver (ImageNet has no class for people).
+DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
+
 
 def _rows(records: list[dict]) -> list[list]:
     return [[r["class_name"], r["score"], *r["box"]] for r in records]
@@ -41,7 +45,7 @@ def _layout(defaults) -> SimpleNamespace:
         with gr.Column():
             image = image_input(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                elem_id="detect-image")
-            vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value="person, cup, laptop",
+            vocabulary = gr.Textbox(label="Vocabulary (comma separated; Enter detects)", value=DEFAULT_VOCABULARY,
                                     lines=1, max_lines=4, elem_id="vocabulary")
             preset = gr.Dropdown(list(PRESETS), label="Vocabulary presets", value=None)
             with gr.Row():
@@ -51,6 +55,7 @@ def _layout(defaults) -> SimpleNamespace:
                 max_det = gr.Slider(1, 300, value=defaults.max_detections, step=1, label="Max detections")
             detect_btn = gr.Button("Detect", variant="primary", elem_id="detect-button")
             msg = tab_message("detect-msg")
+            readings = gr.Markdown(elem_id="detect-readings")  # what the model reads each name as
         with gr.Column():
             out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
@@ -75,6 +80,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     """One image: Detect, Enter in the vocabulary, a released slider; then the result line."""
     image, vocabulary, preset, score, nms, max_det = c.image, c.vocabulary, c.preset, c.score, c.nms, c.max_det
     detect_btn, msg, out_image, table, download = c.detect_btn, c.msg, c.out_image, c.table, c.download
+    readings = c.readings
 
     def need_image(image, *rest):
         if image is None:
@@ -103,8 +109,12 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     hint.ui_only = True
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
-    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted)
-    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
+    read = {"fn": handler(ep["name_readings"]), "inputs": [vocabulary], "outputs": readings,
+            "show_progress": "hidden"}
+    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted).success(
+        **read, api_name="name_readings")
+    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
+        **read, api_name=False)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.SLIDER_ENTER_SCRIPT)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
     preset.change(fill_preset, preset, vocabulary, api_name=False)

@@ -200,7 +200,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
         return {status: _status(v),
                 positives: gr.update(choices=_choices(v), value=img["positives"] if img else []),
                 negatives: gr.update(choices=_choices(v), value=img["negatives"] if img else []),
-                suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, plate"),
+                suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, bottle"),
                 keys: _keys(v["keys"]), shown: _shown(v)}
 
     def _present_view(v: dict) -> dict:

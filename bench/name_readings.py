@@ -1,0 +1,127 @@
+"""How often a typed name reads as the ImageNet classes a person means (the offline model's mapping).
+
+The corpus `tests/data/name_corpus.tsv` lists everyday names with hand-checked ImageNet-1k classes:
+expected (a photo of one must count for the name) and acceptable (close kinds, second meanings).
+A name is **right** when
+  1. every expected class has weight a(name, k) >= 0.5,
+  2. no class outside expected + acceptable has a(name, k) >= 0.5, and
+  3. expected + acceptable classes carry at least half of the name's noticeable weight (the sum of
+     a(name, k) >= 0.1; the 1000-class tail of tiny text weights never makes a box pass)
+     (names with no ImageNet counterpart: 2. only).
+Weights are those of the name typed alone (`ImageNetRegionScorer.match_logits`, sigmoid), for each
+mapping rule: text similarity alone (before issue 20), WordNet classes alone where WordNet has
+some, and WordNet plus the text matches at a stricter centre (the served rule: centre 0.65).
+
+    python bench/name_readings.py [--verbose]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NOTICEABLE = 0.1
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "name_corpus.tsv"
+RULES = {"text similarity only (before)": None, "WordNet only (text where WordNet has none)": math.inf,
+         "WordNet + text at centre 0.6": 0.6,
+         "WordNet + text at centre 0.65 (served)": 0.65, "WordNet + text at centre 0.7": 0.7}
+
+
+def _classes(field: str, index: dict[str, int]) -> set[int]:
+    out: set[int] = set()
+    for part in filter(None, field.split("|")):
+        if part in index:
+            out.add(index[part])
+        elif "-" in part and part.replace("-", "").isdigit():
+            lo, hi = part.split("-")
+            out.update(range(int(lo), int(hi) + 1))
+        elif part.isdigit():
+            out.add(int(part))
+        else:
+            raise ValueError(f"not an ImageNet class name or index: {part!r}")
+    return out
+
+
+def load_corpus(path: Path = CORPUS) -> list[tuple[str, set[int], set[int]]]:
+    """(name, expected class indices, acceptable class indices) per corpus line."""
+    from detector.imagenet_scorer import imagenet_class_names
+
+    index = {n: i for i, n in enumerate(imagenet_class_names())}
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, expected, acceptable = (line.split("\t") + ["", ""])[:3]
+        rows.append((name, _classes(expected, index), _classes(acceptable, index)))
+    return rows
+
+
+def judge(weights: torch.Tensor, expected: set[int], acceptable: set[int]) -> list[str]:
+    """Why a name's weights [1000] are wrong (empty list: right); see the module docstring."""
+    from detector.imagenet_scorer import SEEN, imagenet_class_names
+
+    names = imagenet_class_names()
+    problems = [f"{names[k]} only {weights[k]:.2f}" for k in sorted(expected) if weights[k] < SEEN]
+    wrong = [k for k in (weights >= SEEN).nonzero().flatten().tolist() if k not in expected | acceptable]
+    problems += [f"unrelated {names[k]} {weights[k]:.2f}" for k in wrong]
+    if expected:
+        noticeable = weights * (weights >= NOTICEABLE)
+        good, total = float(noticeable[sorted(expected | acceptable)].sum()), float(noticeable.sum())
+        if good < 0.5 * total:
+            problems.append(f"expected classes carry {good:.1f} of {total:.1f}")
+    return problems
+
+
+def corpus_weights(scorer, embed, names: list[str], text_center: float | None) -> torch.Tensor:
+    """[C, 1000] a(name, k) of each name typed alone, under one mapping rule."""
+    from detector.imagenet_scorer import wordnet_logits
+
+    _, emb = embed(names)
+    text = scorer.match_logits(emb)
+    logits = text if text_center is None else wordnet_logits(text, names, text_center)
+    return torch.sigmoid(logits)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--verbose", action="store_true", help="list the wrong names of each rule")
+    args = ap.parse_args()
+    from detector import Predictor
+
+    predictor = Predictor.from_pretrained("offline", device="cpu")
+    corpus = load_corpus()
+    names = [n for n, _, _ in corpus]
+    print(f"{len(corpus)} names ({sum(1 for _, e, _ in corpus if not e)} with no ImageNet counterpart)\n")
+    print("| mapping rule | right | of | share |")
+    print("|---|---|---|---|")
+    for rule, centre in RULES.items():
+        weights = corpus_weights(predictor.region_scorer, predictor.embed, names, centre)
+        wrong = {n: p for (n, e, a), w in zip(corpus, weights) if (p := judge(w, e, a))}
+        print(f"| {rule} | {len(corpus) - len(wrong)} | {len(corpus)} | {1 - len(wrong) / len(corpus):.0%} |")
+        if args.verbose:
+            for n, p in wrong.items():
+                print(f"    {n}: {'; '.join(p[:4])}")
+    many = [f"name {i}" for i in range(2000)]
+    t = time.perf_counter()
+    _, emb = predictor.embed(many)
+    t_embed = time.perf_counter() - t
+    t = time.perf_counter()
+    predictor.region_scorer.name_readings(emb, many)
+    t_read = time.perf_counter() - t
+    regions = torch.softmax(torch.randn(50, 1000, generator=torch.Generator().manual_seed(0)) * 4, dim=-1)
+    t = time.perf_counter()
+    predictor.region_scorer.probabilities(regions, emb, names=many)
+    print(f"\n2,000 names: embedding {t_embed:.2f} s (cached after the first run), "
+          f"mapping + competition + readings {t_read:.2f} s, scores of 50 boxes (one image) "
+          f"{time.perf_counter() - t:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Issue 20: typed names read as the ImageNet classes people mean (WordNet), close names compete,
+and the offline model says which names it cannot see."""
+
+import time
+
+import pytest
+import torch
+
+from bench.name_readings import corpus_weights, judge, load_corpus
+from detector import Predictor
+from detector.imagenet_scorer import TEXT_CENTER_KNOWN, compete, imagenet_class_names
+from detector.wordnet_names import find_lemma, wordnet_classes
+
+CLASSES = imagenet_class_names()
+
+
+@pytest.fixture(scope="module")
+def offline():
+    return Predictor.from_pretrained("offline", device="cpu")
+
+
+def _one_hot(name: str) -> torch.Tensor:
+    p = torch.zeros(1, 1000)
+    p[0, CLASSES.index(name)] = 1.0
+    return p
+
+
+def _named(idx) -> set[str]:
+    return {CLASSES[k] for k in idx}
+
+
+def test_wordnet_lookup_spellings():
+    assert {"moped"} <= _named(wordnet_classes("motorcycle"))
+    assert len(wordnet_classes("dog")) == 118 and wordnet_classes("Dogs") == wordnet_classes("dog")
+    assert find_lemma("a Cat") == "cat" and find_lemma("mice") == "mouse" and find_lemma("boxes") == "box"
+    assert find_lemma("cell phone") == "cellphone"  # the words run together
+    assert _named(wordnet_classes("fridge")) == {"refrigerator"}  # a kind of refrigerator: the class above
+    assert {"crane", "crane bird"} <= _named(wordnet_classes("crane"))  # every sense counts
+    turtles = _named(wordnet_classes("turtle"))
+    assert "box turtle" in turtles and "jersey" not in turtles  # "turtle" is a turtleneck's second name
+    for nothing in ("giraffe", "pagoda", "", "   ", "猫", "xqzvw", "a" * 200):
+        assert wordnet_classes(nothing) == ()
+
+
+def test_corpus_reads_as_people_mean(offline):
+    """bench/name_readings.py's served rule on the hand-checked corpus. The issue's target is 90 %;
+    the mapping reaches 83 % (text similarity alone: 45 %), so this guards 80 % (see the docs)."""
+    corpus = load_corpus()
+    assert len(corpus) >= 100
+    names = [n for n, _, _ in corpus]
+    served = corpus_weights(offline.region_scorer, offline.embed, names, TEXT_CENTER_KNOWN)
+    before = corpus_weights(offline.region_scorer, offline.embed, names, None)
+    right = sum(not judge(w, e, a) for (_, e, a), w in zip(corpus, served)) / len(corpus)
+    right_before = sum(not judge(w, e, a) for (_, e, a), w in zip(corpus, before)) / len(corpus)
+    assert right >= 0.80 and right >= right_before + 0.3, (right, right_before)
+    # The served weights are what the scorer uses for a name typed alone.
+    _, emb = offline.embed(["motorcycle"])
+    alone = torch.sigmoid(offline.region_scorer.match_logits(emb, ["motorcycle"]))[0]
+    assert torch.allclose(alone, served[names.index("motorcycle")])
+
+
+def test_issue_examples(offline):
+    scorer = offline.region_scorer
+    names, emb = offline.embed(["motorcycle", "tiger", "book", "lion"])
+    moped = scorer.probabilities(_one_hot("moped"), emb[:1], names=names[:1])
+    assert moped[0, 0] > 0.9  # was 0.54 through text alone
+    tiger = scorer.probabilities(_one_hot("lion"), emb[1:2], names=names[1:2])
+    assert tiger[0, 0] < 0.1  # "tiger" took 0.58 of "lion"
+    # Without names (old callers) the text mapping is unchanged.
+    assert scorer.probabilities(_one_hot("moped"), emb[:1])[0, 0] < 0.7
+
+
+def test_close_names_compete(offline):
+    scorer = offline.region_scorer
+    names, emb = offline.embed(["lion", "cat", "tiger", "cheetah"])
+    p = scorer.probabilities(_one_hot("lion"), emb, names=names)[0]
+    assert p[0] > 0.9 and p[1] < 0.1 and p[2] < 0.1 and p[3] < 0.1, p
+    # Names sharing classes: "dog" alone reads a beagle as a dog ...
+    names, emb = offline.embed(["dog", "beagle", "cat"])
+    assert scorer.probabilities(_one_hot("beagle"), emb[:1], names=names[:1])[0, 0] > 0.9
+    # ... but with "beagle" typed the beagle goes to "beagle"; a collie is still a dog.
+    p = scorer.probabilities(torch.cat([_one_hot("beagle"), _one_hot("collie")]), emb, names=names)
+    assert p[0, 1] > 0.9 and p[0, 0] < 0.1 and p[1, 0] > 0.9 and p[1, 1] < 0.1, p
+
+
+def test_unrelated_names_change_nothing(offline):
+    scorer = offline.region_scorer
+    g = torch.Generator().manual_seed(0)
+    regions = torch.softmax(torch.randn(6, 1000, generator=g) * 4, dim=-1)
+    regions[0] = _one_hot("tabby")[0]
+    names, emb = offline.embed(["cat", "car", "banana", "violin"])
+    alone = scorer.probabilities(regions, emb[:1], names=names[:1])[:, 0]
+    many = scorer.probabilities(regions, emb, names=names)[:, 0]
+    assert torch.allclose(alone, many, atol=1e-3), (alone, many)
+
+
+def test_compete_keeps_ties_and_single_names():
+    w = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.6, 0.6, 0.6], [0.3, 0.0, 0.0]])
+    out = compete(w)
+    assert torch.equal(out[:2], w[:2])  # the same meaning twice: both keep it
+    assert out[2, 0] < 0.5 and torch.equal(out[2, 1:], w[2, 1:])  # a third of a broader name: reduced
+    assert torch.equal(out[3], w[3])  # a weight below 0.5 neither competes nor changes
+    assert torch.equal(compete(w[:1]), w[:1])
+
+
+def test_predict_reads_names_through_wordnet(offline, monkeypatch):
+    seen = []
+    original = offline.region_scorer.probabilities
+
+    def spy(regions, emb, adapters=None, names=None):
+        seen.append(names)
+        return original(regions, emb, adapters=adapters, names=names)
+
+    monkeypatch.setattr(offline.region_scorer, "probabilities", spy)
+    offline.predict(torch.rand(3, 96, 128).mul(255).byte().permute(1, 2, 0).numpy(), "motorcycles, cup")
+    assert seen and seen[-1] == ["motorcycles", "cup"]
+
+
+def test_name_readings(offline):
+    readings = offline.name_readings(["motorcycle", "giraffe", "cat", "lion", "café", "猫", "sky"])
+    by = {r.name: r for r in readings}
+    assert by["motorcycle"].seen and by["motorcycle"].classes[0] == "moped"
+    dog = offline.name_readings(["dog"])[0]
+    assert dog.count == 118 and dog.classes == ["Chihuahua", "Japanese spaniel", "Maltese dog"]  # ImageNet order
+    assert not by["giraffe"].seen and by["giraffe"].classes == []
+    assert by["lion"].classes == ["lion"] and "lion" not in by["cat"].classes  # in this vocabulary
+    assert not by["sky"].seen and not by["猫"].seen
+    assert offline.name_readings(["cat"]) is offline.name_readings(["cat"])  # cached per vocabulary
+    with pytest.raises(ValueError):
+        offline.name_readings("  ,  ")
+
+
+def test_two_thousand_names_are_fast(offline):
+    names = [f"thing {i}" for i in range(1999)] + ["cat"]
+    offline.embed(names)  # the text encoder's cost is paid once per name (disk cache)
+    t = time.perf_counter()
+    readings = offline.name_readings(names)
+    _, emb = offline.embed(names)
+    p = offline.region_scorer.probabilities(_one_hot("tabby").repeat(50, 1), emb, names=names)
+    elapsed = time.perf_counter() - t
+    assert len(readings) == 2000 and p.shape == (50, 2000) and p[0, -1] > 0.5
+    assert elapsed < 5.0, elapsed  # ~0.3 s + ~0.3 s on 2 loaded cores
+
+
+def test_defaults_and_examples_are_seen(offline):
+    """Every name the app offers by default or as an example is one the offline model sees."""
+    from app.ui.assign_tab import default_tag
+    from app.ui.detect_tab import DEFAULT_VOCABULARY
+    from detector.presets import PRESETS
+    from detector.vocabulary import PRESETS as VOCABULARIES
+
+    names = [n.strip() for n in DEFAULT_VOCABULARY.split(",")] + [default_tag(PRESETS["offline"])]
+    names += ["mug", "bottle"]  # the Tag tab's placeholder example
+    for preset in ("Household", "Street"):
+        names += VOCABULARIES[preset]
+    unseen = [r.name for r in offline.name_readings(names) if not r.seen]
+    assert not unseen, unseen
+
+
+def test_broad_names_score_nothing_on_an_unreadable_region(offline):
+    """"dog" covers 118 classes: a flat distribution would give it 0.118 (above the threshold) on
+    every box; the score is its mass above that chance level."""
+    scorer = offline.region_scorer
+    names, emb = offline.embed(["dog", "animal", "beagle"])
+    flat = torch.full((1, 1000), 1e-3)
+    assert scorer.probabilities(flat, emb, names=names).max() < 1e-4
+    sure = 0.9 * _one_hot("beagle") + 0.1 * _one_hot("collie")
+    p = scorer.probabilities(sure, emb[:1], names=names[:1])
+    assert p[0, 0] > 0.85
+
+
+def test_app_says_what_each_name_reads_as(offline, tiny_predictor, tmp_path):
+    from app.service import AppService
+
+    line = AppService(tmp_path / "a", predictor=offline).name_readings("giraffe, <b>cat</b>, dog, lion")
+    assert "**giraffe**: not seen by this model" in line
+    assert "&lt;b&gt;cat&lt;/b&gt;" in line and "<b>" not in line  # user text is escaped
+    assert "**dog** → Chihuahua, Japanese spaniel, Maltese dog (+115 more)" in line
+    assert "**lion** → lion" in line
+    assert AppService(tmp_path / "b", predictor=tiny_predictor).name_readings("cat") == ""  # reads any name
