@@ -276,8 +276,8 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     skipped: set[str] = set()
     sampler = MixedSampler(len(data.box), len(data.labels), cfg.box_batch, cfg.label_batch, parse_ratio(cfg.ratio),
                            cfg.seed, rank)
-    optimizer, params, adapter, region_scorer = _optimizer(cfg, run, model, embedder, emb, record, cached_path,
-                                                           device, resume_from)
+    optimizer, params, adapter, region_scorer = _optimizer(cfg, run, model, embedder, emb, data.names, record,
+                                                           cached_path, device, resume_from)
     common = {"run": run, "model": model, "optimizer": optimizer, "names": data.names,
               "trained_boxes": bool(data.box), "heldout": record}
     if cached_path:
@@ -420,8 +420,8 @@ def _heldout_record(cfg: RunConfig, run: RunDir, rank: int, model, embedder, dat
     return record
 
 
-def _optimizer(cfg: RunConfig, run: RunDir, model, embedder, emb, record, cached_path: bool, device,
-               resume_from) -> tuple:
+def _optimizer(cfg: RunConfig, run: RunDir, model, embedder, emb, names: list[str], record, cached_path: bool,
+               device, resume_from) -> tuple:
     """(AdamW over what trains, those parameters, the name mapping's (logits, rows) or None, the
     region scorer or None). With cached features and an ImageNet region scorer the tags also
     teach it what each name means (`detector.name_adapters`), at a larger step."""
