@@ -81,6 +81,8 @@ def embed_texts(encoder, texts: list[str]) -> torch.Tensor:
     cache = shared_cache()
     found = cache.get_many(encoder.key, "{}", texts)
     missing = list(dict.fromkeys(t for t in texts if t not in found))
+    if len(missing) > 50:
+        log.info("embedding %d class texts with %s (once: cached in %s)...", len(missing), encoder.key, cache.path)
     if missing:
         new = {}
         for i in range(0, len(missing), 256):
@@ -89,6 +91,19 @@ def embed_texts(encoder, texts: list[str]) -> torch.Tensor:
         cache.put_many(encoder.key, "{}", new)
         found.update(new)
     return torch.from_numpy(np.stack([found[t] for t in texts]))
+
+
+def imagenet_text_embeddings(encoder) -> torch.Tensor:
+    """[1000, D] embeddings of `imagenet_class_texts()`: the shipped file when it was made from
+    these texts by this encoder (`detector.imagenet_embeddings`), else computed once and cached."""
+    from .imagenet_embeddings import shipped_embeddings
+
+    texts = imagenet_class_texts()
+    shipped = shipped_embeddings(encoder.key, texts)
+    if shipped is not None:
+        return shipped
+    log.info("ImageNet class names: no shipped embeddings for these texts and %s", encoder.key)
+    return embed_texts(encoder, texts)
 
 
 class ImageNetRegionScorer:
@@ -126,7 +141,7 @@ class ImageNetRegionScorer:
         self.crop_size = crop_size
         # ImageNet class texts through the vocabulary's own encoder (cached on disk after the
         # first launch: 1000 short sentences).
-        self.imagenet_embeddings = embed_texts(encoder, imagenet_class_texts()).to(self.device)
+        self.imagenet_embeddings = imagenet_text_embeddings(encoder).to(self.device)
         self.encoder_key = encoder.key
 
     @torch.inference_mode()
