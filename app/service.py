@@ -26,6 +26,7 @@ from detector import ImageLoadError, Predictor
 from detector.annotate import annotate, detections_to_records, draw_assignment
 from detector.files import atomic_write, atomic_write_json, read_json
 from detector.images import IMAGE_SUFFIXES, load_image
+from detector.low_confidence import best_guesses
 from detector.vocabulary import parse_vocabulary
 from train.heldout import heldout_summary, plan_from_detic
 from train.run_config import PretrainConfig, RunConfig
@@ -203,7 +204,10 @@ class AppService:
         loaded = load_image(image)  # decoded once: the predictor and the drawing share it
         det = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
                                      int(max_detections) if max_detections else None)[0]
-        return annotate(loaded, det), detections_to_records(det)
+        # nothing reached the threshold: the best guess per name, marked low confidence (dashed)
+        guesses = best_guesses(self.predictor, loaded, vocabulary, nms_threshold) if len(det) == 0 else None
+        records = detections_to_records(det) + (detections_to_records(guesses) if guesses is not None else [])
+        return annotate(loaded, det, guesses), records
 
     @endpoint(gpu=True, api=False)
     def detect_batch(self, images: list, vocabulary: str, score_threshold: float | None = None,
