@@ -212,6 +212,27 @@ class OpenVocabDetector(GeneralizedRCNN):
         return proposals, objectness
 
     # --- inference split at the vocabulary ----------------------------------------------------
+    @property
+    def head_contributes(self) -> bool:
+        """False while no score or box can depend on the backbone, neck and box head: proposals
+        from selective search (boxes not refined), and every name scored by the region scorer
+        alone (F-VLM weight w = 1 for untrained names, and no trained names)."""
+        cfg = self.config
+        return not (cfg.region_scoring and self.uses_selective_search and not cfg.trained_class_names
+                    and cfg.ensemble_weight_untrained >= 1.0)
+
+    @torch.no_grad()
+    def encode_proposals_only(self, images: list[torch.Tensor]) -> EncodedImages:
+        """`encode` without the backbone, neck and box head (zero box features), for when they
+        cannot contribute (`head_contributes` is False): the offline model's first launch then
+        costs selective search and the region scorer only."""
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = self.transform(images)
+        proposals, objectness = self.propose(images, image_list, None)
+        features = [p.new_zeros(len(p), self.config.representation_size) for p in proposals]
+        return EncodedImages(proposals, objectness, features, [p.clone() for p in proposals],
+                             list(image_list.image_sizes), original_sizes)
+
     @torch.no_grad()
     def encode(self, images: list[torch.Tensor], keep_pooled: bool = False) -> EncodedImages:
         """`keep_pooled`: also keep the RoI-aligned neck features, so that another box head (a

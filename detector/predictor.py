@@ -202,7 +202,7 @@ class Predictor:
             idx = missing[start : start + batch_size]
             tensors = [self._tensor(images[i]) for i in idx]
             with torch.inference_mode(), autocast_for(self.device):
-                enc = self.model.encode(tensors)
+                enc = self._encode_model(tensors)
                 if self.region_scorer is not None:
                     enc.region_embeddings = [self._embed_regions(enc, j, t) for j, t in enumerate(tensors)]
             for j, i in enumerate(idx):
@@ -213,6 +213,13 @@ class Predictor:
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return [found[i] for i in range(len(images))]
+
+    def _encode_model(self, tensors: list[torch.Tensor]) -> EncodedImages:
+        """The model's encoding; without backbone and heads when they cannot change any score
+        (`OpenVocabDetector.head_contributes`: selective search + region scores alone)."""
+        if self.region_scorer is not None and not self.model.head_contributes:
+            return self.model.encode_proposals_only(tensors)
+        return self.model.encode(tensors)
 
     def encode_keeping_pooled(self, image: LoadedImage) -> EncodedImages:
         """One image's encoding with its RoI-aligned neck features kept (never cached): what
