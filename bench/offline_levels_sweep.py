@@ -97,21 +97,22 @@ def main() -> None:
     ap.add_argument("--first-level", nargs="+", type=int, default=[0])
     ap.add_argument("--part", nargs="+", type=float, default=[0.9, 1.1])
     ap.add_argument("--thr", nargs="+", type=float, default=[0.1, 0.15, 0.2, 0.3])
-    ap.add_argument("--one-segmentation", action="store_true", help="selective search at k=300 only")
+    ap.add_argument("--extra-segmentations", nargs="*", type=float, default=[],
+                    help="more selective-search k besides 300 (issue 14 used 100 1000)")
     args = ap.parse_args()
-    if args.one_segmentation:
+    if args.extra_segmentations:
         import dataclasses
 
         import detector.proposals as proposals
 
-        proposals.DETECTION = dataclasses.replace(proposals.DETECTION, extra_scales=())
+        proposals.DETECTION = dataclasses.replace(proposals.DETECTION, extra_scales=tuple(args.extra_segmentations))
     predictor = bench.build("after", "cpu")
     scorer = predictor.region_scorer
     captured = capture(predictor, bench.scenes(args.composites, args.half))
     _, emb = predictor.embed(bench.VOCABULARY)
     probs = lambda d: scorer.probabilities(d, emb)  # noqa: E731
     print(f"{args.half} half: {len(captured)} scenes")
-    print(f"segmentations: {'1' if args.one_segmentation else '3'}")
+    print(f"selective search k: 300 {' '.join(map(str, args.extra_segmentations))}")
     print(f"{'blend':8s} {'first':>5s} {'cov':>4s} {'prec':>4s} {'part':>5s} {'thr':>5s} {'shown':>6s} {'top3':>6s} "
           f"{'absent/5':>8s}")
     for blend, first, cov, prec in itertools.product(args.blend, args.first_level, args.cov, args.prec):

@@ -42,7 +42,8 @@ CROP_SIZE = 224
 # weighted by how well the box fits their evidence (`fit_factors`).
 FIRST_LEVEL = 1
 FIT_COVERAGE = 0.5
-FIT_PRECISION = 1.0
+FIT_PRECISION = 0.5
+FIT_MASK = 0.2  # Zhou et al.'s CAM boxes: cells above 20 % of the peak
 CAPABILITIES = ("Offline model: recognises ImageNet-like objects (animals, vehicles, tools, food, household "
                 "items, e.g. cat, cup, tripod, helmet); not people ('person'), body parts or scenes. "
                 "Boxes come from selective search until the detector is trained.")
@@ -154,7 +155,7 @@ class ImageNetRegionScorer:
                  crop_size: int = CROP_SIZE, mode: str = "roi", min_size: int = 640, max_size: int = 1066,
                  levels: int = 3, level_side: float = 224.0, level_blend: str = "soft",
                  fit_coverage: float = FIT_COVERAGE, fit_precision: float = FIT_PRECISION, fit_level: int = 1,
-                 first_level: int = FIRST_LEVEL):
+                 first_level: int = FIRST_LEVEL, fit_affinity: bool = True):
         if mode not in ("roi", "crop"):
             raise ValueError("mode must be 'roi' or 'crop'")
         self.mode, self.min_size, self.max_size, self.levels = mode, min_size, max_size, levels
@@ -183,6 +184,10 @@ class ImageNetRegionScorer:
         # first launch: 1000 short sentences).
         self.imagenet_embeddings = imagenet_text_embeddings(encoder).to(self.device)
         self.encoder_key = encoder.key
+        # a(k, j) between ImageNet classes, as between a name and a class: one class's cells are
+        # evidence for its near-synonyms (a cat's cells split between tabby, tiger cat, Egyptian cat)
+        self.class_affinity = (match_weights(self.imagenet_embeddings, self.imagenet_embeddings)
+                               if fit_affinity else None)
 
     @torch.inference_mode()
     def class_distribution(self, crops: torch.Tensor) -> torch.Tensor:
@@ -223,21 +228,25 @@ class ImageNetRegionScorer:
     def fit_factors(self, fmap: torch.Tensor, boxes: torch.Tensor, image_w: int) -> torch.Tensor:
         """[N, 1000] in [0, 1]: how well each box fits the evidence for each ImageNet class.
 
-        Each cell of `fmap` is classified on its own (a class activation map q_k). For box b and
-        class k: coverage = the share of the image's q_k mass inside b (a cat's face misses the
-        body's evidence), precision = b's mean q_k over the best box's (a box holding the cat and
-        the tripod beside it is half tripod). Factor = coverage^fit_coverage * precision^fit_precision:
+        Each cell of `fmap` is classified on its own (a class activation map q_k; evidence shared
+        among near-synonym classes, `class_affinity`), and the cells with q_k >= FIT_MASK x its
+        peak form class k's mask. For box b: coverage = the share of the mask inside b (a cat's
+        face misses the body), precision = the share of b inside the mask (a box holding the cat
+        and the tripod beside it is half tripod). Factor = coverage^fit_coverage * precision^fit_precision:
         vocabulary-free, so it is computed once per image like the distributions it multiplies."""
         dtype = next(self.net.classifier.parameters()).dtype
         cells = fmap.float().flatten(2).transpose(1, 2)[0]  # [h*w, 1280]
-        q = self.net.classifier(cells.to(dtype)).float().softmax(-1).t().reshape(1, 1000, *fmap.shape[-2:])
+        q = self.net.classifier(cells.to(dtype)).float().softmax(-1)  # [h*w, 1000]
+        if self.class_affinity is not None:  # evidence for tabby counts for tiger cat too
+            q = q @ self.class_affinity.t()
+        # CAM's own localisation rule: the cells holding >= FIT_MASK of the class's peak evidence
+        q = (q >= FIT_MASK * q.max(dim=0, keepdim=True).values).float().t().reshape(1, 1000, *fmap.shape[-2:])
         stride = image_w / fmap.shape[-1]
         mean_in = roi_align(q, [boxes.float()], output_size=7, spatial_scale=1 / stride, sampling_ratio=2,
-                            aligned=True).mean((2, 3))  # [N, 1000]
+                            aligned=True).mean((2, 3))  # [N, 1000]: the share of b's cells in the mask
         area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1) / stride**2
         coverage = (mean_in * area[:, None] / q.sum((2, 3)).clamp(min=1e-8)).clamp(0, 1)
-        precision = mean_in / mean_in.max(dim=0, keepdim=True).values.clamp(min=1e-8)
-        return coverage.pow(self.fit_coverage) * precision.pow(self.fit_precision)
+        return coverage.pow(self.fit_coverage) * mean_in.clamp(0, 1).pow(self.fit_precision)
 
     @torch.inference_mode()
     def roi_distribution(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
