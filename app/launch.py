@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from app.service import AppService
     from app.ui import build_app
+    from detector.hub import go_offline_if_unreachable
 
+    go_offline_if_unreachable(logging.getLogger("app"))  # once, in seconds, instead of minutes of retries
     service = AppService(args.data_dir, model=args.model)
     logging.getLogger("app").info("serving %s (%s); data in %s", service.serving.source,
                                   service.serving.note, service.data_dir)

@@ -19,6 +19,7 @@ from pathlib import Path
 from detector import Predictor
 from detector.annotate import annotate, detections_to_records, draw_assignment
 from detector.images import load_image
+from detector.low_confidence import best_guesses
 from detector.vocabulary import parse_vocabulary
 from train.run_config import RunConfig
 
@@ -81,7 +82,10 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         loaded = load_image(image)  # decoded once: the predictor and the drawing share it
         det = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
                                      int(max_detections) if max_detections else None)[0]
-        return annotate(loaded, det), detections_to_records(det)
+        # nothing reached the threshold: the best guess per name, marked low confidence (dashed)
+        guesses = best_guesses(self.predictor, loaded, vocabulary, nms_threshold) if len(det) == 0 else None
+        records = detections_to_records(det) + (detections_to_records(guesses) if guesses is not None else [])
+        return annotate(loaded, det, guesses), records
 
     @endpoint(gpu=True)  # the mapping's tensors live on the model's device
     def name_readings(self, vocabulary: str) -> str:

@@ -17,6 +17,13 @@ are loaded, takes the trained-RPN path (RPN proposals, box regression, objectnes
 `--ops` prints, for batch 1..`--batch`, the top-level aten ops and host-sync ops of one predict
 for both models with region scoring on and off (`bench/op_counts.py` says how they are counted);
 the counts are the same on every device.
+`--offline-vs-frcnn` (issue 20, target <= 0.25): the packaged `offline` model's full predict on a
+real photograph (shorter side 640, 20 names, no image cache) against torchvision's
+`fasterrcnn_resnet50_fpn` (v1, random weights) at 640 px on the same photo, interleaved in one
+process; nothing else is timed.
+
+    python bench/detect.py --offline-vs-frcnn --runs 5
+
 """
 
 from __future__ import annotations
@@ -219,6 +226,37 @@ def print_rows(rows: list[dict]) -> None:
               + f"{b:>22s} {ratio:>6s} {r['ours_img_per_s']:10.2f} {bi:>10s} {mem:>13s}")
 
 
+def offline_vs_frcnn(runs: int, device: str, size: int = 640) -> dict:
+    """Median seconds of the offline model's predict and of torchvision's Faster R-CNN R50-FPN
+    (v1) on the same 640 px photo, interleaved so a busy machine slows both alike."""
+    from PIL import Image
+    from skimage import data
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    ours = Predictor.from_pretrained("offline", device=device)
+    ours.cache_size = 0
+    photo = np.array(Image.fromarray(data.astronaut()).resize((int(size * 4 / 3), size)))
+    vocab = ["cat", "dog", "cup", "rocket", "helmet", "space shuttle", "tripod", "person", "flag", "spoon",
+             "car", "horse", "bird", "laptop", "chair", "bottle", "clock", "banana", "book", "camera"]
+    base = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size,
+                                   max_size=int(size * 4 / 3) + 1).to(device).eval()
+    run_base = baseline_runner(base, device)  # from the uint8 photo to host results, as ours
+
+    def base_run():
+        run_base([photo])
+
+    ours.predict(photo, vocab)  # warm-up (embeds the vocabulary once)
+    base_run()
+    t_ours, t_base = [], []
+    for _ in range(runs):
+        t_ours += timed(lambda: ours.predict(photo, vocab), 1, device)
+        t_base += timed(base_run, 1, device)
+    o, b = summary(t_ours), summary(t_base)
+    return {"case": "offline predict vs FRCNN R50 v1", "images": 1, "ours_median_s": o[0], "ours_p95_s": o[1],
+            "baseline_median_s": b[0], "baseline_p95_s": b[1], "ratio": o[0] / b[0],
+            "ours_img_per_s": 1 / o[0], "baseline_img_per_s": 1 / b[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="offline", help="preset, folder or Hub id")
@@ -232,7 +270,18 @@ def main() -> None:
     ap.add_argument("--same-architecture-offline", action="store_true",
                     help="random weights of the same architecture, trained-RPN path (no downloads)")
     ap.add_argument("--ops", action="store_true", help="print op and host-sync counts instead of timings")
+    ap.add_argument("--offline-vs-frcnn", action="store_true",
+                    help="only: the offline model vs torchvision's fasterrcnn_resnet50_fpn on a 640 px photo")
     args = ap.parse_args()
+    if args.offline_vs_frcnn:
+        row = offline_vs_frcnn(args.runs, args.device, args.size)
+        dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        print(f"device={dev} photo=astronaut at {args.size}x{int(args.size * 4 / 3)} vocabulary=20 names")
+        print(f"offline median/p95 {row['ours_median_s']:.3f}/{row['ours_p95_s']:.3f} s; fasterrcnn_resnet50_fpn "
+              f"{row['baseline_median_s']:.3f}/{row['baseline_p95_s']:.3f} s; ratio {row['ratio']:.2f} (target <= 0.25)")
+        if args.json:
+            args.json.write_text(json.dumps({"device": dev, "rows": [row]}, indent=2))
+        return
     ours = build_ours(args)
     if args.test_proposals:
         ours.model.config = ours.model.config.replace(rpn_post_nms_top_n_test=args.test_proposals)

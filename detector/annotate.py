@@ -13,20 +13,24 @@ from PIL import Image
 
 from .images import LoadedImage
 
+LOW_CONFIDENCE_COLOUR = (160, 160, 160)
 RULE_COLOURS = {"max_size": sv.Color.from_hex("#e6194b"), "image_box": sv.Color.from_hex("#3cb44b"),
                 "max_score": sv.Color.from_hex("#4363d8")}
 _INDEX = sv.ColorLookup.INDEX
 
 
 def detections_to_records(detections: sv.Detections) -> list[dict]:
-    """JSON-ready list: one {"box": [x1, y1, x2, y2], "score", "class_id", "class_name"} each."""
+    """JSON-ready list: one {"box": [x1, y1, x2, y2], "score", "class_id", "class_name"} each
+    (and "low_confidence": true for a best guess below the threshold, `detector.low_confidence`)."""
     names = detections.data.get("class_name", [])
+    low = detections.data.get("low_confidence", np.zeros(len(detections), dtype=bool))
     return [
         {
             "box": [round(float(v), 2) for v in detections.xyxy[i]],
             "score": round(float(detections.confidence[i]), 4),
             "class_id": int(detections.class_id[i]),
             "class_name": str(names[i]),
+            **({"low_confidence": True} if low[i] else {}),
         }
         for i in range(len(detections))
     ]
@@ -51,9 +55,13 @@ def _canvas(image: LoadedImage | np.ndarray) -> tuple[Image.Image, float]:
     return Image.fromarray(np.asarray(image)), 1.0
 
 
-def annotate(image: LoadedImage | np.ndarray, detections: sv.Detections) -> np.ndarray:
-    """RGB uint8 picture with boxes and "name 0.87" labels, line and text sized for the picture."""
+def annotate(image: LoadedImage | np.ndarray, detections: sv.Detections,
+             low_confidence: sv.Detections | None = None) -> np.ndarray:
+    """RGB uint8 picture with boxes and "name 0.87" labels, line and text sized for the picture;
+    `low_confidence` boxes (best guesses below the threshold) dashed grey, "name 0.12?"."""
     canvas, factor = _canvas(image)
+    if low_confidence is not None and len(low_confidence):
+        canvas = _draw_dashed(canvas, low_confidence, factor)
     shown = sv.Detections(xyxy=detections.xyxy * factor, confidence=detections.confidence,
                           class_id=detections.class_id)
     wh = canvas.size
@@ -94,3 +102,23 @@ def draw_assignment(image: LoadedImage | np.ndarray, assignment, faint: int = 50
                                    color_lookup=_INDEX).annotate(
             canvas, det, labels=[f"{rule}: {', '.join(names)}" for _, names in choices])
     return np.asarray(canvas)
+
+
+def _draw_dashed(canvas: Image.Image, detections: sv.Detections, factor: float) -> Image.Image:
+    """Dashed grey boxes labelled "name 0.12?": visibly not detections."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, sv.calculate_optimal_line_thickness(canvas.size))
+    dash = 6 * width
+    names = detections.data.get("class_name", [""] * len(detections))
+    for (x1, y1, x2, y2), score, name in zip(detections.xyxy * factor, detections.confidence, names):
+        for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+            length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+            for t in np.arange(0, length, 2 * dash):
+                s, e = t / max(length, 1), min(t + dash, length) / max(length, 1)
+                draw.line([(a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s),
+                           (a[0] + (b[0] - a[0]) * e, a[1] + (b[1] - a[1]) * e)], fill=LOW_CONFIDENCE_COLOUR,
+                          width=width)
+        draw.text((x1 + width + 2, y1 + width + 2), f"{name} {score:.2f}?", fill=LOW_CONFIDENCE_COLOUR)
+    return canvas

@@ -79,6 +79,47 @@ def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+PROBE_TIMEOUT_S = float(os.environ.get("OVD_HUB_PROBE_TIMEOUT", "2.5"))
+
+
+def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when one TCP connect to the Hub's host (HF_ENDPOINT or huggingface.co) succeeds
+    within `timeout` s, else why not: enough to tell "no network" from "online" before any
+    download starts retrying."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hub_endpoint() or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or type(e).__name__}"
+
+
+def go_offline_if_unreachable(log=None) -> bool:
+    """Probe the Hub once; when it cannot be reached, switch this process to offline mode
+    (HF_HUB_OFFLINE, read by huggingface_hub and by `offline()`), so that nothing later waits on
+    retries. Returns True when the process is (now) offline."""
+    import logging
+
+    from huggingface_hub import constants
+
+    log = log or logging.getLogger(__name__)
+    if offline():
+        return True
+    log.info("checking the Hub (%s)...", hub_endpoint() or "https://huggingface.co")
+    reason = hub_unreachable_reason()
+    if reason is None:
+        return False
+    log.warning("Hub unreachable (%s): working offline, serving the offline model unless a local one was "
+                "asked for (HF_HUB_OFFLINE=1 for this process)", reason)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    return True
+
+
 def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | None = None) -> Path:
     """Local folder holding `allow_patterns` of `repo_id` (from cache when offline).
 

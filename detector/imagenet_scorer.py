@@ -48,6 +48,14 @@ WORDNET_LOGIT = 6.0
 TEXT_CENTER_KNOWN = 0.65
 SEEN = 0.5  # a name is "seen" when some ImageNet class counts for it at least this much
 CROP_SIZE = 224
+# Chosen on the tune half of bench/offline_zero_shot.py with bench/offline_levels_sweep.py (see
+# docs/offline_zero_shot.md): boxes read at half and quarter of the detector's input size (the
+# full-size level cost ~3/4 of the scorer's time and did not help), and each box's classes
+# weighted by how well the box fits their evidence (`fit_factors`).
+FIRST_LEVEL = 1
+FIT_COVERAGE = 0.5
+FIT_PRECISION = 0.5
+FIT_MASK = 0.2  # Zhou et al.'s CAM boxes: cells above 20 % of the peak
 CAPABILITIES = ("Offline model: recognises ImageNet-like objects (animals, vehicles, tools, food, household "
                 "items, e.g. cat, cup, tripod, helmet); not people ('person'), body parts or scenes. "
                 "Boxes come from selective search until the detector is trained.")
@@ -163,6 +171,8 @@ def embed_texts(encoder, texts: list[str]) -> torch.Tensor:
     cache = shared_cache()
     found = cache.get_many(encoder.key, "{}", texts)
     missing = list(dict.fromkeys(t for t in texts if t not in found))
+    if len(missing) > 50:
+        log.info("embedding %d class texts with %s (once: cached in %s)...", len(missing), encoder.key, cache.path)
     if missing:
         new = {}
         for i in range(0, len(missing), 256):
@@ -171,6 +181,45 @@ def embed_texts(encoder, texts: list[str]) -> torch.Tensor:
         cache.put_many(encoder.key, "{}", new)
         found.update(new)
     return torch.from_numpy(np.stack([found[t] for t in texts]))
+
+
+def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """Fold each frozen BatchNorm into the convolution before it (timm's BatchNormAct2d keeps its
+    activation): the same outputs, without a full pass over every feature map per layer, which
+    took ~20 % of the network's CPU time. Only for a frozen network in eval mode."""
+    from timm.layers import BatchNormAct2d
+
+    conv = None
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            conv = module
+        elif isinstance(module, torch.nn.BatchNorm2d) and conv is not None:
+            scale = module.weight / torch.sqrt(module.running_var + module.eps)
+            with torch.no_grad():
+                bias = module.bias - module.running_mean * scale
+                if conv.bias is not None:
+                    bias = bias + conv.bias * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = torch.nn.Parameter(bias, requires_grad=False)
+            if isinstance(module, BatchNormAct2d):
+                module.forward = lambda x, m=module: m.act(m.drop(x))
+            else:
+                module.forward = lambda x: x
+            conv = None
+    return net
+
+
+def imagenet_text_embeddings(encoder) -> torch.Tensor:
+    """[1000, D] embeddings of `imagenet_class_texts()`: the shipped file when it was made from
+    these texts by this encoder (`detector.imagenet_embeddings`), else computed once and cached."""
+    from .imagenet_embeddings import shipped_embeddings
+
+    texts = imagenet_class_texts()
+    shipped = shipped_embeddings(encoder.key, texts)
+    if shipped is not None:
+        return shipped
+    log.info("ImageNet class names: no shipped embeddings for these texts and %s", encoder.key)
+    return embed_texts(encoder, texts)
 
 
 class ImageNetRegionScorer:
@@ -186,11 +235,18 @@ class ImageNetRegionScorer:
 
     def __init__(self, encoder, context: float = 1.5, device: torch.device | str = "cpu", batch_size: int = 32,
                  crop_size: int = CROP_SIZE, mode: str = "roi", min_size: int = 640, max_size: int = 1066,
-                 levels: int = 3, level_side: float = 224.0):
+                 levels: int = 3, level_side: float = 224.0, level_blend: str = "soft",
+                 fit_coverage: float = FIT_COVERAGE, fit_precision: float = FIT_PRECISION, fit_level: int = 1,
+                 first_level: int = FIRST_LEVEL, fit_affinity: bool = True):
         if mode not in ("roi", "crop"):
             raise ValueError("mode must be 'roi' or 'crop'")
         self.mode, self.min_size, self.max_size, self.levels = mode, min_size, max_size, levels
         self.level_side = level_side
+        if level_blend not in ("soft", "nearest"):
+            raise ValueError("level_blend must be 'soft' or 'nearest'")
+        self.level_blend, self.fit_level = level_blend, fit_level
+        self.first_level = first_level  # finer levels are never read (CPU time)
+        self.fit_coverage, self.fit_precision = fit_coverage, fit_precision
         from .lite_weights import create_efficientnet_lite0, packaged_lite0_state_dict
 
         state = packaged_lite0_state_dict()
@@ -200,7 +256,7 @@ class ImageNetRegionScorer:
         net = create_efficientnet_lite0()
         net.load_state_dict(state, strict=True)  # includes the 1000-class head
         # channels_last on every device: the depthwise convolutions are ~1.4x faster on CPU too.
-        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        self.net = fold_batchnorm(net.eval()).to(self.device, memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.context = context
@@ -208,8 +264,12 @@ class ImageNetRegionScorer:
         self.crop_size = crop_size
         # ImageNet class texts through the vocabulary's own encoder (cached on disk after the
         # first launch: 1000 short sentences).
-        self.imagenet_embeddings = embed_texts(encoder, imagenet_class_texts()).to(self.device)
+        self.imagenet_embeddings = imagenet_text_embeddings(encoder).to(self.device)
         self.encoder_key = encoder.key
+        # a(k, j) between ImageNet classes, as between a name and a class: one class's cells are
+        # evidence for its near-synonyms (a cat's cells split between tabby, tiger cat, Egyptian cat)
+        self.class_affinity = (match_weights(self.imagenet_embeddings, self.imagenet_embeddings)
+                               if fit_affinity else None)
 
     @torch.inference_mode()
     def class_distribution(self, crops: torch.Tensor) -> torch.Tensor:
@@ -217,29 +277,81 @@ class ImageNetRegionScorer:
         x = ((crops - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)  # tf_..._lite0 normalisation
         return self.net(x).float().softmax(-1)
 
+    def level_weights(self, side: torch.Tensor) -> torch.Tensor:
+        """[N] longer box sides in level-0 pixels -> [N, levels] weights (rows sum to 1).
+
+        x = log2(side / level_side), clipped to the levels, is where the box's longer side is
+        closest to the classifier's training scale. "nearest" reads the box at round(x) only: the
+        chosen level jumps at x = i + 0.5, so two near-identical boxes on either side of it (a
+        90 % box and the frame) were read at different scales and scored 0.25 vs 0.98. "soft"
+        (default) reads it at the two levels around x, weighted linearly: scores change smoothly
+        with the box's size."""
+        x = torch.log2(side / self.level_side).clamp(min(self.first_level, self.levels - 1), self.levels - 1)
+        if self.level_blend == "nearest":
+            return F.one_hot(x.round().long(), self.levels).float()
+        lv = torch.arange(self.levels, device=side.device, dtype=x.dtype)
+        return (1 - (x[:, None] - lv).abs()).clamp(min=0)
+
+    def _level_map(self, image: torch.Tensor, scale: float, i: int) -> torch.Tensor:
+        """The final 1280-channel map [1, 1280, h/32, w/32] of `image` resized by `scale`."""
+        x = F.interpolate(image[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                          recompute_scale_factor=True, antialias=i > 0)
+        x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+        return self.net.forward_features(x)  # conv_head + BN + ReLU6 included
+
+    def _classify_maps(self, fmap: torch.Tensor, boxes: torch.Tensor, image_w: int) -> torch.Tensor:
+        """ImageNet softmax [N, 1000] of each box's 7x7 RoIAlign average of `fmap` (boxes in image pixels)."""
+        stride = image_w / fmap.shape[-1]
+        pooled = roi_align(fmap.float(), [boxes.float()], output_size=7, spatial_scale=1 / stride,
+                           sampling_ratio=2, aligned=True).mean((2, 3))
+        dtype = next(self.net.classifier.parameters()).dtype
+        return self.net.classifier(pooled.to(dtype)).float().softmax(-1)
+
+    def fit_factors(self, fmap: torch.Tensor, boxes: torch.Tensor, image_w: int) -> torch.Tensor:
+        """[N, 1000] in [0, 1]: how well each box fits the evidence for each ImageNet class.
+
+        Each cell of `fmap` is classified on its own (a class activation map q_k; evidence shared
+        among near-synonym classes, `class_affinity`), and the cells with q_k >= FIT_MASK x its
+        peak form class k's mask. For box b: coverage = the share of the mask inside b (a cat's
+        face misses the body), precision = the share of b inside the mask (a box holding the cat
+        and the tripod beside it is half tripod). Factor = coverage^fit_coverage * precision^fit_precision:
+        vocabulary-free, so it is computed once per image like the distributions it multiplies."""
+        dtype = next(self.net.classifier.parameters()).dtype
+        cells = fmap.float().flatten(2).transpose(1, 2)[0]  # [h*w, 1280]
+        q = self.net.classifier(cells.to(dtype)).float().softmax(-1)  # [h*w, 1000]
+        if self.class_affinity is not None:  # evidence for tabby counts for tiger cat too
+            q = q @ self.class_affinity.t()
+        # CAM's own localisation rule: the cells holding >= FIT_MASK of the class's peak evidence
+        q = (q >= FIT_MASK * q.max(dim=0, keepdim=True).values).float().t().reshape(1, 1000, *fmap.shape[-2:])
+        stride = image_w / fmap.shape[-1]
+        mean_in = roi_align(q, [boxes.float()], output_size=7, spatial_scale=1 / stride, sampling_ratio=2,
+                            aligned=True).mean((2, 3))  # [N, 1000]: the share of b's cells in the mask
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1) / stride**2
+        coverage = (mean_in * area[:, None] / q.sum((2, 3)).clamp(min=1e-8)).clamp(0, 1)
+        return coverage.pow(self.fit_coverage) * mean_in.clamp(0, 1).pow(self.fit_precision)
+
     @torch.inference_mode()
     def roi_distribution(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """[3, H, W] in [0, 1], boxes [N, 4] in its pixels -> ImageNet softmax [N, 1000] from
-        whole-image feature maps (see the class docstring)."""
+        """[3, H, W] in [0, 1], boxes [N, 4] in its pixels -> [N, 1000] from whole-image feature
+        maps: each box's ImageNet softmax, read at the level(s) that fit its size
+        (`level_weights`; level i is the image at s0 / 2**i), times its `fit_factors` at level
+        `fit_level` (when either fit exponent is > 0)."""
         h, w = image.shape[-2:]
         s0 = min(self.min_size / min(h, w), self.max_size / max(h, w))
-        # Each box is read at the level where its longer side is closest to the classifier's
-        # training scale (ImageNet objects fill much of a 224 px crop): level i is the image at
-        # s0 / 2**i, i = round(log2(side / 224)) clipped to the levels.
         side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1).values.clamp(min=1) * s0
-        level = torch.log2(side / self.level_side).round().clamp(0, self.levels - 1).long()
-        out = torch.zeros(len(boxes), 1000, device=boxes.device)
-        for i in level.unique().tolist():
-            sel = level == i
-            x = F.interpolate(image[None], scale_factor=s0 / 2**i, mode="bilinear", align_corners=False,
-                              recompute_scale_factor=True, antialias=i > 0)
-            x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
-            fmap = self.net.forward_features(x)  # conv_head + BN + ReLU6 included: [1, 1280, h/32, w/32]
-            pooled = roi_align(fmap.float(), [boxes[sel].float() * (x.shape[-1] / w)], output_size=7,
-                               spatial_scale=fmap.shape[-1] / x.shape[-1], sampling_ratio=2, aligned=True).mean((2, 3))
-            dtype = next(self.net.classifier.parameters()).dtype
-            out[sel] = self.net.classifier(pooled.to(dtype)).float().softmax(-1)
-        return out
+        weights = self.level_weights(side)
+        fit_level = min(self.fit_level, self.levels - 1) if self.fit_coverage > 0 or self.fit_precision > 0 else None
+        out, fit = torch.zeros(len(boxes), 1000, device=boxes.device), None
+        for i in range(self.levels):
+            sel = weights[:, i] > 0
+            if not sel.any() and i != fit_level:
+                continue
+            fmap = self._level_map(image, s0 / 2**i, i)
+            if sel.any():
+                out[sel] += weights[sel, i, None] * self._classify_maps(fmap, boxes[sel], w)
+            if i == fit_level:
+                fit = self.fit_factors(fmap, boxes, w)
+        return out if fit is None else out * fit
 
     @torch.inference_mode()
     def embed_regions(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -253,6 +253,15 @@ class OpenVocabDetector(GeneralizedRCNN):
         return proposals, objectness
 
     # --- inference split at the vocabulary ----------------------------------------------------
+    @property
+    def head_contributes(self) -> bool:
+        """False while no score or box can depend on the backbone, neck and box head: proposals
+        from selective search (boxes not refined), and every name scored by the region scorer
+        alone (F-VLM weight w = 1 for untrained names, and no trained names)."""
+        cfg = self.config
+        return not (cfg.region_scoring and self.uses_selective_search and not cfg.trained_class_names
+                    and cfg.ensemble_weight_untrained >= 1.0)
+
     @torch.no_grad()
     def encode(self, images: list[torch.Tensor], keep_pooled: bool = False) -> EncodedImages:
         """`keep_pooled`: also keep the RoI-aligned neck features, so that another box head (a
@@ -264,9 +273,17 @@ class OpenVocabDetector(GeneralizedRCNN):
 
     @torch.no_grad()
     def encode_images(self, image_list: ImageList, original_sizes: list[tuple[int, int]], sources,
-                      keep_pooled: bool = False) -> EncodedImages:
+                      keep_pooled: bool = False, heads: bool = True) -> EncodedImages:
         """`encode` from a batch already normalised, resized and padded (`DetectorTransform`);
-        `sources`: the images as given (selective search reads them; unused with the RPN)."""
+        `sources`: the images as given (selective search reads them; unused with the RPN).
+        `heads=False` (only when `head_contributes` is False): no backbone, neck or box head, zero
+        box features: the offline model before training then costs selective search and the region
+        scorer only."""
+        if not heads:
+            proposals, objectness = self.propose(sources, image_list, None)
+            zeros = [p.new_zeros(len(p), self.config.representation_size) for p in proposals]
+            return EncodedImages(proposals, objectness, zeros, [p.clone() for p in proposals],
+                                 list(image_list.image_sizes), original_sizes)
         features = self.backbone(image_list.tensors)
         proposals, objectness = self.propose(sources, image_list, features)
         pooled = self.roi_heads.box_roi_pool(features, proposals, image_list.image_sizes)

@@ -233,7 +233,9 @@ class Predictor:
         groups = self._upload(arrays)
         with torch.inference_mode(), autocast_for(self.device):
             image_list = self.model.transform.from_uint8(groups, len(arrays))
-            enc = self.model.encode_images(image_list, [a.shape[:2] for a in arrays], arrays, keep_pooled)
+            # without backbone and heads when they cannot change any score (`head_contributes`)
+            heads = keep_pooled or self.region_scorer is None or self.model.head_contributes
+            enc = self.model.encode_images(image_list, [a.shape[:2] for a in arrays], arrays, keep_pooled, heads)
             if self.region_scorer is not None:
                 enc.region_embeddings = self._embed_regions(enc, groups)
         return enc

@@ -25,6 +25,8 @@ PRESETS: dict[str, DetectorConfig] = {
     "offline": DetectorConfig(backbone="efficientnet_lite0", text_encoder="minilm", embed_dim=384,
                               region_scoring=True, region_scorer="imagenet", region_top_k=50,
                               part_suppression=0.9, mult_proposal_score=True,
+                              # calibrated on the tune half of bench/offline_zero_shot.py (issue 20)
+                              score_threshold=0.2,
                               # its head learns only from the person's tags: names it was never
                               # trained on keep the ImageNet scores alone (w = 1)
                               ensemble_weight_untrained=1.0),

@@ -127,8 +127,8 @@ def best_iou(proposals: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # Detection-time proposals for a detector whose RPN is untrained: objects may fill the frame
-# (no upper size limit) and be long and thin. Three segmentation scales (k = 100, 300, 1000; fine
-# ones find small objects, coarse ones whole objects that one k splits into parts), pooled, then
-# the 50 largest after de-duplication. Chosen on the issue-14 benchmark images (see
-# docs/offline_zero_shot.md).
-DETECTION = ProposalParams(max_sqrt_area=1.0, max_aspect=5.0, top_k=50, extra_scales=(100.0, 1000.0))
+# (no upper size limit) and be long and thin; the 50 largest after de-duplication. One
+# segmentation (k = 300): the three of issue 14 (k = 100, 300, 1000) cost ~3x the time and, with
+# the region scorer's box fit (issue 20), did not find more objects on the tune half of
+# bench/offline_zero_shot.py (docs/offline_zero_shot.md).
+DETECTION = ProposalParams(max_sqrt_area=1.0, max_aspect=5.0, top_k=50)

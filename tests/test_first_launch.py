@@ -1,5 +1,7 @@
 """Issue: a useful model on first launch — COCO localisation + CLIP region scores + ensemble."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,87 @@ def test_app_falls_back_to_offline_model_with_a_reason(tmp_path, caplog):
     assert service.predictor.config.backbone == "efficientnet_lite0"
     assert service.serving.note.startswith("offline model: coco-clip unavailable")
     assert "\n" not in service.serving.note
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_hub_probe_switches_the_process_offline_fast(monkeypatch, caplog):
+    import logging
+    import time
+
+    from huggingface_hub import constants
+
+    from detector import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hub.hub_unreachable_reason() is not None
+    t = time.perf_counter()
+    with caplog.at_level(logging.INFO):
+        assert hub.go_offline_if_unreachable() is True
+    assert time.perf_counter() - t < 5
+    assert hub.offline() and constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert "checking the Hub" in caplog.text and "Hub unreachable" in caplog.text
+
+
+def test_shipped_imagenet_embeddings_match_the_texts_and_encoder():
+    from detector.imagenet_embeddings import SHIPPED, shipped_embeddings
+    from detector.imagenet_scorer import imagenet_class_texts
+
+    texts = imagenet_class_texts()
+    emb = shipped_embeddings("minilm:all-MiniLM-L6-v2", texts)
+    assert emb is not None and emb.shape == (1000, 384), "regenerate: python -m detector.imagenet_embeddings"
+    assert SHIPPED.stat().st_size < 1_000_000
+    assert shipped_embeddings("minilm:other", texts) is None  # another encoder: not used
+    assert shipped_embeddings("minilm:all-MiniLM-L6-v2", texts[:-1] + ["changed"]) is None  # other texts
+    from detector.text_encoders import build_text_encoder
+
+    fresh = build_text_encoder("minilm").encode(texts[:3]).float()
+    assert torch.allclose(emb[:3], fresh, atol=2e-3)  # fp16 of the same vectors
+
+
+@pytest.mark.slow
+def test_first_launch_without_network_serves_within_a_bound(tmp_path):
+    """No network, HF_HUB_OFFLINE unset, empty caches: the Hub probe fails once and fast, the
+    offline model loads with its shipped ImageNet embeddings, the port answers, and the log says
+    why. The bound is loose for a loaded test machine; docs/offline_zero_shot.md has the time."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}", HF_HOME=str(tmp_path / "hf"),
+               TORCH_HOME=str(tmp_path / "torch"), OVD_CACHE_DIR=str(tmp_path / "cache"), GRADIO_ANALYTICS_ENABLED="False")
+    log = (tmp_path / "log.txt").open("w")
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while time.perf_counter() - t < 180 and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        elapsed = time.perf_counter() - t
+        text = (tmp_path / "log.txt").read_text()
+        assert proc.poll() is None, text[-3000:]
+        assert elapsed < 180, text[-3000:]
+        assert "checking the Hub" in text and "Hub unreachable" in text, text[-3000:]
+        assert "embedding 1000 class texts" not in text  # the shipped embeddings were used
+        print(f"first launch without network: port answered after {elapsed:.1f} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

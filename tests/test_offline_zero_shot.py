@@ -189,13 +189,16 @@ def test_roi_scores_of_the_whole_image_match_the_classifier(offline_predictor):
     # classifier's global average pooling, so the distribution equals the plain forward pass
     # (checked at the finest level only: one level, the image at the detector's input size).
 
+    # The box-fit factor (`fit_factors`, tested below) is switched off: it is a separate factor.
     scorer = offline_predictor.region_scorer
     assert scorer.mode == "roi" and scorer.levels == 3
-    scorer.levels = 1
+    saved = scorer.first_level, scorer.fit_coverage, scorer.fit_precision
+    scorer.levels, scorer.first_level, scorer.fit_coverage, scorer.fit_precision = 1, 0, 0.0, 0.0
     try:
         _check_whole_image_roi(scorer)
     finally:
         scorer.levels = 3
+        scorer.first_level, scorer.fit_coverage, scorer.fit_precision = saved
 
 
 def _check_whole_image_roi(scorer):
@@ -225,10 +228,40 @@ def test_roi_levels_read_big_boxes_at_coarse_scale(offline_predictor):
     chelsea, _ = _small("chelsea")
     image = torch.from_numpy(chelsea).permute(2, 0, 1).float() / 255
     whole = torch.tensor([[0.0, 0.0, float(image.shape[-1]), float(image.shape[-2])]])
-    p_levels = float(scorer.probabilities(scorer.embed_regions(image, whole), emb)[0, 0])
-    scorer.levels = 1
+    saved = scorer.fit_coverage, scorer.fit_precision
+    scorer.fit_coverage = scorer.fit_precision = 0.0  # the level rule alone (the fit factor is tested below)
     try:
+        p_levels = float(scorer.probabilities(scorer.embed_regions(image, whole), emb)[0, 0])
+        scorer.levels = 1
         p_fine = float(scorer.probabilities(scorer.embed_regions(image, whole), emb)[0, 0])
     finally:
         scorer.levels = 3
+        scorer.fit_coverage, scorer.fit_precision = saved
     assert p_levels >= 0.8 and p_levels > p_fine
+
+
+def test_box_fit_prefers_the_object_to_the_object_with_its_neighbourhood(offline_predictor):
+    # Issue 20 (boxes that fit): a box holding the cat and as much gravel beside it reads "cat"
+    # from its pooled features almost as well as the cat's own box; the fit factor (the share of
+    # the box inside the cat's activation mask) makes the cat's own box win clearly.
+    from skimage import data
+
+    scorer = offline_predictor.region_scorer
+    _, emb = offline_predictor.embed(["cat"])
+    canvas = np.array(Image.fromarray(data.gravel()).convert("RGB").resize((384, 192)))
+    canvas[40:145, 20:170] = np.array(Image.fromarray(data.chelsea()).resize((150, 105)))
+    image = torch.from_numpy(canvas).permute(2, 0, 1).float() / 255
+    boxes = torch.tensor([[20.0, 40.0, 170.0, 145.0], [20.0, 40.0, 320.0, 145.0]])  # cat; cat + gravel
+
+    def cat_scores():
+        return scorer.probabilities(scorer.embed_regions(image, boxes), emb)[:, 0].tolist()
+
+    saved = scorer.fit_coverage, scorer.fit_precision
+    fitted = cat_scores()
+    scorer.fit_coverage = scorer.fit_precision = 0.0
+    try:
+        plain = cat_scores()
+    finally:
+        scorer.fit_coverage, scorer.fit_precision = saved
+    assert fitted[0] >= 0.3 and fitted[0] > 1.3 * fitted[1], (fitted, plain)
+    assert fitted[0] / fitted[1] > plain[0] / plain[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +20,22 @@ DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
 
 
 def _rows(records: list[dict]) -> list[list]:
-    return [[r["class_name"], r["score"], *r["box"]] for r in records]
+    return [[r["class_name"] + (" (low confidence)" if r.get("low_confidence") else ""), r["score"], *r["box"]]
+            for r in records]
+
+
+def result_line(records: list[dict], threshold: float) -> str:
+    """What the Detect tab says about a result: boxes found, or why only dashed guesses (or
+    nothing) are shown. Names are the user's text, so they are escaped."""
+    guesses = [r for r in records if r.get("low_confidence")]
+    found = len(records) - len(guesses)
+    if found:
+        return f"{found} box(es) above {threshold:.2f}"
+    if guesses:
+        best = ", ".join(f"{html.escape(r['class_name'])} {r['score']:.2f}" for r in guesses)
+        return (f"Nothing reached {threshold:.2f}; the best guesses are shown dashed, as low confidence "
+                f"({best}). Lower the threshold to see more, or try other names.")
+    return f"no box above {threshold:.2f} — nothing in the image looks like these names; try other names"
 
 
 def fill_preset(name: str | None):
@@ -99,12 +115,10 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
         """Pure UI: what the result line says after a detection (none found: what to try), from
         the detections' JSON just written."""
         try:
-            found = len(json.loads(Path(detections).read_text(encoding="utf-8"))) if detections else 0
+            records = json.loads(Path(detections).read_text(encoding="utf-8")) if detections else []
         except (OSError, ValueError):
             return ""
-        if not found:
-            return f"no box above {float(threshold):.2f} — lower the threshold or try other names"
-        return f"{found} box(es) above {float(threshold):.2f}"
+        return result_line(records, float(threshold))
 
     hint.ui_only = True
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]

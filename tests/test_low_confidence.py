@@ -1,0 +1,56 @@
+"""Issue 20, part 4: never a silent empty answer. Nothing above the threshold -> the best guess
+per name, drawn dashed, listed as low confidence, and a sentence saying why."""
+
+import numpy as np
+import supervision as sv
+
+from detector.annotate import annotate, detections_to_records
+from detector.low_confidence import best_guesses, top_per_name
+
+
+def _dets(scores, labels):
+    n = len(scores)
+    return sv.Detections(xyxy=np.tile(np.array([[10.0, 10.0, 60.0, 60.0]]), (n, 1)) + np.arange(n)[:, None],
+                         confidence=np.array(scores, dtype=np.float32), class_id=np.array(labels),
+                         data={"class_name": np.array([["cup", "spoon", "cat"][c] for c in labels])})
+
+
+def test_top_per_name_keeps_the_best_box_of_each_name_marked_low():
+    out = top_per_name(_dets([0.05, 0.2, 0.1, 0.15, 0.02], [0, 1, 0, 2, 1]), limit=5)
+    assert list(out["class_name"]) == ["spoon", "cat", "cup"]
+    assert np.allclose(out.confidence, [0.2, 0.15, 0.1]) and out.data["low_confidence"].all()
+    assert len(top_per_name(_dets([0.05, 0.2, 0.1], [0, 1, 2]), limit=2)) == 2
+    assert len(top_per_name(_dets([], []))) == 0
+    records = detections_to_records(out)
+    assert all(r["low_confidence"] is True for r in records)
+    assert "low_confidence" not in detections_to_records(_dets([0.5], [0]))[0]
+
+
+def test_dashed_guesses_are_drawn(small_image):
+    guesses = top_per_name(_dets([0.2], [0]))
+    plain = annotate(small_image, _dets([], []))
+    drawn = annotate(small_image, _dets([], []), guesses)
+    assert np.array_equal(plain, small_image)
+    changed = np.any(drawn != small_image, axis=-1)
+    top = changed[10, 10:61]  # the dashed top edge: drawn, with gaps
+    assert top.any() and not top.all()
+
+
+def test_service_shows_guesses_and_says_why(tmp_path, tiny_predictor, small_image):
+    from app.service import AppService
+    from app.ui.detect_tab import result_line
+
+    service = AppService(tmp_path, predictor=tiny_predictor)
+    drawn, records = service.detect(small_image, "person, <b>flag</b>", score_threshold=1.0)
+    assert records and all(r.get("low_confidence") for r in records)
+    assert len({r["class_name"] for r in records}) == len(records) <= 2
+    assert not np.array_equal(drawn, small_image)
+    line = result_line(records, 1.0)
+    assert line.startswith("Nothing reached 1.00; the best guesses are shown dashed")
+    assert "&lt;b&gt;flag&lt;/b&gt;" in line and "<b>" not in line
+    # with boxes above the threshold, no guesses are added
+    _, found = service.detect(small_image, "person, flag", score_threshold=0.0, max_detections=3)
+    assert len(found) == 3 and not any(r.get("low_confidence") for r in found)
+    assert result_line(found, 0.0) == "3 box(es) above 0.00"
+    assert "nothing in the image looks like" in result_line([], 0.3)
+    assert len(best_guesses(tiny_predictor, small_image, "person", floor=1.0)) == 0
