@@ -24,6 +24,7 @@ from detector.vocabulary import parse_vocabulary
 from train.run_config import RunConfig
 
 from .jobs import TrainingJobs
+from .markdown import literal
 from .policy import AccessPolicy
 from .service_base import Progress, _nonempty, _upload_path, endpoint  # noqa: F401 - imported from here too
 from .service_dataset import EXPORT_FORMATS, DatasetMixin, _import_sentence  # noqa: F401
@@ -92,14 +93,12 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         """What the served model reads each typed name as, one Markdown line (names escaped: they
         are user input): the offline model's ImageNet classes, or "not seen by this model"; empty
         for a model that reads any name (CLIP)."""
-        import html
-
         readings = self.predictor.name_readings(vocabulary)
         if not readings:
             return ""
-        parts = [f"**{html.escape(r.name)}** → {html.escape(', '.join(r.classes))}"
+        parts = [f"**{literal(r.name)}** → {literal(', '.join(r.classes))}"
                  + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") if r.seen
-                 else f"**{html.escape(r.name)}**: not seen by this model" for r in readings[:50]]
+                 else f"**{literal(r.name)}**: not seen by this model" for r in readings[:50]]
         more = f" … and {len(readings) - 50} more" if len(readings) > 50 else ""
         return "Reads as (ImageNet classes): " + "; ".join(parts) + more
 

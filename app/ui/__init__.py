@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..endpoints import make_endpoints, register_api
+from ..markdown import literal
 from ..service import AppService
 from . import assign_tab, dataset_tab, detect_tab, model_tab, tag_tab, train_tab
 from .common import handler, launch_options
@@ -84,7 +85,7 @@ def _wire_model_swaps(ep: dict, ui: SimpleNamespace) -> tuple:
         if info.get("needs_confirmation"):  # nothing was swapped: say why and how to go ahead
             return (gr.update(), gr.update(), gr.update(),
                     f"not served. {info['message']} Tick 'Serve it even if it scored lower' to serve it anyway.")
-        return (*model_views(info), f"now serving `{info['source']}`")
+        return (*model_views(info), f"now serving <code>{literal(info['source'])}</code>")
 
     def use_run(run_id, anyway):
         return (*train["need_run"](run_id), bool(anyway))

@@ -18,6 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from ..endpoints import USER_ERRORS, friendly
+from ..markdown import IMAGE_POLICY, literal
 
 CSS = """
 .progress-outer {background:#e5e7eb;border-radius:6px;height:14px;width:100%}
@@ -49,7 +50,7 @@ document.addEventListener('keydown', (e) => {
 def launch_options() -> dict:
     from .tag_tab import KEYBOARD_SCRIPT  # here, not at the top: tag_tab imports this module
 
-    head = f"\n<script>\n{KEYBOARD_SCRIPT}{SLIDER_ENTER_SCRIPT}</script>\n"
+    head = f"\n{IMAGE_POLICY}\n<script>\n{KEYBOARD_SCRIPT}{SLIDER_ENTER_SCRIPT}</script>\n"
     return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS, "head": head}
 
 
@@ -139,8 +140,8 @@ def tab_message(elem_id: str) -> gr.Markdown:
 
 
 def error_text(message: str) -> str:
-    """An error for a tab's message line: escaped (it may hold user text), marked as an error."""
-    return f"⚠️ {html.escape(str(message))}"
+    """An error for a tab's message line: shown literally (it may hold user text), marked as an error."""
+    return f"⚠️ {literal(message)}"
 
 
 def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None,

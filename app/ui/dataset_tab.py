@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
+from ..markdown import literal
 from .common import error_text, handler, tab_message
 
 
@@ -149,11 +150,11 @@ def _wire_import(ep: dict, c: SimpleNamespace) -> None:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
         if r.get("boxes") or any("box" in m for m in r.get("messages", [])):  # what each box file held and got
             msg = f"imported tags or boxes for {r['imported']} image(s) ({r['boxes']} box(es)); " \
-                  f"{r['images_added']} new image(s). " + " ".join(r["messages"])
+                  f"{r['images_added']} new image(s). " + " ".join(map(literal, r["messages"]))
         if r["missing"]:
-            msg += f"; {len(r['missing'])} not found: " + ", ".join(r["missing"][:10]) + ("…" if len(r["missing"]) > 10 else "")
+            msg += f"; {len(r['missing'])} not found: " + ", ".join(map(literal, r["missing"][:10])) + ("…" if len(r["missing"]) > 10 else "")
         if r["skipped"]:
-            msg += f"; {len(r['skipped'])} unreadable: " + "; ".join(r["skipped"][:5])
+            msg += f"; {len(r['skipped'])} unreadable: " + "; ".join(map(literal, r["skipped"][:5]))
         return (msg, *_present(ep["dataset"]()))
 
     # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import html
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +11,7 @@ import gradio as gr
 
 from detector.vocabulary import PRESETS
 
+from ..markdown import literal
 from .common import handler, image_input, json_file, png_file, tab_message
 
 # Names the offline model sees (tests/test_name_mapping.py); it reads "person" only as ballplayer,
@@ -32,7 +32,7 @@ def result_line(records: list[dict], threshold: float) -> str:
     if found:
         return f"{found} box(es) above {threshold:.2f}"
     if guesses:
-        best = ", ".join(f"{html.escape(r['class_name'])} {r['score']:.2f}" for r in guesses)
+        best = ", ".join(f"{literal(r['class_name'])} {r['score']:.2f}" for r in guesses)
         return (f"Nothing reached {threshold:.2f}; the best guesses are shown dashed, as low confidence "
                 f"({best}). Lower the threshold to see more, or try other names.")
     return f"no box above {threshold:.2f} — nothing in the image looks like these names; try other names"

@@ -6,6 +6,7 @@ import html
 
 import gradio as gr
 
+from ..markdown import literal
 from ..service import headline
 from .common import handler, tab_message
 
@@ -43,7 +44,7 @@ def model_summary(info: dict, heldout: dict | None = None) -> str:
     how it was trained, its held-out scores when it came from a run (`heldout`: the run's
     `training_status(run)["heldout"]`), device and parameters. Every value escaped."""
     def e(value) -> str:
-        return html.escape(str(value))
+        return literal(value)
 
     trained = int(info.get("trained_class_names") or 0)
     recognises = info.get("capabilities") or (

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 from types import SimpleNamespace
 
 import gradio as gr
 
+from ..markdown import literal
 from .common import error_text, handler, tab_message
 
 HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
@@ -56,7 +56,7 @@ document.addEventListener('keydown', (e) => {
 def _keys(keyed: list[str]) -> str:
     """The key legend: the labels the number keys toggle, in the order they were created (`tag_view`'s
     `keys`; names escaped: they are user text)."""
-    numbers = " · ".join(f"**{i}** {html.escape(n)}" for i, n in enumerate(keyed[:HOTKEYS], 1))
+    numbers = " · ".join(f"**{i}** {literal(n)}" for i, n in enumerate(keyed[:HOTKEYS], 1))
     return (f"Keys: {numbers or 'tag an image to get number keys'} · **Enter** / **Ctrl+Enter** next · "
             "**←/→** previous / next · **u** next untagged · **z** undo · **t** tag box (**Esc** leaves it)")
 
@@ -72,7 +72,7 @@ def _status(view: dict) -> str:
     if img is None:
         return "No image matches: show another set." if view["count"] else "No images yet: upload some above."
     return (f"**Image {view['index'] + 1} / {view['count']}** · tagged {view['tagged']} / {view['count']} · "
-            f"`{img['name']}`")
+            f"<code>{literal(img['name'])}</code>")
 
 
 def _shown(view: dict) -> dict:
@@ -103,7 +103,7 @@ def _matching(v: dict, index: int) -> str:
         if not v["matches"]:
             return f"{so_far}none match yet"
     elif v.get("pending"):
-        failed = f" (the last pass stopped: {html.escape(v['suggestion_error'])})" if v.get("suggestion_error") else ""
+        failed = f" (the last pass stopped: {literal(v['suggestion_error'])})" if v.get("suggestion_error") else ""
         return (f"suggestions not found yet for {v['pending']} of {v['count']} images (new images, another model "
                 f"or other names){failed}: ◀ / ▶ find them")
     if not v["matches"]:
@@ -243,10 +243,10 @@ def _wire_uploads(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     def added(result: dict) -> dict:
         text = f"added {len(result['new'])} new image(s)"
         if result["duplicates"]:
-            names = ", ".join(map(html.escape, result["duplicates"][:5])) + ("…" if len(result["duplicates"]) > 5 else "")
+            names = ", ".join(map(literal, result["duplicates"][:5])) + ("…" if len(result["duplicates"]) > 5 else "")
             text += f"; {len(result['duplicates'])} duplicate(s) already here: {names}"
         if result["skipped"]:
-            text += f"; skipped {len(result['skipped'])}: " + "; ".join(map(html.escape, result["skipped"][:5]))
+            text += f"; skipped {len(result['skipped'])}: " + "; ".join(map(literal, result["skipped"][:5]))
         return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
     upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
@@ -360,9 +360,9 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         edit = _edit(image_hash, [name])
         if name in edit["before"]["positives"]:
             ep["untag"](image_hash, [name])
-            return image_hash, f"removed {html.escape(name)}", edit
+            return image_hash, f"removed {literal(name)}", edit
         ep["tag"](image_hash, [name], [])
-        return image_hash, f"added {html.escape(name)}", edit
+        return image_hash, f"added {literal(name)}", edit
 
     for number, key in enumerate(hotkeys, 1):
         toggled = handler(toggle, prepare=lambda h, n=number: (h, n),
@@ -456,7 +456,7 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         image_hash, checked, edit = result
         no_suggestions, for_image = _no_suggestions()
         return {suggestions: no_suggestions, suggested_for: for_image, **({last_edit: edit} if edit else {}),
-                **edited(image_hash, f"added {html.escape(', '.join(checked))}" if checked else "nothing checked")}
+                **edited(image_hash, f"added {literal(', '.join(checked))}" if checked else "nothing checked")}
 
     accept_handler = handler(accept, present=accepted)
     accept_handler.endpoint = ep["tag"]
@@ -480,7 +480,7 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
 
     def undone(result) -> dict:
         image_hash, edit = result
-        text = f"undone: {html.escape(', '.join(edit['touched']))}"
+        text = f"undone: {literal(', '.join(edit['touched']))}"
         if edit["hash"] != image_hash:  # made on another image: this one's editor stays as it is
             return {msg: text + " (on another image)", last_edit: None}
         return {**edited(image_hash, text), last_edit: None}
