@@ -172,9 +172,11 @@ class Predictor:
         hit = self._vocabularies.get(key)
         if hit is None:
             names, emb = self.embedder(names)
-            hit = self._vocabularies[key] = (names, emb.to(self.device))
-            while len(self._vocabularies) > 16:
-                self._vocabularies.pop(next(iter(self._vocabularies)))
+            hit = (names, emb.to(self.device))
+            with self._lock:
+                self._vocabularies[key] = hit
+                while len(self._vocabularies) > 16:
+                    self._vocabularies.pop(next(iter(self._vocabularies)))
         return list(hit[0]), hit[1]
 
     def _tensor(self, img: LoadedImage) -> torch.Tensor:
@@ -319,6 +321,8 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         loaded = [load_image(im) for im in ([images] if single else images)]
         names, emb = self.embed(vocabulary)
+        if not loaded:
+            return []
         batch = EncodedImages.concat(self.encode(loaded, batch_size=batch_size))
         with torch.inference_mode(), autocast_for(self.device):
             dets = self.model.detect_batch(batch, emb, score_threshold, nms_threshold, max_detections,

@@ -176,7 +176,7 @@ def select_detections_batched(boxes, scores, image_ids, num_images: int, score_t
     b = boxes[box_idx].float()
     groups = image_ids[box_idx] * num_classes + cls_idx
     if part_ratio > 0:  # before NMS, so a near-duplicate of the whole cannot remove the whole first
-        keep = suppress_parts(b, flat, groups, part_ratio)
+        keep = suppress_parts(b, flat, groups, part_ratio).nonzero().squeeze(1)  # one sync for three
         b, flat, groups = b[keep], flat[keep], groups[keep]
     keep = grouped_nms(b, flat, groups, nms_thresh)
     groups = groups[keep]

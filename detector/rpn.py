@@ -65,8 +65,9 @@ class ScoredRPN(RegionProposalNetwork):
         boxes = torch.minimum(proposals.clamp(min=0), limits.to(device)[:, None])  # clip_boxes_to_image
         wh = boxes[..., 2:] - boxes[..., :2]
         valid = (wh >= self.min_size).all(-1) & (prob >= self.score_thresh)  # remove_small_boxes, score_thresh
-        counts = valid.sum(1).tolist()
-        boxes, prob, levels = boxes[valid], prob[valid], levels[valid]
+        counts = valid.sum(1).tolist()  # a host sync (not an aten sync op: the profiler shows none)
+        flat = valid.reshape(-1).nonzero().squeeze(1)  # one nonzero for the three tensors
+        boxes, prob, levels = boxes.reshape(-1, 4)[flat], prob.reshape(-1)[flat], levels.reshape(-1)[flat]
         shifted = boxes.double() + (levels.double() * (boxes.max().double() + 1 if len(boxes) else 1))[:, None]
         final_boxes, final_scores = [], []
         for b, p, sb in zip(boxes.split(counts), prob.split(counts), shifted.split(counts)):

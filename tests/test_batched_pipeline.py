@@ -43,6 +43,7 @@ def assert_same(a, b):
 
 
 def test_a_batch_gives_what_single_images_give(scored, photos):
+    assert scored.predict([], NAMES) == []
     batch = scored.predict(photos, NAMES, max_detections=40)
     for photo, det in zip(photos, batch):
         assert_same(det, scored.predict(photo, NAMES, max_detections=40)[0])
