@@ -12,12 +12,20 @@ from __future__ import annotations
 import html
 import re
 
-_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=:])")
+# What can start Markdown anywhere in a line (emphasis, code, links, images, escapes, tables,
+# strikethrough, headings) ...
+_INLINE = re.compile(r"([\\`*_{}\[\]()#!|~])")
+# ... and what only does at the start of a line (lists, setext underlines; a quote's ">" is an
+# entity after `html.escape`, which starts nothing): escaped there
+# alone, so that "not-there.png" still reads as it is in API answers that carry the same text.
+_LINE_START = re.compile(r"^(\s*)(\d+)([.)])|^(\s*)([-+=])", re.MULTILINE)
 
 
 def literal(text) -> str:
     """`text` as it reads, never as Markdown or HTML."""
-    return html.escape(_MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text)), quote=False)
+    text = _INLINE.sub(r"\\\1", str(text))
+    text = _LINE_START.sub(lambda m: f"{m[1]}{m[2]}\\{m[3]}" if m[2] else f"{m[4]}\\{m[5]}", text)
+    return html.escape(text, quote=False)
 
 
 # The page's own policy, in its head: images only from the app itself (its files, data: and blob:
