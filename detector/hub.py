@@ -109,6 +109,8 @@ def go_offline_if_unreachable(log=None) -> bool:
     log = log or logging.getLogger(__name__)
     if offline():
         return True
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # the Hub is reached through a proxy: a direct connect proves nothing
     log.info("checking the Hub (%s)...", hub_endpoint() or "https://huggingface.co")
     reason = hub_unreachable_reason()
     if reason is None:

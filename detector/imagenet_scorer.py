@@ -324,8 +324,9 @@ class ImageNetRegionScorer:
         # CAM's own localisation rule: the cells holding >= FIT_MASK of the class's peak evidence
         q = (q >= FIT_MASK * q.max(dim=0, keepdim=True).values).float().t().reshape(1, 1000, *fmap.shape[-2:])
         stride = image_w / fmap.shape[-1]
-        mean_in = roi_align(q, [boxes.float()], output_size=7, spatial_scale=1 / stride, sampling_ratio=2,
-                            aligned=True).mean((2, 3))  # [N, 1000]: the share of b's cells in the mask
+        # [N, 1000]: the share of b's cells in the mask (one sample per bin: 1/4 of the time of 2 x 2)
+        mean_in = roi_align(q, [boxes.float()], output_size=7, spatial_scale=1 / stride, sampling_ratio=1,
+                            aligned=True).mean((2, 3))
         area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1) / stride**2
         coverage = (mean_in * area[:, None] / q.sum((2, 3)).clamp(min=1e-8)).clamp(0, 1)
         return coverage.pow(self.fit_coverage) * mean_in.clamp(0, 1).pow(self.fit_precision)

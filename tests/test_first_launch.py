@@ -145,6 +145,9 @@ def test_hub_probe_switches_the_process_offline_fast(monkeypatch, caplog):
     assert time.perf_counter() - t < 5
     assert hub.offline() and constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
     assert "checking the Hub" in caplog.text and "Hub unreachable" in caplog.text
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # behind a proxy: no direct probe
+    assert hub.go_offline_if_unreachable() is False and not constants.HF_HUB_OFFLINE
 
 
 def test_shipped_imagenet_embeddings_match_the_texts_and_encoder():

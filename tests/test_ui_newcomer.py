@@ -152,14 +152,16 @@ def test_empty_states_say_what_happened(app, photos):
     assert initial["props"]["value"]["headers"][:2] == ["run", "state"], initial["props"]["value"]
     page.get_by_role("tab", name="Detect").click()
 
-    # Detect with nothing above the threshold: a hint, and a download named after the image.
+    # Detect with nothing above the threshold: the best guesses, dashed, said so (issue 20), and
+    # a download named after the image.
     page.locator("#detect-image input[type=file]").set_input_files(str(photos[1]))
     page.locator("#vocabulary textarea").fill("cat, dog")
     threshold = page.locator("#detect-score input[type=number]")
     threshold.fill("1")
     threshold.press("Enter")
-    expect(page.locator("#detect-msg")).to_contain_text("no box above 1.00 — lower the threshold or try other names",
+    expect(page.locator("#detect-msg")).to_contain_text("Nothing reached 1.00; the best guesses are shown dashed",
                                                         timeout=60_000)
+    expect(page.locator("#detect-table")).to_contain_text("(low confidence)")
     expect(page.locator("#detect-download a")).to_have_attribute("href", re.compile(r"/photo_1-detections\.json$"))
     # Boxes found: how many.
     threshold.fill("0")
