@@ -20,11 +20,16 @@ _INLINE = re.compile(r"([\\`*_{}\[\]()#!|~])")
 # alone, so that "not-there.png" still reads as it is in API answers that carry the same text.
 _LINE_START = re.compile(r"^(\s*)(\d+)([.)])|^(\s*)([-+=])", re.MULTILINE)
 
+# GitHub-style autolinks (what the page's Markdown turns into links without any brackets): a
+# scheme's "://", "www." and an e-mail's "@", each broken by one escape.
+_AUTOLINK = re.compile(r"(?<=[A-Za-z])(:)(?=//)|(?<![\w.])www(\.)|(?<=\w)(@)(?=\w)")
+
 
 def literal(text) -> str:
     """`text` as it reads, never as Markdown or HTML."""
     text = _INLINE.sub(r"\\\1", str(text))
     text = _LINE_START.sub(lambda m: f"{m[1]}{m[2]}\\{m[3]}" if m[2] else f"{m[4]}\\{m[5]}", text)
+    text = _AUTOLINK.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], text)
     return html.escape(text, quote=False)
 
 
