@@ -46,6 +46,7 @@ MATCH_TEMPERATURE = 0.05
 # WordNet alone: 79 / 83 / 83 / 83 % right; no held-out names, see docs/offline_zero_shot.md).
 WORDNET_LOGIT = 6.0
 TEXT_CENTER_KNOWN = 0.65
+BELOW_CHANCE = 0.01  # what a region's score keeps of its mass when that is below chance (`above_chance`)
 SEEN = 0.5  # a name is "seen" when some ImageNet class counts for it at least this much
 CROP_SIZE = 224
 # Chosen on the tune half of bench/offline_zero_shot.py with bench/offline_levels_sweep.py (see
@@ -136,10 +137,13 @@ def above_chance(regions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     network cannot read: a flat distribution gives "dog" (118 breeds) 0.118, above the offline
     preset's threshold, on every box of a rocket. So the score is how far the mass is above that
     of a flat distribution, c = mean_k a(name, k), rescaled to [0, 1]: (mass - c) / (1 - c).
-    A name of one class loses 0.001; a flat distribution scores 0 for every name; a sure beagle
-    still scores ~0.9 for "dog". It depends only on the region and the name's own weights."""
+    A name of one class loses 0.001; a sure beagle still scores ~0.9 for "dog". A region below
+    chance keeps BELOW_CHANCE of its mass (a flat distribution: "dog" 0.0013), so a name's boxes
+    keep their order (mass order: the transform is increasing) and none drops out at threshold 0.
+    It depends only on the region and the name's own weights."""
     chance = weights.mean(dim=1)
-    return ((regions @ weights.t() - chance) / (1 - chance).clamp(min=1e-6)).clamp(0, 1)
+    mass = regions @ weights.t()
+    return (torch.maximum(mass - chance, BELOW_CHANCE * mass) / (1 - chance).clamp(min=1e-6)).clamp(0, 1)
 
 
 def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[NameReading]:

@@ -163,7 +163,7 @@ def test_broad_names_score_nothing_on_an_unreadable_region(offline):
     scorer = offline.region_scorer
     names, emb = offline.embed(["dog", "animal", "beagle"])
     flat = torch.full((1, 1000), 1e-3)
-    assert scorer.probabilities(flat, emb, names=names).max() < 1e-4
+    assert scorer.probabilities(flat, emb, names=names).max() < 0.005
     sure = 0.9 * _one_hot("beagle") + 0.1 * _one_hot("collie")
     p = scorer.probabilities(sure, emb[:1], names=names[:1])
     assert p[0, 0] > 0.85
