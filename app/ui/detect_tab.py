@@ -14,8 +14,8 @@ from detector.vocabulary import PRESETS
 from ..markdown import literal
 from .common import handler, image_input, json_file, png_file, tab_message
 
-# Names the offline model sees (tests/test_name_mapping.py); it reads "person" only as ballplayer,
-# groom or scuba diver (ImageNet has no class for people).
+# Names the offline model sees (tests/test_name_mapping.py); "person" it does not (ImageNet has no
+# class for people, only a ballplayer, a groom and a scuba diver).
 DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
 
 
