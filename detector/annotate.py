@@ -14,6 +14,7 @@ from PIL import Image
 from .images import LoadedImage
 
 LOW_CONFIDENCE_COLOUR = (160, 160, 160)
+LOW_CONFIDENCE_PLATE = (80, 80, 80)  # behind a guess's white label
 RULE_COLOURS = {"max_size": sv.Color.from_hex("#e6194b"), "image_box": sv.Color.from_hex("#3cb44b"),
                 "max_score": sv.Color.from_hex("#4363d8")}
 _INDEX = sv.ColorLookup.INDEX
@@ -106,12 +107,13 @@ def draw_assignment(image: LoadedImage | np.ndarray, assignment, faint: int = 50
 
 def _draw_dashed(canvas: Image.Image, detections: sv.Detections, factor: float) -> Image.Image:
     """Dashed grey boxes labelled "name 0.12?": visibly not detections."""
-    from PIL import ImageDraw
+    from PIL import ImageDraw, ImageFont
 
     draw = ImageDraw.Draw(canvas)
     width = max(1, sv.calculate_optimal_line_thickness(canvas.size))
     dash = 6 * width
     names = detections.data.get("class_name", [""] * len(detections))
+    font = ImageFont.load_default(size=max(12, round(min(canvas.size) / 30)))  # sized for the picture
     for (x1, y1, x2, y2), score, name in zip(detections.xyxy * factor, detections.confidence, names):
         for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
             length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
@@ -120,5 +122,12 @@ def _draw_dashed(canvas: Image.Image, detections: sv.Detections, factor: float) 
                 draw.line([(a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s),
                            (a[0] + (b[0] - a[0]) * e, a[1] + (b[1] - a[1]) * e)], fill=LOW_CONFIDENCE_COLOUR,
                           width=width)
-        draw.text((x1 + width + 2, y1 + width + 2), f"{name} {score:.2f}?", fill=LOW_CONFIDENCE_COLOUR)
+        _label(draw, (x1 + width + 2, y1 + width + 2), f"{name} {score:.2f}?", font)
     return canvas
+
+
+def _label(draw, xy: tuple[float, float], text: str, font) -> None:
+    """White text on a grey plate: readable on any photo (thin grey text vanished on light ones)."""
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=LOW_CONFIDENCE_PLATE)
+    draw.text(xy, text, fill="white", font=font)

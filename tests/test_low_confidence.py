@@ -54,3 +54,15 @@ def test_service_shows_guesses_and_says_why(tmp_path, tiny_predictor, small_imag
     assert result_line(found, 0.0) == "3 box(es) above 0.00"
     assert "nothing in the image looks like" in result_line([], 0.3)
     assert len(best_guesses(tiny_predictor, small_image, "person", floor=1.0)) == 0
+
+
+def test_a_guess_label_is_white_on_a_dark_plate(small_image):
+    """Readable on any photo (thin grey text vanished on a white cup): a plate of the label colour
+    inside the box's top-left corner, with white text on it."""
+    from detector.annotate import LOW_CONFIDENCE_PLATE
+
+    light = np.full_like(small_image, 250)
+    drawn = annotate(light, _dets([], []), top_per_name(_dets([0.2], [0])))
+    corner = drawn[12:40, 12:60].reshape(-1, 3)
+    assert (corner == LOW_CONFIDENCE_PLATE).all(axis=1).sum() > 50
+    assert (corner == 255).all(axis=1).any()
