@@ -146,7 +146,7 @@ def test_hub_probe_switches_the_process_offline_fast(monkeypatch, caplog):
     assert hub.offline() and constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
     assert "checking the Hub" in caplog.text and "Hub unreachable" in caplog.text
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # behind a proxy: no direct probe
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_free_port()}")  # behind a proxy: no direct probe
     assert hub.go_offline_if_unreachable() is False and not constants.HF_HUB_OFFLINE
 
 
