@@ -10,9 +10,12 @@ A name is **right** when
      (names with no ImageNet counterpart: 2. only).
 Weights are those of the name typed alone (`ImageNetRegionScorer.match_logits`, sigmoid), for each
 mapping rule: text similarity alone (before issue 20), WordNet classes alone where WordNet has
-some, and WordNet plus the text matches at a stricter centre (the served rule: centre 0.65).
+some, WordNet plus the text matches at a stricter centre (centre 0.65; every sense, as first
+merged), and the served rule: that, with rare senses dropped by text (`SENSE_MARGIN`) and each
+class's nearest visual neighbour (`VISUAL_NEIGHBOUR`, `NEIGHBOUR_TEXT`). `--sweep` also prints
+the grid these constants were chosen on (the corpus is the only set of names: no held-out names).
 
-    python bench/name_readings.py [--verbose]
+    python bench/name_readings.py [--verbose] [--sweep]
 """
 
 from __future__ import annotations
@@ -29,9 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NOTICEABLE = 0.1
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "name_corpus.tsv"
-RULES = {"text similarity only (before)": None, "WordNet only (text where WordNet has none)": math.inf,
-         "WordNet + text at centre 0.6": 0.6,
-         "WordNet + text at centre 0.65 (served)": 0.65, "WordNet + text at centre 0.7": 0.7}
+ALL_SENSES = {"sense_margin": math.inf, "neighbours": False}
+RULES = {"text similarity only (before)": None,
+         "WordNet only (text where WordNet has none)": {"text_center": math.inf, **ALL_SENSES},
+         "WordNet + text at centre 0.6": {"text_center": 0.6, **ALL_SENSES},
+         "WordNet + text at centre 0.65 (first merged)": {"text_center": 0.65, **ALL_SENSES},
+         "WordNet + text at centre 0.7": {"text_center": 0.7, **ALL_SENSES},
+         "+ rare senses dropped by text": {"neighbours": False},
+         "+ visual neighbours (served)": {}}
 
 
 def _classes(field: str, index: dict[str, int]) -> set[int]:
@@ -79,19 +87,45 @@ def judge(weights: torch.Tensor, expected: set[int], acceptable: set[int]) -> li
     return problems
 
 
-def corpus_weights(scorer, embed, names: list[str], text_center: float | None) -> torch.Tensor:
-    """[C, 1000] a(name, k) of each name typed alone, under one mapping rule."""
-    from detector.imagenet_scorer import wordnet_logits
+def corpus_weights(scorer, embed, names: list[str], rule: dict | None) -> torch.Tensor:
+    """[C, 1000] a(name, k) of each name typed alone, under one mapping rule: None, text similarity
+    alone; else `wordnet_logits`'s keywords (`neighbours`: False, none; a float, that minimum
+    cosine; absent, the scorer's own), {} being the served rule."""
+    from detector.imagenet_scorer import nearest_visual_neighbours, wordnet_logits
 
     _, emb = embed(names)
     text = scorer.match_logits(emb)
-    logits = text if text_center is None else wordnet_logits(text, names, text_center)
-    return torch.sigmoid(logits)
+    if rule is None:
+        return torch.sigmoid(text)
+    rule = dict(rule)
+    near = rule.pop("neighbours", True)
+    if near is True:
+        rule["neighbours"] = scorer.visual_neighbours
+    elif near is not False:
+        rule["neighbours"] = nearest_visual_neighbours(scorer.net.classifier.weight, near)
+    return torch.sigmoid(wordnet_logits(text, names, **rule))
+
+
+def right_count(corpus, weights: torch.Tensor) -> tuple[int, dict[str, list[str]]]:
+    """How many corpus names read right, and why each wrong one is wrong."""
+    wrong = {n: p for (n, e, a), w in zip(corpus, weights) if (p := judge(w, e, a))}
+    return len(corpus) - len(wrong), wrong
+
+
+def sweep(predictor, corpus, names: list[str]) -> None:
+    """The grid SENSE_MARGIN, VISUAL_NEIGHBOUR and NEIGHBOUR_TEXT were chosen on."""
+    print("\n| sense margin | neighbour cosine | neighbour text | right |\n|---|---|---|---|")
+    for margin in (math.inf, 0.2, 0.1, 0.05):
+        for near, related in ((False, 0.35), (0.45, 0.35), (0.4, 0.35), (0.35, 0.35), (0.35, 0.3), (0.3, 0.35)):
+            rule = {"sense_margin": margin, "neighbours": near, "neighbour_text": related}
+            right, _ = right_count(corpus, corpus_weights(predictor.region_scorer, predictor.embed, names, rule))
+            print(f"| {margin} | {near or 'none'} | {related if near else '-'} | {right} ({right / len(corpus):.0%}) |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--verbose", action="store_true", help="list the wrong names of each rule")
+    ap.add_argument("--sweep", action="store_true", help="also print the grid the served constants were chosen on")
     args = ap.parse_args()
     from detector import Predictor
 
@@ -101,13 +135,14 @@ def main() -> None:
     print(f"{len(corpus)} names ({sum(1 for _, e, _ in corpus if not e)} with no ImageNet counterpart)\n")
     print("| mapping rule | right | of | share |")
     print("|---|---|---|---|")
-    for rule, centre in RULES.items():
-        weights = corpus_weights(predictor.region_scorer, predictor.embed, names, centre)
-        wrong = {n: p for (n, e, a), w in zip(corpus, weights) if (p := judge(w, e, a))}
-        print(f"| {rule} | {len(corpus) - len(wrong)} | {len(corpus)} | {1 - len(wrong) / len(corpus):.0%} |")
+    for label, rule in RULES.items():
+        right, wrong = right_count(corpus, corpus_weights(predictor.region_scorer, predictor.embed, names, rule))
+        print(f"| {label} | {right} | {len(corpus)} | {right / len(corpus):.0%} |")
         if args.verbose:
             for n, p in wrong.items():
                 print(f"    {n}: {'; '.join(p[:4])}")
+    if args.sweep:
+        sweep(predictor, corpus, names)
     many = [f"name {i}" for i in range(2000)]
     t = time.perf_counter()
     _, emb = predictor.embed(many)

@@ -46,6 +46,18 @@ MATCH_TEMPERATURE = 0.05
 # WordNet alone: 79 / 83 / 83 / 83 % right; no held-out names, see docs/offline_zero_shot.md).
 WORDNET_LOGIT = 6.0
 TEXT_CENTER_KNOWN = 0.65
+# Chosen on the same corpus (`python bench/name_readings.py --sweep`; see docs/offline_zero_shot.md):
+# a sense whose best class matches the name's text 0.2 (cosine) worse than another sense's is a
+# rare meaning ("drill" the baboon, "key" the coral reef, "monitor" the lizard). 0.1 read one more
+# corpus name right (165 vs 164 of 189) but dropped real homonyms: the crane bird (0.11 below the
+# machine), the gas mask (0.18 below the mask). A class's nearest visual neighbour at
+# cosine >= 0.4 of the classifier's weights, whose text is not unrelated to the name (>= 0.35),
+# counts at a = sigmoid(2) = 0.88 (at 0.35 "cup" is also a coffee mug, but "ball" a ballplayer and
+# "bottle" a pitcher; "lemon" reads as an orange at both).
+SENSE_MARGIN = 0.2
+VISUAL_NEIGHBOUR = 0.4
+NEIGHBOUR_TEXT = 0.35
+NEIGHBOUR_LOGIT = 2.0
 BELOW_CHANCE = 0.01  # what a region's score keeps of its mass when that is below chance (`above_chance`)
 SEEN = 0.5  # a name is "seen" when some ImageNet class counts for it at least this much
 CROP_SIZE = 224
@@ -95,20 +107,48 @@ class NameReading(NamedTuple):
     count: int = 0
 
 
-def wordnet_logits(text: torch.Tensor, names: list[str],
-                   text_center: float = TEXT_CENTER_KNOWN) -> torch.Tensor:
+def nearest_visual_neighbours(classifier_weight: torch.Tensor, min_cosine: float = VISUAL_NEIGHBOUR) -> torch.Tensor:
+    """Each ImageNet class's nearest class by the classifier's own weight vectors [1000, D] (the
+    class the network can hardly tell from it), or -1 where even the nearest is further than
+    `min_cosine`: [1000] indices. moped -> motor scooter (0.56), Indian elephant -> tusker (0.43)."""
+    w = F.normalize(classifier_weight.float(), dim=1)
+    cos = (w @ w.t()).fill_diagonal_(-1.0)
+    best, index = cos.max(dim=1)
+    return torch.where(best >= min_cosine, index, torch.full_like(index, -1))
+
+
+def wordnet_logits(text: torch.Tensor, names: list[str], text_center: float = TEXT_CENTER_KNOWN,
+                   neighbours: torch.Tensor | None = None, sense_margin: float = SENSE_MARGIN,
+                   neighbour_text: float = NEIGHBOUR_TEXT) -> torch.Tensor:
     """Match logits [C, 1000] for `names`: a name WordNet maps (`detector.wordnet_names`) reads
-    as its WordNet classes (WORDNET_LOGIT) plus the classes its text matches at `text_center`
-    (inf: WordNet's alone); the others keep the text logits `text` [C, 1000]."""
-    from .wordnet_names import wordnet_classes
+    as the classes of its senses (WORDNET_LOGIT), plus the classes its text matches at
+    `text_center` (inf: WordNet's alone); the others keep the text logits `text` [C, 1000].
+
+    Of a name's senses only those whose best class matches the name's text within `sense_margin`
+    (cosine; inf: every sense) of the best sense's count: "spider" is the arachnid, not the frying pan WordNet also
+    calls so; "crane" stays both the machine and the bird. With `neighbours`
+    (`nearest_visual_neighbours`), a sense class's nearest visual neighbour counts too (at
+    NEIGHBOUR_LOGIT) when the name's text is not unrelated to it (cosine >= `neighbour_text`):
+    "motorcycle" is also a motor scooter, "elephant" a tusker, "laptop" a notebook computer."""
+    from .wordnet_names import wordnet_senses
 
     out = text.clone()
     shift = (text_center - MATCH_CENTER) / MATCH_TEMPERATURE
+    margin = sense_margin / MATCH_TEMPERATURE
+    related = (neighbour_text - MATCH_CENTER) / MATCH_TEMPERATURE
+    host = text.detach().float().cpu()  # one transfer: the choices below are made on the host
+    near_of = neighbours.cpu() if neighbours is not None else None
     for i, name in enumerate(names):
-        classes = wordnet_classes(name)
-        if classes:
-            out[i] = text[i] - shift
-            out[i, list(classes)] = WORDNET_LOGIT
+        senses = wordnet_senses(name)
+        if not senses:
+            continue
+        fit = [float(host[i, list(sense)].max()) for sense in senses]
+        classes = sorted({k for sense, f in zip(senses, fit) if f >= max(fit) - margin for k in sense})
+        out[i] = text[i] - shift
+        if near_of is not None:
+            near = sorted({j for j in near_of[classes].tolist() if j >= 0 and host[i, j] >= related})
+            out[i, near] = torch.clamp(out[i, near], min=NEIGHBOUR_LOGIT)
+        out[i, classes] = WORDNET_LOGIT
     return out
 
 
@@ -272,6 +312,7 @@ class ImageNetRegionScorer:
         # evidence for its near-synonyms (a cat's cells split between tabby, tiger cat, Egyptian cat)
         self.class_affinity = (match_weights(self.imagenet_embeddings, self.imagenet_embeddings)
                                if fit_affinity else None)
+        self.visual_neighbours = nearest_visual_neighbours(self.net.classifier.weight).to(self.device)
 
     @torch.inference_mode()
     def class_distribution(self, crops: torch.Tensor) -> torch.Tensor:
@@ -378,7 +419,7 @@ class ImageNetRegionScorer:
         sim = (F.normalize(class_embeddings.float(), dim=-1)
                @ F.normalize(self.imagenet_embeddings.to(class_embeddings.device).float(), dim=-1).t())
         text = (sim - MATCH_CENTER) / MATCH_TEMPERATURE
-        return text if names is None else wordnet_logits(text, names)
+        return text if names is None else wordnet_logits(text, names, neighbours=self.visual_neighbours)
 
     def probabilities(self, regions: torch.Tensor, class_embeddings: torch.Tensor,
                       adapters: torch.Tensor | None = None, names: list[str] | None = None) -> torch.Tensor:

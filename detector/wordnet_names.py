@@ -8,9 +8,10 @@ matching "lion"), because it compares words, not meanings.
 The table `data/imagenet_wordnet.json` (0.14 MB) is generated from Princeton WordNet 3.0 by
 `data/make_imagenet_wordnet.py`: no well-kept PyPI package ships WordNet's data for offline use
 (`nltk` and `wn` download it at run time), see docs/offline_zero_shot.md. Names WordNet does not
-know, or knows with no ImageNet class under them ("giraffe"), or with too few to mean the name
-(`SPARSE_SENSES`: "person" has only ballplayer, groom and scuba diver), fall back to text
-similarity in `detector.imagenet_scorer`.
+know, or knows with no ImageNet class under them ("giraffe"), or with too few of their kinds to
+mean the name (`MIN_COVERAGE`: "person" has only ballplayer, groom and scuba diver), fall back to
+text similarity in `detector.imagenet_scorer`, which also picks among a name's senses
+(`wordnet_logits`: a "spider" is not the frying pan WordNet also calls so).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from functools import lru_cache
 from pathlib import Path
 
 TABLE = Path(__file__).with_name("data") / "imagenet_wordnet.json"
-# Senses whose few ImageNet classes are not what the name means: "person" (also "someone",
-# "individual") has thousands of kinds in WordNet and ImageNet-1k holds three of them (ballplayer,
-# groom, scuba diver). Read through WordNet, every person became a scuba diver at weight 0.998,
-# which tags could not teach away (bench/loop_real.py seed 0: novel-name gain 1.57x -> 1.33x, all
-# of it "person"); these names keep text similarity and read as not seen.
-SPARSE_SENSES = frozenset({"00007846"})
+# A sense counts only when its ImageNet classes are a fair share of its kinds (the synsets under it
+# in WordNet): "person" (also "someone", "individual") has 10,297 and ImageNet-1k holds three of
+# them (ballplayer, groom, scuba diver): 0.0003. Read through WordNet, every person became a scuba
+# diver at weight 0.998, which tags could not teach away (bench/loop_real.py seed 0: novel-name
+# gain 1.57x -> 1.33x, all of it "person"). Below this share a sense is left to text similarity
+# ("plant" the organism: 2 of 4,488; "flower": 2 of 468 still counts, "animal": 398 of 4,017).
+MIN_COVERAGE = 0.001
 # Regular English plural endings, tried in order (WordNet's own "morphy" rules for nouns);
 # irregular plurals ("mice", "geese") come from the table's `exceptions`.
 PLURAL_RULES = (("ches", "ch"), ("shes", "sh"), ("sses", "ss"), ("xes", "x"), ("zes", "z"), ("ies", "y"),
@@ -67,11 +69,16 @@ def find_lemma(name: str) -> str | None:
 
 
 @lru_cache(maxsize=20_000)
-def wordnet_classes(name: str) -> tuple[int, ...]:
-    """Sorted ImageNet class indices under any noun sense of `name` (empty: WordNet has none)."""
+def wordnet_senses(name: str) -> tuple[tuple[int, ...], ...]:
+    """The ImageNet class indices under each noun sense of `name` that covers enough of its kinds
+    (`MIN_COVERAGE`), in WordNet's sense order (most frequent first); empty: WordNet has none."""
     lemma = find_lemma(name)
     if lemma is None:
         return ()
-    synsets = table()["synsets"]
-    return tuple(sorted({k for offset in table()["lemmas"][lemma] if offset not in SPARSE_SENSES
-                         for k in synsets[offset]}))
+    synsets, sizes = table()["synsets"], table()["sizes"]
+    return tuple(tuple(synsets[o]) for o in table()["lemmas"][lemma] if len(synsets[o]) >= MIN_COVERAGE * sizes[o])
+
+
+def wordnet_classes(name: str) -> tuple[int, ...]:
+    """Sorted ImageNet class indices under any of `name`'s senses (`wordnet_senses`)."""
+    return tuple(sorted({k for sense in wordnet_senses(name) for k in sense}))

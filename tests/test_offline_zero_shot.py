@@ -167,6 +167,11 @@ def test_offline_model_finds_the_cat_and_not_cats_everywhere(offline_predictor):
     from app.ui.model_tab import model_header
 
     assert html.escape(info["capabilities"]) in model_header({"source": "offline", "note": "", **info})  # the banner
+    from app.ui.model_tab import model_summary
+
+    summary = model_summary({"source": "offline", **info}).casefold()  # the Model tab says each thing once
+    assert summary.count("recognises") == 1 and summary.count("rpn") == 1  # was "(RPN not trained yet) (RPN untrained)"
+    assert "imagenet-like objects" in summary
     chelsea, s = _small("chelsea")
     det = offline_predictor.predict(chelsea, "cat, dog, cup, rocket")[0]
     assert len(det) >= 1 and det["class_name"][0] == "cat" and det.confidence[0] >= 0.5

