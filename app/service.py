@@ -83,7 +83,11 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         loaded = load_image(image)  # decoded once: the predictor and the drawing share it
         det = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
                                      int(max_detections) if max_detections else None)[0]
-        # nothing reached the threshold: the best guess per name, marked low confidence (dashed)
+        return self._drawn_with_guesses(loaded, det, vocabulary, nms_threshold)
+
+    def _drawn_with_guesses(self, loaded, det, vocabulary: str, nms_threshold: float | None):
+        """(drawing, records) of `det`; when nothing reached the threshold, the best guess per
+        name, marked low confidence and drawn dashed (the image's encoding is cached: a re-score)."""
         guesses = best_guesses(self.predictor, loaded, vocabulary, nms_threshold) if len(det) == 0 else None
         records = detections_to_records(det) + (detections_to_records(guesses) if guesses is not None else [])
         return annotate(loaded, det, guesses), records
@@ -105,14 +109,18 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
     @endpoint(gpu=True, api=False)
     def detect_batch(self, images: list, vocabulary: str, score_threshold: float | None = None,
                      nms_threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
-        """-> [{"image": name, "drawn": array, "detections": records}], the model run in batches."""
+        """-> [{"image": name, "drawn": array, "detections": records}], the model run in batches; an
+        image with nothing above the threshold gets its best guesses, as `detect` does."""
         if not images:
             raise ValueError("add some images first")
         loaded = [load_image(getattr(f, "name", f)) for f in images]
         dets = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
                                       int(max_detections) if max_detections else None)
-        return [{"image": Path(str(getattr(f, "name", f))).name, "drawn": annotate(im, d),
-                 "detections": detections_to_records(d)} for f, im, d in zip(images, loaded, dets)]
+        out = []
+        for f, im, d in zip(images, loaded, dets):
+            drawn, records = self._drawn_with_guesses(im, d, vocabulary, nms_threshold)
+            out.append({"image": Path(str(getattr(f, "name", f))).name, "drawn": drawn, "detections": records})
+        return out
 
     @endpoint(gpu=True, api=False)
     def detect_video(self, video, vocabulary: str, score_threshold: float | None = None,

@@ -75,7 +75,7 @@ def test_batch_detection_and_the_queue_helpers_answer_over_http(tmp_path, tiny_p
     assert [r["image"] for r in results] == ["a.png", "b.png"]
     assert [len(r["detections"]) for r in results] == [len(r["detections"]) for r in direct]
     assert all(len(r["detections"]) == 5 for r in results)  # threshold 0: the cap decides
-    assert [item["caption"] for item in gallery] == ["a.png: 5", "b.png: 5"]
+    assert [item["caption"] for item in gallery] == ["a.png: 5 box(es)", "b.png: 5 box(es)"]
     assert all(Path(item["image"]).is_file() for item in gallery)  # downloaded by the client
 
     # /first_untagged: b (index 1) is the only untagged image; once tagged, 0 (all tagged).

@@ -66,3 +66,27 @@ def test_a_guess_label_is_white_on_a_dark_plate(small_image):
     corner = drawn[12:40, 12:60].reshape(-1, 3)
     assert (corner == LOW_CONFIDENCE_PLATE).all(axis=1).sum() > 50
     assert (corner == 255).all(axis=1).any()
+
+
+def test_batch_images_with_nothing_found_get_guesses(tmp_path, tiny_predictor, small_image):
+    """Detect all: an image where nothing reaches the threshold gets its best guesses, as the
+    single-image Detect does; an image with boxes gets none, and the gallery caption says which."""
+    from PIL import Image
+
+    from app.service import AppService
+    from app.ui.detect_tab import _count
+
+    paths = []
+    for i, image in enumerate((small_image, small_image[::-1].copy())):
+        paths.append(str(tmp_path / f"p{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    service = AppService(tmp_path / "app", predictor=tiny_predictor)
+    results = service.detect_batch(paths, "person, flag", score_threshold=1.0)
+    assert [r["image"] for r in results] == ["p0.png", "p1.png"]
+    for r in results:
+        assert r["detections"] and all(d.get("low_confidence") for d in r["detections"])
+        assert not np.array_equal(r["drawn"], small_image) and not np.array_equal(r["drawn"], small_image[::-1])
+        assert _count(r["detections"]).startswith("0 box(es), ")
+    found = service.detect_batch(paths, "person, flag", score_threshold=0.0, max_detections=3)
+    assert all(len(r["detections"]) == 3 and not any(d.get("low_confidence") for d in r["detections"]) for r in found)
+    assert _count(found[0]["detections"]) == "3 box(es)"

@@ -24,6 +24,12 @@ def _rows(records: list[dict]) -> list[list]:
             for r in records]
 
 
+def _count(records: list[dict]) -> str:
+    """A gallery caption's count: boxes above the threshold, or the low-confidence guesses."""
+    guesses = sum(1 for r in records if r.get("low_confidence"))
+    return f"{len(records) - guesses} box(es)" if len(records) > guesses else f"0 box(es), {guesses} low-confidence guess(es)"
+
+
 def result_line(records: list[dict], threshold: float) -> str:
     """What the Detect tab says about a result: boxes found, or why only dashed guesses (or
     nothing) are shown. Names are the user's text, so they are escaped."""
@@ -165,7 +171,7 @@ def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
     msg = c.msg
 
     def batch_present(results):
-        gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {len(r['detections'])}") for r in results]
+        gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {_count(r['detections'])}") for r in results]
         return gallery, json_file([{"image": r["image"], "detections": r["detections"]} for r in results],
                                   "detections")
 
