@@ -35,8 +35,12 @@ def friendly(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except gr.Error:
+            # already readable (an inner `friendly`, or raised for the UI): gr.Error is a ValueError,
+            # and wrapping it again escaped its text twice and quoted it (str() of a gr.Error is a repr)
+            raise
         except USER_ERRORS as e:
-            # Gradio may render a toast's text as HTML: user text in errors is escaped (quotes kept).
+            # Gradio 6 renders a toast's text as (sanitised) HTML: user text in errors is escaped once.
             raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
 
     return wrapper

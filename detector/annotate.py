@@ -59,10 +59,13 @@ def _canvas(image: LoadedImage | np.ndarray) -> tuple[Image.Image, float]:
 def annotate(image: LoadedImage | np.ndarray, detections: sv.Detections,
              low_confidence: sv.Detections | None = None) -> np.ndarray:
     """RGB uint8 picture with boxes and "name 0.87" labels, line and text sized for the picture;
-    `low_confidence` boxes (best guesses below the threshold) dashed grey, "name 0.12?"."""
+    `low_confidence` boxes (best guesses below the threshold) dashed grey, "name 0.12?". Boxes are
+    drawn lowest score first, so where two coincide (a cat that is also read as a kitten) the
+    better one is the one on top."""
     canvas, factor = _canvas(image)
     if low_confidence is not None and len(low_confidence):
         canvas = _draw_dashed(canvas, low_confidence, factor)
+    detections = detections[np.argsort(detections.confidence, kind="stable")] if len(detections) else detections
     shown = sv.Detections(xyxy=detections.xyxy * factor, confidence=detections.confidence,
                           class_id=detections.class_id)
     wh = canvas.size

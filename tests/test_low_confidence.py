@@ -74,7 +74,7 @@ def test_batch_images_with_nothing_found_get_guesses(tmp_path, tiny_predictor, s
     from PIL import Image
 
     from app.service import AppService
-    from app.ui.detect_tab import _count
+    from app.ui.detect_tab import _count, batch_line
 
     paths = []
     for i, image in enumerate((small_image, small_image[::-1].copy())):
@@ -86,7 +86,25 @@ def test_batch_images_with_nothing_found_get_guesses(tmp_path, tiny_predictor, s
     for r in results:
         assert r["detections"] and all(d.get("low_confidence") for d in r["detections"])
         assert not np.array_equal(r["drawn"], small_image) and not np.array_equal(r["drawn"], small_image[::-1])
-        assert _count(r["detections"]).startswith("0 box(es), ")
+        assert _count(r["detections"]).startswith("no box; ") and "low-confidence guess(es)" in _count(r["detections"])
+    assert batch_line(results) == "2 image(s): 0 box(es); 2 image(s) with only low-confidence guesses (dashed)"
     found = service.detect_batch(paths, "person, flag", score_threshold=0.0, max_detections=3)
     assert all(len(r["detections"]) == 3 and not any(d.get("low_confidence") for d in r["detections"]) for r in found)
-    assert _count(found[0]["detections"]) == "3 box(es)"
+    assert _count(found[0]["detections"]) == "3 box(es)" and batch_line(found) == "2 image(s): 6 box(es)"
+    assert _count([]) == "no box"
+
+
+def test_the_better_of_two_coinciding_boxes_is_drawn_on_top(small_image):
+    """A cat also read as a kitten: the same box twice; the higher score's colour is the one seen."""
+    both = _dets([0.3, 0.9], [2, 0])  # kitten-like 0.3 first, cat 0.9 second ...
+    both.xyxy[:] = [[10.0, 10.0, 60.0, 60.0]]
+    best_only = _dets([0.9], [0])
+    best_only.xyxy[:] = [[10.0, 10.0, 60.0, 60.0]]
+    worse_only = _dets([0.3], [2])
+    worse_only.xyxy[:] = [[10.0, 10.0, 60.0, 60.0]]
+    edge = (slice(30, 40), 10)  # the left edge, below any label
+    assert np.array_equal(annotate(small_image, both)[edge], annotate(small_image, best_only)[edge])
+    assert not np.array_equal(annotate(small_image, worse_only)[edge], annotate(small_image, best_only)[edge])
+    flipped = _dets([0.9, 0.3], [0, 2])  # ... in either order
+    flipped.xyxy[:] = [[10.0, 10.0, 60.0, 60.0]]
+    assert np.array_equal(annotate(small_image, flipped)[edge], annotate(small_image, best_only)[edge])

@@ -394,9 +394,9 @@ def test_user_and_error_text_is_inert_in_a_real_browser(tmp_path, tiny_predictor
             page.get_by_role("tab", name="Model").click()
             page.get_by_label("Load a model").fill(XSS)
             page.get_by_role("button", name="Load").click()
-            # Gradio 6's toast shows the message as text, and `friendly` has escaped it for toasts
-            # that render HTML: the visitor reads "&lt;img …&gt;" (escaped once too often, inert).
-            shown_as_text("load error (toast)", page.get_by_test_id("toast-body").last, html.escape(XSS, quote=False))
+            # Gradio 6 renders a toast's text as HTML; `friendly` escapes it once: the visitor reads
+            # the payload as typed, inert (it was escaped twice and quoted: "'&lt;img …'").
+            shown_as_text("load error (toast)", page.get_by_test_id("toast-body").last)
             parsed = page.locator('img[src="x"]').count()  # the payload parsed as HTML anywhere on the page
             xss = page.evaluate("window.__xss")
             browser.close()
@@ -404,6 +404,24 @@ def test_user_and_error_text_is_inert_in_a_real_browser(tmp_path, tiny_predictor
         demo.close()
     assert len(shown_at) == 6 and parsed == 0
     assert xss is None, "a script ran"
+
+
+def test_an_error_is_escaped_once_and_not_quoted():
+    """A handler's endpoint is `friendly` and so is the handler: the inner gr.Error passes through
+    the outer one unchanged (wrapping it again escaped it twice and quoted it: str() of a gr.Error
+    is its repr)."""
+    import gradio as gr
+
+    from app.endpoints import friendly
+    from app.ui.common import handler
+
+    def refuse(name):
+        raise ValueError(f"no name {name}")
+
+    for fn in (friendly(refuse), handler(friendly(refuse)), friendly(friendly(refuse))):
+        with pytest.raises(gr.Error) as caught:
+            fn("<b>&x</b>")
+        assert caught.value.message == "no name &lt;b&gt;&amp;x&lt;/b&gt;"
 
 
 def test_a_message_line_escapes_user_text_exactly_once():

@@ -241,6 +241,27 @@ def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, 
     assert page.locator("#vocabulary textarea").input_value() == "person, flag"
 
 
+def test_detect_all_says_what_it_found_and_shows_guesses(app, photos, shots):
+    """Many images at once: with nothing above the threshold each image shows its best guesses and
+    its caption says so; the Detect line sums it up."""
+    from playwright.sync_api import expect
+
+    _, page = app
+    page.get_by_text("Many images at once").click()
+    page.locator("#detect-batch-files input[type=file]").set_input_files([str(p) for p in photos[:2]])
+    page.locator("#vocabulary textarea").fill("person, flag")
+    page.locator("#detect-score input[type=number]").fill("1")
+    page.locator("#detect-batch-button").click()
+    msg = page.locator("#detect-msg")
+    expect(msg).to_contain_text("2 image(s): 0 box(es); 2 image(s) with only low-confidence guesses", timeout=60_000)
+    expect(page.locator("#detect-batch-gallery")).to_contain_text("photo_0.png: no box; ")
+    expect(page.locator("#detect-batch-json")).to_contain_text("batch-detections")
+    page.screenshot(path=str(shots / "detect-all-guesses.png"))
+    page.locator("#detect-score input[type=number]").fill("0")
+    page.locator("#detect-batch-button").click()
+    expect(msg).to_contain_text(re.compile(r"2 image\(s\): [1-9]\d* box\(es\)(?!;)"), timeout=60_000)
+
+
 def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, photos, shots):
     from playwright.sync_api import expect
 

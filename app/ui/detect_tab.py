@@ -25,9 +25,19 @@ def _rows(records: list[dict]) -> list[list]:
 
 
 def _count(records: list[dict]) -> str:
-    """A gallery caption's count: boxes above the threshold, or the low-confidence guesses."""
+    """A gallery caption's count: boxes above the threshold, or else the low-confidence guesses."""
     guesses = sum(1 for r in records if r.get("low_confidence"))
-    return f"{len(records) - guesses} box(es)" if len(records) > guesses else f"0 box(es), {guesses} low-confidence guess(es)"
+    if len(records) > guesses:
+        return f"{len(records) - guesses} box(es)"
+    return f"no box; {guesses} low-confidence guess(es)" if guesses else "no box"
+
+
+def batch_line(results: list[dict]) -> str:
+    """What the Detect tab says after Detect all."""
+    found = [sum(1 for d in r["detections"] if not d.get("low_confidence")) for r in results]
+    guessed = sum(1 for r, n in zip(results, found) if not n and r["detections"])
+    return (f"{len(results)} image(s): {sum(found)} box(es)"
+            + (f"; {guessed} image(s) with only low-confidence guesses (dashed)" if guessed else ""))
 
 
 def result_line(records: list[dict], threshold: float) -> str:
@@ -79,7 +89,8 @@ def _layout(defaults) -> SimpleNamespace:
             msg = tab_message("detect-msg")
             readings = gr.Markdown(elem_id="detect-readings")  # what the model reads each name as
         with gr.Column():
-            out_image = gr.Image(label="Detections", elem_id="detect-output", format="png")
+            # no label badge: it sat over the top-left corner, where a whole-image box's label is drawn
+            out_image = gr.Image(label="Detections", show_label=False, elem_id="detect-output", format="png")
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
                                  elem_id="detect-table")
             download = gr.File(label="Detections (JSON)", elem_id="detect-download")
@@ -91,10 +102,10 @@ def _layout(defaults) -> SimpleNamespace:
         video_btn = gr.Button("Detect in the video", elem_id="detect-video-button")
         video_json = gr.File(label="Detections per frame (JSON)", elem_id="detect-video-json")
     with gr.Accordion("Many images at once", open=False):
-        batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images")
-        batch_btn = gr.Button("Detect all")
-        batch_gallery = gr.Gallery(label="Results", columns=4)
-        batch_json = gr.File(label="All detections (JSON)")
+        batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="detect-batch-files")
+        batch_btn = gr.Button("Detect all", elem_id="detect-batch-button")
+        batch_gallery = gr.Gallery(label="Results", columns=4, elem_id="detect-batch-gallery")
+        batch_json = gr.File(label="All detections (JSON)", elem_id="detect-batch-json")
     return SimpleNamespace(**locals())
 
 
@@ -173,7 +184,16 @@ def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
     def batch_present(results):
         gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {_count(r['detections'])}") for r in results]
         return gallery, json_file([{"image": r["image"], "detections": r["detections"]} for r in results],
-                                  "detections")
+                                  "detections", named_after="batch")
 
+    def said(results) -> str:
+        """Pure UI: the message line after Detect all, from the JSON just written."""
+        try:
+            return batch_line(json.loads(Path(results).read_text(encoding="utf-8"))) if results else ""
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    said.ui_only = True
     batch_btn.click(handler(ep["detect_batch"], present=batch_present), [batch_files, vocabulary, score, nms, max_det],
-                    [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg)
+                    [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg).success(
+        said, [batch_json], msg, api_name=False, show_progress="hidden")
