@@ -46,6 +46,13 @@ def default_data_dir() -> Path:
     return Path("data")
 
 
+SHOWN_READINGS = 50  # names listed in the readings line, seen and unseen each
+
+
+def _more(count: int) -> str:
+    return f" … and {count - SHOWN_READINGS} more" if count > SHOWN_READINGS else ""
+
+
 class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, ModelsMixin):
     """Every operation of the app (see the module docstring): the state all concerns share is set here."""
 
@@ -95,16 +102,20 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
     @endpoint(gpu=True)  # the mapping's tensors live on the model's device
     def name_readings(self, vocabulary: str) -> str:
         """What the served model reads each typed name as, one Markdown line (names escaped: they
-        are user input): the offline model's ImageNet classes, or "not seen by this model"; empty
-        for a model that reads any name (CLIP)."""
+        are user input): each seen name's ImageNet classes, then the names it does not see, in one
+        group ("Not seen by this model: giraffe, sky"); empty for a model that reads any name (CLIP)."""
         readings = self.predictor.name_readings(vocabulary)
         if not readings:
             return ""
+        seen = [r for r in readings if r.seen]
+        unseen = [r.name for r in readings if not r.seen]
         parts = [f"**{literal(r.name)}** → {literal(', '.join(r.classes))}"
-                 + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") if r.seen
-                 else f"**{literal(r.name)}**: not seen by this model" for r in readings[:50]]
-        more = f" … and {len(readings) - 50} more" if len(readings) > 50 else ""
-        return "Reads as (ImageNet classes): " + "; ".join(parts) + more
+                 + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") for r in seen[:SHOWN_READINGS]]
+        line = ("Reads as (ImageNet classes): " + "; ".join(parts) + _more(len(seen)) + "." if parts else "")
+        if unseen:
+            names = ", ".join(f"**{literal(n)}**" for n in unseen[:SHOWN_READINGS]) + _more(len(unseen))
+            line += (" " if line else "") + f"Not seen by this model: {names}."
+        return line
 
     @endpoint(gpu=True, api=False)
     def detect_batch(self, images: list, vocabulary: str, score_threshold: float | None = None,

@@ -216,8 +216,11 @@ def test_app_says_what_each_name_reads_as(offline, tiny_predictor, tmp_path):
     from app.service import AppService
 
     line = AppService(tmp_path / "a", predictor=offline).name_readings("giraffe, <b>cat</b>, dog, lion")
-    assert "**giraffe**: not seen by this model" in line
+    assert line.endswith("Not seen by this model: **giraffe**, **&lt;b&gt;cat&lt;/b&gt;**.")  # one group, last
     assert "&lt;b&gt;cat&lt;/b&gt;" in line and "<b>" not in line  # user text is escaped
     assert "**dog** → Chihuahua, Japanese spaniel, Maltese dog (+115 more)" in line
     assert "**lion** → lion" in line
     assert AppService(tmp_path / "b", predictor=tiny_predictor).name_readings("cat") == ""  # reads any name
+    many = AppService(tmp_path / "c", predictor=offline).name_readings(", ".join(f"thing {i}" for i in range(2000)))
+    assert "Not seen by this model: **thing 0**, **thing 1**" in many and many.endswith(" more.")
+    assert many.count("**") <= 200 and len(many) < 4000  # at most 50 names of each kind, not a wall of 2,000
