@@ -125,8 +125,8 @@ def wordnet_logits(text: torch.Tensor, names: list[str], text_center: float = TE
     `text_center` (inf: WordNet's alone); the others keep the text logits `text` [C, 1000].
 
     Of a name's senses only those whose best class matches the name's text within `sense_margin`
-    (cosine; inf: every sense) of the best sense's count: "spider" is the arachnid, not the frying pan WordNet also
-    calls so; "crane" stays both the machine and the bird. With `neighbours`
+    (cosine; inf: every sense) of the best sense's count: "spider" is the arachnid, not the frying
+    pan WordNet also calls so; "crane" stays both the machine and the bird. With `neighbours`
     (`nearest_visual_neighbours`), a sense class's nearest visual neighbour counts too (at
     NEIGHBOUR_LOGIT) when the name's text is not unrelated to it (cosine >= `neighbour_text`):
     "motorcycle" is also a motor scooter, "elephant" a tusker, "laptop" a notebook computer."""
