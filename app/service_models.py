@@ -103,7 +103,8 @@ class ModelsMixin:
         `confirm` is true: the answer has `needs_confirmation` and a sentence stating the drop."""
         source = (source or "").strip()
         if not source:
-            raise ValueError("type a preset, a local folder, a Hub id or pick a finished run")
+            raise ValueError("type a preset (offline, tiny, coco-clip), a Hub id (owner/name), a run id (Train tab) "
+                             "or a server folder")
         path = self._model_source(source)
         note = "hot-swapped"
         try:
@@ -156,6 +157,9 @@ class ModelsMixin:
             return str(self.jobs.run(source).served_model())
         if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
             return source
+        if not any(sep in source for sep in ("/", "\\", ".")):  # a bare word: no folder, Hub id or run
+            raise ValueError(f"unknown model {source!r}: type a preset ({', '.join(PRESETS)}), a Hub id (owner/name), "
+                             "a run id (Train tab) or a server folder")
         return str(self.policy.model_folder(source))
 
     @endpoint()

@@ -164,7 +164,7 @@ class LabelStore:
     def _image(self, image: str) -> dict:
         rows = list(self.db["images"].rows_where("hash = ?", [image]))
         if not rows:
-            raise StoreError(f"unknown image {image[:12]}")
+            raise StoreError(f"unknown image {image[:12]!r}" + ("…" if len(image) > 12 else ""))
         return rows[0]
 
     def images(self) -> list[dict]:
@@ -281,14 +281,21 @@ class LabelStore:
             self.db.conn.execute("DELETE FROM labels WHERE id = ?", [old_id])
 
     def merge_labels(self, sources: Iterable[str], into: str) -> None:
-        """Merge each source label into `into` (created if needed); one transaction per source."""
+        """Merge the source labels into `into` (created if needed): all of it in one transaction,
+        or nothing when a source does not exist (`into` is not created either: a failed merge left
+        an empty label behind, listed everywhere)."""
         into = _clean_label(into)
-        if self._label_id(into, create=False) is None:
-            with self._writing():
+        sources = list(sources)
+        with self._writing():
+            missing = [s for s in sources if self._label_id(s, create=False) is None]
+            if missing:
+                raise StoreError(f"no label named {missing[0]!r}" + (f" (nor {len(missing) - 1} more)"
+                                                                     if len(missing) > 1 else ""))
+            if self._label_id(into, create=False) is None:
                 self._label_id(into)
-        for s in sources:
-            if _clean_label(s).casefold() != into.casefold():
-                self.rename_label(s, into)
+            for s in sources:
+                if _clean_label(s).casefold() != into.casefold():
+                    self.rename_label(s, into)
 
     def delete_label(self, name: str) -> None:
         with self._writing():

@@ -160,7 +160,7 @@ class Predictor:
             "proposals": "selective search (RPN not trained yet)" if self.model.uses_selective_search else "RPN",
             "capabilities": self.region_scorer.capabilities if self.region_scorer is not None else None,
             "ensemble": ({"w_trained": cfg.ensemble_weight_trained, "w_untrained": cfg.ensemble_weight_untrained,
-                          "note": "w = 1 (CLIP only) until the head is trained"} if cfg.region_scoring else None),
+                          "note": "w = 1 (region scores only) until the head is trained"} if cfg.region_scoring else None),
         }
 
     # --- inference -------------------------------------------------------------------------

@@ -42,6 +42,8 @@ def test_too_few_tagged_images_train_on_all_and_say_so():
     tagged, n_held, plan = plan_from_detic({"categories": [{"id": 1, "name": "cat"}],
                                             "images": [{"file_name": "a.png", "pos_category_ids": [1]}]})
     assert (tagged, n_held) == (1, 0) and "no held-out score" in plan
+    assert "only 1 tagged image (fewer than" in plan and "trained on it," in plan  # one: not "1 tagged images"
+    assert split_heldout([])[2] == "no tagged images: nothing to train on"
 
 
 # --- the score --------------------------------------------------------------------------------

@@ -99,6 +99,9 @@ def test_no_server_file_is_reachable(public):
         assert status in (403, 404), target
     # Model and training paths on the server are refused the same way.
     assert "not in a folder this server allows" in _error(client.predict, str(secret), api_name="/use_model")
+    # A bare word is no folder: it is named as an unknown model, with what would be one.
+    unknown = _error(client.predict, "asdf", api_name="/use_model")
+    assert "unknown model 'asdf': type a preset (" in unknown and "offline" in unknown
     assert "not in a folder this server allows" in _error(client.predict, 5, "max_size", "1:1", "",
                                                           str(secret / "coco.json"), str(secret),
                                                           api_name="/start_training")

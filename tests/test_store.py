@@ -79,6 +79,18 @@ def test_rename_merge_delete(store):
         store.rename_label("nope", "x")
 
 
+def test_a_merge_with_a_missing_source_changes_nothing(store):
+    """All or nothing: a failed merge neither creates its target nor merges the sources that exist."""
+    a = store.add_image(png(6))
+    store.set_tags(a, ["pet", "dog"])
+    for sources, into in ((["pet", "nope"], "animal"), (["nope"], "ghost"), (["ghost"], "ghost")):
+        with pytest.raises(StoreError, match="no label named 'nope'|no label named 'ghost'"):
+            store.merge_labels(sources, into)
+        assert store.labels() == ["dog", "pet"] and store.tags(a)["positives"] == ["dog", "pet"]
+    store.merge_labels(["pet", "dog"], "animal")
+    assert store.labels() == ["animal"] and store.tags(a)["positives"] == ["animal"]
+
+
 def test_export_loads_in_pycocotools_and_train_reads_identical_labels(store):
     from pycocotools.coco import COCO
 

@@ -5,6 +5,7 @@ reads as sentences; the first-launch header is one plain sentence with the detai
 
 import io
 import re
+import time
 
 import numpy as np
 import pytest
@@ -167,6 +168,29 @@ def test_empty_states_say_what_happened(app, photos):
     threshold.fill("0")
     threshold.press("Enter")
     expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"\d+ box\(es\) above 0.00"), timeout=60_000)
+    # Ten quick steps of the slider with the keyboard, detections slower than the presses: the
+    # result is the last value's (a QA walk once saw 0.18 with the slider at 0.20; not reproduced
+    # here, so this guards it).
+    predict = service.predictor.predict
+
+    def slow(*args, **kwargs):  # a real model's pace: detections overlap the key presses
+        time.sleep(0.3)
+        return predict(*args, **kwargs)
+
+    service.predictor.predict = slow
+    page.locator("#detect-score input[type=range]").focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"above 0.10"), timeout=60_000)
+    # A preset picked with an image on screen detects with its names at once.
+    service.predictor.predict = predict
+    page.locator("#detect-score input[type=number]").fill("0")
+    page.locator("#detect-score input[type=number]").press("Enter")
+    expect(page.locator("#detect-msg")).to_contain_text("above 0.00", timeout=60_000)
+    page.get_by_label("Vocabulary presets").click()
+    page.get_by_role("option", name="Street").click()
+    expect(page.locator("#vocabulary textarea")).to_have_value(re.compile(r"^car, "))
+    expect(page.locator("#detect-table")).to_contain_text("bicycle", timeout=60_000)
 
 
 def _run_with_a_held_out_score(service, predictor):

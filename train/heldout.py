@@ -42,9 +42,11 @@ def split_heldout(samples: list[LabelSample], share: float = HELDOUT_SHARE,
                   minimum: int = MIN_TAGGED_FOR_HELDOUT) -> tuple[list[LabelSample], list[LabelSample], str]:
     """(train, held out, a sentence saying what was done). Deterministic by file name."""
     n = len(samples)
+    if n == 0:
+        return [], [], "no tagged images: nothing to train on"
     if n < minimum:
-        return list(samples), [], (f"only {n} tagged images (fewer than {minimum}): trained on all of them, "
-                                   "so this run has no held-out score")
+        return list(samples), [], (f"only {n} tagged image{'s' if n > 1 else ''} (fewer than {minimum}): trained on "
+                                   f"{'all of them' if n > 1 else 'it'}, so this run has no held-out score")
     order = sorted(range(n), key=lambda i: _key(samples[i]))
     target = max(1, round(share * n))
     cap = max(target, n // 3)

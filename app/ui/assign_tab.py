@@ -59,7 +59,8 @@ def build(ep: dict, defaults) -> None:
             btn = gr.Button("Show assignment", variant="primary")
             msg = tab_message("assign-msg")
         with gr.Column():
-            out = gr.Image(label="Assignment", format="png", elem_id="assign-output")
+            # no label badge: it sat over the top-left corner, where a whole-image box's label is drawn
+            out = gr.Image(label="Assignment", show_label=False, format="png", elem_id="assign-output")
             table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="assign-table")
 
     def need_image(image, tags, vocab, props, shown):

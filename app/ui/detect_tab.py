@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from detector.low_confidence import FLOOR
 from detector.vocabulary import PRESETS
 
 from ..markdown import literal
@@ -51,7 +52,8 @@ def result_line(records: list[dict], threshold: float) -> str:
         best = ", ".join(f"{literal(r['class_name'])} {r['score']:.2f}" for r in guesses)
         return (f"Nothing reached {threshold:.2f}; the best guesses are shown dashed, as low confidence "
                 f"({best}). Lower the threshold to see more, or try other names.")
-    return f"no box above {threshold:.2f} — nothing in the image looks like these names; try other names"
+    return (f"no box above {threshold:.2f}, and no guess above {FLOOR:.2f}: to this model nothing here looks like "
+            "these names (what it reads each name as is below); try other names")
 
 
 def fill_preset(name: str | None):
@@ -148,7 +150,14 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
         **read, api_name=False)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.SLIDER_ENTER_SCRIPT)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
-    preset.change(fill_preset, preset, vocabulary, api_name=False)
+
+    def again(image, *rest):
+        """A preset picked with an image on screen detects again; with none, nothing happens."""
+        return detect(image, *rest) if image is not None else (gr.update(),) * len(outputs)
+
+    again.endpoint = ep["detect"]
+    preset.change(fill_preset, preset, vocabulary, api_name=False).success(
+        again, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(**read, api_name=False)
 
 
 def _wire_video(ep: dict, c: SimpleNamespace) -> None:
