@@ -3,6 +3,7 @@ generated from (`app.endpoints`), the progress-callback type and the parsing of 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,5 +39,5 @@ def _nonempty(value) -> bool:
     if value is None:
         return False
     if isinstance(value, str):
-        return bool(value.strip(" ,;\n"))
+        return bool(re.sub(r"[\s,;]+", "", value))  # blanks of any kind ("\n\t") are no names
     return any(str(v).strip() for v in value)

@@ -196,6 +196,14 @@ def test_tag_export_train_hot_swap_detect(running):
     assert len(client.predict(api_name="/images")) == 3
 
 
+def test_blank_tags_change_nothing_whatever_the_blanks(tmp_path, tiny_predictor, small_image):
+    service = AppService(tmp_path, predictor=tiny_predictor)
+    h = service.store.add_image(Image.fromarray(small_image))
+    service.tag(h, "cat")
+    for blank in ("", " , ,, ", "\n\t", "\t;\u3000"):
+        assert service.tag(h, blank, blank) == {"positives": ["cat"], "negatives": []}, repr(blank)
+
+
 def test_label_management_endpoints(running):
     service, client, paths, _ = running
     service.tag(service.store.add_image(paths[0]), ['say "cheese"', "dog"])  # whatever ran before
