@@ -65,7 +65,7 @@ def annotate(image: LoadedImage | np.ndarray, detections: sv.Detections,
     canvas, factor = _canvas(image)
     if low_confidence is not None and len(low_confidence):
         canvas = _draw_dashed(canvas, low_confidence, factor)
-    detections = detections[np.argsort(detections.confidence, kind="stable")] if len(detections) else detections
+    detections = detections[np.argsort(detections.confidence, kind="stable")]
     shown = sv.Detections(xyxy=detections.xyxy * factor, confidence=detections.confidence,
                           class_id=detections.class_id)
     wh = canvas.size

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 
 import gradio as gr
 
@@ -22,7 +21,7 @@ def model_header(info: dict) -> str:
     if note and note != plain:  # the technical reason, one click away
         line += (f"<details id='model-details'><summary>details</summary><p>{html.escape(note)}</p></details>")
     if info.get("capabilities"):
-        line += f"<p class='model-capabilities'>{html.escape(str(info['capabilities']))}</p>"
+        line += f"<p class='model-capabilities'>Recognises: {html.escape(str(info['capabilities']))}</p>"
     limits = info.get("limits") or []
     if not limits:
         return line
@@ -48,8 +47,7 @@ def model_summary(info: dict, heldout: dict | None = None) -> str:
         return literal(value)
 
     trained = int(info.get("trained_class_names") or 0)
-    # the banner's sentence ("Offline model: recognises ImageNet-like objects ...") under its own label
-    recognises = re.sub(r"^[^:.]*:\s*recognises\s+", "", info.get("capabilities") or "", flags=re.I) or (
+    recognises = info.get("capabilities") or (
         "CLIP region scores: most everyday objects by name." if info.get("region_scoring") else "")
     if trained:
         recognises = f"{recognises} Trained on {trained} name(s) from tags.".strip()
@@ -59,9 +57,7 @@ def model_summary(info: dict, heldout: dict | None = None) -> str:
            f"{e(info.get('backbone_training', '?'))})",
            f"heads {e(info.get('heads', '?'))}" + (f" from {e(info['pretrained_heads'])}"
                                                    if info.get("pretrained_heads") else ""),
-           f"proposals: {e(info.get('proposals', '?'))}" + (
-               "" if info.get("rpn_trained") is not False or "not trained" in str(info.get("proposals"))
-               else " (RPN untrained)"),
+           f"proposals: {e(info.get('proposals', '?'))}",  # says "(RPN not trained yet)" itself
            f"{trained} name(s) learnt from tags" if trained else "not trained on tags yet"]
     lines.append(f"**How it was trained:** {'; '.join(how)}.")
     if info.get("run"):
