@@ -12,7 +12,8 @@ Weights are those of the name typed alone (`ImageNetRegionScorer.match_logits`, 
 mapping rule: text similarity alone (before issue 20), WordNet classes alone where WordNet has
 some, WordNet plus the text matches at a stricter centre (centre 0.65; every sense, as first
 merged), and the served rule: that, with rare senses dropped by text (`SENSE_MARGIN`) and each
-class's nearest visual neighbour (`VISUAL_NEIGHBOUR`, `NEIGHBOUR_TEXT`). `--sweep` also prints
+class's nearest visual neighbour (`VISUAL_NEIGHBOUR`, `NEIGHBOUR_TEXT`), and no class named with
+the name as a modifier (`MODIFIER_LOGIT`: a tiger cat is no tiger). `--sweep` also prints
 the grid these constants were chosen on (the corpus is the only set of names: no held-out names).
 
     python bench/name_readings.py [--verbose] [--sweep]
@@ -32,14 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NOTICEABLE = 0.1
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "name_corpus.tsv"
-ALL_SENSES = {"sense_margin": math.inf, "neighbours": False}
+ALL_SENSES = {"sense_margin": math.inf, "neighbours": False, "modifiers": False}
 RULES = {"text similarity only (before)": None,
          "WordNet only (text where WordNet has none)": {"text_center": math.inf, **ALL_SENSES},
          "WordNet + text at centre 0.6": {"text_center": 0.6, **ALL_SENSES},
          "WordNet + text at centre 0.65 (first merged)": {"text_center": 0.65, **ALL_SENSES},
          "WordNet + text at centre 0.7": {"text_center": 0.7, **ALL_SENSES},
-         "+ rare senses dropped by text": {"neighbours": False},
-         "+ visual neighbours (served)": {}}
+         "+ rare senses dropped by text": {"neighbours": False, "modifiers": False},
+         "+ visual neighbours": {"modifiers": False},
+         "+ compound modifiers (served)": {}}
 
 
 def _classes(field: str, index: dict[str, int]) -> set[int]:

@@ -104,11 +104,11 @@ class DetectorConfig:
         if not 1 <= self.backbone_trainable_stages <= 4:
             raise ValueError("backbone_trainable_stages must be 1-4 (the body has four stages)")
         if self.image_label_num_proposals < 1:
-            raise ValueError("image_label_num_proposals must be >= 1")
+            raise ValueError("image_label_num_proposals must be at least 1")
         if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
             raise ValueError("score_threshold and nms_threshold must lie in [0, 1]")
         if self.max_detections < 1 or self.min_size < 16 or self.max_size < self.min_size:
-            raise ValueError("max_detections >= 1 and 16 <= min_size <= max_size are required")
+            raise ValueError("max_detections must be at least 1, and min_size at least 16 and no larger than max_size")
 
     # JSON round trip ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -147,7 +147,7 @@ class OpenVocabDetector(GeneralizedRCNN):
     def __init__(self, config: DetectorConfig):
         cfg = config
         if cfg.box_head_fcs < 1:
-            raise ValueError("box_head_fcs must be >= 1")
+            raise ValueError("box_head_fcs must be at least 1")
         spec = build_backbone(cfg)
         backbone = spec.module
         c = backbone.out_channels

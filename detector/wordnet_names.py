@@ -79,6 +79,37 @@ def wordnet_senses(name: str) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(synsets[o]) for o in table()["lemmas"][lemma] if len(synsets[o]) >= MIN_COVERAGE * sizes[o])
 
 
+@lru_cache(maxsize=1)
+def _modifier_index() -> dict[str, frozenset[int]]:
+    """Word run -> the ImageNet classes with a lemma that has the run before its last word
+    ("tiger" -> tiger cat, tiger shark, tiger beetle), less classes with a lemma that *is* the run."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    index: dict[str, set[int]] = {}
+    exact: dict[str, set[int]] = {}
+    for k in range(1000):
+        for lemma in info.index_to_description(k).split(","):
+            words = lemma_key(lemma).split()
+            exact.setdefault(" ".join(words), set()).add(k)
+            for i in range(len(words) - 1):
+                for j in range(i + 1, len(words)):
+                    index.setdefault(" ".join(words[i:j]), set()).add(k)
+    return {run: frozenset(ks - exact.get(run, set())) for run, ks in index.items()}
+
+
+@lru_cache(maxsize=20_000)
+def modifier_classes(name: str) -> tuple[int, ...]:
+    """ImageNet classes whose name uses `name` only as a modifier: English compounds name their
+    head last, so a tiger cat is a cat, a spider web a web and a car wheel a wheel, not the thing
+    typed (`imagenet_scorer.wordnet_logits` keeps them from counting for it); sorted indices."""
+    key = lemma_key(name)
+    forms = {key, find_lemma(name) or key}
+    forms |= {key[: len(key) - len(s)] + r for s, r in PLURAL_RULES if key.endswith(s) and len(key) > len(s) + 1}
+    index = _modifier_index()
+    return tuple(sorted({k for form in forms for k in index.get(form, ())}))
+
+
 def wordnet_classes(name: str) -> tuple[int, ...]:
     """Sorted ImageNet class indices under any of `name`'s senses (`wordnet_senses`)."""
     return tuple(sorted({k for sense in wordnet_senses(name) for k in sense}))

@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,12 +108,28 @@ def test_old_flag_names_and_json_round_trip():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"iters": 0}, "iters"), ({"ratio": "x"}, "ratio"), ({"image_label_rule": "biggest"}, "image_label_rule"),
+    ({"iters": 0}, "iters"), ({"iters": 10**9}, "iters must be between 1 and 1,000,000"), ({"ratio": "x"}, "ratio"), ({"image_label_rule": "biggest"}, "image_label_rule"),
     ({"box_data": "b.json"}, "box_images"), ({"jitter": (2.0, 1.0)}, "jitter"), ({"surprise": 1}, "surprise"),
 ])
 def test_bad_configs_name_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         RunConfig.from_dict(bad)
+
+
+def test_config_errors_read_the_same_in_a_toast_and_over_the_api():
+    """The app escapes error text for the toast (it is rendered as HTML), so a message written with
+    '>=' reached API clients as 'iters must be &gt;= 1': the project's own messages use words."""
+    import html
+
+    import train.run_config as run_config
+    import train.sampler as sampler
+
+    for module in (run_config, sampler):
+        for message in re.findall(r'ValueError\(f?"([^"]*)"', Path(module.__file__).read_text()):
+            assert html.escape(message, quote=False) == message, message
+    with pytest.raises(ValueError) as caught:
+        RunConfig(lr=0)
+    assert html.escape(str(caught.value), quote=False) == str(caught.value)
 
 
 def test_schedule_defaults_are_derived_once():

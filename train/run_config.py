@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 from detector.config import BACKBONE_CHOICES, HEAD_PRESETS, IMAGE_LABEL_RULES, IMAGE_LABEL_SCOPES
 
 TAG_FEATURES = ("cached", "full")  # see train.tag_features
+# A run longer than this is a typo (10**9 was accepted and estimated at 2.4e11 s): a million steps
+# is days even on a GPU.
+MAX_ITERS = 1_000_000
 
 
 def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
@@ -36,14 +39,14 @@ class ConfigBase:
     COMMAND: ClassVar[str] = ""
 
     def _validate_schedule(self) -> None:
-        if self.iters < 1:
-            raise ValueError("iters must be >= 1")
+        if not 1 <= self.iters <= MAX_ITERS:
+            raise ValueError(f"iters must be between 1 and {MAX_ITERS:,}, got {self.iters:,}")
         if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
-            raise ValueError("lr > 0, weight_decay >= 0 and clip > 0 are required")
+            raise ValueError("lr and clip must be positive and weight_decay zero or more")
         if len(self.jitter) != 2 or not 0 < self.jitter[0] <= self.jitter[1]:
-            raise ValueError("jitter must be two scales lo,hi with 0 < lo <= hi")
+            raise ValueError("jitter must be two positive scales lo,hi with lo no larger than hi")
         if self.warmup < 0 or (self.checkpoint_every or 1) < 1 or (self.log_every or 1) < 1:
-            raise ValueError("warmup >= 0, checkpoint_every >= 1 and log_every >= 1 are required")
+            raise ValueError("warmup must be zero or more, checkpoint_every and log_every at least 1")
 
     # --- schedule derived from the run length (the one place these are computed) ---------------
     @property
@@ -144,7 +147,7 @@ class RunConfig(ConfigBase):
         self._validate_schedule()
         for name in ("box_batch", "label_batch", "box_size", "label_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"{name} must be at least 1")
         if self.image_label_rule not in IMAGE_LABEL_RULES:
             raise ValueError(f"image_label_rule must be one of {', '.join(IMAGE_LABEL_RULES)}, "
                              f"got {self.image_label_rule!r}")
@@ -155,7 +158,7 @@ class RunConfig(ConfigBase):
         if not 0 <= self.heldout_share < 0.9:
             raise ValueError("heldout_share must lie in [0, 0.9)")
         if self.image_label_weight < 0:
-            raise ValueError("image_label_weight >= 0 is required")
+            raise ValueError("image_label_weight must be zero or more")
         if self.heads not in ("", *HEAD_PRESETS):
             raise ValueError(f"heads must be one of {', '.join(HEAD_PRESETS)} (or empty: keep the model's)")
         if self.train_backbone not in ("", *BACKBONE_CHOICES):
@@ -207,12 +210,12 @@ class PretrainConfig(ConfigBase):
             raise ValueError("images: give the folder of unlabelled images (--images DIR)")
         for name in ("batch", "size", "proposals", "projector_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"{name} must be at least 1")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError("momentum must lie in [0, 1]")
         if self.temperature <= 0 or self.contrastive_weight < 0 or self.regression_weight < 0 or self.workers < 0:
-            raise ValueError("temperature > 0, contrastive_weight >= 0, regression_weight >= 0 and workers >= 0 "
-                             "are required")
+            raise ValueError("temperature must be positive; contrastive_weight, regression_weight and workers "
+                             "zero or more")
 
 
 CONFIGS: dict[str, type[ConfigBase]] = {c.COMMAND: c for c in (RunConfig, PretrainConfig)}

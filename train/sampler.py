@@ -17,7 +17,7 @@ def parse_ratio(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"ratio must look like '1:1' or '1:4' (box:image-label), got {text!r}") from None
     if a < 0 or b < 0 or a + b == 0:
-        raise ValueError("ratio parts must be >= 0 and not both 0")
+        raise ValueError("ratio parts must be zero or more and not both 0")
     return a, b
 
 

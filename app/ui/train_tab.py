@@ -11,6 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from detector.config import HEAD_PRESETS, IMAGE_LABEL_RULES
+from train.run_config import MAX_ITERS
 from train.run_dir import ACTIVE_STATES
 
 from .common import handler, tab_message
@@ -181,7 +182,7 @@ def _layout(server_folders: bool) -> SimpleNamespace:
     """Every component of the tab, left column then right, by its name (no events here)."""
     with gr.Row():
         with gr.Column():
-            iters = gr.Number(300, label="Iterations", precision=0, minimum=1)
+            iters = gr.Number(300, label="Iterations", precision=0, minimum=1, maximum=MAX_ITERS)
             rule = gr.Radio(list(IMAGE_LABEL_RULES), value=IMAGE_LABEL_RULES[0], label="Image-label loss")
             ratio = gr.Textbox("1:1", label="Box : image-label batches")
             base = gr.Textbox(label="Start from (empty = the live model)")
@@ -209,7 +210,7 @@ def _layout(server_folders: bool) -> SimpleNamespace:
                 gr.Markdown("AlignDet: teaches the neck, proposals and box head what objects in *your* images "
                             "look like, from the stored images alone. When it is done, press *Use this run's model* "
                             "and train from your tags as usual (training starts from the live model).")
-                pre_iters = gr.Number(1000, label="Pre-training iterations", precision=0, minimum=1)
+                pre_iters = gr.Number(1000, label="Pre-training iterations", precision=0, minimum=1, maximum=MAX_ITERS)
                 pre_size = gr.Number(640, label="Shorter side of the images", precision=0, minimum=32)
                 pre_folder = gr.Textbox(label="Also a folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
                                         elem_id="pretrain-folder")

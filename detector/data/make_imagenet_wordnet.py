@@ -113,12 +113,14 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict:
         if o not in synsets and (above := class_above(hypernyms, wnids, o)):
             synsets[o] = above
     lemmas = {}
-    for lemma, (offsets, _) in read_index_noun(wordnet_dir / "index.noun").items():
-        # The senses the lemma is the usual (first) name of, when it has some with classes:
-        # "turtle" is not a jersey (turtleneck, turtle, polo-neck), "beetle" not a hammer (beetle
-        # is a mallet's second name); otherwise all: "bike" is the first name of neither sense.
+    for lemma, (offsets, tagged) in read_index_noun(wordnet_dir / "index.noun").items():
+        # The senses the lemma is the usual (first) name of, or that occur in WordNet's sense-tagged
+        # text ("plane" is mostly an airplane, whose first name is "airplane"), when it has some
+        # with classes: "turtle" is not a jersey (turtleneck, turtle, polo-neck), "beetle" not a
+        # hammer (beetle is a mallet's second name); otherwise all: "bike" is the first name of
+        # neither sense.
         kept = [o for o in offsets if o in synsets]
-        kept = [o for o in kept if first[o] == lemma] or kept
+        kept = [o for o in kept if first[o] == lemma or offsets.index(o) < tagged] or kept
         if kept:
             lemmas[lemma] = kept
     exceptions = {}
