@@ -9,8 +9,7 @@ import torch
 from bench.name_readings import corpus_weights, judge, load_corpus
 from detector import Predictor
 from detector.imagenet_scorer import compete, imagenet_class_names, nearest_visual_neighbours, wordnet_logits
-from detector.wordnet_names import (MIN_COVERAGE, find_lemma, modifier_classes, table, wordnet_classes,
-                                    wordnet_senses)
+from detector.wordnet_names import MIN_COVERAGE, find_lemma, modifier_classes, table, wordnet_classes, wordnet_senses
 
 CLASSES = imagenet_class_names()
 
