@@ -29,6 +29,7 @@ from pathlib import Path
 from train.run_dir import ACTIVE_STATES, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
+PREPARING_S = 120  # a run folder without a status this young is still being written by the app
 
 
 class JobError(RuntimeError):
@@ -145,7 +146,7 @@ class TrainingJobs:
         problem = run.unreadable()
         if problem:
             return {"state": "unreadable", "message": problem, "iteration": 0, "total": 0, "id": run.id}
-        status = run.status() or {"state": "unknown"}
+        status = run.status() or {"state": self._unstarted_state(run)}
         pid = status.get("pid") or run.job().get("pid")
         try:
             updated = float(status.get("updated", 0))
@@ -162,7 +163,20 @@ class TrainingJobs:
                     status = run.write_status("failed", message=message)
                 except OSError:  # a folder we cannot write: report it, record nothing
                     status = {**status, "state": "failed", "message": message}
+        if status.get("state") in ACTIVE_STATES and run.cancel_requested():
+            # The trainer stops at its next step (seconds on a CPU): say so meanwhile, not "running".
+            status = {**status, "cancelling": True}
         return {**status, "id": run.id}
+
+    @staticmethod
+    def _unstarted_state(run: RunDir) -> str:
+        """A folder with no status yet: "preparing" while the app still writes it (the tag snapshot
+        and the live model take seconds), "unknown" when it has stayed so (not a run of this app)."""
+        try:
+            fresh = time.time() - run.path.stat().st_ctime < PREPARING_S
+        except OSError:
+            fresh = False
+        return "preparing" if fresh else "unknown"
 
     def runs(self) -> list[dict]:
         """Every run, newest first, with its evaluation when it has one."""
@@ -198,7 +212,9 @@ class TrainingJobs:
                 raise JobError(f"the dry run took over {timeout:.0f} s; the settings are too heavy for this machine") from None
             if proc.returncode != 0:
                 lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-                raise JobError(f"the dry run failed: {lines[-1] if lines else 'no output'}"[:300])
+                reason = lines[-1] if lines else "no output"
+                reason = reason if len(reason) <= 300 else reason[:299] + "…"  # cut, and says so
+                raise JobError(f"the dry run failed: {reason}")
             return json.loads(proc.stdout[proc.stdout.index("{"):])
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -29,6 +29,7 @@ the 1000 classes) and below that of true matches (~0.55-0.8).
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -73,7 +74,7 @@ FIT_COVERAGE = 0.5
 FIT_PRECISION = 0.5
 FIT_MASK = 0.2  # Zhou et al.'s CAM boxes: cells above 20 % of the peak
 CAPABILITIES = ("ImageNet-like objects (animals, vehicles, tools, food, household "
-                "items, e.g. cat, cup, tripod, helmet); not people ('person'), body parts or scenes. "
+                "items, e.g. cat, rocket, tripod, helmet); not people ('person'), body parts or scenes. "
                 "Boxes come from selective search until the detector is trained.")
 
 
@@ -194,10 +195,27 @@ def above_chance(regions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (torch.maximum(mass - chance, BELOW_CHANCE * mass) / (1 - chance).clamp(min=1e-6)).clamp(0, 1)
 
 
+@lru_cache(maxsize=1)
+def imagenet_reading_names() -> tuple[str, ...]:
+    """The class names a person reads: `imagenet_class_names`, with a longer lemma of the class
+    added where the short one means several things that have classes ("plane (carpenter's plane)"
+    beside "airliner" for "plane": the bare "plane" read as a second airplane)."""
+    from .wordnet_names import table
+
+    lemmas, out = table()["lemmas"], []
+    for name, text in zip(imagenet_class_names(), imagenet_class_texts()):
+        longer = [w.strip() for w in text.split(":")[0].split(",")[1:]]
+        longer = [w for w in longer if " " in w and w.lower().split()[-1] == name.lower()]
+        ambiguous = " " not in name and len(lemmas.get(name.lower(), ())) >= 2
+        out.append(f"{name} ({longer[0]})" if longer and ambiguous else name)
+    return tuple(out)
+
+
 def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[NameReading]:
     """Per name, its `top` ImageNet classes of weight >= SEEN (strongest first; equal weights, as
-    WordNet's classes have, in ImageNet's order) and how many there are."""
-    classes = imagenet_class_names()
+    WordNet's classes have, in ImageNet's order; named as `imagenet_reading_names`) and how many
+    there are."""
+    classes = imagenet_reading_names()
     out = []
     for name, row in zip(names, weights.float().cpu()):
         order = torch.argsort(-row.round(decimals=3), stable=True)[:top]

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from app.jobs import JobError, TrainingJobs, finetune_argv
+from app.ui.train_tab import _present_runs, progress_html
 from train.run_config import RunConfig
 from train.run_dir import RunDir
 
@@ -42,8 +43,15 @@ def test_live_process_counts_as_active_and_refuses_a_second_run(tmp_path):
         second.write_config(RunConfig(model="tiny"))
         with pytest.raises(JobError, match="already active"):
             jobs.start(second)
+        assert not jobs.status(run.id).get("cancelling")
         jobs.cancel(run.id)
         assert run.cancel_requested()
+        # Until the trainer's next step ends it, the run reads "cancelling", not "running".
+        status = jobs.status(run.id)
+        assert status["state"] == "running" and status["cancelling"]
+        assert "<b>cancelling</b>" in progress_html(status)
+        table = _present_runs(jobs.runs())
+        assert table.loc[table["run"] == run.id, "state"].tolist() == ["cancelling"]
     finally:
         proc.kill()
         proc.wait()
@@ -77,3 +85,16 @@ def test_started_run_records_the_child_pid_and_finishes(tmp_path, monkeypatch):
 def test_argv_is_the_config_file_only(tmp_path):
     run = RunDir.create(tmp_path)
     assert finetune_argv(run)[1:] == ["-m", "train", "finetune", "--config", str(run.file(RunDir.CONFIG))]
+
+
+def test_a_run_folder_being_written_reads_preparing(tmp_path, monkeypatch):
+    """Between Start and the trainer's first status (the tag snapshot and the live model take
+    seconds) the Train tab showed "unknown · iteration 0 / 1": now "preparing"; a folder that
+    stays without a status is still "unknown"."""
+    import app.jobs as jobs_module
+
+    jobs = TrainingJobs(tmp_path / "runs")
+    run = RunDir.create(jobs.runs_dir)
+    assert jobs.status(run.id)["state"] == "preparing" and jobs.active() is None  # start() is not refused
+    monkeypatch.setattr(jobs_module, "PREPARING_S", 0)
+    assert jobs.status(run.id)["state"] == "unknown"

@@ -86,7 +86,7 @@ def test_batch_images_with_nothing_found_get_guesses(tmp_path, tiny_predictor, s
     for r in results:
         assert r["detections"] and all(d.get("low_confidence") for d in r["detections"])
         assert not np.array_equal(r["drawn"], small_image) and not np.array_equal(r["drawn"], small_image[::-1])
-        assert _count(r["detections"]).startswith("no box; ") and "low-confidence guess(es)" in _count(r["detections"])
+        assert _count(r["detections"]).startswith("no box; ") and "guess(es), dashed" in _count(r["detections"])
     assert batch_line(results) == "2 image(s): 0 box(es); 2 image(s) with only low-confidence guesses (dashed)"
     found = service.detect_batch(paths, "person, flag", score_threshold=0.0, max_detections=3)
     assert all(len(r["detections"]) == 3 and not any(d.get("low_confidence") for d in r["detections"]) for r in found)

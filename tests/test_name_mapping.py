@@ -118,11 +118,15 @@ def test_a_modifier_is_not_the_thing(offline):
     assert plain[0, CLASSES.index("tiger cat")] > 0.5  # the rule, not the text, removes it
 
 
-def test_frequent_senses_count_whatever_their_first_name():
+def test_frequent_senses_count_whatever_their_first_name(offline):
     """A sense that WordNet's tagged text uses the lemma for counts even when the lemma is not its
-    first name: a "plane" is mostly an airplane; a "turtle" is still not a turtleneck (rare)."""
+    first name: a "plane" is mostly an airplane; a "turtle" is still not a turtleneck (rare). The
+    reading names the tool so that it does not look like a second airplane."""
     assert {"airliner", "plane"} <= _named(wordnet_classes("plane"))
     assert "jersey" not in _named(wordnet_classes("turtle"))
+    plane = offline.name_readings(["plane"])[0]
+    assert plane.classes[:2] == ["airliner", "plane (carpenter's plane)"], plane
+    assert offline.name_readings(["lion"])[0].classes == ["lion"]  # unambiguous names stay as they are
 
 
 def test_issue_examples(offline):

@@ -46,7 +46,7 @@ def _layout() -> SimpleNamespace:
             browse_label = gr.Dropdown([], label="Browse images of label")
             open_in_tag = gr.Button("Open in Tag", visible=False, elem_id="dataset-open-in-tag")
         gallery = gr.Gallery(label="Images (pick one to open it in Tag)", columns=6, scale=3,
-                             elem_id="dataset-gallery")
+                             object_fit="contain", elem_id="dataset-gallery")  # 1 x 4000 stays visible
     browsed = gr.State([])  # [{hash, name}] of the images in the gallery, in its order
     picked_image = gr.State("")  # the hash of the image picked in the gallery
     with gr.Row():

@@ -30,7 +30,7 @@ def _count(records: list[dict]) -> str:
     guesses = sum(1 for r in records if r.get("low_confidence"))
     if len(records) > guesses:
         return f"{len(records) - guesses} box(es)"
-    return f"no box; {guesses} low-confidence guess(es)" if guesses else "no box"
+    return f"no box; {guesses} guess(es), dashed" if guesses else "no box"  # short: a caption is narrow
 
 
 def batch_line(results: list[dict]) -> str:
@@ -52,8 +52,8 @@ def result_line(records: list[dict], threshold: float) -> str:
         best = ", ".join(f"{literal(r['class_name'])} {r['score']:.2f}" for r in guesses)
         return (f"Nothing reached {threshold:.2f}; the best guesses are shown dashed, as low confidence "
                 f"({best}). Lower the threshold to see more, or try other names.")
-    return (f"no box above {threshold:.2f}, and no guess above {FLOOR:.2f}: to this model nothing here looks like "
-            "these names (what it reads each name as is below); try other names")
+    return (f"No box above {threshold:.2f}, and no guess above {FLOOR:.2f}: to this model nothing here looks like "
+            "these names (what it reads each name as is below). Try other names.")
 
 
 def fill_preset(name: str | None):
@@ -106,16 +106,23 @@ def _layout(defaults) -> SimpleNamespace:
     with gr.Accordion("Many images at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="detect-batch-files")
         batch_btn = gr.Button("Detect all", elem_id="detect-batch-button")
-        batch_gallery = gr.Gallery(label="Results", columns=4, elem_id="detect-batch-gallery")
+        batch_gallery = gr.Gallery(label="Results", columns=4, object_fit="contain",  # whole-image boxes stay whole
+                                   elem_id="detect-batch-gallery")
         batch_json = gr.File(label="All detections (JSON)", elem_id="detect-batch-json")
     return SimpleNamespace(**locals())
+
+
+def _reading(ep: dict, c: SimpleNamespace) -> dict:
+    """The event that fills the readings line from the vocabulary: chained after every detection
+    (one image, a video, Detect all), so the line always describes the names just used."""
+    return {"fn": handler(ep["name_readings"]), "inputs": [c.vocabulary], "outputs": c.readings,
+            "show_progress": "hidden"}
 
 
 def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     """One image: Detect, Enter in the vocabulary, a released slider; then the result line."""
     image, vocabulary, preset, score, nms, max_det = c.image, c.vocabulary, c.preset, c.score, c.nms, c.max_det
     detect_btn, msg, out_image, table, download = c.detect_btn, c.msg, c.out_image, c.table, c.download
-    readings = c.readings
 
     def need_image(image, *rest):
         if image is None:
@@ -142,14 +149,14 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     hint.ui_only = True
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
-    read = {"fn": handler(ep["name_readings"]), "inputs": [vocabulary], "outputs": readings,
-            "show_progress": "hidden"}
+    read = _reading(ep, c)
     detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted).success(
         **read, api_name="name_readings")
     vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
         **read, api_name=False)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.SLIDER_ENTER_SCRIPT)
-        slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted)
+        slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
+            **read, api_name=False)  # the vocabulary may have changed since the last detection
 
     def again(image, *rest):
         """A preset picked with an image on screen detects again; with none, nothing happens."""
@@ -181,7 +188,7 @@ def _wire_video(ep: dict, c: SimpleNamespace) -> None:
 
     video.endpoint = ep["detect_video"]
     video_btn.click(video, [video_in, vocabulary, score, nms, max_det, stride], [video_out, video_json, msg],
-                    api_name=False, show_progress_on=msg)
+                    api_name=False, show_progress_on=msg).success(**_reading(ep, c), api_name=False)
 
 
 def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
@@ -205,4 +212,4 @@ def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
     said.ui_only = True
     batch_btn.click(handler(ep["detect_batch"], present=batch_present), [batch_files, vocabulary, score, nms, max_det],
                     [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg).success(
-        said, [batch_json], msg, api_name=False, show_progress="hidden")
+        said, [batch_json], msg, api_name=False, show_progress="hidden").success(**_reading(ep, c), api_name=False)

@@ -17,6 +17,11 @@ from train.run_dir import ACTIVE_STATES
 from .common import handler, tab_message
 
 
+def shown_state(status: dict) -> str:
+    """A run's state as a person reads it: "cancelling" between Cancel and the trainer's next step."""
+    return "cancelling" if status.get("cancelling") else str(status.get("state", "?"))
+
+
 def progress_html(status: dict) -> str:
     """Progress bar and one status line; every value from the run is escaped (it may hold user text)."""
     total = max(1, int(status.get("total") or 1))
@@ -24,7 +29,7 @@ def progress_html(status: dict) -> str:
     pct = 100 * min(it, total) / total
     metrics = status.get("metrics") or []
     eta = metrics[-1].get("eta_s") if metrics else None
-    line = (f"<b>{html.escape(str(status.get('state', '?')))}</b> · iteration {it} / {total} · "
+    line = (f"<b>{html.escape(shown_state(status))}</b> · iteration {it} / {total} · "
             f"{html.escape(str(status.get('message', '')))}")
     if eta and status.get("state") in ACTIVE_STATES:
         line += f" · ETA {float(eta):.0f} s"
@@ -109,7 +114,9 @@ def loss_plot(status: dict) -> dict:
     `MIN_X_SPAN`), so the x axis counts whole iterations and the curve grows as the run goes."""
     curve = loss_curve(status.get("metrics") or [])
     last = int(curve.iteration.max()) if len(curve) else 0
-    return gr.update(value=curve, x_lim=[0, max(int(status.get("total") or 0), last, MIN_X_SPAN)])
+    # No points yet: no data at all (an empty table drew a legend and axis of "-Infinity, Infinity").
+    return gr.update(value=curve if len(curve) else None,
+                     x_lim=[0, max(int(status.get("total") or 0), last, MIN_X_SPAN)])
 
 
 def _present_status(status: dict) -> tuple:
@@ -131,7 +138,7 @@ def _present_runs(runs: list[dict]) -> pd.DataFrame:
         before, after = r.get("heldout_mean_before"), r.get("heldout_mean_after")
         return "" if before is None and after is None else f"{_ap(before)} → {_ap(after)}"
 
-    return pd.DataFrame([{"run": r["id"], "state": r.get("state"), "iteration": r.get("iteration"),
+    return pd.DataFrame([{"run": r["id"], "state": shown_state(r), "iteration": r.get("iteration"),
                           "total": r.get("total"), HISTORY_COLUMNS[4]: heldout(r),
                           "AP50": ((r.get("evaluation") or {}).get("all") or {}).get("AP50")}
                          for r in runs], columns=HISTORY_COLUMNS)
