@@ -20,7 +20,7 @@ from detector import CheckpointError, HubUnavailableError, ImageLoadError
 
 from . import zerogpu
 from .jobs import JobError
-from .policy import check_text
+from .policy import check_text, check_value
 from .service import AppService
 from .store import StoreError
 
@@ -53,9 +53,12 @@ def on_zero_gpu(fn: Callable) -> Callable:
 
 def limited(fn: Callable, method: Callable) -> Callable:
     """`fn` refusing, before it runs, any text parameter (annotated `str`) over the size limit
-    (`app.policy.MAX_TEXT_CHARS`): a request's parsing memory and time stay bounded."""
+    (`app.policy.MAX_TEXT_CHARS`): a request's parsing memory and time stay bounded; and any
+    parameter not of its declared type (`app.policy.check_value`), in one sentence."""
     sig = inspect.signature(method)
     texts = {n for n, p in sig.parameters.items() if "str" in str(p.annotation)}
+    declared = {n: p.annotation for n, p in sig.parameters.items()
+                if isinstance(p.annotation, str) and p.kind is not p.KEYWORD_ONLY}
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -63,6 +66,8 @@ def limited(fn: Callable, method: Callable) -> Callable:
         for name, value in bound.arguments.items():
             if name in texts:
                 check_text(name, value)
+            if name in declared:
+                check_value(name, declared[name], value)
         return fn(*args, **kwargs)
 
     return wrapper

@@ -16,6 +16,7 @@ The checks live in `AppService`, so every event and API call is covered, visible
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,39 @@ def check_text(name: str, value) -> None:
         return
     if size > MAX_TEXT_CHARS:
         raise TooLarge(f"'{name}' holds {size:,} characters; at most {MAX_TEXT_CHARS:,} are accepted")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def check_value(name: str, annotation: str, value) -> None:
+    """Refuse a parameter whose type is not the one its operation declares (`annotation`, e.g.
+    "int | None"), in one sentence, before the operation runs: over the API a caller can send any
+    JSON (a list for an image id, None or 1.5 or NaN for an iteration count), which otherwise ended
+    in a bare "the app raised an exception", a Python message or a run of 1 iteration. Text may be
+    None (an empty dropdown); numbers only where the annotation allows it."""
+    kinds = {k.strip() for k in annotation.split("|")}
+    if value is None and ("None" in kinds or not kinds & {"int", "float", "bool"}):
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if "int" in kinds:
+        if not (number and math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"{name} must be a whole number, got {_shown(value)}")
+    elif "float" in kinds:
+        if not (number and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
+    elif "bool" in kinds:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {_shown(value)}")
+    elif "str" in kinds:
+        texts = "list[str]" in kinds and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if not (isinstance(value, str) or texts):
+            raise ValueError(f"{name} must be text{' or a list of texts' if 'list[str]' in kinds else ''}, "
+                             f"got {_shown(value)}")
+    elif "list" in kinds and not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list, got {_shown(value)}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from detector import Predictor
 from detector.annotate import annotate, detections_to_records, draw_assignment
-from detector.images import load_image
+from detector.images import ImageLoadError, load_image
 from detector.low_confidence import best_guesses
 from detector.vocabulary import parse_vocabulary
 from train.run_config import RunConfig
@@ -121,16 +121,29 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
     def detect_batch(self, images: list, vocabulary: str, score_threshold: float | None = None,
                      nms_threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
         """-> [{"image": name, "drawn": array, "detections": records}], the model run in batches; an
-        image with nothing above the threshold gets its best guesses, as `detect` does."""
+        image with nothing above the threshold gets its best guesses, as `detect` does. A file that
+        is no readable image does not stop the others: it is listed as {"image": name, "error": why}
+        in its place (all unreadable: one error)."""
         if not images:
             raise ValueError("add some images first")
-        loaded = [load_image(getattr(f, "name", f)) for f in images]
-        dets = self.predictor.predict(loaded, vocabulary, score_threshold, nms_threshold,
-                                      int(max_detections) if max_detections else None)
+        names = [Path(str(getattr(f, "name", f))).name for f in images]
+        loaded, errors = {}, {}
+        for i, f in enumerate(images):
+            try:
+                loaded[i] = load_image(getattr(f, "name", f))
+            except (ImageLoadError, ValueError, OSError) as e:
+                errors[i] = str(e)
+        if not loaded:
+            raise ImageLoadError("no image could be read: " + "; ".join(errors.values()))
+        dets = dict(zip(loaded, self.predictor.predict(list(loaded.values()), vocabulary, score_threshold,
+                                                       nms_threshold, int(max_detections) if max_detections else None)))
         out = []
-        for f, im, d in zip(images, loaded, dets):
-            drawn, records = self._drawn_with_guesses(im, d, vocabulary, nms_threshold)
-            out.append({"image": Path(str(getattr(f, "name", f))).name, "drawn": drawn, "detections": records})
+        for i, name in enumerate(names):
+            if i in errors:
+                out.append({"image": name, "error": errors[i]})
+                continue
+            drawn, records = self._drawn_with_guesses(loaded[i], dets[i], vocabulary, nms_threshold)
+            out.append({"image": name, "drawn": drawn, "detections": records})
         return out
 
     @endpoint(gpu=True, api=False)

@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from detector.vocabulary import normalize_name
+
 
 def endpoint(gpu: bool = False, api: bool = True, file: bool = False):
     """Mark a method as an app operation: a UI event and (with `api`) a named API endpoint of the
@@ -36,8 +38,9 @@ def _upload_path(f) -> Path | None:
 
 
 def _nonempty(value) -> bool:
+    """Whether tags hold any name: blanks of any kind ("\n\t"), separators and invisible
+    characters (a zero-width space) are none, as the vocabulary parser sees them."""
     if value is None:
         return False
-    if isinstance(value, str):
-        return bool(re.sub(r"[\s,;]+", "", value))  # blanks of any kind ("\n\t") are no names
-    return any(str(v).strip() for v in value)
+    texts = [value] if isinstance(value, str) else [str(v) for v in value]
+    return any(re.sub(r"[\s,;]+", "", normalize_name(t)) for t in texts)

@@ -200,7 +200,7 @@ def test_blank_tags_change_nothing_whatever_the_blanks(tmp_path, tiny_predictor,
     service = AppService(tmp_path, predictor=tiny_predictor)
     h = service.store.add_image(Image.fromarray(small_image))
     service.tag(h, "cat")
-    for blank in ("", " , ,, ", "\n\t", "\t;\u3000"):
+    for blank in ("", " , ,, ", "\n\t", "\t;\u3000", "\u200b", ["\u200b", " "]):  # zero-width: no name either
         assert service.tag(h, blank, blank) == {"positives": ["cat"], "negatives": []}, repr(blank)
 
 

@@ -2,9 +2,11 @@
 per name, drawn dashed, listed as low confidence, and a sentence saying why."""
 
 import numpy as np
+import pytest
 import supervision as sv
 
 from detector.annotate import annotate, detections_to_records
+from detector.images import ImageLoadError
 from detector.low_confidence import best_guesses, top_per_name
 
 
@@ -92,6 +94,17 @@ def test_batch_images_with_nothing_found_get_guesses(tmp_path, tiny_predictor, s
     assert all(len(r["detections"]) == 3 and not any(d.get("low_confidence") for d in r["detections"]) for r in found)
     assert _count(found[0]["detections"]) == "3 box(es)" and batch_line(found) == "2 image(s): 6 box(es)"
     assert _count([]) == "no box"
+    # A file that is no image does not stop the others (it stopped the whole batch): it is listed
+    # in its place and the line says so; all unreadable is one error.
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    mixed = service.detect_batch([paths[0], str(bad), paths[1]], "person, flag", score_threshold=0.0, max_detections=3)
+    assert [r["image"] for r in mixed] == ["p0.png", "notes.png", "p1.png"]
+    assert "notes.png" in mixed[1]["error"] and "drawn" not in mixed[1]
+    assert [len(r["detections"]) for r in (mixed[0], mixed[2])] == [3, 3]
+    assert batch_line(mixed).startswith("2 image(s): 6 box(es). Skipped 1: ") and "notes.png" in batch_line(mixed)
+    with pytest.raises(ImageLoadError, match="no image could be read"):
+        service.detect_batch([str(bad)], "person")
 
 
 def test_the_better_of_two_coinciding_boxes_is_drawn_on_top(small_image):

@@ -252,6 +252,35 @@ def test_huge_vocabularies_are_refused_at_once_with_one_sentence(tmp_path, tiny_
     assert len(names) == MAX_NAMES
 
 
+def test_parameters_of_the_wrong_type_get_one_sentence_over_http(tmp_path, tiny_predictor, served):
+    """Any JSON reaches an endpoint: a dict for an image id, None / a list / "abc" / 1.5 / NaN for
+    numbers, a shorter side of 10**9. Each was a bare "the app raised an exception" (a traceback in
+    the log), a Python message, a run of 1 iteration, or a run that failed inside: now one sentence
+    naming the parameter, and nothing is stored or started."""
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    h = service.store.add_image(_png(tmp_path / "a.png", 4))
+    client, _ = served(service)
+    estimate = ("1:1", "", "", "", "", "", "", 320, 640, 0.1, "", "")
+
+    def start(label_size):
+        return _error(client.predict, 5, "max_size", "1:1", "", "", "", "", "", "", label_size, 640, 0.1,
+                      "", "", api_name="/start_training")
+
+    assert "image_hash must be text, got {'x': 1}" in _error(client.predict, {"x": 1}, ["a"], [], api_name="/tag")
+    assert service.store.labels() == []
+    service.tag(h, "cat")  # something to train on: the settings are what is refused below
+    for bad, shown in ((None, "None"), ([1, 2], "[1, 2]"), ("abc", "'abc'"), (1.5, "1.5"), (True, "True")):
+        msg = _error(client.predict, bad, "max_size", *estimate, api_name="/estimate_training")
+        assert f"iters must be a whole number, got {shown}" in msg, msg
+    from app.endpoints import make_endpoints  # NaN is no JSON for gradio_client; raw HTTP sends it
+
+    nan = _error(make_endpoints(service)["start_training"], 5, "max_size", "1:1", "", "", "", "", "", "", 320, 640,
+                 float("nan"), "", "")
+    assert "image_label_weight must be a finite number, got nan" in nan, nan
+    assert "label_size must be between 1 and 4,096, got 1,000,000,000" in start(10**9)
+    assert service.jobs.runs() == []
+
+
 # 5. Foreign run folders ------------------------------------------------------------------------------------
 def test_foreign_run_folders_never_block_training_and_can_be_deleted(tmp_path, tiny_predictor, served):
     """A run folder claiming "running" with a live process that is not its trainer, one with a binary

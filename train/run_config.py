@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,11 +25,24 @@ TAG_FEATURES = ("cached", "full")  # see train.tag_features
 # A run longer than this is a typo (10**9 was accepted and estimated at 2.4e11 s): a million steps
 # is days even on a GPU.
 MAX_ITERS = 1_000_000
+# Image sides and batch sizes above these are typos or attacks, not settings: a shorter side of
+# 10**9 was accepted and failed only inside the run ("Storage size calculation overflowed"), and a
+# memory estimate grows with the pixel count (320 px: 1.6 GB, 1280 px: 2.0 GB on the 2-core CPU).
+MAX_SIDE = 4096
+MAX_BATCH = 256
 
 
 def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(**factory, metadata={"help": help, **extra})
+
+
+def _check_range(cfg, names: tuple[str, ...], most: int) -> None:
+    """Each named field lies in 1..most (ValueError naming the field and the limit)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not 1 <= value <= most:
+            raise ValueError(f"{name} must be between 1 and {most:,}, got {value:,}")
 
 
 class ConfigBase:
@@ -39,6 +53,10 @@ class ConfigBase:
     COMMAND: ClassVar[str] = ""
 
     def _validate_schedule(self) -> None:
+        bad = [f.name for f in dataclasses.fields(self)
+               if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be a finite number")
         if not 1 <= self.iters <= MAX_ITERS:
             raise ValueError(f"iters must be between 1 and {MAX_ITERS:,}, got {self.iters:,}")
         if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
@@ -145,9 +163,8 @@ class RunConfig(ConfigBase):
         from .sampler import parse_ratio
 
         self._validate_schedule()
-        for name in ("box_batch", "label_batch", "box_size", "label_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        _check_range(self, ("box_batch", "label_batch"), MAX_BATCH)
+        _check_range(self, ("box_size", "label_size"), MAX_SIDE)
         if self.image_label_rule not in IMAGE_LABEL_RULES:
             raise ValueError(f"image_label_rule must be one of {', '.join(IMAGE_LABEL_RULES)}, "
                              f"got {self.image_label_rule!r}")
@@ -208,9 +225,8 @@ class PretrainConfig(ConfigBase):
         self._validate_schedule()
         if not self.images:
             raise ValueError("images: give the folder of unlabelled images (--images DIR)")
-        for name in ("batch", "size", "proposals", "projector_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        _check_range(self, ("batch",), MAX_BATCH)
+        _check_range(self, ("size", "proposals", "projector_dim"), MAX_SIDE)
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError("momentum must lie in [0, 1]")
         if self.temperature <= 0 or self.contrastive_weight < 0 or self.regression_weight < 0 or self.workers < 0:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+MAX_RATIO_PART = 1000  # 999999999999:1 was accepted: a part this large means one kind of batch only
+
 
 def parse_ratio(text: str) -> tuple[int, int]:
     try:
         a, b = (int(x) for x in str(text).split(":"))
     except ValueError:
         raise ValueError(f"ratio must look like '1:1' or '1:4' (box:image-label), got {text!r}") from None
-    if a < 0 or b < 0 or a + b == 0:
-        raise ValueError("ratio parts must be zero or more and not both 0")
+    if a < 0 or b < 0 or a + b == 0 or max(a, b) > MAX_RATIO_PART:
+        raise ValueError(f"ratio parts must be between 0 and {MAX_RATIO_PART:,} and not both 0")
     return a, b
 
 

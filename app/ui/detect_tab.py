@@ -34,11 +34,15 @@ def _count(records: list[dict]) -> str:
 
 
 def batch_line(results: list[dict]) -> str:
-    """What the Detect tab says after Detect all."""
+    """What the Detect tab says after Detect all (the files that could not be read, last)."""
+    skipped = [r for r in results if "error" in r]
+    results = [r for r in results if "error" not in r]
     found = [sum(1 for d in r["detections"] if not d.get("low_confidence")) for r in results]
     guessed = sum(1 for r, n in zip(results, found) if not n and r["detections"])
     return (f"{len(results)} image(s): {sum(found)} box(es)"
-            + (f"; {guessed} image(s) with only low-confidence guesses (dashed)" if guessed else ""))
+            + (f"; {guessed} image(s) with only low-confidence guesses (dashed)" if guessed else "")
+            + (f". Skipped {len(skipped)}: " + "; ".join(literal(r["error"]) for r in skipped[:5])
+               + (f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else "") if skipped else ""))
 
 
 def result_line(records: list[dict], threshold: float) -> str:
@@ -198,8 +202,9 @@ def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
     msg = c.msg
 
     def batch_present(results):
-        gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {_count(r['detections'])}") for r in results]
-        return gallery, json_file([{"image": r["image"], "detections": r["detections"]} for r in results],
+        gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {_count(r['detections'])}")
+                   for r in results if "error" not in r]
+        return gallery, json_file([{k: r[k] for k in ("image", "detections", "error") if k in r} for r in results],
                                   "detections", named_after="batch")
 
     def said(results) -> str:
