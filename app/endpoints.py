@@ -99,7 +99,23 @@ def register_api(endpoints: dict[str, Callable]) -> None:
     uploaded files are reachable through their UI events, which carry the same name."""
     for name, fn in endpoints.items():
         if fn.endpoint["api"]:
-            gr.api(as_file(fn) if fn.endpoint.get("file") else fn, api_name=name)
+            gr.api(plain_errors(as_file(fn) if fn.endpoint.get("file") else fn, fn), api_name=name)
+
+
+def plain_errors(fn: Callable, operation: Callable) -> Callable:
+    """`fn` for API callers only: its error text as written, not escaped for a toast (`friendly`
+    escapes user text once because Gradio renders a toast as HTML; a `gr.api` endpoint is never
+    shown in one, and its caller read "unknown model '&lt;img …&gt;'")."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as e:
+            raise gr.Error(html.unescape(e.message), print_exception=False) from None
+
+    wrapper.endpoint = operation  # as every UI handler: the one service operation it goes through
+    return wrapper
 
 
 def as_file(fn: Callable) -> Callable:

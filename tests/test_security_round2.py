@@ -279,6 +279,10 @@ def test_parameters_of_the_wrong_type_get_one_sentence_over_http(tmp_path, tiny_
     assert "image_label_weight must be a finite number, got nan" in nan, nan
     assert "label_size must be between 1 and 4,096, got 1,000,000,000" in start(10**9)
     assert service.jobs.runs() == []
+    # An API caller reads error text as written: entities are for the toast (an endpoint that is
+    # only an API is never shown in one); it read "got '&lt;b&gt;:1'".
+    msg = _error(client.predict, 5, "max_size", "<b>:1", *estimate[1:], api_name="/estimate_training")
+    assert "got '<b>:1'" in msg and "&lt;" not in msg, msg
 
 
 # 5. Foreign run folders ------------------------------------------------------------------------------------

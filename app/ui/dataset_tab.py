@@ -72,7 +72,7 @@ def _layout() -> SimpleNamespace:
                            label="Export format (tags: detic, csv; the model's boxes: the others)")
         exp_images = gr.Checkbox(False, label="Zip the images with the labels", elem_id="dataset-export-images")
         exp_btn = gr.Button("Export")
-        exp_file = gr.File(label="Export", elem_id="dataset-export")
+        exp_file = gr.File(label="Export", interactive=False, elem_id="dataset-export")  # an output: no drop zone
 
     out = [plot, table, summary, browse_label, ren_old, merge_src, del_label]
     return SimpleNamespace(**locals())

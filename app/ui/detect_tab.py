@@ -99,20 +99,20 @@ def _layout(defaults) -> SimpleNamespace:
             out_image = gr.Image(label="Detections", show_label=False, elem_id="detect-output", format="png")
             table = gr.Dataframe(headers=["name", "score", "x1", "y1", "x2", "y2"], label="Boxes", interactive=False,
                                  elem_id="detect-table")
-            download = gr.File(label="Detections (JSON)", elem_id="detect-download")
+            download = gr.File(label="Detections (JSON)", interactive=False, elem_id="detect-download")
     with gr.Accordion("A short video", open=False):
         with gr.Row():
             video_in = gr.Video(label="Video", sources=["upload"], elem_id="detect-video")
             video_out = gr.Video(label="Detections", elem_id="detect-video-output")
         stride = gr.Number(10, label="Every n-th frame", precision=0, minimum=1, elem_id="detect-video-stride")
         video_btn = gr.Button("Detect in the video", elem_id="detect-video-button")
-        video_json = gr.File(label="Detections per frame (JSON)", elem_id="detect-video-json")
+        video_json = gr.File(label="Detections per frame (JSON)", interactive=False, elem_id="detect-video-json")
     with gr.Accordion("Many images at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="detect-batch-files")
         batch_btn = gr.Button("Detect all", elem_id="detect-batch-button")
         batch_gallery = gr.Gallery(label="Results", columns=4, object_fit="contain",  # whole-image boxes stay whole
                                    elem_id="detect-batch-gallery")
-        batch_json = gr.File(label="All detections (JSON)", elem_id="detect-batch-json")
+        batch_json = gr.File(label="All detections (JSON)", interactive=False, elem_id="detect-batch-json")
     return SimpleNamespace(**locals())
 
 
