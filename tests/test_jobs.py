@@ -1,5 +1,6 @@
 """Background runs: the app starts, polls and cancels; the run folder is `train.run_dir.RunDir`'s."""
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,13 @@ def test_a_run_folder_being_written_reads_preparing(tmp_path, monkeypatch):
     assert jobs.status(run.id)["state"] == "preparing" and jobs.active() is None  # start() is not refused
     monkeypatch.setattr(jobs_module, "PREPARING_S", 0)
     assert jobs.status(run.id)["state"] == "unknown"
+
+
+def test_the_evaluation_box_shows_only_what_the_run_has():
+    """A run without evaluation data showed '{"after": null, "before": null, ...}'."""
+    from app.ui.train_tab import _present_status
+
+    running = {"state": "running", "id": "r1", "iteration": 1, "total": 5, "metrics": [], "log": ""}
+    assert _present_status(running)[4] == ""
+    done = _present_status({**running, "state": "finished", "evaluation": {"AP50": 0.5}})[4]
+    assert json.loads(done) == {"after": {"AP50": 0.5}}
