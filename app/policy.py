@@ -112,7 +112,8 @@ class AccessPolicy:
         resolved = Path(path).expanduser().resolve()
         if self.allows(resolved):
             return resolved
-        raise AccessDenied(f"the {what} '{Path(path).name}' is not in a folder this server allows "
+        typed = str(path) if len(str(path)) <= 80 else "…" + str(path)[-79:]  # as typed (not its last part)
+        raise AccessDenied(f"the {what} '{typed}' is not in a folder this server allows "
                            "(the operator lists them in APP_ALLOWED_DIRS)")
 
     def hub_token(self, typed: str | None) -> str:

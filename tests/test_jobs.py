@@ -97,6 +97,8 @@ def test_a_run_folder_being_written_reads_preparing(tmp_path, monkeypatch):
     jobs = TrainingJobs(tmp_path / "runs")
     run = RunDir.create(jobs.runs_dir)
     assert jobs.status(run.id)["state"] == "preparing" and jobs.active() is None  # start() is not refused
+    line = progress_html(jobs.status(run.id))
+    assert "<b>preparing</b></p>" in line and "iteration" not in line  # no "0 / 1", no dangling "·"
     monkeypatch.setattr(jobs_module, "PREPARING_S", 0)
     assert jobs.status(run.id)["state"] == "unknown"
 

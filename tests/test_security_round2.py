@@ -283,6 +283,8 @@ def test_parameters_of_the_wrong_type_get_one_sentence_over_http(tmp_path, tiny_
     # only an API is never shown in one); it read "got '&lt;b&gt;:1'".
     msg = _error(client.predict, 5, "max_size", "<b>:1", *estimate[1:], api_name="/estimate_training")
     assert "got '<b>:1'" in msg and "&lt;" not in msg, msg
+    msg = _error(client.predict, "<b>x</b>", False, api_name="/use_model")
+    assert "the model folder '<b>x</b>' is not in a folder this server allows" in msg, msg  # as typed, whole
 
 
 # 5. Foreign run folders ------------------------------------------------------------------------------------

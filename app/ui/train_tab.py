@@ -29,10 +29,14 @@ def progress_html(status: dict) -> str:
     pct = 100 * min(it, total) / total
     metrics = status.get("metrics") or []
     eta = metrics[-1].get("eta_s") if metrics else None
-    line = (f"<b>{html.escape(shown_state(status))}</b> · iteration {it} / {total} · "
-            f"{html.escape(str(status.get('message', '')))}")
+    parts = [f"<b>{html.escape(shown_state(status))}</b>"]
+    if status.get("total"):  # none while the app still prepares the run
+        parts.append(f"iteration {it} / {total}")
+    if status.get("message"):
+        parts.append(html.escape(str(status["message"])))
     if eta and status.get("state") in ACTIVE_STATES:
-        line += f" · ETA {float(eta):.0f} s"
+        parts.append(f"ETA {float(eta):.0f} s")
+    line = " · ".join(parts)
     return (f"<div class='progress-outer'><div class='progress-inner' style='width:{pct:.1f}%'></div></div>"
             f"<p>{line}</p>")
 
