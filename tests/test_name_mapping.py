@@ -118,6 +118,15 @@ def test_a_modifier_is_not_the_thing(offline):
     assert plain[0, CLASSES.index("tiger cat")] > 0.5  # the rule, not the text, removes it
 
 
+def test_a_whole_reads_as_its_members():
+    """WordNet's member meronyms: a train is its locomotives and cars (a photo of a steam locomotive
+    is one of a train); a group with no class of its own is left alone ("pack" of hounds would read
+    every dog)."""
+    assert {"bullet train", "electric locomotive", "steam locomotive", "passenger car"} <= _named(
+        wordnet_classes("train"))
+    assert "Chihuahua" not in _named(wordnet_classes("pack"))
+
+
 def test_frequent_senses_count_whatever_their_first_name(offline):
     """A sense that WordNet's tagged text uses the lemma for counts even when the lemma is not its
     first name: a "plane" is mostly an airplane; a "turtle" is still not a turtleneck (rare). The

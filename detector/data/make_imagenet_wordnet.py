@@ -5,6 +5,7 @@ Each ImageNet-1k class is a WordNet 3.0 noun synset (its wnid n02124075 is the s
 itself, its hyponyms and instance hyponyms, recursively) of each of the name's noun senses:
 "motorcycle" -> moped; "dog" -> the 118 breeds; "crane" -> the machine and the bird. A sense with
 no class below it takes the nearest class above it (at most MAX_UP steps): "fridge" -> refrigerator.
+A sense with classes also takes those of its member meronyms: "train" -> the locomotives and cars.
 The app reads the table (`detector.wordnet_names`) instead of WordNet itself, because no well-kept
 package on PyPI ships WordNet's data for offline use (see docs/offline_zero_shot.md).
 
@@ -38,10 +39,12 @@ MAX_CLASSES = 400
 MAX_UP = 2
 
 
-def read_data_noun(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+def read_data_noun(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str],
+                                         dict[str, list[str]]]:
     """offset -> (hyponym and instance-hyponym offsets), (hypernym and instance-hypernym offsets),
-    and its first lemma (the synset's usual name)."""
-    hyponyms, hypernyms, first = {}, {}, {}
+    its first lemma (the synset's usual name), and its member meronyms (a train's locomotive and
+    railway cars)."""
+    hyponyms, hypernyms, first, members = {}, {}, {}, {}
     for line in path.read_text(encoding="latin-1").splitlines():
         if line.startswith(" "):  # licence header
             continue
@@ -53,7 +56,8 @@ def read_data_noun(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str
         ptrs = fields[i + 1 : i + 1 + 4 * n_ptrs]
         hyponyms[offset] = [ptrs[j + 1] for j in range(0, len(ptrs), 4) if ptrs[j] in ("~", "~i") and ptrs[j + 2] == "n"]
         hypernyms[offset] = [ptrs[j + 1] for j in range(0, len(ptrs), 4) if ptrs[j] in ("@", "@i") and ptrs[j + 2] == "n"]
-    return hyponyms, hypernyms, first
+        members[offset] = [ptrs[j + 1] for j in range(0, len(ptrs), 4) if ptrs[j] == "%m" and ptrs[j + 2] == "n"]
+    return hyponyms, hypernyms, first, members
 
 
 def read_index_noun(path: Path) -> dict[str, tuple[list[str], int]]:
@@ -103,12 +107,20 @@ def class_above(hypernyms: dict[str, list[str]], wnids: list[str], offset: str) 
 
 
 def build(wordnet_dir: Path, wnids: list[str]) -> dict:
-    hyponyms, hypernyms, first = read_data_noun(wordnet_dir / "data.noun")
+    hyponyms, hypernyms, first, members = read_data_noun(wordnet_dir / "data.noun")
     missing = [w for w in wnids if w[1:] not in hyponyms]
     if missing:
         raise SystemExit(f"not WordNet 3.0: {len(missing)} ImageNet wnids are not in data.noun, e.g. {missing[:3]}")
     memo: dict[str, frozenset[str]] = {}
-    synsets = {o: c for o, c in closure_classes(hyponyms, wnids, memo).items() if len(c) <= MAX_CLASSES}
+    found = closure_classes(hyponyms, wnids, memo)
+    for o, ms in members.items():
+        # A whole made of members reads as them too, when it has classes of its own: a photo of a
+        # locomotive is one of a train. (A group with none, "pack" of hounds, stays as it was:
+        # it would read every dog.)
+        extra = {k for m in ms for k in found.get(m, ())}
+        if extra and found.get(o):
+            found[o] = sorted(set(found[o]) | extra)
+    synsets = {o: c for o, c in found.items() if len(c) <= MAX_CLASSES}
     for o in hyponyms:
         if o not in synsets and (above := class_above(hypernyms, wnids, o)):
             synsets[o] = above
