@@ -99,6 +99,21 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         records = detections_to_records(det) + (detections_to_records(guesses) if guesses is not None else [])
         return annotate(loaded, det, guesses), records
 
+    @endpoint(gpu=True, api=False)
+    def image_classes(self, image) -> str:
+        """What the served model sees in the image whatever the names typed, one Markdown line: its
+        best ImageNet classes ("espresso 0.71" on a cup of coffee, where "cup" finds nothing), so a
+        person knows which names would find something; empty for a model that reads any name."""
+        if image is None:
+            return ""
+        found = self.predictor.image_classes(image)
+        if found is None:  # a model that reads any name (CLIP): nothing to suggest
+            return ""
+        if not found:
+            return "In this image the model is sure of no ImageNet class (none above 0.20)."
+        return ("In this image the model sees (ImageNet classes, whatever you typed): "
+                + ", ".join(f"**{literal(name)}** {p:.2f}" for name, p in found) + ".")
+
     @endpoint(gpu=True)  # the mapping's tensors live on the model's device
     def name_readings(self, vocabulary: str) -> str:
         """What the served model reads each typed name as, one Markdown line (names escaped: they

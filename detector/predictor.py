@@ -311,6 +311,23 @@ class Predictor:
                 cache.popitem(last=False)
         return cache[key]
 
+    def image_classes(self, image, top: int = 3, floor: float = 0.2) -> list[tuple[str, float]] | None:
+        """What the offline model sees in an image whatever the vocabulary: the `top` ImageNet
+        classes by their best box (probability >= `floor`), e.g. [("espresso", 0.69)] on
+        scikit-image's coffee, where "cup" finds nothing: names a person can type instead. None
+        for a model that reads any name (CLIP). Costs nothing more after a detection of the same
+        image (its box distributions are cached)."""
+        if self.region_scorer is None or self.region_scorer.kind != "imagenet":
+            return None
+        from .imagenet_scorer import imagenet_reading_names
+
+        regions = self.encode([load_image(image)])[0].region_embeddings[0]
+        if not len(regions):
+            return []
+        best, index = regions.float().max(dim=0).values.topk(top)
+        names = imagenet_reading_names()
+        return [(names[int(k)], round(float(p), 2)) for p, k in zip(best.cpu(), index.cpu()) if p >= floor]
+
     def predict(self, images, vocabulary, score_threshold: float | None = None,
                 nms_threshold: float | None = None, max_detections: int | None = None,
                 batch_size: int = 8) -> list[sv.Detections]:

@@ -266,6 +266,7 @@ def test_ui_events_and_api_endpoints_call_the_same_operations(running):
         if op.endpoint["api"] or name in by_api_name:  # api=False: served through its UI event, or UI-only
             assert by_api_name.get(name) is op, f"operation {name} is not the API endpoint /{name}"
         assert op.endpoint["gpu"] == (name in {"detect", "detect_batch", "detect_video", "assign", "suggest", "detections_coco",
+                                                  "image_classes",
                                                   "find_suggestions", "name_readings"})
     assert client.predict(api_name="/training_status") == _jsonable(service.training_status())
     assert client.predict(api_name="/dataset") == service.dataset()

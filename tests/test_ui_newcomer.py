@@ -171,12 +171,15 @@ def test_empty_states_say_what_happened(app, photos):
 
     service.predictor.name_readings = lambda vocabulary: [NameReading(n.strip(), [n.strip().upper()], True, 1)
                                                           for n in vocabulary.split(",")]
+    service.predictor.image_classes = lambda image: [("espresso", 0.71)]  # what an offline model sees
     page.locator("#vocabulary textarea").fill("cat, bird")
     page.wait_for_timeout(500)  # as a person: typed Enter at once, the page could still send the old values
     threshold.fill("0")
     threshold.press("Enter")
     expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"\d+ box\(es\) above 0.00"), timeout=60_000)
     expect(page.locator("#detect-readings")).to_contain_text("bird → BIRD", timeout=30_000)
+    expect(page.locator("#detect-seen")).to_contain_text("the model sees (ImageNet classes, whatever you typed): "
+                                                         "espresso 0.71", timeout=30_000)
     # Ten quick steps of the slider with the keyboard, detections slower than the presses: the
     # result is the last value's (a QA walk once saw 0.18 with the slider at 0.20; not reproduced
     # here, so this guards it).

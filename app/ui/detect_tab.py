@@ -60,6 +60,14 @@ def result_line(records: list[dict], threshold: float) -> str:
             "these names (what it reads each name as is below). Try other names.")
 
 
+def _not_seen_yet(image) -> str:
+    """Pure UI: a new image clears the line on what the model saw in the last one."""
+    return ""
+
+
+_not_seen_yet.ui_only = True
+
+
 def fill_preset(name: str | None):
     """Pure UI: a preset's names into the vocabulary box (no app operation)."""
     return ", ".join(PRESETS[name]) if name else gr.update()
@@ -94,6 +102,7 @@ def _layout(defaults) -> SimpleNamespace:
             detect_btn = gr.Button("Detect", variant="primary", elem_id="detect-button")
             msg = tab_message("detect-msg")
             readings = gr.Markdown(elem_id="detect-readings")  # what the model reads each name as
+            seen = gr.Markdown(elem_id="detect-seen")  # what it sees in the image, whatever the names
         with gr.Column():
             # no label badge: it sat over the top-left corner, where a whole-image box's label is drawn
             out_image = gr.Image(label="Detections", show_label=False, elem_id="detect-output", format="png")
@@ -154,13 +163,14 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     inputs, outputs = [image, vocabulary, score, nms, max_det], [out_image, table, download]
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
     read = _reading(ep, c)
+    see = {"fn": handler(ep["image_classes"]), "inputs": [image], "outputs": c.seen, "show_progress": "hidden"}
     detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted).success(
-        **read, api_name="name_readings")
+        **read, api_name="name_readings").success(**see, api_name="image_classes")
     vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
-        **read, api_name=False)
+        **read, api_name=False).success(**see, api_name=False)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.SLIDER_ENTER_SCRIPT)
         slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
-            **read, api_name=False)  # the vocabulary may have changed since the last detection
+            **read, api_name=False).success(**see, api_name=False)  # the names may have changed since
 
     def again(image, *rest):
         """A preset picked with an image on screen detects again; with none, nothing happens."""
@@ -169,6 +179,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     again.endpoint = ep["detect"]
     preset.change(fill_preset, preset, vocabulary, api_name=False).success(
         again, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(**read, api_name=False)
+    image.change(_not_seen_yet, image, c.seen, api_name=False, show_progress="hidden")
 
 
 def _wire_video(ep: dict, c: SimpleNamespace) -> None:
