@@ -69,11 +69,13 @@ def check_value(name: str, annotation: str, value) -> None:
     if value is None and ("None" in kinds or not kinds & {"int", "float", "bool"}):
         return
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # (an int is whole and finite, however large: math.isfinite(10**400) would raise)
+    whole = number and (isinstance(value, int) or (math.isfinite(value) and value.is_integer()))
     if "int" in kinds:
-        if not (number and math.isfinite(value) and float(value).is_integer()):
+        if not whole:
             raise ValueError(f"{name} must be a whole number, got {_shown(value)}")
     elif "float" in kinds:
-        if not (number and math.isfinite(value)):
+        if not (number and (abs(value) < 1e300 if isinstance(value, int) else math.isfinite(value))):
             raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
     elif "bool" in kinds:
         if not isinstance(value, bool):

@@ -287,6 +287,24 @@ def test_parameters_of_the_wrong_type_get_one_sentence_over_http(tmp_path, tiny_
     assert "the model folder '<b>x</b>' is not in a folder this server allows" in msg, msg  # as typed, whole
 
 
+@pytest.mark.parametrize("annotation, value, ok", [
+    ("int", 3, True), ("int", 3.0, True), ("int", 10**400, True), ("int", 2.5, False), ("int", None, False),
+    ("int", True, False), ("int", "3", False), ("int | None", None, True), ("float", 1, True),
+    ("float", float("nan"), False), ("float", float("inf"), False), ("float", 10**400, False),
+    ("str", None, True), ("str", 5, False), ("str", ["a"], False), ("str | list[str]", ["a", "b"], True),
+    ("str | list[str]", [1], False), ("bool", 1, False), ("bool", False, True), ("list", "a", False),
+])
+def test_check_value(annotation, value, ok):
+    """The type check every endpoint runs first (a huge int is whole: math.isfinite would raise on it)."""
+    from app.policy import check_value
+
+    if ok:
+        check_value("x", annotation, value)
+    else:
+        with pytest.raises(ValueError, match="^x must be "):
+            check_value("x", annotation, value)
+
+
 # 5. Foreign run folders ------------------------------------------------------------------------------------
 def test_foreign_run_folders_never_block_training_and_can_be_deleted(tmp_path, tiny_predictor, served):
     """A run folder claiming "running" with a live process that is not its trainer, one with a binary
