@@ -352,7 +352,8 @@ def test_a_cancelled_run_resumes_from_the_app_with_one_metric_line_per_iteration
 def test_user_and_error_text_is_inert_in_a_real_browser(tmp_path, tiny_predictor):
     """The payload is waited for, as text, at every place text reaches the page (a class name in the
     detect table, a file name and a label in the Tag tab, a label in the Dataset table, a failed run's
-    message in the Train tab, a Load error); only then is it checked that no script ran."""
+    message in the Train tab, a Load error on the Model tab's line, a Detect error's toast); only then is
+    it checked that no script ran."""
     from playwright.sync_api import expect, sync_playwright
 
     from train.run_config import RunConfig
@@ -397,15 +398,19 @@ def test_user_and_error_text_is_inert_in_a_real_browser(tmp_path, tiny_predictor
             page.get_by_role("tab", name="Model").click()
             page.get_by_label("Load a model").fill(XSS)
             page.get_by_role("button", name="Load").click()
+            shown_as_text("load error (the Model tab's line)", page.locator("#model-msg"))
+            page.get_by_role("tab", name="Detect").click()
+            page.locator("#vocabulary textarea").fill(XSS + "y" * 200)  # too long a name: an error toast
+            page.locator("#detect-button").click()
             # Gradio 6 renders a toast's text as HTML; `friendly` escapes it once: the visitor reads
             # the payload as typed, inert (it was escaped twice and quoted: "'&lt;img …'").
-            shown_as_text("load error (toast)", page.get_by_test_id("toast-body").last)
+            shown_as_text("detect error (toast)", page.get_by_test_id("toast-body").last)
             parsed = page.locator('img[src="x"]').count()  # the payload parsed as HTML anywhere on the page
             xss = page.evaluate("window.__xss")
             browser.close()
     finally:
         demo.close()
-    assert len(shown_at) == 6 and parsed == 0
+    assert len(shown_at) == 7 and parsed == 0
     assert xss is None, "a script ran"
 
 

@@ -15,7 +15,7 @@ from ..endpoints import make_endpoints, register_api
 from ..markdown import literal
 from ..service import AppService
 from . import assign_tab, dataset_tab, detect_tab, model_tab, tag_tab, train_tab
-from .common import handler, launch_options
+from .common import error_text, handler, launch_options
 
 __all__ = ["build_app", "launch_options"]
 
@@ -93,8 +93,10 @@ def _wire_model_swaps(ep: dict, ui: SimpleNamespace) -> tuple:
     train["use"].click(handler(ep["use_model"], prepare=use_run, present=swapped),
                        [train["run"], train["use_anyway"]],
                        [*model_out, train["msg"]], api_name=False, show_progress_on=train["msg"])
-    model["load"].click(handler(ep["use_model"], present=swapped), model["source"],
-                        [*model_out, model["msg"]], api_name=False, show_progress_on=model["msg"])
+    # A failed Load says so on the tab's line (the toast vanished and the line kept "now serving …")
+    model["load"].click(handler(ep["use_model"], present=swapped,
+                                error=lambda m, *_: (*(gr.update(),) * len(model_out), error_text(m))),
+                        model["source"], [*model_out, model["msg"]], api_name=False, show_progress_on=model["msg"])
     return model_out, model_views
 
 

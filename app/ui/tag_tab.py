@@ -234,6 +234,15 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
                            _index_of=_index_of, edited=edited)
 
 
+def _emptied() -> None:
+    """Pure UI: the upload box empties once its files are in the store (they stayed listed, and the
+    next upload sent them all again: "8 duplicate(s)" for a zip of 2)."""
+    return None
+
+
+_emptied.ui_only = True
+
+
 def _wire_uploads(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     """Images in (files, zips, a server folder): the queue then shows the first untagged one."""
     upload, folder, folder_btn, msg, outputs = c.upload, c.folder, c.folder_btn, c.msg, c.outputs
@@ -250,7 +259,7 @@ def _wire_uploads(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         return {msg: text, **_present_view(view(ep["first_untagged"]()))}
 
     upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
-                  show_progress_on=msg)
+                  show_progress_on=msg).then(_emptied, None, upload, api_name=False, show_progress="hidden")
     folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
                      show_progress_on=msg)
 
