@@ -3,6 +3,7 @@ untagging, and the queue views (`tag_view`, `queue_filter`). A part of `AppServi
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ class TaggingMixin:
         """Add image files, bytes or zip archives; returns {added: [hashes], new: [hashes not in the
         store before], duplicates: [names of images already there or given twice], skipped: [reasons]}."""
         before = {r["hash"] for r in self.store.images()}
-        added, skipped = [], []
+        added, skipped = [], []  # added: (hash, the name it was given as)
         for f in files or []:
             path = _upload_path(f)
             if path is not None and path.suffix.lower() == ".zip":
@@ -36,20 +37,22 @@ class TaggingMixin:
                 skipped += s
                 continue
             try:
-                added.append(self.store.add_image(f if path is None else path))
+                added.append((self.store.add_image(f if path is None else path), path.name if path else "upload"))
             except (ValueError, OSError) as e:  # one bad file must not stop the others
                 skipped.append(f"{path.name if path else 'upload'}: {e}")
         seen, new, duplicates = set(), [], []
-        for h in added:
+        for h, given in added:
             if h in before or h in seen:
-                row = self.store._image(h)
-                duplicates.append(row["original_name"] or h[:12])
+                stored = self.store._image(h)["original_name"] or h[:12]
+                # the file that was skipped, and what it repeats when that has another name
+                duplicates.append(given if given == stored else f"{given} (same as {stored})")
             else:
                 new.append(h)
             seen.add(h)
-        return {"added": list(dict.fromkeys(added)), "new": new, "duplicates": duplicates, "skipped": skipped}
+        return {"added": list(dict.fromkeys(h for h, _ in added)), "new": new, "duplicates": duplicates,
+                "skipped": skipped}
 
-    def _add_zip(self, path: Path) -> tuple[list[str], list[str]]:
+    def _add_zip(self, path: Path) -> tuple[list[tuple[str, str]], list[str]]:
         added, skipped = [], []
         try:
             with zipfile.ZipFile(path) as z:
@@ -62,7 +65,7 @@ class TaggingMixin:
                         skipped.append(f"{m.filename}: larger than {MAX_ZIP_MEMBER_BYTES // 2**20} MB")
                         continue
                     try:
-                        added.append(self.store.add_image(z.read(m), Path(m.filename).name))
+                        added.append((self.store.add_image(z.read(m), Path(m.filename).name), Path(m.filename).name))
                     except (ValueError, OSError) as e:
                         skipped.append(f"{m.filename}: {e}")
         except zipfile.BadZipFile:
@@ -78,6 +81,19 @@ class TaggingMixin:
         files, outside = self.policy.allowed_files(folder_path)  # links pointing outside: skipped, reported
         result = self.add_images(files)
         return {**result, "skipped": [*result["skipped"], *outside]}
+
+    @endpoint(api=False)
+    def stored_tags(self, image) -> str:
+        """The present tags stored for an uploaded image that is already in the store (the same
+        bytes), comma separated; "" when it is not stored or has none. The Assign tab fills them in
+        (it kept the previous image's tags, or its example, for any image)."""
+        path = _upload_path(image) if image is not None else None
+        if path is None or not path.is_file():
+            return ""
+        try:
+            return ", ".join(self.store.tags(hashlib.sha256(path.read_bytes()).hexdigest())["positives"])
+        except StoreError:
+            return ""
 
     @endpoint()
     def images(self) -> list[dict]:

@@ -442,3 +442,32 @@ def test_importing_and_building_the_ui_writes_nothing_into_the_source_tree(tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     stubs = sorted(str(p.relative_to(root)) for p in (root / "app").rglob("*.pyi"))
     assert not stubs, f"stubs in the source tree (one left by an older checkout can be deleted): {stubs}"
+
+
+def test_a_duplicate_is_named_as_given_and_says_what_it_repeats(tmp_path, tiny_predictor, small_image):
+    """The same picture as chelsea.png and cat.png: the report named chelsea.png (the stored one) as
+    the skipped duplicate; it is cat.png, the same as chelsea.png. Zips are named the same way."""
+    import zipfile
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    first, second = tmp_path / "chelsea.png", tmp_path / "cat.png"
+    Image.fromarray(small_image).save(first)
+    second.write_bytes(first.read_bytes())
+    result = service.add_images([str(first), str(second)])
+    assert len(result["new"]) == 1 and result["duplicates"] == ["cat.png (same as chelsea.png)"]
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as z:
+        z.write(first, "chelsea.png")
+        z.write(second, "kitty.png")
+    assert service.add_images([str(tmp_path / "two.zip")])["duplicates"] == ["chelsea.png",
+                                                                           "kitty.png (same as chelsea.png)"]
+
+
+def test_stored_tags_of_an_uploaded_image(tmp_path, tiny_predictor, small_image):
+    """The Assign tab fills in the tags of an image already in the store (same bytes)."""
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    known, other = tmp_path / "known.png", tmp_path / "other.png"
+    Image.fromarray(small_image).save(known)
+    Image.fromarray(small_image[::-1].copy()).save(other)
+    service.tag(service.store.add_image(known), "mug, plate")
+    assert service.stored_tags(str(known)) == "mug, plate"
+    assert service.stored_tags(str(other)) == "" and service.stored_tags(None) == ""

@@ -81,7 +81,11 @@ def test_assign_says_what_it_considers_and_shows_every_box(app, photos, monkeypa
     for word in ("proposal", "objectness", "rule"):
         expect(legend).to_contain_text(re.compile(rf"{word}\s*:"))
 
+    # An image already in the store brings its tags (the field kept the example for any image).
+    service.tag(service.store.add_image(photos[0]), "mug, plate")
     page.locator("#assign-image input[type=file]").set_input_files(str(photos[0]))
+    expect(page.locator("#assign-tags textarea, #assign-tags input").first).to_have_value("mug, plate",
+                                                                                         timeout=30_000)
     page.get_by_role("button", name="Show assignment").click()
     msg = page.locator("#assign-msg")
     # How many proposals exist vs how many are considered.

@@ -85,3 +85,6 @@ def build(ep: dict, defaults) -> None:
         box.submit(run, inputs, outputs, api_name=False, show_progress_on=msg)
     for slider in (props, shown):
         slider.release(run, inputs, outputs, api_name=False, show_progress_on=msg)
+    # An image already in the store brings its tags (the field kept the last image's, or the example).
+    image.upload(handler(ep["stored_tags"], present=lambda t: t or gr.update()), image, tags,
+                 api_name="stored_tags", show_progress="hidden")
