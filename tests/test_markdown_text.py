@@ -82,7 +82,7 @@ def test_a_markdown_label_and_file_name_load_nothing_in_a_real_browser(tmp_path,
             page.get_by_role("tab", name="Model").click()
             page.get_by_label("Load a model").fill(payload)
             page.get_by_role("button", name="Load").click()
-            expect(page.get_by_test_id("toast-body").last).to_contain_text("pixel.png", timeout=60_000)
+            expect(page.locator("#model-msg")).to_contain_text("pixel.png", timeout=60_000)  # the tab's line
             images = page.locator('img[src*="pixel.png"]').count()
             bold = page.locator("#tag-keys strong", has_text="bold").count()
             browser.close()
