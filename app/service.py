@@ -146,7 +146,7 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         for i, f in enumerate(images):
             try:
                 loaded[i] = load_image(getattr(f, "name", f))
-            except (ImageLoadError, ValueError, OSError) as e:
+            except (ValueError, OSError) as e:  # ImageLoadError is a ValueError
                 errors[i] = str(e)
         if not loaded:
             raise ImageLoadError("no image could be read: " + "; ".join(errors.values()))

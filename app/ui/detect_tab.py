@@ -39,10 +39,13 @@ def batch_line(results: list[dict]) -> str:
     results = [r for r in results if "error" not in r]
     found = [sum(1 for d in r["detections"] if not d.get("low_confidence")) for r in results]
     guessed = sum(1 for r, n in zip(results, found) if not n and r["detections"])
-    return (f"{len(results)} image(s): {sum(found)} box(es)"
-            + (f"; {guessed} image(s) with only low-confidence guesses (dashed)" if guessed else "")
-            + (f". Skipped {len(skipped)}: " + "; ".join(literal(r["error"]) for r in skipped[:5])
-               + (f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else "") if skipped else ""))
+    line = f"{len(results)} image(s): {sum(found)} box(es)"
+    if guessed:
+        line += f"; {guessed} image(s) with only low-confidence guesses (dashed)"
+    if skipped:
+        line += f". Skipped {len(skipped)}: " + "; ".join(literal(r["error"]) for r in skipped[:5])
+        line += f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
+    return line
 
 
 def result_line(records: list[dict], threshold: float) -> str:

@@ -128,11 +128,10 @@ def _present_status(status: dict) -> tuple:
     if status.get("state") == "none":
         return "", "No training runs yet.", loss_plot({}), "", ""
     curve = loss_plot(status)
-    evaluation = {"after": status.get("evaluation"), "before": status.get("evaluation_before"),
-                  "image_label_choices": status.get("image_label_choices")}
     # Only what the run has (a run without evaluation data showed three raw nulls).
-    evaluation = json.dumps({k: v for k, v in evaluation.items() if v is not None}, indent=2) if any(
-        v is not None for v in evaluation.values()) else ""
+    shown = {k: v for k, v in (("after", status.get("evaluation")), ("before", status.get("evaluation_before")),
+                               ("image_label_choices", status.get("image_label_choices"))) if v is not None}
+    evaluation = json.dumps(shown, indent=2) if shown else ""
     return (status["id"], progress_html(status) + heldout_html(status) + diagnostics_html(status), curve,
             status.get("log", ""), evaluation)
 
