@@ -139,7 +139,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, rule in RULES.items():
         right, wrong = right_count(corpus, corpus_weights(predictor.region_scorer, predictor.embed, names, rule))
-        print(f"| {label} | {right} | {len(corpus)} | {right / len(corpus):.0%} |")
+        print(f"| {label} | {right} | {len(corpus)} | {right / len(corpus):.1%} |")
         if args.verbose:
             for n, p in wrong.items():
                 print(f"    {n}: {'; '.join(p[:4])}")

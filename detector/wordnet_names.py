@@ -5,7 +5,7 @@ noun senses: "motorcycle" -> moped, motor scooter; "dog" -> the 118 breeds; "cra
 machine and the bird. Text similarity alone gets such names wrong ("book" -> bookcase, "tiger"
 matching "lion"), because it compares words, not meanings.
 
-The table `data/imagenet_wordnet.json` (0.27 MB) is generated from Princeton WordNet 3.0 by
+The table `data/imagenet_wordnet.json` (0.28 MB) is generated from Princeton WordNet 3.0 by
 `data/make_imagenet_wordnet.py`: no well-kept PyPI package ships WordNet's data for offline use
 (`nltk` and `wn` download it at run time), see docs/offline_zero_shot.md. Names WordNet does not
 know, or knows with no ImageNet class under them ("giraffe"), or with too few of their kinds to

@@ -42,10 +42,27 @@ def test_wordnet_lookup_spellings():
         assert wordnet_classes(nothing) == ()
 
 
+def test_young_female_and_male_animals_read_as_their_kind():
+    """WordNet files "kitten" under young mammal, with no class below it; its gloss ("young
+    domestic cat") names the kind a photo of one shows. Only animals, only a lemma's first sense
+    and only a kind of at most MAX_KIND classes: "kid" is a child before a goat, "pen" a pen
+    before a swan, "woman" (adult female person) no scuba diver, "mare" (female equine animal)
+    not every animal."""
+    cats = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+    assert _named(wordnet_classes("kittens")) == cats
+    assert wordnet_classes("puppy") == wordnet_classes("dog")
+    assert _named(wordnet_classes("cow")) == {"ox"} and _named(wordnet_classes("calf")) == {"ox"}
+    assert _named(wordnet_classes("foal")) == {"sorrel"} and _named(wordnet_classes("lamb")) == {"ram"}
+    assert "ibex" not in _named(wordnet_classes("kid")) and "black swan" not in _named(wordnet_classes("pen"))
+    assert _named(wordnet_classes("tabby")) == {"tabby"}  # its first sense is the class itself
+    for nothing in ("woman", "mare", "child", "queen"):
+        assert wordnet_classes(nothing) == (), nothing
+
+
 def test_corpus_reads_as_people_mean(offline):
     """bench/name_readings.py's served rule on the hand-checked corpus. The issue's target is 90 %;
-    the mapping reaches 88 % (text similarity alone: 45 %; WordNet with every sense: 82 %), so this
-    guards 85 % and the gain of each rule (see the docs)."""
+    the mapping reaches 170 of 189, 89.9 % (text similarity alone: 45 %; WordNet with every sense:
+    84 %), so this guards 89 % and the gain of each rule (see the docs)."""
     corpus = load_corpus()
     assert len(corpus) >= 100
     names = [n for n, _, _ in corpus]
@@ -56,7 +73,7 @@ def test_corpus_reads_as_people_mean(offline):
 
     served, before = share({}), share(None)
     every_sense = share({"sense_margin": float("inf"), "neighbours": False})
-    assert served >= 0.85 and served >= before + 0.3 and served > every_sense, (served, before, every_sense)
+    assert served >= 0.89 and served >= before + 0.3 and served > every_sense, (served, before, every_sense)
     served = corpus_weights(offline.region_scorer, offline.embed, names, {})
     # The served weights are what the scorer uses for a name typed alone.
     _, emb = offline.embed(["motorcycle"])

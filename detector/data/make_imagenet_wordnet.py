@@ -4,8 +4,11 @@ Each ImageNet-1k class is a WordNet 3.0 noun synset (its wnid n02124075 is the s
 `data.noun`), so a typed name's ImageNet classes are the classes in the hyponym closure (the synset
 itself, its hyponyms and instance hyponyms, recursively) of each of the name's noun senses:
 "motorcycle" -> moped; "dog" -> the 118 breeds; "crane" -> the machine and the bird. A sense with
-no class below it takes the nearest class above it (at most MAX_UP steps): "fridge" -> refrigerator.
-A sense with classes also takes those of its member meronyms: "train" -> the locomotives and cars.
+no class below it takes the nearest class above it (at most MAX_UP steps): "fridge" -> refrigerator;
+failing that, a young, female or male animal whose gloss names its kind takes that kind's classes
+(`kind_in_gloss`): "kitten" (young domestic cat) -> the five cats, "puppy" (a young dog) -> the
+breeds, "cow" (female of domestic cattle) -> ox. A sense with classes also takes those of its
+member meronyms: "train" -> the locomotives and cars.
 The app reads the table (`detector.wordnet_names`) instead of WordNet itself, because no well-kept
 package on PyPI ships WordNet's data for offline use (see docs/offline_zero_shot.md).
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -37,18 +41,27 @@ MAX_CLASSES = 400
 # A name below an ImageNet class ("fridge", a kind of refrigerator; "golden delicious", an apple)
 # reads as that class when it is at most this many steps up.
 MAX_UP = 2
+# "a young dog", "female of domestic cattle", "adult male swan": an age or sex, then the kind, up
+# to the first qualifier. "young of any of various canines" names no one kind, so it is left alone,
+# and so is a kind with more classes than MAX_KIND ("female equine animal" -> "animal": 398).
+AGE_OR_SEX = re.compile(r"^(?:an? )?(?:(?:young|female|male|adult|mature|immature|baby) )+(?:of )?(?!any |various |certain |some )"
+                        r"([a-z][a-z' -]*?)(?=$|[;,:(]| of | especially| e\.g\.| used| under| not| kept| having| that| which| usually)")
+MAX_KIND = 120  # "dog": 118 breeds
 
 
 def read_data_noun(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str],
-                                         dict[str, list[str]]]:
+                                         dict[str, list[str]], dict[str, str]]:
     """offset -> (hyponym and instance-hyponym offsets), (hypernym and instance-hypernym offsets),
-    its first lemma (the synset's usual name), and its member meronyms (a train's locomotive and
-    railway cars)."""
-    hyponyms, hypernyms, first, members = {}, {}, {}, {}
+    its first lemma (the synset's usual name), its member meronyms (a train's locomotive and
+    railway cars); and the glosses of animals (lexicographer file 05, noun.animal) by offset."""
+    hyponyms, hypernyms, first, members, glosses = {}, {}, {}, {}, {}
     for line in path.read_text(encoding="latin-1").splitlines():
         if line.startswith(" "):  # licence header
             continue
-        fields = line.split(" | ")[0].split()
+        head, _, gloss = line.partition(" | ")
+        fields = head.split()
+        if fields[1] == "05":
+            glosses[fields[0]] = gloss.strip()
         offset, n_words = fields[0], int(fields[3], 16)
         first[offset] = fields[4].lower().replace("_", " ")
         i = 4 + 2 * n_words
@@ -57,7 +70,7 @@ def read_data_noun(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str
         hyponyms[offset] = [ptrs[j + 1] for j in range(0, len(ptrs), 4) if ptrs[j] in ("~", "~i") and ptrs[j + 2] == "n"]
         hypernyms[offset] = [ptrs[j + 1] for j in range(0, len(ptrs), 4) if ptrs[j] in ("@", "@i") and ptrs[j + 2] == "n"]
         members[offset] = [ptrs[j + 1] for j in range(0, len(ptrs), 4) if ptrs[j] == "%m" and ptrs[j + 2] == "n"]
-    return hyponyms, hypernyms, first, members
+    return hyponyms, hypernyms, first, members, glosses
 
 
 def read_index_noun(path: Path) -> dict[str, tuple[list[str], int]]:
@@ -106,8 +119,24 @@ def class_above(hypernyms: dict[str, list[str]], wnids: list[str], offset: str) 
     return []
 
 
+def kind_in_gloss(gloss: str, senses: dict[str, tuple[list[str], int]], classes: dict[str, list[int]],
+                  animals: dict[str, str]) -> list[int]:
+    """The classes of the animal kind a young, female or male animal's gloss names ("young
+    domestic cat" -> the first sense of "domestic cat"; "female of domestic cattle" -> of "cattle",
+    the words dropped from the left until one is a lemma whose first sense is an animal with
+    classes); [] when the gloss is not of that form ("mature female of mammals": no lemma)."""
+    if not (m := AGE_OR_SEX.match(gloss.lower())):
+        return []
+    words = m.group(1).split()
+    for i in range(len(words)):
+        offsets = senses.get(" ".join(words[i:]), ([], 0))[0]
+        if offsets and offsets[0] in animals and len(classes.get(offsets[0], ())) in range(1, MAX_KIND + 1):
+            return classes[offsets[0]]
+    return []
+
+
 def build(wordnet_dir: Path, wnids: list[str]) -> dict:
-    hyponyms, hypernyms, first, members = read_data_noun(wordnet_dir / "data.noun")
+    hyponyms, hypernyms, first, members, glosses = read_data_noun(wordnet_dir / "data.noun")
     missing = [w for w in wnids if w[1:] not in hyponyms]
     if missing:
         raise SystemExit(f"not WordNet 3.0: {len(missing)} ImageNet wnids are not in data.noun, e.g. {missing[:3]}")
@@ -124,8 +153,11 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict:
     for o in hyponyms:
         if o not in synsets and (above := class_above(hypernyms, wnids, o)):
             synsets[o] = above
+    senses = read_index_noun(wordnet_dir / "index.noun")
+    kinds = {o: kind for o, gloss in glosses.items() if o not in synsets and (kind := kind_in_gloss(gloss, senses, synsets, glosses))}
+    synsets.update(kinds)
     lemmas = {}
-    for lemma, (offsets, tagged) in read_index_noun(wordnet_dir / "index.noun").items():
+    for lemma, (offsets, tagged) in senses.items():
         # The senses the lemma is the usual (first) name of, or that occur in WordNet's sense-tagged
         # text ("plane" is mostly an airplane, whose first name is "airplane"), when it has some
         # with classes: "turtle" is not a jersey (turtleneck, turtle, polo-neck), "beetle" not a
@@ -133,6 +165,9 @@ def build(wordnet_dir: Path, wnids: list[str]) -> dict:
         # neither sense.
         kept = [o for o in offsets if o in synsets]
         kept = [o for o in kept if first[o] == lemma or offsets.index(o) < tagged] or kept
+        # A kind read from a gloss counts only as the lemma's first sense and when it has no other:
+        # "kid" is a child before a young goat, "pen" no swan, "tabby" no cougar.
+        kept = [o for o in kept if o not in kinds] or [o for o in kept if o == offsets[0]]
         if kept:
             lemmas[lemma] = kept
     exceptions = {}
