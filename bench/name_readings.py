@@ -14,9 +14,10 @@ some, WordNet plus the text matches at a stricter centre (centre 0.65; every sen
 merged), and the served rule: that, with rare senses dropped by text (`SENSE_MARGIN`) and each
 class's nearest visual neighbour (`VISUAL_NEIGHBOUR`, `NEIGHBOUR_TEXT`), and no class named with
 the name as a modifier (`MODIFIER_LOGIT`: a tiger cat is no tiger). `--sweep` also prints
-the grid these constants were chosen on (the corpus is the only set of names: no held-out names).
+the grid these constants were chosen on (the corpus is the only set of names: no held-out names);
+`--review-margin M` lists, across every WordNet lemma, the senses a margin M would drop.
 
-    python bench/name_readings.py [--verbose] [--sweep]
+    python bench/name_readings.py [--verbose] [--sweep] [--review-margin 0.1]
 """
 
 from __future__ import annotations
@@ -124,10 +125,36 @@ def sweep(predictor, corpus, names: list[str]) -> None:
             print(f"| {margin} | {near or 'none'} | {related if near else '-'} | {right} ({right / len(corpus):.0%}) |")
 
 
+def review_margin(predictor, margin: float) -> None:
+    """Beyond the corpus: every sense of every WordNet lemma (in the table, with >= 2 senses) that
+    `margin` drops and the served SENSE_MARGIN keeps, to judge by eye whether a smaller margin
+    drops rare meanings or real ones."""
+    from detector.imagenet_scorer import MATCH_CENTER, MATCH_TEMPERATURE, SENSE_MARGIN, imagenet_class_names
+    from detector.wordnet_names import table, wordnet_senses
+
+    classes = imagenet_class_names()
+    lemmas = [lemma for lemma in table()["lemmas"] if len(wordnet_senses(lemma)) >= 2]
+    _, emb = predictor.embed(lemmas)
+    text = predictor.region_scorer.match_logits(emb) * MATCH_TEMPERATURE + MATCH_CENTER  # cosines
+    rows = []
+    for i, lemma in enumerate(lemmas):
+        senses = wordnet_senses(lemma)
+        fit = [float(text[i, list(sense)].max()) for sense in senses]
+        kept = ", ".join(classes[k] for k in senses[fit.index(max(fit))][:3])
+        for sense, f in zip(senses, fit):
+            if margin < max(fit) - f <= SENSE_MARGIN:
+                rows.append(f"| {lemma} | {', '.join(classes[k] for k in sense[:3])} | {max(fit) - f:.2f} | {kept} |")
+    print(f"\n{len(rows)} senses of {len(lemmas)} multi-sense lemmas that margin {margin} drops and "
+          f"{SENSE_MARGIN} keeps:\n\n| lemma | dropped sense (classes) | below the best by | best sense |\n|---|---|---|---|")
+    print("\n".join(rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--verbose", action="store_true", help="list the wrong names of each rule")
     ap.add_argument("--sweep", action="store_true", help="also print the grid the served constants were chosen on")
+    ap.add_argument("--review-margin", type=float, default=None, metavar="M",
+                    help="also list the senses of all WordNet lemmas that sense margin M drops and the served one keeps")
     args = ap.parse_args()
     from detector import Predictor
 
@@ -145,6 +172,8 @@ def main() -> None:
                 print(f"    {n}: {'; '.join(p[:4])}")
     if args.sweep:
         sweep(predictor, corpus, names)
+    if args.review_margin is not None:
+        review_margin(predictor, args.review_margin)
     many = [f"name {i}" for i in range(2000)]
     t = time.perf_counter()
     _, emb = predictor.embed(many)
