@@ -240,6 +240,13 @@ def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, 
     expect(page.locator("#detect-output img")).to_be_visible(timeout=60_000)
     assert page.locator("#vocabulary textarea").input_value() == "person, flag"
 
+    # A failed detection takes the last result off the screen: no old boxes beside the error.
+    page.locator("#vocabulary textarea").fill(" , ")
+    page.locator("#vocabulary textarea").press("Enter")
+    expect(page.locator("#detect-msg [data-testid=status-tracker]")).to_contain_text("Error", timeout=30_000)
+    expect(page.locator("#detect-output img")).to_have_count(0, timeout=10_000)
+    assert _error_badges(page) == 0
+
 
 def test_detect_all_says_what_it_found_and_shows_guesses(app, photos, shots):
     """Many images at once: with nothing above the threshold each image shows its best guesses and

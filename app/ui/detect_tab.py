@@ -79,6 +79,16 @@ def fill_preset(name: str | None):
 fill_preset.ui_only = True
 
 
+def _failed() -> tuple:
+    """Pure UI: a detection that failed (an empty vocabulary, an unreadable image) clears the last
+    result and readings, so the old boxes do not stand beside the error (which the Detect line
+    shows: it is left alone)."""
+    return None, [], None, ""
+
+
+_failed.ui_only = True
+
+
 def build(ep: dict, defaults) -> dict:
     """`defaults`: the served model's DetectorConfig (initial thresholds)."""
     c = _layout(defaults)
@@ -167,21 +177,28 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
     read = _reading(ep, c)
     see = {"fn": handler(ep["image_classes"]), "inputs": [image], "outputs": c.seen, "show_progress": "hidden"}
-    detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg).success(**hinted).success(
-        **read, api_name="name_readings").success(**see, api_name="image_classes")
-    vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
-        **read, api_name=False).success(**see, api_name=False)
+    failed = {"fn": _failed, "inputs": None, "outputs": [*outputs, c.readings], "api_name": False,
+              "show_progress": "hidden"}
+    first = detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg)
+    first.success(**hinted).success(**read, api_name="name_readings").success(**see, api_name="image_classes")
+    first.failure(**failed)
+    first = vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg)
+    first.success(**hinted).success(**read, api_name=False).success(**see, api_name=False)
+    first.failure(**failed)
     for slider in (score, nms, max_det):  # released, or a value typed and Enter pressed (common.SLIDER_ENTER_SCRIPT)
-        slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(
-            **read, api_name=False).success(**see, api_name=False)  # the names may have changed since
+        first = slider.release(detect, inputs, outputs, api_name=False, show_progress_on=msg)
+        first.success(**hinted).success(**read, api_name=False).success(**see, api_name=False)  # names may have changed
+        first.failure(**failed)
 
     def again(image, *rest):
         """A preset picked with an image on screen detects again; with none, nothing happens."""
         return detect(image, *rest) if image is not None else (gr.update(),) * len(outputs)
 
     again.endpoint = ep["detect"]
-    preset.change(fill_preset, preset, vocabulary, api_name=False).success(
-        again, inputs, outputs, api_name=False, show_progress_on=msg).success(**hinted).success(**read, api_name=False)
+    first = preset.change(fill_preset, preset, vocabulary, api_name=False).success(
+        again, inputs, outputs, api_name=False, show_progress_on=msg)
+    first.success(**hinted).success(**read, api_name=False)
+    first.failure(**failed)
     image.change(_not_seen_yet, image, c.seen, api_name=False, show_progress="hidden")
 
 
