@@ -53,7 +53,7 @@ def test_service_shows_guesses_and_says_why(tmp_path, tiny_predictor, small_imag
     # with boxes above the threshold, no guesses are added
     _, found = service.detect(small_image, "person, flag", score_threshold=0.0, max_detections=3)
     assert len(found) == 3 and not any(r.get("low_confidence") for r in found)
-    assert result_line(found, 0.0) == "3 box(es) above 0.00"
+    assert result_line(found, 0.0) == "3 box(es) scoring 0.00 or more"  # a 0.00 box is not "above 0.00"
     assert "to this model nothing here looks like these names" in result_line([], 0.3)
     assert len(best_guesses(tiny_predictor, small_image, "person", floor=1.0)) == 0
 

@@ -180,7 +180,7 @@ def test_empty_states_say_what_happened(app, photos):
     page.wait_for_timeout(500)  # as a person: typed Enter at once, the page could still send the old values
     threshold.fill("0")
     threshold.press("Enter")
-    expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"\d+ box\(es\) above 0.00"), timeout=60_000)
+    expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"\d+ box\(es\) scoring 0.00 or more"), timeout=60_000)
     expect(page.locator("#detect-readings")).to_contain_text("bird → BIRD", timeout=30_000)
     expect(page.locator("#detect-seen")).to_contain_text("the model sees (ImageNet classes, whatever you typed): "
                                                          "espresso 0.71", timeout=30_000)
@@ -197,12 +197,12 @@ def test_empty_states_say_what_happened(app, photos):
     page.locator("#detect-score input[type=range]").focus()
     for _ in range(10):
         page.keyboard.press("ArrowRight")
-    expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"above 0.10"), timeout=60_000)
+    expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"scoring 0.10 or more"), timeout=60_000)
     # A preset picked with an image on screen detects with its names at once.
     service.predictor.predict = predict
     page.locator("#detect-score input[type=number]").fill("0")
     page.locator("#detect-score input[type=number]").press("Enter")
-    expect(page.locator("#detect-msg")).to_contain_text("above 0.00", timeout=60_000)
+    expect(page.locator("#detect-msg")).to_contain_text("scoring 0.00 or more", timeout=60_000)
     page.get_by_label("Vocabulary presets").click()
     page.get_by_role("option", name="Street").click()
     expect(page.locator("#vocabulary textarea")).to_have_value(re.compile(r"^car, "))

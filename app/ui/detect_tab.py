@@ -54,7 +54,7 @@ def result_line(records: list[dict], threshold: float) -> str:
     guesses = [r for r in records if r.get("low_confidence")]
     found = len(records) - len(guesses)
     if found:
-        return f"{found} box(es) above {threshold:.2f}"
+        return f"{found} box(es) scoring {threshold:.2f} or more"
     if guesses:
         best = ", ".join(f"{literal(r['class_name'])} {r['score']:.2f}" for r in guesses)
         return (f"Nothing reached {threshold:.2f}; the best guesses are shown dashed, as low confidence "
