@@ -269,7 +269,7 @@ def test_detect_all_says_what_it_found_and_shows_guesses(app, photos, shots):
     expect(msg).to_contain_text(re.compile(r"2 image\(s\): [1-9]\d* box\(es\)(?!;)"), timeout=60_000)
 
 
-def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, photos, shots):
+def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, photos, shots, monkeypatch):
     from playwright.sync_api import expect
 
     service, page = app
@@ -286,6 +286,12 @@ def test_suggestions_have_their_own_vocabulary_and_belong_to_one_image(app, phot
     expect(suggestions).to_contain_text("photo_0.png", timeout=120_000)  # a loaded machine can be slow
     expect(page.locator("#tag-msg")).to_contain_text(re.compile("suggestion|nothing detected"))
     page.screenshot(path=str(shots / "tag-suggestions.png"), full_page=True)
+    # Nothing at the model's threshold: the line names the names it tried.
+    monkeypatch.setattr(service.predictor.model.config, "score_threshold", 1.01)
+    page.locator("#tag-suggest").click()
+    expect(page.locator("#tag-msg")).to_contain_text("found none of these names here: cat, dog, mug, person",
+                                                     timeout=120_000)
+    monkeypatch.undo()
 
     # ▶: the suggestions were for the previous image and are gone.
     page.locator("#tag-next").click()

@@ -6,6 +6,8 @@ import html
 
 import gradio as gr
 
+from detector.presets import PRESETS
+
 from ..markdown import literal
 from ..service import headline
 from .common import handler, tab_message
@@ -80,7 +82,7 @@ def build(ep: dict) -> dict:
     with gr.Accordion("All details (JSON)", open=False, elem_id="model-json"):
         info = gr.JSON(label="Loaded model")
     with gr.Row():
-        source = gr.Textbox(label="Load a model: preset (offline, tiny, coco-clip), folder or Hub id")
+        source = gr.Textbox(label=f"Load a model: preset ({', '.join(PRESETS)}), run id, folder or Hub id")
         load = gr.Button("Load")
     with gr.Row():
         repo = gr.Textbox(label="Push to Hub repo")

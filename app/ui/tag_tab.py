@@ -443,8 +443,13 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
             raise gr.Error("no image selected")
         names = ep["suggest"](image_hash, vocab)
         name = (view(i)["image"] or {}).get("name", "")
-        return (gr.update(choices=names, value=[], label=f"Suggestions for {name} (check to accept)"), image_hash,
-                f"{len(names)} suggestion(s)" if names else "nothing detected")
+        if names:
+            said = f"{len(names)} suggestion(s)"
+        else:  # say which names were tried: the typed ones, or else the dataset's labels
+            tried = ep["suggestion_progress"](vocab)["names"]
+            shown = ", ".join(literal(n) for n in tried[:20]) + (f" (+{len(tried) - 20} more)" if len(tried) > 20 else "")
+            said = f"nothing detected: the model found none of these names here: {shown}"
+        return (gr.update(choices=names, value=[], label=f"Suggestions for {name} (check to accept)"), image_hash, said)
 
     suggest_handler = handler(suggest)
     suggest_handler.endpoint = ep["suggest"]
