@@ -75,7 +75,7 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         if predictor is None:
             with self.policy.visitor_hub():  # the last choice may have been a visitor's
                 restored = self._restore_choice() if source == "auto" else None
-            predictor, note, source = restored or (*self._load_default(model), source)
+            predictor, note, source = restored or self._load_default(model)
         else:
             note = "given"
         self.policy.serve_visitors()  # from here on, no Hub request carries the operator's token

@@ -65,14 +65,15 @@ class ModelsMixin:
             predictor = Predictor.from_pretrained(source, device=self.device)
         except Exception as e:  # noqa: BLE001 - a deleted run, an unreachable Hub: say so, serve the default
             log.warning("the last chosen model %s could not be loaded (%s): serving the default", source, e)
-            predictor, note = self._load_default(None)
+            predictor, note, served = self._load_default(None)
             return predictor, f"{note}; the last chosen model '{Path(source).name}' could not be loaded " \
-                              f"({str(e).splitlines()[0][:120]})", "auto"
+                              f"({str(e).splitlines()[0][:120]})", served
         return predictor, f"restored after a restart: the model last chosen on {when}", source
 
-    def _load_default(self, model: str | None) -> tuple[Predictor, str]:
+    def _load_default(self, model: str | None) -> tuple[Predictor, str, str]:
         """`auto` (default): the COCO + CLIP preset when its weights can be fetched, otherwise
-        the packaged offline model, with the reason in one line."""
+        the packaged offline model: -> (predictor, the reason in one line, what is served: the
+        preset `auto` chose, so the header and exports name the model, not the rule)."""
         from detector import HubUnavailableError
         from detector.presets import FIRST_CHOICE
 
@@ -82,17 +83,18 @@ class ModelsMixin:
                 predictor = Predictor.from_pretrained(FIRST_CHOICE, device=self.device)
                 if getattr(predictor.model, "init_report", None) is None:
                     raise HubUnavailableError("the COCO detector weights could not be downloaded")
-                return predictor, f"'{FIRST_CHOICE}': COCO localisation + CLIP region scores"
+                return predictor, f"'{FIRST_CHOICE}': COCO localisation + CLIP region scores", FIRST_CHOICE
             except HubUnavailableError as e:
                 reason = str(e).split(" (")[0]
                 log.warning("%s unavailable (%s): serving the packaged offline model", FIRST_CHOICE, reason)
                 return (Predictor.from_pretrained("offline", device=self.device),
-                        f"offline model: {FIRST_CHOICE} unavailable ({reason})")
+                        f"offline model: {FIRST_CHOICE} unavailable ({reason})", "offline")
         try:
-            return Predictor.from_pretrained(source, device=self.device), f"loaded '{source}'"
+            return Predictor.from_pretrained(source, device=self.device), f"loaded '{source}'", source
         except HubUnavailableError as e:
             log.warning("%s; falling back to the packaged offline model", e)
-            return Predictor.from_pretrained("offline", device=self.device), f"'{source}' unavailable: using 'offline'"
+            return (Predictor.from_pretrained("offline", device=self.device), f"'{source}' unavailable: using 'offline'",
+                    "offline")
 
     @endpoint()
     def use_model(self, source: str, confirm: bool = False) -> dict:

@@ -117,6 +117,7 @@ def test_app_falls_back_to_offline_model_with_a_reason(tmp_path, caplog):
     assert service.predictor.config.backbone == "efficientnet_lite0"
     assert service.serving.note.startswith("offline model: coco-clip unavailable")
     assert "\n" not in service.serving.note
+    assert service.serving.source == "offline"  # the model served, not the rule that chose it
 
 
 def _free_port() -> int:

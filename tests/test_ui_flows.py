@@ -217,7 +217,7 @@ def test_model_limits_say_what_is_missing():
                          "rpn_trained": False, "proposals": "selective search (RPN not trained yet)"}) == []
 
 
-def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, photos, shots):
+def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, photos, shots, capfd):
     from playwright.sync_api import expect
 
     service, page = app
@@ -226,6 +226,12 @@ def test_untrained_model_shows_a_banner_and_errors_stay_on_the_detect_line(app, 
     expect(banner).to_contain_text("never been trained")
     expect(banner).to_contain_text("docs/models.md")
     page.screenshot(path=str(shots / "untrained-banner.png"))
+
+    # Detect with no image: the person is told; the server's log gets no traceback for it.
+    capfd.readouterr()
+    page.locator("#detect-button").click()
+    expect(page.get_by_text("upload an image (or use the webcam) first").first).to_be_visible(timeout=30_000)
+    assert "Traceback" not in capfd.readouterr().err
 
     # An empty vocabulary: the Detect line says so; the outputs are not replaced by error badges.
     page.locator("#detect-image input[type=file]").set_input_files(str(photos[0]))
@@ -259,7 +265,7 @@ def test_detect_all_says_what_it_found_and_shows_guesses(app, photos, shots):
     page.locator("#vocabulary textarea").fill("person, flag")
     page.locator("#detect-score input[type=number]").fill("1")
     page.locator("#detect-batch-button").click()
-    msg = page.locator("#detect-msg")
+    msg = page.locator("#detect-batch-msg")
     expect(msg).to_contain_text("2 image(s): 0 box(es); 2 image(s) with only low-confidence guesses", timeout=60_000)
     expect(page.locator("#detect-batch-gallery")).to_contain_text("photo_0.png: no box; ")
     expect(page.locator("#detect-batch-json")).to_contain_text("batch-detections")

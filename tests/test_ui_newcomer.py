@@ -259,6 +259,7 @@ def test_the_first_launch_header_is_one_plain_sentence(tmp_path, browser, shots)
     with _served(service, browser) as (_, page):
         line = page.locator("#model-line")
         expect(line).to_contain_text("The built-in offline model is served", timeout=30_000)
+        expect(line.locator("code")).to_have_text("offline")  # what is served, not "auto"
         text = line.inner_text()
         assert "unavailable (" not in text and "could not" not in text.replace("could not be downloaded", "")
         assert len(text) < 160, text
@@ -291,7 +292,7 @@ def test_the_detect_tab_takes_a_short_video(app, tmp_path, shots):
     page.locator("#detect-video-stride input").fill("5")
     page.locator("#vocabulary textarea, #vocabulary input").first.fill("red box")
     page.locator("#detect-video-button").click()
-    expect(page.locator("#detect-msg")).to_contain_text("2 frames (every 5th of 10", timeout=120_000)
+    expect(page.locator("#detect-video-msg")).to_contain_text("2 frames (every 5th of 10", timeout=120_000)
     expect(page.locator("#detect-video-output video")).to_have_attribute("src", re.compile(r"\.webm"), timeout=30_000)
     link = page.locator("#detect-video-json a").first
     expect(link).to_have_attribute("download", "clip-detections.json", timeout=30_000)

@@ -15,7 +15,7 @@ from ..endpoints import make_endpoints, register_api
 from ..markdown import literal
 from ..service import AppService
 from . import assign_tab, dataset_tab, detect_tab, model_tab, tag_tab, train_tab
-from .common import error_text, handler, launch_options
+from .common import error_text, handler, launch_options, user_error
 
 __all__ = ["build_app", "launch_options"]
 
@@ -105,7 +105,7 @@ def _wire_open_in_tag(ep: dict, ui: SimpleNamespace) -> None:
     # Dataset → Tag: an image picked in the Dataset tab's gallery opens in the Tag editor.
     def open_in_tag(image_hash: str) -> tuple:
         if not image_hash:
-            raise gr.Error("pick an image in the gallery first")
+            raise user_error("pick an image in the gallery first")
         return (gr.Tabs(selected="tag"), *tag["view_of"](image_hash))
 
     opened = handler(open_in_tag)

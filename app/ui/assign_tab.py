@@ -6,7 +6,7 @@ import gradio as gr
 
 from detector.annotate import RULE_COLOURS
 
-from .common import handler, image_input, png_file, tab_message
+from .common import handler, image_input, png_file, tab_message, user_error
 
 COLUMNS = ["rule", "labels", "proposal", "rank (by objectness)", "% of image", "box"]
 ORDER = [0, 5, 1, 2, 3, 4]  # `AppService.assign`'s row -> COLUMNS (the labels early: never cut off)
@@ -65,7 +65,7 @@ def build(ep: dict, defaults) -> None:
 
     def need_image(image, tags, vocab, props, shown):
         if image is None:
-            raise gr.Error("upload an image first")
+            raise user_error("upload an image first")
         return image, tags, vocab or None, int(props), int(shown)
 
     def show(image, tags, vocab, props, shown) -> tuple:

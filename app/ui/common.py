@@ -144,6 +144,12 @@ def error_text(message: str) -> str:
     return f"⚠️ {literal(message)}"
 
 
+def user_error(text: str) -> gr.Error:
+    """An expected mistake (no image picked, nothing to undo): a toast or the tab's line, and no
+    traceback in the server's log (Gradio prints one for every gr.Error unless told not to)."""
+    return gr.Error(text, print_exception=False)
+
+
 def handler(endpoint: Callable, present: Callable | None = None, prepare: Callable | None = None,
             error: Callable | None = None) -> Callable:
     """A UI event function: `prepare` maps the components' values to the endpoint's arguments

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..markdown import literal
-from .common import error_text, handler, tab_message
+from .common import error_text, handler, tab_message, user_error
 
 
 def _present(summary: dict) -> tuple:
@@ -113,7 +113,7 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
 
     def picked(*values):
         if not all(v for v in values) or not all(str(v).strip() for v in values if isinstance(v, str)):
-            raise gr.Error("pick a label (and type the new name) first")
+            raise user_error("pick a label (and type the new name) first")
         return values
 
     def done(what: str):
@@ -130,10 +130,10 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
                     [*out, msg], api_name=False, show_progress_on=msg)
     def confirmed(label, sure):
         if not label:
-            raise gr.Error("pick a label first")
+            raise user_error("pick a label first")
         if not sure:
             images = ep["dataset"]()["labels"].get(label, {})
-            raise gr.Error(f"tick 'Yes, remove it from every image' to delete {label!r} "
+            raise user_error(f"tick 'Yes, remove it from every image' to delete {label!r} "
                            f"({images.get('positive', 0)} image(s) present, {images.get('negative', 0)} not present)")
         return (label,)
 

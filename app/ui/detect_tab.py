@@ -13,7 +13,7 @@ from detector.low_confidence import FLOOR
 from detector.vocabulary import PRESETS
 
 from ..markdown import literal
-from .common import handler, image_input, json_file, png_file, tab_message
+from .common import handler, image_input, json_file, png_file, tab_message, user_error
 
 # Names the offline model sees (tests/test_name_mapping.py); "person" it does not (ImageNet has no
 # class for people, only a ballplayer, a groom and a scuba diver).
@@ -128,10 +128,12 @@ def _layout(defaults) -> SimpleNamespace:
             video_out = gr.Video(label="Detections", elem_id="detect-video-output")
         stride = gr.Number(10, label="Every n-th frame", precision=0, minimum=1, elem_id="detect-video-stride")
         video_btn = gr.Button("Detect in the video", elem_id="detect-video-button")
+        video_msg = tab_message("detect-video-msg")  # its own line: the Detect line is a screen away
         video_json = gr.File(label="Detections per frame (JSON)", interactive=False, elem_id="detect-video-json")
     with gr.Accordion("Many images at once", open=False):
         batch_files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="detect-batch-files")
         batch_btn = gr.Button("Detect all", elem_id="detect-batch-button")
+        batch_msg = tab_message("detect-batch-msg")
         batch_gallery = gr.Gallery(label="Results", columns=4, object_fit="contain",  # whole-image boxes stay whole
                                    elem_id="detect-batch-gallery")
         batch_json = gr.File(label="All detections (JSON)", interactive=False, elem_id="detect-batch-json")
@@ -152,7 +154,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
 
     def need_image(image, *rest):
         if image is None:
-            raise gr.Error("upload an image (or use the webcam) first")
+            raise user_error("upload an image (or use the webcam) first")
         return (image, *rest)
 
     def named(image, *rest) -> tuple:
@@ -205,7 +207,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
 def _wire_video(ep: dict, c: SimpleNamespace) -> None:
     """A short video, every n-th frame, with a progress bar."""
     video_in, video_out, video_json, video_btn = c.video_in, c.video_out, c.video_json, c.video_btn
-    stride, vocabulary, score, nms, max_det, msg = c.stride, c.vocabulary, c.score, c.nms, c.max_det, c.msg
+    stride, vocabulary, score, nms, max_det, msg = c.stride, c.vocabulary, c.score, c.nms, c.max_det, c.video_msg
 
     def video(path, vocabulary, score, nms, max_det, every, progress=gr.Progress()):
         """A short video: the annotated frames and a JSON of every sampled frame's detections."""
@@ -214,7 +216,7 @@ def _wire_video(ep: dict, c: SimpleNamespace) -> None:
 
         def need_video(path, *rest):
             if not path:
-                raise gr.Error("upload a video first")
+                raise user_error("upload a video first")
             return (path, *rest)
 
         run = handler(functools.partial(ep["detect_video"], progress=per_frame), prepare=need_video,
@@ -230,7 +232,7 @@ def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
     """Many images at once: a gallery and one JSON."""
     batch_files, batch_btn, batch_gallery = c.batch_files, c.batch_btn, c.batch_gallery
     batch_json, vocabulary, score, nms, max_det = c.batch_json, c.vocabulary, c.score, c.nms, c.max_det
-    msg = c.msg
+    msg = c.batch_msg
 
     def batch_present(results):
         gallery = [(png_file(r["drawn"]), f"{Path(r['image']).name}: {_count(r['detections'])}")

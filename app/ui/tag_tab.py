@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..markdown import literal
-from .common import error_text, handler, tab_message
+from .common import error_text, handler, tab_message, user_error
 
 HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
 TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
@@ -361,10 +361,10 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
     def toggle(image_hash, number):
         """Number key `number`: the label at that place becomes present, or stops being present."""
         if not image_hash:
-            raise gr.Error("no image selected")
+            raise user_error("no image selected")
         labels = view(0)["keys"]
         if number > len(labels):
-            raise gr.Error(f"key {number}: there are only {len(labels)} labels")
+            raise user_error(f"key {number}: there are only {len(labels)} labels")
         name = labels[number - 1]
         edit = _edit(image_hash, [name])
         if name in edit["before"]["positives"]:
@@ -440,7 +440,7 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
     def suggest(image_hash, vocab, i):
         """Suggestions for the image shown, labelled with its name; they belong to that image."""
         if not image_hash:
-            raise gr.Error("no image selected")
+            raise user_error("no image selected")
         names = ep["suggest"](image_hash, vocab)
         name = (view(i)["image"] or {}).get("name", "")
         if names:
@@ -459,7 +459,7 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
     def accept(image_hash, checked, for_image):
         checked = list(checked or [])
         if checked and for_image != image_hash:
-            raise gr.Error("these suggestions were made for another image: press Suggest again")
+            raise user_error("these suggestions were made for another image: press Suggest again")
         edit = None
         if image_hash and checked:
             edit = _edit(image_hash, checked)
@@ -486,7 +486,7 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     def undo(image_hash, edit):
         """Put the names the last change touched back as they were (remove, then re-add)."""
         if not edit:
-            raise gr.Error("nothing to undo")
+            raise user_error("nothing to undo")
         ep["untag"](edit["hash"], edit["touched"])
         if edit["before"]["positives"] or edit["before"]["negatives"]:
             ep["tag"](edit["hash"], edit["before"]["positives"], edit["before"]["negatives"])

@@ -14,7 +14,7 @@ from detector.config import HEAD_PRESETS, IMAGE_LABEL_RULES
 from train.run_config import MAX_ITERS
 from train.run_dir import ACTIVE_STATES
 
-from .common import handler, tab_message
+from .common import handler, tab_message, user_error
 
 
 def shown_state(status: dict) -> str:
@@ -187,7 +187,7 @@ def build(ep: dict, server_folders: bool = False) -> dict:
 def need_run(run_id):
     """The operations on one run need one picked: (run id,), else a readable error."""
     if not run_id:
-        raise gr.Error("no run selected")
+        raise user_error("no run selected")
     return (run_id,)
 
 
@@ -302,7 +302,7 @@ def _wire_runs(ep: dict, c: SimpleNamespace) -> None:
     def sure(run_id, confirmed):
         need_run(run_id)
         if not confirmed:
-            raise gr.Error(f"tick 'Yes, delete this run' to delete {run_id}")
+            raise user_error(f"tick 'Yes, delete this run' to delete {run_id}")
         return (run_id,)
 
     delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False)),
