@@ -215,6 +215,9 @@ class LabelFile:
 LABEL_SUFFIXES = (".json", ".csv", ".jsonl")
 MAX_LABEL_FILE_BYTES = 200 * 1024 * 1024
 YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt", "obj.names")
+# All the text a YOLO zip's class and label files may hold, uncompressed (~1.5 M boxes): a few MB of
+# zip can inflate to gigabytes of spaces, which read whole would take the server's memory.
+MAX_YOLO_TEXT_BYTES = 32 * 1024 * 1024
 
 
 def is_yolo_zip(path: Path) -> bool:
@@ -262,6 +265,8 @@ def read_label_file(path: Path) -> LabelFile:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"'{path.name}' is not valid JSON ({e})") from None
+        except RecursionError:  # '[' * 100000: nested deeper than any label file
+            raise DataError(f"'{path.name}' is not a label file: its JSON is nested too deeply") from None
         if isinstance(data, list):
             return read_label_studio(data, path.name)
     rows = read_label_rows(path)
@@ -368,6 +373,19 @@ def read_yolo_zip(path: Path) -> LabelFile:
     from train.data import DataError
 
     name = path.name
+    budget = [MAX_YOLO_TEXT_BYTES]
+
+    def text(z: zipfile.ZipFile, member: str, errors: str = "strict") -> str:
+        """A class or label file's text, counted against the zip's budget before it is inflated."""
+        left = budget[0]
+        if z.getinfo(member).file_size <= left:
+            with z.open(member) as f:
+                data = f.read(left + 1)  # never more than is left, whatever the header says
+            if len(data) <= left:
+                budget[0] = left - len(data)
+                return data.decode("utf-8", errors)
+        raise DataError(f"'{name}': its class and label files hold more than {MAX_YOLO_TEXT_BYTES // 2**20} MB of text")
+
     with zipfile.ZipFile(path) as z:
         members = [m for m in z.namelist() if not m.endswith("/")]
         lower = {Path(m).name.lower(): m for m in members}
@@ -375,7 +393,7 @@ def read_yolo_zip(path: Path) -> LabelFile:
         for key in ("data.yaml", "data.yml"):
             if key in lower:
                 try:
-                    spec = yaml.safe_load(z.read(lower[key]).decode("utf-8"))
+                    spec = yaml.safe_load(text(z, lower[key]))
                 except (yaml.YAMLError, UnicodeDecodeError) as e:
                     raise DataError(f"'{name}': {key} is not readable YAML ({e})") from None
                 found = spec.get("names") if isinstance(spec, dict) else None
@@ -387,7 +405,7 @@ def read_yolo_zip(path: Path) -> LabelFile:
                 break
         if classes is None:
             key = "classes.txt" if "classes.txt" in lower else "obj.names"
-            classes = [c.strip() for c in z.read(lower[key]).decode("utf-8").splitlines() if c.strip()]
+            classes = [c.strip() for c in text(z, lower[key]).splitlines() if c.strip()]
         texts = {m: m for m in members if m.lower().endswith(".txt") and Path(m).name.lower() not in YOLO_CLASS_FILES}
         by_stem: dict[str, list[str]] = {}
         for m in texts:
@@ -403,7 +421,7 @@ def read_yolo_zip(path: Path) -> LabelFile:
             if label is None:
                 unmatched += 1
             else:
-                entry.boxes = _yolo_boxes(z.read(label).decode("utf-8", "replace"), classes, f"'{name}' {label}")
+                entry.boxes = _yolo_boxes(text(z, label, "replace"), classes, f"'{name}' {label}")
             entries.append(entry)
     notes = [f"{unmatched} image(s) without a label file (no objects)"] if unmatched else []
     if not entries:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from train.cli import PARENT_ENV
 from train.run_dir import ACTIVE_STATES, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +208,7 @@ class TrainingJobs:
             argv = [sys.executable, "-m", "train", "dryrun", "--config", str(path)]
             try:
                 proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                                      stdin=subprocess.DEVNULL, env=self.child_env())
+                                      stdin=subprocess.DEVNULL, env={**self.child_env(), PARENT_ENV: str(os.getpid())})
             except subprocess.TimeoutExpired:
                 raise JobError(f"the dry run took over {timeout:.0f} s; the settings are too heavy for this machine") from None
             if proc.returncode != 0:

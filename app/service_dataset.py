@@ -86,18 +86,17 @@ class DatasetMixin:
 
         from . import formats
 
+        try:  # every label file read before any image is stored: a bad one leaves the store as it was
+            parsed_files = [(path, formats.read_label_file(path)) for path in label_files]
+        except (DataError, KeyError, OSError) as e:
+            raise StoreError(str(e)) from None
         uploaded = self.add_images(images)  # a zip's images too
-        by_name = {}
+        by_name = {Path(given).name: h for given, h in uploaded["names"].items()}  # as uploaded, then as stored
         for h in uploaded["added"]:
-            row = self.store._image(h)
-            by_name.setdefault(row["original_name"], h)
-        report = {"imported": 0, "boxes": 0, "images_added": len(uploaded["added"]), "missing": [],
+            by_name.setdefault(self.store._image(h)["original_name"], h)
+        report = {"imported": 0, "boxes": 0, "images_added": len(uploaded["new"]), "missing": [],
                   "skipped": list(uploaded["skipped"]), "messages": []}
-        for path in label_files:
-            try:
-                parsed = formats.read_label_file(path)
-            except (DataError, KeyError, OSError) as e:
-                raise StoreError(str(e)) from None
+        for path, parsed in parsed_files:
             tags, boxes, missing = [], {}, []
             for entry in parsed.entries:
                 h = self._match_image(entry.names, entry.sha256, by_name)

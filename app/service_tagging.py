@@ -26,7 +26,9 @@ class TaggingMixin:
     @endpoint(api=False)
     def add_images(self, files: list) -> dict:
         """Add image files, bytes or zip archives; returns {added: [hashes], new: [hashes not in the
-        store before], duplicates: [names of images already there or given twice], skipped: [reasons]}."""
+        store before], duplicates: [names of images already there or given twice], skipped: [reasons],
+        names: {the name each file was given as: its hash} (a duplicate keeps its stored name, and
+        a label file beside it still finds it by the name it came with)}."""
         before = {r["hash"] for r in self.store.images()}
         added, skipped = [], []  # added: (hash, the name it was given as)
         for f in files or []:
@@ -50,7 +52,7 @@ class TaggingMixin:
                 new.append(h)
             seen.add(h)
         return {"added": list(dict.fromkeys(h for h, _ in added)), "new": new, "duplicates": duplicates,
-                "skipped": skipped}
+                "skipped": skipped, "names": {given: h for h, given in added}}
 
     def _add_zip(self, path: Path) -> tuple[list[tuple[str, str]], list[str]]:
         added, skipped = [], []

@@ -27,7 +27,7 @@ from PIL import Image
 
 from detector.files import atomic_write
 from detector.images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from detector.vocabulary import clean_name
+from detector.vocabulary import MAX_NAMES, clean_name
 from train.data import join_labels
 
 SCHEMA_VERSION = 2
@@ -187,6 +187,10 @@ class LabelStore:
             return row[0]
         if not create:
             return None
+        count = self.db.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        if count >= MAX_NAMES:  # every label is a name of the exports' and training's vocabulary
+            raise StoreError(f"the dataset already has {count:,} labels, the most one vocabulary may hold: "
+                             f"'{name}' was not added (delete or merge unused labels on the Dataset tab)")
         return self.db.conn.execute("INSERT INTO labels (name) VALUES (?)", [name]).lastrowid
 
     def labels(self) -> list[str]:

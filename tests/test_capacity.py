@@ -1,8 +1,11 @@
 """Head capacity presets, backbone fine-tuning choices and the dry run (Vasconcelos et al.; issue 13)."""
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import torch
 from detector import load_checkpoint, load_detector, save_checkpoint
 from detector.capacity import backbone_choice_of, head_preset_of, parameter_counts, rebuild, with_choices
 from detector.config import HEAD_PRESETS
+from train.cli import PARENT_ENV
 from train.dry_run import dry_run
 from train.finetune import finetune
 from train.run_config import RunConfig
@@ -152,6 +156,43 @@ def test_app_measures_a_run_in_its_own_process_and_makes_no_run(tmp_path, tiny_p
                         "--box-images", ".", "--box-size", "48", "--box-batch", "1", "--heads", "huge"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "heads" in r.stderr
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a container's pid 1 may never reap an orphan)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_measurement_stops_when_the_app_that_asked_for_it_stops():
+    """The app stopped (SIGKILL, so nothing of it runs on the way out) while its dry run measures: the
+    dry run exits within seconds instead of computing for minutes for no one (an orphan held
+    2.3 GB and 1.5 cores)."""
+    import signal
+
+    app_like = (f"import os, subprocess, sys\n"
+                f"print(subprocess.Popen([sys.executable, '-m', 'train', 'dryrun', '--model', 'tiny', '--box-data', "
+                f"'x.json', '--box-images', '.', '--box-size', '64', '--box-batch', '1', '--steps', '100000'], "
+                f"env={{**os.environ, {PARENT_ENV!r}: str(os.getpid())}}).pid, flush=True)\n"
+                f"import time; time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", app_like], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        time.sleep(12)  # well into its steps: loaded, measuring
+        assert _running(child), "the dry run ended by itself: nothing to test"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 20
+        while _running(child) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _running(child), "the dry run outlived the app"
+    finally:
+        for pid in (parent.pid, child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_one_measurement_at_a_time(tmp_path):

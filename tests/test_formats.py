@@ -233,6 +233,41 @@ def test_yolo_zip_imports_boxes_in_pixels(service, tmp_path):
     assert np.allclose([b["box"] for b in boxes], [[10, 8, 30, 24], [4, 3.2, 12, 9.6]])
 
 
+def test_hostile_label_files_are_refused_whole_and_store_nothing(service, tmp_path):
+    """A YOLO zip whose label inflates to 40 MB of spaces (~40 KB zipped) is refused before it is
+    read; JSON nested 100,000 deep is named as not a label file; and neither leaves its images in
+    the store (a label file is imported whole or not at all, the images with it)."""
+    from app.store import StoreError
+
+    image = write_images(tmp_path / "imgs", 1)[0]
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("classes.txt", "cat\n")
+        z.write(image, "images/img0.png")
+        z.writestr("labels/img0.txt", b"0 0.5 0.5 0.2 0.2\n" + b" " * (40 * 2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(StoreError, match="hold more than 32 MB of text"):
+        service.import_labels([str(bomb)])
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StoreError, match="nested too deeply"):
+        service.import_labels([str(nested), str(image)])
+    assert service.store.images() == []
+
+
+def test_a_yolo_image_already_stored_under_another_name_gets_its_boxes(service, tmp_path):
+    image = write_images(tmp_path / "imgs", 1)[0]
+    service.store.add_image(image, "renamed.png")
+    archive = tmp_path / "yolo.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("classes.txt", "mug\n")
+        z.write(image, "images/img0.png")
+        z.writestr("labels/img0.txt", "0 0.5 0.5 0.5 0.5\n")
+    report = service.import_labels([str(archive)])
+    assert report["boxes"] == 1 and report["missing"] == [] and report["images_added"] == 0, report
+    assert [b["label"] for b in service.store.boxes(service.store.find_image("renamed.png"))] == ["mug"]
+
+
 def test_label_studio_and_yolo_exports_import_back_into_the_app(service, tmp_path):
     images = write_images(tmp_path / "imgs", 2)
     service.import_labels([str(coco_file(tmp_path / "boxes.json", [p.name for p in images])), *map(str, images)])

@@ -250,6 +250,10 @@ def test_huge_vocabularies_are_refused_at_once_with_one_sentence(tmp_path, tiny_
     # Just under the limits still works.
     names = client.predict(h, ", ".join(f"o{i}" for i in range(MAX_NAMES)), "", api_name="/tag")["positives"]
     assert len(names) == MAX_NAMES
+    # ... and the dataset stops there: one more label would break every box export (its vocabulary).
+    assert f"already has {MAX_NAMES:,} labels" in _error(client.predict, h, "one more", "", api_name="/tag")
+    assert len(service.store.labels()) == MAX_NAMES and "one more" not in service.store.tags(h)["positives"]
+    assert Path(service.export_labels("coco_detections")).is_file()
 
 
 def test_parameters_of_the_wrong_type_get_one_sentence_over_http(tmp_path, tiny_predictor, served):

@@ -10,11 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .run_config import ConfigBase, PretrainConfig, RunConfig, add_config_arguments, config_from_args
 from .run_dir import RunDir
+
+# Set by the app for a child it waits on (`app.jobs.TrainingJobs.measure`): the parent's pid.
+PARENT_ENV = "OVD_EXIT_WITH_PARENT"
+
+
+def exit_with_parent() -> None:
+    """When the process named in PARENT_ENV is no longer this one's parent (the app was stopped
+    or crashed), exit: a measurement nobody waits for would hold cores and gigabytes for minutes."""
+    expected = os.environ.get(PARENT_ENV, "")
+    if not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(1)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _finetune_parser(sub) -> None:
@@ -111,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             result = pretrain(cfg, out, resume=args.resume)
             print(json.dumps({k: result[k] for k in ("state", "iteration", "total", "images", "seconds")}, indent=2))
         elif args.command == "dryrun":
+            exit_with_parent()
             from .dry_run import dry_run
 
             cfg = config_from_args(args, RunConfig.load(args.config) if args.config else None, RunConfig)
