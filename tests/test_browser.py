@@ -80,7 +80,7 @@ def test_detect_and_tag_in_a_real_browser(tmp_path, small_image):
 
             # Another tab shows the tag at once (it refreshes when opened).
             page.get_by_role("tab", name="Dataset").click()
-            expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("1 image, 1 tagged, 1 label")).to_be_visible(timeout=30_000)
 
             # A reload loses nothing: the tag is still there.
             page.reload(wait_until="load")

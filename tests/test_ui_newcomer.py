@@ -120,7 +120,7 @@ def test_open_pages_follow_changes_made_elsewhere(app, photos, browser):
     service, page = app
     h = service.store.add_image(photos[0])
     page.get_by_role("tab", name="Dataset").click()
-    expect(page.get_by_text("1 images, 0 tagged, 0 labels")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("1 image, 0 tagged, 0 labels")).to_be_visible(timeout=30_000)
 
     other = browser.new_page(viewport={"width": 1400, "height": 1100})
     try:
@@ -128,7 +128,7 @@ def test_open_pages_follow_changes_made_elsewhere(app, photos, browser):
         expect(other.locator("#detect-button")).to_be_visible(timeout=60_000)
         # Another page tags the image: this page's counts follow without being re-entered.
         service.tag(h, "kettle")  # what the other page's Tag tab does
-        expect(page.get_by_text("1 images, 1 tagged, 1 labels")).to_be_visible(timeout=20_000)
+        expect(page.get_by_text("1 image, 1 tagged, 1 label")).to_be_visible(timeout=20_000)
         expect(page.locator("#dataset-table")).to_contain_text("kettle")
 
         # A hot swap on the other page: this page's header follows the served model.

@@ -12,13 +12,17 @@ from ..markdown import literal
 from .common import error_text, handler, tab_message, user_error
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _present(summary: dict) -> tuple:
     """dataset summary -> (plot, table, line, and the label list for every label picker)."""
     labels = summary["labels"]
     df = pd.DataFrame([{"label": k, "images": v["positive"], "not present": v["negative"]} for k, v in labels.items()],
                       columns=["label", "images", "not present"])
     pick = gr.update(choices=list(labels))
-    return (df, df, f"{summary['images']} images, {summary['tagged']} tagged, {len(labels)} labels",
+    return (df, df, f"{_count(summary['images'], 'image')}, {summary['tagged']} tagged, {_count(len(labels), 'label')}",
             pick, pick, pick, pick)
 
 

@@ -21,8 +21,9 @@ DEFAULT_VOCABULARY = "cat, cup, laptop, bottle"
 
 
 def _rows(records: list[dict]) -> list[list]:
-    return [[r["class_name"] + (" (low confidence)" if r.get("low_confidence") else ""), r["score"], *r["box"]]
-            for r in records]
+    """The Boxes table: pixels to one decimal on every row (the JSON keeps full precision)."""
+    return [[r["class_name"] + (" (low confidence)" if r.get("low_confidence") else ""), r["score"],
+             *(round(float(v), 1) for v in r["box"])] for r in records]
 
 
 def _count(records: list[dict]) -> str:
