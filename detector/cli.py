@@ -4,7 +4,9 @@ model with the vocabulary baked in (see detector.onnx_export).
 
 Inputs are image files, folders (their images, recursively), glob patterns ("shots/*.jpg",
 "**/*.png") and videos (every `--frame-stride`-th frame, each reported with its index and time).
-Every input is checked before the model loads; a progress bar runs over the images and frames.
+Every input is found (and every video opened) before the model loads; an image that cannot be
+decoded is reported at the end while the others still run. A progress bar runs over the images and
+frames. With several images, `--annotated FOLDER` keeps their sub-folders and names (one drawing each).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import glob
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +32,35 @@ BATCH = 8  # images or frames per model call
 
 
 
+def _unit(text: str) -> float:
+    """A threshold: a number in [0, 1] (argparse's error otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    return value
+
+
+def _limits(parser: argparse.ArgumentParser) -> None:
+    """Score and NMS thresholds and the box limit; unset, the model's own (its config)."""
+    parser.add_argument("--score-threshold", type=_unit, default=None,
+                        help="0-1 (default: the model's own, e.g. 0.2 for offline)")
+    parser.add_argument("--nms-threshold", type=_unit, default=None, help="0-1 (default: the model's own)")
+    parser.add_argument("--max-detections", type=_positive, default=None, help="per image (default: the model's own)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m detector", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,17 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders, glob patterns or videos")
     pr.add_argument("--vocabulary", "-v", required=True, help="class names, comma separated")
     pr.add_argument("--model", "-m", default=None,
-                    help="preset (offline, tiny, resnet50-clip), checkpoint folder or Hub id")
-    pr.add_argument("--score-threshold", type=float, default=None)
-    pr.add_argument("--nms-threshold", type=float, default=None)
-    pr.add_argument("--max-detections", type=int, default=None)
+                    help="preset (offline, tiny, resnet50-clip, coco-clip), checkpoint folder or Hub id "
+                         "(default: offline)")
+    _limits(pr)
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--format", "-f", choices=FORMATS, default="json",
                     help="json (one object, or a list), jsonl (one line per image or frame), csv (one row per "
                          "detection) or coco (detection results with scores)")
     pr.add_argument("--out", type=Path, default=None, help="write the detections here instead of stdout")
     pr.add_argument("--annotated", type=Path, default=None,
-                    help="write the annotated image here (a folder when several images are given)")
+                    help="write the annotated image here (a folder when several images are given: "
+                         "their sub-folders and names are kept, as .png)")
     pr.add_argument("--frame-stride", type=int, default=1, help="videos: run on every N-th frame (default 1)")
     pr.add_argument("--annotated-video", type=Path, default=None,
                     help="write the video's detected frames, drawn, here (.mp4; one video input)")
@@ -60,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", "-m", default=None, help="preset, checkpoint folder or Hub id")
     ex.add_argument("--vocabulary", "-v", required=True, help="class names, comma separated (baked in)")
     ex.add_argument("--out", "-o", type=Path, required=True, help="the .onnx file to write")
-    ex.add_argument("--score-threshold", type=float, default=None)
-    ex.add_argument("--nms-threshold", type=float, default=None)
-    ex.add_argument("--max-detections", type=int, default=None)
+    _limits(ex)
     return p
 
 
@@ -214,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     total = len(image_paths) + sum(-(-v.frames // args.frame_stride) for v in videos)
     bar = tqdm(total=total or None, unit="img", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
     records, bad = [], []
+    drawn_as = annotated_names(image_paths) if args.annotated and not single else {}
 
     def run(loaded: list) -> list:
         return predictor.predict(loaded, names, args.score_threshold, args.nms_threshold, args.max_detections)
@@ -230,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             for item, image, det in zip(kept, loaded, run(loaded) if kept else []):
                 records.append(item.record(det))
                 if args.annotated:
-                    _save_annotated(args.annotated, item, image, det, single)
+                    _save_annotated(args.annotated, None if single else drawn_as[item.source], image, det)
             bar.update(len(batch))
         for video in videos:
             done = [0]
@@ -257,10 +288,27 @@ def main(argv: list[str] | None = None) -> int:
     return 2 if bad else 0
 
 
-def _save_annotated(target: Path, item: Item, image, det, single: bool) -> None:
+def annotated_names(paths: list[str]) -> dict[str, Path]:
+    """Where each image's drawing goes inside the --annotated folder: its path below the inputs'
+    common folder, as .png; inputs that would meet at one name (chelsea.jpg and chelsea.png) keep
+    their suffix in it (chelsea_jpg.png), so no drawing overwrites another."""
+    if not paths:
+        return {}
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute])
+    plain = {p: Path(os.path.relpath(a, root)).with_suffix(".png") for p, a in zip(paths, absolute)}
+    taken: dict[Path, int] = {}
+    for name in plain.values():
+        taken[name] = taken.get(name, 0) + 1
+    return {p: name if taken[name] == 1 else name.with_name(f"{Path(p).stem}_{Path(p).suffix.lstrip('.')}.png")
+            for p, name in plain.items()}
+
+
+def _save_annotated(target: Path, name: Path | None, image, det) -> None:
+    """The drawing: at `target` (one image), or at `target / name` (several)."""
     from PIL import Image
 
-    if not single:
-        target.mkdir(parents=True, exist_ok=True)
-        target = target / (Path(item.source).stem + ".png")
+    if name is not None:
+        target = target / name
+        target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(annotate(image, det)).save(target)

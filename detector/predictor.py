@@ -35,6 +35,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when there is one; a device this machine lacks is one clear ValueError
+    before any weights load (not a driver traceback from the first tensor moved there)."""
+    if device is None or device == "":
+        return torch.device(default_device())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}: use cpu or cuda") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is available on this machine (use cpu)")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s)")
+    return resolved
+
+
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA, a no-op context on CPU: the one mixed-precision policy (inference and training)."""
     if device.type == "cuda":
@@ -55,7 +73,7 @@ class Assignment:
 
 class Predictor:
     def __init__(self, model: OpenVocabDetector, device: str | None = None, cache_size: int = 32):
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -79,6 +97,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str | None = None) -> Predictor:
         """From a preset name, a local checkpoint folder or a Hub repo id (see `load_detector`)."""
+        device = resolve_device(device)  # refused before the weights load
         return cls(load_detector(source, "cpu"), device=device)
 
     def save_pretrained(self, directory: str | Path, card_info: dict | None = None) -> Path:

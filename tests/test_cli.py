@@ -74,6 +74,37 @@ def test_every_input_is_checked_before_the_model_loads(tmp_path, monkeypatch, ca
     assert "exactly one video" in capsys.readouterr().err
 
 
+def test_every_image_gets_its_own_drawing_in_the_annotated_folder(inputs, tmp_path):
+    """a.png, sub/b.jpg, and a.jpg beside a.png: three drawings (a.jpg's once overwrote a.png's,
+    and sub-folders were flattened into one)."""
+    folder, _ = inputs
+    Image.open(folder / "a.png").save(folder / "a.jpg")
+    drawn = tmp_path / "drawn"
+    assert cli.main(["predict", str(folder), *RUN, "--annotated", str(drawn), "--no-progress",
+                     "--out", str(tmp_path / "o.json")]) == 0
+    assert sorted(str(p.relative_to(drawn)) for p in drawn.rglob("*.png")) == ["a_jpg.png", "a_png.png", "sub/b.png"]
+    assert Image.open(drawn / "sub" / "b.png").size == (56, 40)
+
+
+def test_out_of_range_settings_and_a_missing_gpu_are_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from detector import Predictor
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    for flag, value in (("--score-threshold", "1.5"), ("--nms-threshold", "-0.1"), ("--max-detections", "0")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["predict", str(tmp_path / "x.png"), "-v", "cat", flag, value])
+        assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("detector.predictor.load_detector", lambda *a, **k: pytest.fail("the model must not load"))
+    assert cli.main(["predict", str(tmp_path / "x.png"), "-v", "cat", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: device 'cuda': no CUDA GPU is available on this machine (use cpu)", err
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        Predictor.from_pretrained("tiny", device="gpu")
+
+
 def test_csv_and_coco_output(inputs, tmp_path, capsys):
     folder, video = inputs
     assert cli.main(["predict", str(folder), *RUN, "--format", "csv", "--no-progress"]) == 0
@@ -127,3 +158,13 @@ def test_the_app_detects_in_a_short_video_frame_by_frame(tmp_path, tiny_predicto
         service.detect_video(str(tmp_path / "fake.webm"), "cat")
     with pytest.raises(ValueError, match="upload a video"):
         service.detect_video(None, "cat")
+
+
+def test_evaluate_names_a_missing_file_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from detector import Predictor
+    from train import cli as train_cli
+
+    monkeypatch.setattr(Predictor, "from_pretrained", lambda *a, **k: pytest.fail("the model must not load"))
+    assert train_cli.main(["evaluate", "--model", "tiny", "--data", str(tmp_path / "nope.json"),
+                           "--images", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: --data '{tmp_path / 'nope.json'}' does not exist")

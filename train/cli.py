@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate_model
 
             novel = [n.strip() for n in args.novel.split(",") if n.strip()] if args.novel else None
+            for given, what in ((args.data, "--data"), (args.images, "--images")):  # before the model loads
+                if not Path(given).exists():
+                    raise DataError(f"{what} '{given}' does not exist")
             metrics = evaluate_model(Predictor.from_pretrained(args.model, device=args.device), args.data,
                                      args.images, novel)
             text = json.dumps(metrics, indent=2)
