@@ -15,7 +15,7 @@ from pathlib import Path
 
 from detector import Predictor
 from detector.files import atomic_write_json, read_json
-from train.heldout import heldout_summary
+from train.heldout import MIN_TAGGED_FOR_HELDOUT, heldout_summary
 from train.run_dir import RunDir
 
 from .jobs import JobError
@@ -101,8 +101,9 @@ class ModelsMixin:
         """Load a model (run id, folder, preset or Hub id) and make it the live one (hot swap).
 
         A run serves its checkpoint that scored best on its held-out tags. When that score is
-        below the starting model's (the one served when the run began), nothing changes unless
-        `confirm` is true: the answer has `needs_confirmation` and a sentence stating the drop."""
+        below the starting model's (the one served when the run began), or the run has no
+        held-out score at all (too few tagged images to hold any out), nothing changes unless
+        `confirm` is true: the answer has `needs_confirmation` and a sentence saying why."""
         source = (source or "").strip()
         if not source:
             raise ValueError("type a preset (offline, tiny, coco-clip), a Hub id (owner/name), a run id (Train tab) "
@@ -116,7 +117,8 @@ class ModelsMixin:
         if status is not None:
             run = self.jobs.run(source)
             heldout = heldout_summary(run.heldout())
-            drop = self._heldout_drop(heldout)
+            scored_on_boxes = run.evaluation() is not None and run.evaluation(before=True) is not None
+            drop = self._heldout_drop(heldout) or ("" if scored_on_boxes else self._unscored(heldout))
             if drop and not confirm:
                 return {"needs_confirmation": True, "message": drop, **self.model_info()}
             if heldout and heldout.get("best_iteration") is not None:
@@ -148,6 +150,17 @@ class ModelsMixin:
             return ""
         return (f"Its best checkpoint scores lower on the held-out tags than the model it started from: "
                 f"image-level AP {_ap(before)} → {_ap(after)} ({(after - before) * 100:+.1f} points).")
+
+    @staticmethod
+    def _unscored(heldout: dict | None) -> str:
+        """A sentence saying a run cannot be compared with the model it started from (no held-out
+        score before and after); empty when it can."""
+        if heldout and heldout.get("mean_after") is not None and heldout.get("mean_before") is not None:
+            return ""
+        note = str(heldout.get("note") or "") if heldout else ""
+        why = f"{note[0].upper()}{note[1:]}" if note else "It has no held-out score"
+        return (f"{why}: nothing says it is better than the model it started from (with at least "
+                f"{MIN_TAGGED_FOR_HELDOUT} tagged images a run holds some out and scores itself).")
 
     def _model_source(self, source: str) -> str:
         """A preset, a Hub id or one of this app's runs (its served checkpoint, see

@@ -156,7 +156,8 @@ def write_output(records: list[dict], fmt: str, names: list[str], single: bool) 
         return buf.getvalue()
     images, anns = [], []
     for i, r in enumerate(records, 1):
-        info = {"id": i, "file_name": Path(r["image"]).name, "path": r["image"]}
+        info = {"id": i, "file_name": Path(r["image"]).name, "path": r["image"], "width": r.get("width"),
+                "height": r.get("height")}
         if "frame" in r:
             info.update(frame_index=r["frame"], time=r["time"])
         images.append(info)
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 except ImageLoadError as e:
                     bad.append(str(e))
             for item, image, det in zip(kept, loaded, run(loaded) if kept else []):
-                records.append(item.record(det))
+                height, width = image.original_size
+                records.append({**item.record(det), "width": width, "height": height})
                 if args.annotated:
                     _save_annotated(args.annotated, None if single else drawn_as[item.source], image, det)
             bar.update(len(batch))
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             frames, _, _ = detect_video(predictor, video.path, names, args.score_threshold, args.nms_threshold,
                                         args.max_detections, args.frame_stride, annotated=args.annotated_video,
                                         progress=advance)
-            records.extend(frames)
+            records.extend({**f, "width": video.size[0], "height": video.size[1]} for f in frames)
     except (ImageLoadError, ValueError) as e:
         bar.close()
         return fail(str(e))

@@ -183,7 +183,9 @@ def test_tag_export_train_hot_swap_detect(running):
     assert status["state"] == "finished", service.jobs.run(run_id).log_tail(40)
     final = client.predict(run_id, api_name="/training_status")
     assert final["state"] == "finished" and final["iteration"] == 6 and final["metrics"]
-    info = client.predict(run_id, api_name="/use_model")
+    asked = client.predict(run_id, api_name="/use_model")  # 3 tagged images: no held-out score, so it asks
+    assert asked["needs_confirmation"] and "no held-out score" in asked["message"] and service.predictor is before
+    info = client.predict(run_id, True, api_name="/use_model")
     assert info["source"].endswith(run_id) and service.predictor is not before
     # every tagged image is in each batch of 8: the run trained all four positive names (not "dog": a negative)
     trained = service.predictor.config.trained_class_names

@@ -43,6 +43,7 @@ def test_folders_globs_and_videos_with_frame_index_and_time(inputs, tmp_path, ca
     assert rc == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["image"] for r in records[:2]] == [str(folder / "a.png"), str(folder / "sub" / "b.jpg")]  # once each
+    assert [(r["width"], r["height"]) for r in records] == [(56, 40)] * 2 + [(64, 48)] * 4
     frames = records[2:]
     assert [(r["frame"], r["time"]) for r in frames] == [(0, 0.0), (3, 0.3), (6, 0.6), (9, 0.9)]
     assert all(r["image"] == str(video) and len(r["detections"]) == 2 for r in frames)
@@ -116,6 +117,7 @@ def test_csv_and_coco_output(inputs, tmp_path, capsys):
     coco = json.loads(out.read_text())
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
     assert [(i["frame_index"], i["file_name"]) for i in coco["images"]] == [(0, "clip.mp4"), (5, "clip.mp4")]
+    assert all((i["width"], i["height"]) == (64, 48) for i in coco["images"])  # what COCO tools expect
     assert len(coco["annotations"]) == 4 and all("score" in a and len(a["bbox"]) == 4 for a in coco["annotations"])
 
 

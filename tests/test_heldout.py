@@ -197,6 +197,39 @@ def test_use_model_serves_the_best_checkpoint_and_asks_before_serving_a_worse_on
     assert "best checkpoint" in info["note"] and "0.50 → 0.75" in info["note"]
 
 
+def test_a_run_with_no_held_out_score_is_served_only_when_asked(tmp_path, tiny_predictor):
+    """Too few tags to hold any out: nothing says the run is better, so "use" asks first (it was
+    swapped in silently); with validation boxes scored before and after, it is served as asked."""
+    from app.service import AppService
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    served = service.model_info()["source"]
+    run = RunDir.create(service.jobs.runs_dir)
+    run.write_config(RunConfig(model="tiny", label_data="x.json", label_images="."))
+    tiny_predictor.save_pretrained(run.path)
+    run.write_status("finished", iteration=6, total=6)
+    answer = service.use_model(run.id)
+    assert answer["needs_confirmation"] and "no held-out score" in answer["message"]
+    assert service.model_info()["source"] == served
+    run.write_heldout({"note": "only 6 tagged images (fewer than 8): trained on all of them, so this run has no "
+                               "held-out score", "images": 0, "before": None, "checkpoints": [], "best": None})
+    answer = service.use_model(run.id)
+    assert answer["message"].startswith("Only 6 tagged images (fewer than 8)") and "nothing says" in answer["message"]
+    info = service.use_model(run.id, confirm=True)
+    assert info["source"] != served and "served although only 6 tagged images" in info["note"]
+    from app.ui.model_tab import model_header
+
+    header = model_header(info)  # the run by its id, not its folder on the server
+    assert f"<code>run {run.id}</code>" in header and str(service.jobs.runs_dir) not in header
+    boxes = RunDir.create(service.jobs.runs_dir)
+    boxes.write_config(RunConfig(model="tiny", box_data="x.json", box_images="."))
+    tiny_predictor.save_pretrained(boxes.path)
+    boxes.write_status("finished", iteration=6, total=6)
+    boxes.write_evaluation({"AP": 0.1}, before=True)
+    boxes.write_evaluation({"AP": 0.2})
+    assert not service.use_model(boxes.id).get("needs_confirmation")
+
+
 def test_unreadable_tagged_images_are_skipped_and_listed(tagged, tmp_path):
     import shutil
 

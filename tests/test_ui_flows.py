@@ -947,6 +947,12 @@ def test_a_trained_model_served_after_a_swap_is_described_truthfully(tmp_path, b
         status = service.jobs.wait(run_id, timeout=600)
         assert status["state"] == "finished", service.jobs.run(run_id).log_tail(40)
         expect(page.locator("#train-status")).to_contain_text("finished", timeout=30_000)
+        # Two tagged images: none held out, so no score says it is better: served only when asked.
+        page.get_by_role("button", name="Use this run's model (hot swap)").click()
+        expect(page.locator("#train-msg")).to_contain_text("not served. Only 2 tagged images", timeout=60_000)
+        expect(page.locator("#train-msg")).to_contain_text("nothing says it is better")
+        assert service.model_info()["source"] == before["source"]
+        page.locator("#train-use-anyway input").check()
         page.get_by_role("button", name="Use this run's model (hot swap)").click()
         expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
         expect(page.locator("#model-line")).to_contain_text(run_id, timeout=30_000)
@@ -967,7 +973,7 @@ def test_a_run_shows_its_held_out_score_and_a_worse_model_needs_a_confirmation(t
     """Issue #19: start a run from the Train tab with ten tagged images: the run holds two out,
     the Train tab shows per label before -> after and the history the mean; "Use" serves the
     best checkpoint, and one that scored lower than the model it started from only once the
-    person ticks "Serve it even if it scored lower"."""
+    person ticks "Serve it anyway"."""
     from playwright.sync_api import expect
 
     from detector import Predictor

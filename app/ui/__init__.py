@@ -84,8 +84,8 @@ def _wire_model_swaps(ep: dict, ui: SimpleNamespace) -> tuple:
     def swapped(info: dict) -> tuple:
         if info.get("needs_confirmation"):  # nothing was swapped: say why and how to go ahead
             return (gr.update(), gr.update(), gr.update(),
-                    f"not served. {info['message']} Tick 'Serve it even if it scored lower' to serve it anyway.")
-        return (*model_views(info), f"now serving <code>{literal(info['source'])}</code>")
+                    f"not served. {info['message']} Tick 'Serve it anyway' to serve it.")
+        return (*model_views(info), f"now serving <code>{literal(model_tab.served_name(info))}</code>")
 
     def use_run(run_id, anyway):
         return (*train["need_run"](run_id), bool(anyway))

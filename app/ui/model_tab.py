@@ -13,12 +13,18 @@ from ..service import headline
 from .common import handler, tab_message
 
 
+def served_name(info: dict) -> str:
+    """What is served, for people: a run of this app by its id (not its folder on the server),
+    otherwise the source as loaded (a preset, a Hub id, an allowed folder)."""
+    return f"run {info['run']}" if info.get("run") else str(info.get("source", "?"))
+
+
 def model_header(info: dict) -> str:
     """The page's model line, and a banner whenever the served model cannot give meaningful
     answers (`limits`), saying what is missing and how to get it. Everything escaped."""
     note = str(info.get("note") or "")
     plain = str(info.get("headline") or headline(note))
-    line = f"<p id='model-line'>Model: <code>{html.escape(str(info['source']))}</code>"
+    line = f"<p id='model-line'>Model: <code>{html.escape(served_name(info))}</code>"
     line += f" · {html.escape(plain)}</p>" if plain else "</p>"
     if note and note != plain:  # the technical reason, one click away
         line += (f"<details id='model-details'><summary>details</summary><p>{html.escape(note)}</p></details>")
@@ -73,7 +79,7 @@ def model_summary(info: dict, heldout: dict | None = None) -> str:
     params = info.get("parameters") or {}
     lines.append(f"**Device:** {e(info.get('device', '?'))} · **Parameters:** {_millions(params.get('total'))} "
                  f"({_millions(params.get('trainable'))} trainable)")
-    lines.append(f"**Served:** <code>{e(info.get('source', '?'))}</code> · {e(info.get('headline') or info.get('note') or '')}")
+    lines.append(f"**Served:** <code>{e(served_name(info))}</code> · {e(info.get('headline') or info.get('note') or '')}")
     return "\n\n".join(lines)
 
 

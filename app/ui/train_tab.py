@@ -238,7 +238,7 @@ def _layout(server_folders: bool) -> SimpleNamespace:
                                 elem_id="train-curve")
             evaluation = gr.Code(label="Evaluation", language="json")
             use = gr.Button("Use this run's model (hot swap)")
-            use_anyway = gr.Checkbox(False, label="Serve it even if it scored lower on the held-out tags",
+            use_anyway = gr.Checkbox(False, label="Serve it anyway (even if it scored lower on its held-out tags, or has no held-out score)",
                                      elem_id="train-use-anyway")
             with gr.Row():
                 delete_sure = gr.Checkbox(False, label="Yes, delete this run and its checkpoints",
