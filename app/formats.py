@@ -146,8 +146,13 @@ def write_box_export(fmt: str, classes: list[str], items, rows_image_dir: Path, 
                      with_images: bool, description: str, model_version: str,
                      annotated: dict[str, sv.Detections] | None = None) -> Path:
     """One export file in `out`: `<stem>.json` (coco, label_studio) or `<stem>.zip` (yolo: data.yaml
-    + labels/; voc: annotations/; any format `with_images`: + images/ under their export names)."""
+    + labels/; voc: annotations/; any format `with_images`: + images/ under their export names).
+    YOLO and VOC carry one set of boxes per image, to train on: the boxes people drew or imported
+    (`annotated`) where an image has some, the model's elsewhere; COCO keeps the model's scored
+    detections and Label Studio both (prediction and annotation)."""
     names = export_names([row for row, _ in items])
+    if fmt in ("yolo", "voc") and annotated:
+        items = [(row, annotated[row["hash"]] if len(annotated.get(row["hash"], ())) else det) for row, det in items]
     work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
     try:
         images = stage_images(items, names, rows_image_dir, work / "images")

@@ -141,8 +141,9 @@ class DatasetMixin:
     def export_labels(self, fmt: str = "detic", with_images: bool = False, *, progress: Progress | None = None) -> str:
         """Write an export file (named after the dataset and today's date); returns its path.
         Formats (`EXPORT_FORMATS`): the tags as `detic` JSON or `csv`; the model's boxes on every
-        image as `coco_detections` (COCO with scores), `yolo` (zip: data.yaml, classes.txt,
-        labels/), `voc` (zip of Pascal VOC XML) or `label_studio` (tasks with the model's boxes as
+        image as `coco_detections` (COCO with scores); `yolo` (zip: data.yaml, classes.txt,
+        labels/) and `voc` (zip of Pascal VOC XML): the stored boxes (drawn or imported) on images
+        that have some, the model's on the others; `label_studio` (tasks with the model's boxes as
         scored predictions and stored boxes as annotations). Images are named by their original
         names; `with_images` zips them (images/) with the labels. `progress`: see
         `detections_coco` (the tag formats are written at once)."""
