@@ -289,6 +289,8 @@ def _coco_boxes(data: dict, rows: list, file: str) -> LabelFile:
     entries, by_id = [], {}
     for info, (name, pos, neg, sha) in zip(data["images"], rows):
         entries.append(Entry([name], sha, pos, neg))
+        if info.get("id") in by_id:  # boxes would land on whichever image came last
+            raise DataError(f"'{file}': image id {info.get('id')!r} is given to two images")
         by_id[info.get("id")] = entries[-1]
     crowd = no_box = 0
     for i, ann in enumerate(data["annotations"]):
@@ -323,6 +325,14 @@ def _ls_image_names(ref: str) -> list[str]:
     return [base] if stripped == base else [base, stripped]
 
 
+def _as_list(value) -> list:
+    """A Label Studio value that should be a list of names: one name given as a string is one name
+    (iterating it read "dog" as the tags d, o, g); anything else that is not a list, none."""
+    if isinstance(value, str):
+        return [value]
+    return value if isinstance(value, list) else []
+
+
 def read_label_studio(tasks: list, file: str) -> LabelFile:
     """Label Studio's JSON export: per task, its latest annotation that was not cancelled:
     rectangles (percent of the image) as boxes, choices as tags. Predictions are not labels."""
@@ -350,14 +360,14 @@ def read_label_studio(tasks: list, file: str) -> LabelFile:
             if not isinstance(value, dict):
                 continue
             if r.get("type") == "choices":
-                entry.positives += [str(c) for c in value.get("choices") or []]
+                entry.positives += [str(c) for c in _as_list(value.get("choices"))]
             elif r.get("type") in ("rectanglelabels", "rectangle"):
                 try:
                     x, y, w, h = (float(value[k]) / 100 for k in ("x", "y", "width", "height"))
                 except (KeyError, TypeError, ValueError):
                     raise DataError(f"{where}: a rectangle needs x, y, width and height") from None
                 rotated += bool(value.get("rotation"))
-                for label in value.get("rectanglelabels") or value.get("labels") or []:
+                for label in _as_list(value.get("rectanglelabels") or value.get("labels")):
                     entry.boxes.append((str(label), (x, y, x + w, y + h)))
         entries.append(entry)
     notes = []

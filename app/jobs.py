@@ -114,8 +114,8 @@ class TrainingJobs:
 
     def run(self, run_id: str) -> RunDir:
         """The run called `run_id` (a plain folder name under the runs directory, nothing else)."""
-        if not run_id or Path(run_id).name != run_id or run_id.startswith("."):
-            raise JobError(f"no training run {run_id!r}")
+        if not run_id or Path(run_id).name != run_id or run_id.startswith(".") or len(run_id) > 200:
+            raise JobError(f"no training run {run_id[:60]!r}")  # > 200: longer than any file name may be
         run = RunDir(self.runs_dir / run_id)
         if not run.exists():
             raise JobError(f"no training run {run_id!r}")

@@ -86,10 +86,15 @@ class DatasetMixin:
 
         from . import formats
 
-        try:  # every label file read before any image is stored: a bad one leaves the store as it was
-            parsed_files = [(path, formats.read_label_file(path)) for path in label_files]
-        except (DataError, KeyError, OSError) as e:
-            raise StoreError(str(e)) from None
+        parsed_files = []  # every label file read before any image is stored: a bad one leaves the store as it was
+        for path in label_files:
+            try:
+                parsed_files.append((path, formats.read_label_file(path)))
+            except (DataError, OSError) as e:
+                raise StoreError(str(e)) from None
+            except (KeyError, TypeError, AttributeError, IndexError) as e:  # a shape no reader expects
+                raise StoreError(f"'{path.name}' is not a label file this app reads: unexpected "
+                                 f"{type(e).__name__} ({str(e)[:80]})") from None
         uploaded = self.add_images(images)  # a zip's images too
         by_name = {Path(given).name: h for given, h in uploaded["names"].items()}  # as uploaded, then as stored
         for h in uploaded["added"]:

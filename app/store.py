@@ -28,7 +28,7 @@ from PIL import Image
 from detector.files import atomic_write
 from detector.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from detector.vocabulary import MAX_NAMES, clean_name
-from train.data import join_labels
+from train.data import join_labels, spreadsheet_safe
 
 SCHEMA_VERSION = 2
 
@@ -332,8 +332,9 @@ class LabelStore:
         w.writerow(["image", "labels", "negatives", "original_name"])
         for row in self.images():
             if row["positives"] or row["negatives"]:
-                w.writerow([file_names[row["hash"]] if file_names else row["file"], join_labels(row["positives"]), join_labels(row["negatives"]),
-                            row["original_name"]])
+                cells = [file_names[row["hash"]] if file_names else row["file"], join_labels(row["positives"]),
+                         join_labels(row["negatives"]), row["original_name"] or ""]
+                w.writerow([spreadsheet_safe(c) for c in cells])
         return buf.getvalue()
 
     def find_image(self, name: str, sha256: str | None = None) -> str | None:

@@ -312,3 +312,59 @@ def test_training_trains_on_the_stored_boxes_beside_the_tags(service, tmp_path, 
     assert cfg.label_data and Path(cfg.label_data) == run.file(RunDir.LABELS)
     samples, _ = read_box_dataset(cfg.box_data, cfg.box_images)
     assert sum(len(s.names) for s in samples) == 3
+
+
+def test_csv_exports_never_hold_a_formula_and_still_read_back(service, tmp_path):
+    """Tags like '=cmd|...' and '@SUM(1+1)' and a file named '=HYPERLINK(...).png' were written as
+    they are: a spreadsheet opening the export runs them. Each such cell now starts with an
+    apostrophe (shown as text), and importing the export gives the same tags back."""
+    import csv as csv_module
+
+    h = service.store.add_image(image_bytes(5), '=HYPERLINK("http://x").png')
+    service.tag(h, "=cmd|' /C calc'!A0, -2+3", "@SUM(1+1)")
+    rows = list(csv_module.reader(io.StringIO(Path(service.export_labels("csv")).read_text(encoding="utf-8"))))
+    cells = [c for row in rows[1:] for c in row if c]
+    assert cells and not any(c.startswith(("=", "+", "-", "@")) for c in cells), cells
+    before = service.store.tags(h)
+    exported = service.export_labels("csv")
+    for label in before["positives"] + before["negatives"]:
+        service.store.delete_label(label)
+    report = service.import_labels([exported])
+    assert report["imported"] == 1 and service.store.tags(h) == before, report
+
+
+def test_label_files_of_odd_shapes_are_refused_or_read_as_meant(service, tmp_path):
+    """A Label Studio choice given as one string is one tag (it was read as its letters); a COCO
+    file giving one id to two images is refused (its boxes landed on the second image); shapes no
+    reader expects are one sentence (they were a bare 'the app raised an exception')."""
+    from app.store import StoreError
+
+    image = write_images(tmp_path / "imgs", 1)[0]
+    tasks = [{"data": {"image": "img0.png"}, "annotations": [{"result": [
+        {"type": "choices", "value": {"choices": "dog"}},
+        {"type": "rectanglelabels", "value": {"x": 10, "y": 10, "width": 50, "height": 50, "rectanglelabels": "bird"}}]}]}]
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    report = service.import_labels([str(tmp_path / "ls.json"), str(image)])
+    h = service.store.find_image("img0.png")
+    assert service.store.tags(h)["positives"] == ["bird", "dog"]  # a box's label is a tag too
+    assert [b["label"] for b in service.store.boxes(h)] == ["bird"]
+    assert report["boxes"] == 1
+    twice = json.loads(coco_file(tmp_path / "twice.json", ["img0.png", "img1.png"]).read_text())
+    twice["images"][1]["id"] = 1
+    for name, data in (("twice.json", twice),
+                       ("listid.json", {**twice, "images": [{"id": [1], "file_name": "img0.png"}]}),
+                       ("ls_odd.json", [{"data": {"image": "img0.png"}, "annotations": [{"result": 7}]}])):
+        (tmp_path / name).write_text(json.dumps(data))
+        with pytest.raises(StoreError) as refused:
+            service.import_labels([str(tmp_path / name)])
+        assert f"'{name}'" in str(refused.value), str(refused.value)
+    assert "image id 1 is given to two images" in _refusal(service, tmp_path / "twice.json")
+    assert len(service.store.boxes()) == 1  # nothing of the refused files
+
+
+def _refusal(service, path: Path) -> str:
+    from app.store import StoreError
+
+    with pytest.raises(StoreError) as refused:
+        service.import_labels([str(path)])
+    return str(refused.value)

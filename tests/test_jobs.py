@@ -111,3 +111,12 @@ def test_the_evaluation_box_shows_only_what_the_run_has():
     assert _present_status(running)[4] == ""
     done = _present_status({**running, "state": "finished", "evaluation": {"AP50": 0.5}})[4]
     assert json.loads(done) == {"after": {"AP50": 0.5}}
+
+
+def test_a_run_id_longer_than_a_file_name_is_no_run(tmp_path):
+    """'a' * 5000 as a run id reached the file system (OSError: file name too long, a traceback
+    and a bare error for the visitor): now it is no run, in one sentence."""
+    jobs = TrainingJobs(tmp_path / "runs")
+    for run_id in ("a" * 5000, "x" * 300 + ".x"):
+        with pytest.raises(JobError, match="no training run"):
+            jobs.run(run_id)

@@ -137,6 +137,22 @@ def join_labels(names: list[str]) -> str:
     return buf.getvalue()
 
 
+# A cell a spreadsheet would run as a formula ("=cmd|...", "+HYPERLINK(...)", "@SUM(...)") is written
+# with a leading apostrophe, which spreadsheets show as text; reading takes it off again, so labels
+# round-trip (a cell that itself starts with an apostrophe gets one more).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell no spreadsheet runs as a formula (OWASP's CSV-injection advice)."""
+    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
+
+
+def from_spreadsheet(cell: str) -> str:
+    """The cell `spreadsheet_safe` was given."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
 def split_labels(cell: str) -> list[str]:
     try:
         row = next(csv.reader([cell], delimiter=LABEL_SEPARATOR, strict=True), [])
@@ -184,8 +200,8 @@ def read_label_rows(path: str | Path) -> list[tuple[str, list[str], list[str], s
                 where = f"'{name}' line {reader.line_num}"
                 if None in row or not (row.get("image") or "").strip():
                     raise DataError(f"{where}: expected an image name and labels in the header's columns")
-                rows.append((row["image"].strip(), _clean_names(row["labels"], where),
-                             _clean_names(row.get("negatives") or "", where), None))
+                rows.append((from_spreadsheet(row["image"].strip()), _clean_names(from_spreadsheet(row["labels"]), where),
+                             _clean_names(from_spreadsheet(row.get("negatives") or ""), where), None))
         except csv.Error as e:
             raise DataError(f"'{name}' line {reader.line_num}: {e}") from None
     elif suffix == ".jsonl":
