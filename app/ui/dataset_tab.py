@@ -70,7 +70,11 @@ def _layout() -> SimpleNamespace:
                                  "JSON, a YOLO .zip with data.yaml or classes.txt), plus the images (files or a .zip) "
                                  "unless they are already here", file_count="multiple",
                            file_types=[".json", ".csv", ".jsonl", "image", ".zip"], elem_id="dataset-import")
-        imp_btn = gr.Button("Import")
+        imp_btn = gr.Button("Import", elem_id="dataset-import-button")
+        # The API's /import_labels: the same operation on its own hidden event, whose errors stay
+        # errors for API callers (the button's event puts them on the message line instead).
+        api_files = gr.File(file_count="multiple", visible=False)
+        api_btn = gr.Button(visible=False)
     with gr.Row():
         exp_fmt = gr.Radio(["detic", "csv", "coco_detections", "yolo", "voc", "label_studio"], value="detic",
                            label="Export format (tags: detic, csv; the model's boxes: the others)")
@@ -149,6 +153,7 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
 def _wire_import(ep: dict, c: SimpleNamespace) -> None:
     """Label files (and their images) in; what each file held and got on the message line."""
     out, msg, imp_btn, imp_file = c.out, c.msg, c.imp_btn, c.imp_file
+    unchanged = tuple(gr.update() for _ in out)
 
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
@@ -161,9 +166,10 @@ def _wire_import(ep: dict, c: SimpleNamespace) -> None:
             msg += f"; {len(r['skipped'])} unreadable: " + "; ".join(map(literal, r["skipped"][:5]))
         return (msg, *_present(ep["dataset"]()))
 
-    # import_labels is also the API endpoint: its errors stay errors (shown on the message line only)
-    imp_btn.click(handler(ep["import_labels"], present=imported), imp_file, [msg, *out], api_name="import_labels",
-                  show_progress_on=msg)
+    # A refused file's reason stays on the message line (a toast was gone in seconds, leaving "Error").
+    imp_btn.click(handler(ep["import_labels"], present=imported, error=lambda m, *_: (error_text(m), *unchanged)),
+                  imp_file, [msg, *out], api_name=False, show_progress_on=msg)
+    c.api_btn.click(handler(ep["import_labels"], present=imported), c.api_files, [msg, *out], api_name="import_labels")
 
 
 def _wire_export(ep: dict, c: SimpleNamespace) -> None:
