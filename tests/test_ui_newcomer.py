@@ -92,6 +92,7 @@ def test_assign_says_what_it_considers_and_shows_every_box(app, photos, monkeypa
     expect(msg).to_contain_text(f"This image has 3 proposals, fewer than the {considered} considered",
                                 timeout=60_000)
     expect(msg).to_contain_text("max_size trains the proposal ranked 1 of 3")
+    expect(msg).to_contain_text("(100.0% of the image) for cat")  # which tag each box is for (the fake assigns "cat")
     page.screenshot(path=str(shots / "assign-explained.png"), full_page=True)
 
     # The labels column is in sight, not cut off by the table's edge.

@@ -6,6 +6,7 @@ import gradio as gr
 
 from detector.annotate import RULE_COLOURS
 
+from ..markdown import literal
 from .common import handler, image_input, png_file, tab_message, user_error
 
 COLUMNS = ["rule", "labels", "proposal", "rank (by objectness)", "% of image", "box"]
@@ -36,8 +37,8 @@ def summary(rows: list, considered: int) -> str:
         head = f"This image has {found} proposals, fewer than the {considered} considered: all {found} are candidates"
     else:
         head = f"The top {found} proposals (by objectness) are considered"
-    said = "; ".join(f"{r[0]} trains the proposal ranked {r[2]} ({r[3]}% of the image)" if r[2] != "—" else
-                     f"{r[0]} trains the whole image" for r in rows)
+    said = "; ".join((f"{r[0]} trains the proposal ranked {r[2]} ({r[3]}% of the image)" if r[2] != "—" else
+                      f"{r[0]} trains the whole image") + (f" for {literal(r[5])}" if len(r) > 5 and r[5] else "") for r in rows)
     return f"{head}. {said}" if said else f"{head}."
 
 
