@@ -185,6 +185,13 @@ class LabelStore:
         row = self.db.conn.execute("SELECT id FROM labels WHERE name = ? COLLATE NOCASE", [name]).fetchone()
         if row:
             return row[0]
+        # SQLite's NOCASE folds ASCII only: "CAFÉ" / "café" and "STRASSE" / "Straße" are one label as
+        # Python folds case (as `_clean_tags` already judged them), so the non-ASCII ones are compared here.
+        key = name.casefold()
+        where = "" if not name.isascii() else " WHERE name GLOB '*[^ -~]*'"  # ASCII meets only non-ASCII ones here
+        for label_id, stored in self.db.conn.execute(f"SELECT id, name FROM labels{where}"):
+            if stored.casefold() == key:
+                return label_id
         if not create:
             return None
         count = self.db.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]

@@ -147,3 +147,14 @@ def test_killed_writer_leaves_database_consistent(tmp_path):
     assert again.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert again.tags(h) == {"positives": ["before"], "negatives": []}
     assert "half-written" not in again.labels()
+
+
+def test_labels_equal_once_case_is_folded_are_one_label(store):
+    """SQLite's NOCASE folds ASCII only: "café" then "CAFÉ", "Straße" then "STRASSE" made two labels
+    (both in every export) that the rest of the app treats as one."""
+    h = store.add_image(png(7))
+    store.add_tags(h, ["café", "Straße", "cat"])
+    store.add_tags(h, ["CAFÉ", "STRASSE", "CAT"])
+    assert store.labels() == ["café", "cat", "Straße"]
+    store.add_tags(h, [], ["strasse"])  # the same label, now "not present"
+    assert store.tags(h) == {"positives": ["café", "cat"], "negatives": ["Straße"]}

@@ -1013,3 +1013,40 @@ def test_a_run_shows_its_held_out_score_and_a_worse_model_needs_a_confirmation(t
             page.get_by_role("button", name="Use this run's model (hot swap)").click()
         expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
     assert service.model_info()["source"] == str(service.jobs.run(run_id).served_model())
+
+
+def test_a_rename_that_merges_says_so_and_a_merge_empties_its_fields(app, photos):
+    """A rename onto an existing name said only "renamed"; after a merge its fields still showed
+    the labels just merged away."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    for p, tag in zip(photos[:3], ("mug", "plate", "cup")):
+        service.tag(service.store.add_image(p), tag)
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.get_by_text("3 images, 3 tagged, 3 labels")).to_be_visible(timeout=30_000)
+    msg = page.locator("#dataset-msg")
+    page.get_by_role("button", name="Rename").click()
+    expect(msg).to_contain_text("pick the label to rename first", timeout=30_000)
+    page.get_by_label("Rename label").click()
+    page.get_by_role("option", name="mug").click()
+    page.get_by_role("textbox", name="New name (an existing name merges)").fill("Plate")
+    page.get_by_role("button", name="Rename").click()
+    expect(msg).to_contain_text("renamed: merged into the existing label 'plate'", timeout=30_000)
+    expect(page.get_by_text("3 images, 3 tagged, 2 labels")).to_be_visible(timeout=30_000)
+
+    page.get_by_role("heading").first.click()  # any open option list closes
+    expect(page.get_by_role("option")).to_have_count(0, timeout=10_000)
+    page.get_by_label("Merge labels").click()
+    page.get_by_role("option", name="plate").click()
+    page.get_by_role("option", name="cup").click()
+    page.keyboard.press("Escape")
+    page.get_by_role("textbox", name="into").fill("dish")
+    page.get_by_role("button", name="Merge").click()
+    expect(msg).to_contain_text("merged", timeout=30_000)
+    expect(page.get_by_text("3 images, 3 tagged, 1 label")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("textbox", name="into")).to_have_value("")
+    assert service.store.labels() == ["dish"]
+    merge_box = page.locator(".block", has=page.get_by_label("Merge labels")).first
+    expect(merge_box).not_to_contain_text("plate")
+    expect(merge_box).not_to_contain_text("cup")

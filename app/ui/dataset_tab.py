@@ -119,10 +119,30 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
 
     unchanged = tuple(gr.update() for _ in out)
 
-    def picked(*values):
-        if not all(v for v in values) or not all(str(v).strip() for v in values if isinstance(v, str)):
-            raise user_error("pick a label (and type the new name) first")
-        return values
+    def picked(old, new):
+        if not old:
+            raise user_error("pick the label to rename first")
+        if not str(new or "").strip():
+            raise user_error(f"type the new name for {old!r} first")
+        return old, new
+
+    def rename(old, new) -> tuple:
+        """The rename, and the existing label it merged into, if any (an existing name merges)."""
+        into = next((n for n in ep["dataset"]()["labels"] if n.casefold() == str(new).strip().casefold()
+                     and n.casefold() != str(old).casefold()), None)
+        return ep["rename_label"](old, new), into
+
+    rename.endpoint = ep["rename_label"]
+
+    def renamed(result) -> tuple:
+        summary, into = result
+        return (*_present(summary), f"renamed: merged into the existing label '{literal(into)}'" if into else "renamed")
+
+    def merged(summary) -> tuple:
+        """The new summary everywhere, the merge fields emptied (their labels are gone), what happened."""
+        views = list(_present(summary))
+        views[c.out.index(merge_src)] = gr.update(choices=list(summary["labels"]), value=[])
+        return (*views, "merged", "")
 
     def done(what: str):
         """present for a label edit: the new summary everywhere, and what happened."""
@@ -132,10 +152,10 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
         """A failed edit changes nothing on the tab but its message line."""
         return (*unchanged, error_text(message))
 
-    ren_btn.click(handler(ep["rename_label"], prepare=picked, present=done("renamed"), error=failed),
+    ren_btn.click(handler(rename, prepare=picked, present=renamed, error=failed),
                   [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
-    merge_btn.click(handler(ep["merge_labels"], present=done("merged"), error=failed), [merge_src, merge_into],
-                    [*out, msg], api_name=False, show_progress_on=msg)
+    merge_btn.click(handler(ep["merge_labels"], present=merged, error=lambda m, *_: (*failed(m), gr.update())),
+                    [merge_src, merge_into], [*out, msg, merge_into], api_name=False, show_progress_on=msg)
     def confirmed(label, sure):
         if not label:
             raise user_error("pick a label first")
