@@ -167,3 +167,12 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_novel_names_go_through_the_name_cleaner():
+    """A 99,999-character novel name started a run (the 200-character limit was not applied), and a
+    string was read as its letters."""
+    assert RunConfig(model="tiny", novel=" cat, dog ,cat").novel == ["cat", "dog"]
+    assert RunConfig(model="tiny", novel=["red star", " ", "猫"]).novel == ["red star", "猫"]
+    with pytest.raises(ValueError, match="novel: a name may have at most 200 characters"):
+        RunConfig(model="tiny", novel=["a" * 99_999])

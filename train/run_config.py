@@ -155,7 +155,15 @@ class RunConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.jitter = tuple(float(v) for v in self.jitter)
-        self.novel = [str(n).strip() for n in (self.novel or []) if str(n).strip()]
+        from detector.vocabulary import parse_vocabulary
+
+        given = (self.novel.split(",") if isinstance(self.novel, str)  # "cat, dog" is two names, not six letters
+                 else [str(n) for n in (self.novel or [])])
+        given = [n for n in given if n.strip()]
+        try:  # the one name cleaner, and its limits (200 characters a name, 2,000 names)
+            self.novel = parse_vocabulary(given) if given else []
+        except ValueError as e:
+            raise ValueError(f"novel: {e}") from None
         self.validate()
 
     def validate(self) -> None:
