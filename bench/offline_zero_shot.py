@@ -175,7 +175,8 @@ def scenes(n_composites: int, half: str = "tune") -> list[tuple[str, np.ndarray,
 def iou(a, b) -> float:
     from torchvision.ops import box_iou
 
-    return float(box_iou(torch.tensor([a], dtype=torch.float), torch.tensor([b], dtype=torch.float))[0, 0])
+    a, b = (torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(1, 4) for v in (a, b))
+    return float(box_iou(a, b)[0, 0])
 
 
 def evaluate(predictor: Predictor, scene_list) -> dict:
