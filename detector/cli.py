@@ -211,6 +211,12 @@ def export_onnx_main(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if getattr(args, "no_progress", False):  # the libraries' bars too ("Loading weights: 100%|...")
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # transformers, imported later, reads this; imported already, its own switch:
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     if args.command == "export-onnx":
         return export_onnx_main(args)
     from .vocabulary import parse_vocabulary

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -170,3 +171,17 @@ def test_evaluate_names_a_missing_file_before_the_model_loads(tmp_path, monkeypa
     assert train_cli.main(["evaluate", "--model", "tiny", "--data", str(tmp_path / "nope.json"),
                            "--images", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"error: --data '{tmp_path / 'nope.json'}' does not exist")
+
+
+def test_no_progress_means_no_bar_at_all(tmp_path, capsys):
+    """--no-progress hid our bar but the libraries' "Loading weights: 100%|..." still printed."""
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(tmp_path / "x.png")
+    from huggingface_hub.utils import enable_progress_bars
+
+    try:
+        assert cli.main(["predict", str(tmp_path / "x.png"), "-v", "cat", "-m", "offline", "--no-progress"]) == 0
+    finally:  # process-wide switches: the other tests' bars stay as they were
+        enable_progress_bars()
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.enable_progress_bar()
+    assert "%|" not in capsys.readouterr().err
