@@ -208,34 +208,49 @@ def export_onnx_main(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if getattr(args, "no_progress", False):  # the libraries' bars too ("Loading weights: 100%|...")
-        from huggingface_hub.utils import disable_progress_bars
+def _no_library_bars() -> None:
+    """--no-progress: the libraries' bars too ("Loading weights: 100%|..."). transformers, imported
+    later, reads huggingface_hub's switch; imported already, it has its own."""
+    from huggingface_hub.utils import disable_progress_bars
 
-        disable_progress_bars()  # transformers, imported later, reads this; imported already, its own switch:
-        if "transformers" in sys.modules:
-            sys.modules["transformers"].utils.logging.disable_progress_bar()
-    if args.command == "export-onnx":
-        return export_onnx_main(args)
+    disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+def _checked_inputs(args) -> tuple | str:
+    """Every input and output of `predict`, checked before the model loads: (names, image paths,
+    videos, whether it is one image file), or the error's line."""
     from .vocabulary import parse_vocabulary
 
-    # --- every input and output checked before the model loads
     if args.frame_stride < 1:
-        return fail("--frame-stride must be 1 or more")
+        return "--frame-stride must be 1 or more"
     try:
         names = parse_vocabulary(args.vocabulary)
         image_paths, video_paths = expand_inputs(args.images)
         videos = [open_video(v) for v in video_paths]
     except (InputError, ValueError) as e:
-        return fail(str(e))
+        return str(e)
     single = len(args.images) == 1 and len(image_paths) == 1 and not videos and Path(args.images[0]).is_file()
     if args.annotated_video is not None and len(videos) != 1:
-        return fail(f"--annotated-video needs exactly one video input ({len(videos)} given)")
+        return f"--annotated-video needs exactly one video input ({len(videos)} given)"
     for target in (args.out, args.annotated if args.annotated and single else None, args.annotated_video):
         if target is not None and not target.parent.is_dir():
-            return fail(f"the folder of '{target}' does not exist")
+            return f"the folder of '{target}' does not exist"
+    return names, image_paths, videos, single
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if getattr(args, "no_progress", False):
+        _no_library_bars()
+    if args.command == "export-onnx":
+        return export_onnx_main(args)
+    checked = _checked_inputs(args)
+    if isinstance(checked, str):
+        return fail(checked)
+    names, image_paths, videos, single = checked
 
     from tqdm import tqdm
 

@@ -132,8 +132,6 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
                      and n.casefold() != str(old).casefold()), None)
         return ep["rename_label"](old, new), into
 
-    rename.endpoint = ep["rename_label"]
-
     def renamed(result) -> tuple:
         summary, into = result
         return (*_present(summary), f"renamed: merged into the existing label '{literal(into)}'" if into else "renamed")
@@ -152,8 +150,9 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
         """A failed edit changes nothing on the tab but its message line."""
         return (*unchanged, error_text(message))
 
-    ren_btn.click(handler(rename, prepare=picked, present=renamed, error=failed),
-                  [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
+    rename_event = handler(rename, prepare=picked, present=renamed, error=failed)
+    rename_event.endpoint = ep["rename_label"]  # the one service operation it goes through
+    ren_btn.click(rename_event, [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
     merge_btn.click(handler(ep["merge_labels"], present=merged, error=lambda m, *_: (*failed(m), gr.update())),
                     [merge_src, merge_into], [*out, msg, merge_into], api_name=False, show_progress_on=msg)
     def confirmed(label, sure):
