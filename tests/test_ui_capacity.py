@@ -16,6 +16,7 @@ def test_train_tab_offers_capacity_measures_it_and_runs_with_it(app, photos, sho
     service, page = app
     service.tag(service.store.add_image(photos[0]), "mug")
     page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#train-measure")).to_be_visible(timeout=30_000)  # in sight: no accordion to find it in
     page.get_by_label("Iterations").fill("3")  # a real run, kept short
     page.get_by_text("Optional: box labels and validation").click()
     page.get_by_label("Shorter side of tagged images").fill("32")

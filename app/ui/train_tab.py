@@ -213,8 +213,9 @@ def _layout(server_folders: bool) -> SimpleNamespace:
                                     elem_id="train-heads")
                 backbone = gr.Radio([(label, value) for value, label in BACKBONE_LABELS.items()], value="",
                                     label="Backbone", elem_id="train-backbone")
-                measure = gr.Button("Measure time and memory (dry run)", elem_id="train-measure")
-                cost = gr.Markdown(elem_id="train-cost")
+            # in sight, not inside an accordion: how long a run takes here is asked before starting one
+            measure = gr.Button("How long would it take? Measure time and memory (a dry run)", elem_id="train-measure")
+            cost = gr.Markdown(elem_id="train-cost")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary")
                 cancel = gr.Button("Cancel", variant="stop")
