@@ -293,6 +293,7 @@ def test_the_app_says_what_the_model_sees_in_an_image(offline, tiny_predictor, t
     service = AppService(tmp_path / "a", predictor=offline)
     line = service.image_classes(coffee)
     assert line.startswith("In this image the model sees") and "**espresso** 0.6" in line, line
+    assert line.endswith("adds up all the classes it reads as, so it can be higher."), line
     assert "no ImageNet class" in service.image_classes(np.zeros((64, 64, 3), np.uint8))
     assert service.image_classes(None) == ""
     assert AppService(tmp_path / "b", predictor=tiny_predictor).image_classes(coffee) == ""
