@@ -1050,3 +1050,23 @@ def test_a_rename_that_merges_says_so_and_a_merge_empties_its_fields(app, photos
     merge_box = page.locator(".block", has=page.get_by_label("Merge labels")).first
     expect(merge_box).not_to_contain_text("plate")
     expect(merge_box).not_to_contain_text("cup")
+
+
+def test_the_run_settings_a_person_typed_survive_a_reload(app):
+    """A reload put 300 iterations back: a CPU user re-typed a short run before every start."""
+    from playwright.sync_api import expect
+
+    _, page = app
+    page.get_by_role("tab", name="Train").click()
+    iters = page.get_by_label("Iterations")
+    expect(iters).to_have_value("300", timeout=30_000)
+    iters.fill("25")
+    iters.press("Enter")
+    page.get_by_label("Box : image-label batches").fill("1:3")
+    page.get_by_label("Box : image-label batches").press("Tab")
+    page.wait_for_timeout(1500)  # the browser keeps them (BrowserState), a moment after each input
+    page.reload(wait_until="load")
+    expect(page.locator("#detect-button")).to_be_visible(timeout=60_000)
+    page.get_by_role("tab", name="Train").click()
+    expect(page.get_by_label("Iterations")).to_have_value("25", timeout=30_000)
+    expect(page.get_by_label("Box : image-label batches")).to_have_value("1:3")

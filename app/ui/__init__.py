@@ -31,6 +31,7 @@ def build_app(service: AppService) -> gr.Blocks:
         model_out, model_views = _wire_model_swaps(ep, ui)
         _wire_open_in_tag(ep, ui)
         seen = _wire_load(demo, ep, ui, model_out, model_views)
+        ui.train_page.select(*ui.train["restore"], api_name=False, show_progress="hidden")
         _wire_watch(ep, ui, model_out, model_views, seen)
         register_api(ep)
     demo.app_endpoints = ep  # for inspection (tests): the operations every event and API call goes through

@@ -181,7 +181,34 @@ def build(ep: dict, server_folders: bool = False) -> dict:
     _wire_runs(ep, c)
     run, msg, use, use_anyway, heads = c.run, c.msg, c.use, c.use_anyway, c.heads
     refresh = handler(ep["capacity_choices"], present=lambda c: gr.update(choices=head_choices(c)))
-    return {"use": use, "use_anyway": use_anyway, "run": run, "msg": msg, "need_run": need_run, "refresh": (refresh, None, [heads])}
+    return {"use": use, "use_anyway": use_anyway, "run": run, "msg": msg, "need_run": need_run,
+            "refresh": (refresh, None, [heads]), "restore": _wire_remember(c)}
+
+
+REMEMBERED = ("iters", "rule", "ratio", "label_size", "box_size", "weight")  # the run settings a person types
+
+
+def _wire_remember(c: SimpleNamespace) -> tuple:
+    """The run settings a person typed survive a reload of the page: kept in their own browser
+    (a reload had put 300 iterations back). -> (fn, inputs, outputs) restoring them when the tab
+    opens (on the page's load the browser's copy is not read yet)."""
+    kept = [getattr(c, name) for name in REMEMBERED]
+    defaults = [component.value for component in kept]
+    saved = gr.BrowserState({}, storage_key="ovd-train-settings")
+
+    def remember(*values) -> dict:
+        return dict(zip(REMEMBERED, values))
+
+    def restore(settings, *current) -> tuple:
+        """Only settings still at the page's defaults: never one the person just typed here."""
+        settings = settings if isinstance(settings, dict) else {}
+        return tuple(gr.update(value=settings[n]) if settings.get(n) not in (None, "") and now == default
+                     else gr.update() for n, now, default in zip(REMEMBERED, current, defaults))
+
+    remember.ui_only = restore.ui_only = True
+    # every change (a restored value is saved again unchanged)
+    gr.on([component.change for component in kept], remember, kept, saved, api_name=False, show_progress="hidden")
+    return restore, [saved, *kept], kept
 
 
 def need_run(run_id):
