@@ -555,6 +555,36 @@ def test_rename_on_dataset_then_tag_on_tag_keeps_the_rename(app, photos):
     expect(page.get_by_role("option", name="mug", exact=True)).to_have_count(0)
 
 
+def test_the_tag_editor_follows_edits_made_on_another_page(app, photos):
+    """A page left open on the Tag tab: another page renames, merges and tags the image shown. The
+    chips follow (they kept "mug" after a rename to "cup"), and the next edit here keeps them."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    h = service.store.add_image(photos[0])
+    service.tag(h, "mug", "bowl")
+    page.get_by_role("tab", name="Tag").click()
+    chips, not_chips = page.locator("#tag-positives"), page.locator("#tag-negatives")
+    expect(chips).to_contain_text("mug", timeout=30_000)
+
+    service.rename_label("mug", "cup")  # what the other page's Dataset tab does
+    expect(chips).to_contain_text("cup", timeout=20_000)
+    expect(chips).not_to_contain_text("mug")
+    service.merge_labels("bowl", "dish")
+    expect(not_chips).to_contain_text("dish", timeout=20_000)
+    service.tag(h, "spoon")  # the other page's Tag tab, on the same image
+    expect(chips).to_contain_text("spoon", timeout=20_000)
+
+    box = page.locator("#tag-positives input")
+    box.fill("plate")
+    box.press("Enter")
+    _wait(page, lambda: "plate" in service.store.tags(h)["positives"], "plate added")
+    expect(page.locator("#tag-keys")).to_contain_text("plate", timeout=30_000)
+    stored = service.store.tags(h)
+    assert sorted(stored["positives"]) == ["cup", "plate", "spoon"] and stored["negatives"] == ["dish"], stored
+    assert "mug" not in service.store.labels() and "bowl" not in service.store.labels()
+
+
 def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
     from app.jobs import JobError
 
@@ -1060,11 +1090,17 @@ def test_the_run_settings_a_person_typed_survive_a_reload(app):
     page.get_by_role("tab", name="Train").click()
     iters = page.get_by_label("Iterations")
     expect(iters).to_have_value("300", timeout=30_000)
+    # The browser keeps them (BrowserState: encrypted in localStorage), a moment after each input.
+    kept = "() => localStorage.getItem('ovd-train-settings')"
+    changed = "before => localStorage.getItem('ovd-train-settings') !== before"
+    before = page.evaluate(kept)
     iters.fill("25")
     iters.press("Enter")
+    page.wait_for_function(changed, arg=before, timeout=30_000)
+    before = page.evaluate(kept)
     page.get_by_label("Box : image-label batches").fill("1:3")
     page.get_by_label("Box : image-label batches").press("Tab")
-    page.wait_for_timeout(1500)  # the browser keeps them (BrowserState), a moment after each input
+    page.wait_for_function(changed, arg=before, timeout=30_000)
     page.reload(wait_until="load")
     expect(page.locator("#detect-button")).to_be_visible(timeout=60_000)
     page.get_by_role("tab", name="Train").click()

@@ -131,6 +131,7 @@ def build(ep: dict, server_folders: bool) -> dict:
     _wire_save(ep, c, views)
     _wire_suggestions(ep, c, views)
     _wire_undo(ep, c, views)
+    _wire_sync(ep, c, views)
     return _exports(ep, c, views, choices)
 
 
@@ -174,6 +175,9 @@ def _layout(server_folders: bool) -> SimpleNamespace:
     index = gr.Number(0, precision=0, visible=False)
     current = gr.Textbox(visible=False)
     shown = gr.JSON({}, visible=False)
+    # The stored tags of the image shown, as the page's watcher last read them: a change made on
+    # another page (a rename, a merge, a tag) changes it, and the editor then catches up (`_wire_sync`).
+    stored_tags = gr.Textbox(visible=False)
     suggested_for = gr.State("")  # the image the suggestions were made for
     last_edit = gr.State(None)  # {"hash", "touched": names, "before": their tags before} for Undo
     # `shown` last: a change fired while a response is being applied then either still sees the
@@ -504,6 +508,38 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **QUEUED)
 
 
+def _tags_of(v: dict) -> str:
+    """The image's stored tags, as one comparable text (what `stored_tags` holds)."""
+    img = v["image"]
+    return f"{img['hash']}|{sorted(img['positives'])}|{sorted(img['negatives'])}"
+
+
+def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """The chips follow an edit made on another page (a rename, a merge, a tag of the same image).
+    In the editor's queue, so it runs between this page's saves, never beside one; and only while
+    the chips show what the page last stored: an edit of this page still on its way is answered by
+    its own save, which shows the stored tags."""
+    current, positives, negatives, shown, stored_tags = c.current, c.positives, c.negatives, c.shown, c.stored_tags
+
+    def sync(image_hash, pos, neg, before):
+        before = before or {}
+        if not image_hash or before.get("hash") != image_hash:
+            return {}
+        if set(pos or []) != set(before["positives"]) or set(neg or []) != set(before["negatives"]):
+            return {}
+        now = views.edited(image_hash)
+        stored = now[c.shown]
+        if stored["hash"] != image_hash or (set(stored["positives"]), set(stored["negatives"])) == (
+                set(before["positives"]), set(before["negatives"])):
+            return {}
+        return now
+
+    synced = handler(sync, error=lambda m, *_: {})
+    synced.endpoint = ep["tag_view"]
+    stored_tags.change(synced, [current, positives, negatives, shown], c.outputs, api_name=False,
+                       show_progress="hidden", **QUEUED)
+
+
 def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> dict:
     """What `ui.build_app` uses of the tab: refreshes on opening, watching and going to an image."""
     index, show, suggest_vocab, status, keys, msg = c.index, c.show, c.suggest_vocab, c.status, c.keys, c.msg
@@ -515,14 +551,14 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
                       present=lambda v: as_tuple(_present_view(v)))
 
     def watched(i, s, vocab) -> tuple:
-        """(status, keys) of the image shown as stored now (changes made on another page); the
-        editor itself is left as it is (a person may be typing)."""
+        """(status, keys, stored tags) of the image shown as stored now (changes made on another
+        page); the chips follow through `stored_tags` (`_wire_sync`), never here: a person may be editing."""
         v = view(int(i or 0), s, False, vocab)
         if v["image"] is None or v["index"] != int(i or 0):
-            return gr.update(), _keys(v["keys"])
-        return _status(v), _keys(v["keys"])
+            return gr.update(), _keys(v["keys"]), gr.update()
+        return _status(v), _keys(v["keys"]), _tags_of(v)
 
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
-            "watch": (watched, [index, show, suggest_vocab], [status, keys]),
+            "watch": (watched, [index, show, suggest_vocab], [status, keys, c.stored_tags]),
             "choices": (choices, suggest_vocab, [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
             "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash))))}
