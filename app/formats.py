@@ -153,7 +153,7 @@ def write_box_export(fmt: str, classes: list[str], items, rows_image_dir: Path, 
     names = export_names([row for row, _ in items])
     if fmt in ("yolo", "voc") and annotated:
         items = [(row, annotated[row["hash"]] if len(annotated.get(row["hash"], ())) else det) for row, det in items]
-    work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
+    work = Path(tempfile.mkdtemp(dir=out))  # the export's own folder: nothing left behind if it is killed
     try:
         images = stage_images(items, names, rows_image_dir, work / "images")
         if fmt == "yolo":

@@ -91,7 +91,8 @@ class TrainingJobs:
 
     def child_env(self) -> dict[str, str]:
         """The environment of every process this starts (see the module's docstring)."""
-        return {**self._child_env(), "PYTHONUNBUFFERED": "1"}
+        # no library progress bars ("Loading weights: 0%|...") in a run's log, whose tail the Train tab shows
+        return {**self._child_env(), "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
     @contextmanager
     def _lock(self):
@@ -206,6 +207,7 @@ class TrainingJobs:
         try:
             path = RunDir(folder).write_config(cfg)
             argv = [sys.executable, "-m", "train", "dryrun", "--config", str(path)]
+            started = time.perf_counter()
             try:
                 proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                                       stdin=subprocess.DEVNULL, env={**self.child_env(), PARENT_ENV: str(os.getpid())})
@@ -216,7 +218,10 @@ class TrainingJobs:
                 reason = lines[-1] if lines else "no output"
                 reason = reason if len(reason) <= 300 else reason[:299] + "…"  # cut, and says so
                 raise JobError(f"the dry run failed: {reason}")
-            return json.loads(proc.stdout[proc.stdout.index("{"):])
+            result = json.loads(proc.stdout[proc.stdout.index("{"):])
+            # what a run pays once before its first step too: starting Python, imports, loading the model
+            result["start_s"] = max(0.0, time.perf_counter() - started - float(result.get("measuring_s", 0.0)))
+            return result
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

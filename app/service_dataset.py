@@ -15,6 +15,22 @@ from .service_base import Progress, _nonempty, _upload_path, endpoint
 from .store import StoreError
 
 EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
+EXPORTS = Path(tempfile.gettempdir()) / "ovd-exports"  # one private folder per export, under one parent
+KEEP_EXPORTS_S = 3600  # an export's folder is removed by a later export after this long (downloaded by then)
+
+
+def _export_folder() -> Path:
+    """A fresh private folder for one export. Older ones (and any a killed export left behind) are
+    removed first: every export had stayed in the temporary folder for good."""
+    EXPORTS.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in EXPORTS.iterdir():
+        try:
+            if now - old.stat().st_mtime > KEEP_EXPORTS_S:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(dir=EXPORTS))
 
 
 class DatasetMixin:
@@ -165,7 +181,7 @@ class DatasetMixin:
 
         if fmt not in EXPORT_FORMATS:
             raise ValueError(f"unknown export format {fmt!r}: {', '.join(EXPORT_FORMATS)}")
-        out = Path(tempfile.mkdtemp(prefix="ovd-export-"))
+        out = _export_folder()
         if fmt in ("detic", "csv"):
             what = "image_labels.json" if fmt == "detic" else "image_labels.csv"
             if not with_images:
@@ -174,7 +190,7 @@ class DatasetMixin:
                 return atomic_write(out / self.export_name(what), self.store.export_csv())
             rows = [r for r in self.store.images() if r["positives"] or r["negatives"]]
             names = formats.export_names(rows)
-            work = Path(tempfile.mkdtemp(prefix="ovd-export-work-"))
+            work = Path(tempfile.mkdtemp(dir=out))  # the zip's contents, removed once zipped
             try:
                 formats.stage_images([(r, None) for r in rows], names, self.store.image_dir, work / "images")
                 if fmt == "detic":

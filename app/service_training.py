@@ -4,6 +4,7 @@ background, cancelling, resuming, deleting and reading their status. A part of `
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from train.heldout import heldout_summary, plan_from_detic
@@ -17,6 +18,7 @@ from .store import StoreError
 # A run's box data when the store has boxes and no box file is given: `_launch` writes them into
 # the run folder as COCO (`RunDir.write_boxes`) and the run trains on them beside the tags.
 STORED_BOXES = "(the stored boxes)"
+START_MODEL = "start_model"  # in a run's folder: the model it started from (the one served when it started)
 
 
 class TrainingMixin:
@@ -55,9 +57,10 @@ class TrainingMixin:
                                             image_label_weight, heads, train_backbone)
         if tagged:  # the dry run reads no data: it only needs to know that tag batches will come
             cfg = cfg.replace(label_data="(the tags)", label_images=str(self.store.image_dir))
-        if not cfg.model:
-            cfg = cfg.replace(model=self._current_source())
-        result = self.jobs.measure(cfg)
+        with tempfile.TemporaryDirectory(dir=self.models_dir, prefix="measure-") as folder:
+            if not cfg.model:  # the live model, in a folder of this measurement's own
+                cfg = cfg.replace(model=self._current_source(Path(folder) / START_MODEL))
+            result = self.jobs.measure(cfg)
         from train.sampler import parse_ratio
 
         box_share, label_share = parse_ratio(cfg.ratio)
@@ -68,6 +71,7 @@ class TrainingMixin:
         per_image = result.get("seconds_per_image") or {}
         _, n_heldout, _ = plan_from_detic(self.store.export_detic(), cfg.heldout_share) if tagged else (0, 0, "")
         once = per_image.get("cache", 0.0) * (tagged - n_heldout) + per_image.get("heldout", 0.0) * n_heldout
+        once += result.get("start_s", 0.0)  # the run's process starts and loads the model as the dry run's did
         return {**result, "estimated_run_s": per_iter * cfg.iters + once, "heldout_images": n_heldout,
                 "tagged_images": tagged}
 
@@ -120,16 +124,17 @@ class TrainingMixin:
                 cfg = cfg.replace(box_data=str(run.write_boxes(self.store.export_boxes_coco())),
                                   box_images=str(self.store.image_dir))
             if not cfg.model:
-                cfg = cfg.replace(model=self._current_source())
+                cfg = cfg.replace(model=self._current_source(run.path / START_MODEL))
             run.write_config(cfg)
             return self.jobs.start(run)
         except Exception:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
 
-    def _current_source(self) -> str:
-        """A folder holding the live model, so training starts from exactly what is served."""
-        path = self.models_dir / "live"
+    def _current_source(self, path: Path) -> str:
+        """The live model saved in `path`, in the run's own folder, so training starts from exactly
+        what is served, and so does a resume before its first checkpoint (one folder shared by all
+        runs was overwritten by the next start: a resumed run began from another model)."""
         with self._lock:
             self.predictor.save_pretrained(path)
         return str(path)

@@ -74,8 +74,7 @@ FIT_COVERAGE = 0.5
 FIT_PRECISION = 0.5
 FIT_MASK = 0.2  # Zhou et al.'s CAM boxes: cells above 20 % of the peak
 CAPABILITIES = ("ImageNet-like objects (animals, vehicles, tools, food, household "
-                "items, e.g. cat, rocket, tripod, helmet); not people ('person'), body parts or scenes. "
-                "Boxes come from selective search until the detector is trained.")
+                "items, e.g. cat, rocket, tripod, helmet); not people ('person'), body parts or scenes.")
 
 
 def imagenet_class_texts() -> list[str]:

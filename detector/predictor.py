@@ -28,6 +28,10 @@ from .model import EncodedImages, OpenVocabDetector
 from .presets import load_detector
 from .vocabulary import parse_vocabulary
 
+# Where an untrained RPN's boxes come from, and what changes that: tags teach names, not boxes (a
+# model trained on tags alone still said "selective search until the detector is trained").
+SELECTIVE_SEARCH_NOTE = ("selective search (RPN not trained yet: box labels or pre-training on your images train "
+                         "it; tags teach names, not boxes)")
 MAX_ASPECT = 8  # thinner images are padded to this aspect ratio before the model sees them
 
 
@@ -176,7 +180,7 @@ class Predictor:
             "pretrained_heads": cfg.pretrained_heads or None,
             "region_scoring": cfg.region_scoring,
             "region_scorer": self.region_scorer.kind if self.region_scorer is not None else None,
-            "proposals": "selective search (RPN not trained yet)" if self.model.uses_selective_search else "RPN",
+            "proposals": SELECTIVE_SEARCH_NOTE if self.model.uses_selective_search else "RPN",
             "capabilities": self.region_scorer.capabilities if self.region_scorer is not None else None,
             "ensemble": ({"w_trained": cfg.ensemble_weight_trained, "w_untrained": cfg.ensemble_weight_untrained,
                           "note": "w = 1 (region scores only) until the head is trained"} if cfg.region_scoring else None),

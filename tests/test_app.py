@@ -4,6 +4,7 @@ import io
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -473,3 +474,98 @@ def test_stored_tags_of_an_uploaded_image(tmp_path, tiny_predictor, small_image)
     service.tag(service.store.add_image(known), "mug, plate")
     assert service.stored_tags(str(known)) == "mug, plate"
     assert service.stored_tags(str(other)) == "" and service.stored_tags(None) == ""
+
+
+def test_the_tag_editor_catching_up_answers_every_output(tmp_path, tiny_predictor, small_image):
+    """The Tag tab's catch-up (`tag_tab._wire_sync`) runs after every change of the store, mostly with
+    nothing to catch up: that answer must still be a valid one (an empty dict failed Gradio's output
+    check after every edit, marking nine components "Error")."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    h = service.store.add_image(small_image)
+    service.tag(h, "mug")
+    demo = build_app(service)
+    sync = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "sync")
+    shown = {"hash": h, "positives": ["mug"], "negatives": []}
+
+    def run(positives, before):
+        return asyncio.run(demo.process_api(sync, [h, positives, [], before], state=SessionState(demo)))["data"]
+
+    assert len(run(["mug"], shown)) == len(sync.outputs)  # nothing to catch up
+    assert len(run(["mug", "cup"], shown)) == len(sync.outputs)  # an edit of its own on its way
+    service.rename_label("mug", "cup")  # another page
+    chips = next(i for i, o in enumerate(sync.outputs) if getattr(o, "elem_id", "") == "tag-positives")
+    assert run(["mug"], shown)[chips]["value"] == ["cup"]  # the chips catch up
+
+
+def test_a_number_key_means_the_label_its_legend_shows(tmp_path, tiny_predictor, small_image):
+    """The legend said "1 cup · 2 rocket"; another page deleted cup; 1 then removed rocket (the
+    store's first label by then). A key acts on the label the page showed for it, or says why not."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    other = service.store.add_image(small_image)
+    service.tag(other, "cup")
+    h = service.store.add_image(Image.new("RGB", (64, 48), "red"))
+    service.tag(h, "rocket")
+    demo = build_app(service)
+    key_1 = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "toggle")
+
+    def press(legend):
+        out = asyncio.run(demo.process_api(key_1, [h, legend], state=SessionState(demo)))["data"]
+        msg = next(i for i, o in enumerate(key_1.outputs) if getattr(o, "elem_id", "") == "tag-msg")
+        return out[msg]
+
+    service.delete_label("cup")  # another page
+    assert "no longer a label" in str(press(["cup", "rocket"]))
+    assert service.store.tags(h)["positives"] == ["rocket"]
+    assert "removed rocket" in str(press(["rocket"]))  # the legend caught up: 1 is rocket
+    assert service.store.tags(h)["positives"] == []
+
+
+def test_each_run_keeps_the_model_it_started_from(tmp_path, tiny_predictor, small_image, monkeypatch):
+    """Every run started from one shared folder, which the next start overwrote: a run resumed before
+    its first checkpoint trained (and was judged) from another model. Each run now keeps its own."""
+    import hashlib
+
+    import torch
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    service.tag(service.store.add_image(small_image), "mug")
+    monkeypatch.setattr(service.jobs, "start", lambda run, resume=False: run.id)  # no process: the folders only
+    first = service.jobs.run(service.start_training(iters=5, label_size=32))
+    start = Path(first.read_config().model)
+    assert start.parent == first.path
+
+    def digest(folder: Path) -> str:
+        return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+    before = digest(start)
+    with torch.no_grad():  # another model served (a hot swap) before the next start
+        next(service.predictor.model.parameters()).add_(1.0)
+    second = service.jobs.run(service.start_training(iters=5, label_size=32))
+    assert digest(start) == before and digest(Path(second.read_config().model)) != before
+
+
+def test_exports_do_not_pile_up_in_the_temporary_folder(tmp_path, tiny_predictor, small_image, monkeypatch):
+    """Every export (and one killed half-way) stayed in the temporary folder for good."""
+    import app.service_dataset as dataset
+
+    monkeypatch.setattr(dataset, "EXPORTS", tmp_path / "exports")
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    service.tag(service.store.add_image(small_image), "mug")
+    first = service.export("detic", with_images=True)
+    assert first.parent.parent == tmp_path / "exports" and len(list(first.parent.iterdir())) == 1  # no work folder
+    left = tmp_path / "exports" / "killed-export"
+    left.mkdir()
+    hours_ago = time.time() - 2 * dataset.KEEP_EXPORTS_S
+    for folder in (first.parent, left):
+        os.utime(folder, (hours_ago, hours_ago))
+    second = service.export("csv")
+    assert second.exists() and not first.exists() and not left.exists()
+    assert service.export("yolo").exists() and second.exists()  # a recent one stays

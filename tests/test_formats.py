@@ -305,7 +305,7 @@ def test_training_trains_on_the_stored_boxes_beside_the_tags(service, tmp_path, 
     images = write_images(tmp_path / "imgs", 2)
     service.import_labels([str(coco_file(tmp_path / "boxes.json", [p.name for p in images])), *map(str, images)])
     monkeypatch.setattr(service.jobs, "start", lambda run, **kw: run.id)  # no process: only what it would get
-    monkeypatch.setattr(service, "_current_source", lambda: "tiny")
+    monkeypatch.setattr(service, "_current_source", lambda path: "tiny")
     run = RunDir(service.jobs.runs_dir / service.start_training(iters=10))
     cfg = run.read_config()
     assert Path(cfg.box_data) == run.file(RunDir.BOXES) and Path(cfg.box_images) == service.store.image_dir

@@ -172,6 +172,10 @@ def test_offline_model_finds_the_cat_and_not_cats_everywhere(offline_predictor):
     summary = model_summary({"source": "offline", **info}).casefold()  # the Model tab says each thing once
     assert summary.count("recognises") == 1 and summary.count("rpn") == 1  # was "(RPN not trained yet) (RPN untrained)"
     assert "imagenet-like objects" in summary
+    # Trained on tags (boxes still from selective search): nothing says the boxes wait for that training.
+    tagged = {"source": "run", "note": "", **info, "trained_class_names": 7}
+    for text in (model_header(tagged), model_summary(tagged)):
+        assert "until the detector is trained" not in text and "tags teach names, not boxes" in model_summary(tagged)
     chelsea, s = _small("chelsea")
     det = offline_predictor.predict(chelsea, "cat, dog, cup, rocket")[0]
     assert len(det) >= 1 and det["class_name"][0] == "cat" and det.confidence[0] >= 0.5

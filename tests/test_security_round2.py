@@ -445,5 +445,5 @@ def test_a_long_operation_does_not_hold_another_visitors_quick_ones(tmp_path, ti
         assert not long.done() and quick < 6, quick
         assert long.result(timeout=120)["images"] == 1
     exported = Path(other.predict("csv", api_name="/export_labels"))
-    assert "ovd-export-" not in str(exported)  # downloaded by the client, not a server path
+    assert "ovd-exports" not in str(exported)  # downloaded by the client, not a server path
     assert exported.suffix == ".csv" and "quick" in exported.read_text(encoding="utf-8")

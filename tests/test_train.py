@@ -186,6 +186,25 @@ def test_resume_matches_uninterrupted_run(syn, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_before_the_first_checkpoint_starts_over_with_one_curve(syn, tmp_path):
+    """A run killed before its first checkpoint resumes from the start: its curve kept the dead
+    attempt's points too (iterations 1, 2 twice, from two different models)."""
+    class Killed(Exception):
+        pass
+
+    def killed_at_2(metrics):  # as a kill -9: no checkpoint on the way out
+        if metrics["iteration"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _train(syn, tmp_path / "part", iters=6, checkpoint_every=5, on_progress=killed_at_2)
+    assert not list((tmp_path / "part").glob("checkpoints/*"))
+    assert [m["iteration"] for m in RunDir(tmp_path / "part").metrics()] == [1, 2]
+    resumed = _train(syn, tmp_path / "part", iters=6, checkpoint_every=5, resume=True)
+    assert resumed["state"] == "finished"
+    assert [m["iteration"] for m in RunDir(tmp_path / "part").metrics()] == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.mark.parametrize("scope", ["box_head", "classifier"])
 def test_image_labels_only_never_train_rpn_or_box_regression(syn, tmp_path, scope):
     start = load_checkpoint_of_preset(tmp_path)

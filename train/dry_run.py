@@ -133,6 +133,7 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds, per_image = {}, {}
+    measuring = time.perf_counter()  # the model is loaded: from here on, the measurement itself
     if kinds == ["label"] and cfg.tag_features == "cached" and can_cache(model, False, 1):  # what finetune will do
         for p in model.backbone.parameters():
             p.requires_grad_(False)
@@ -160,4 +161,5 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
             "backbone": backbone_choice_of(model.config) or "custom",
             "trainable_params": sum(p.numel() for p in params), "seconds_per_iter": seconds,
             "seconds_per_image": per_image, "cached_features": bool(per_image),
-            "peak_memory_mb": peak_memory_mb(device), "steps": steps}
+            "peak_memory_mb": peak_memory_mb(device), "steps": steps,
+            "measuring_s": time.perf_counter() - measuring}

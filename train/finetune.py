@@ -334,8 +334,6 @@ def _start_model(cfg: RunConfig, run: RunDir, resume: bool, rank: int, names: li
         if opt_state.get("vocabulary") != names:
             raise DataError("the data's vocabulary differs from the run being resumed; use a new --out")
         log.info("resuming from %s at iteration %d", resume_from, start_it)
-        if rank == 0:
-            run.truncate_metrics(start_it)
     else:
         if rank == 0:
             run.write_status("running", message="loading the model")
@@ -343,6 +341,8 @@ def _start_model(cfg: RunConfig, run: RunDir, resume: bool, rank: int, names: li
         if cfg.heads or cfg.train_backbone:  # Vasconcelos' choices (detector.capacity)
             model, report = rebuild(model, cfg.heads or None, cfg.train_backbone or None, seed=cfg.seed)
             log.info("heads %s, backbone %s: %s", cfg.heads or "kept", cfg.train_backbone or "kept", report.describe())
+    if resume and rank == 0:  # the curve keeps only what this continuation builds on (none: from the start)
+        run.truncate_metrics(start_it)
     return model, start_it, resume_from
 
 

@@ -436,6 +436,8 @@ def _start_models(cfg: PretrainConfig, run: RunDir, resume: bool) -> tuple:
         log.info("resuming from %s at iteration %d", resume_from, start_it)
     else:
         detector, momentum = _build(cfg, cfg.model)
+    if resume:  # the curve keeps only what this continuation builds on (none: from the start)
+        run.truncate_metrics(start_it)
     return detector, momentum, start_it, resume_from
 
 

@@ -15,7 +15,7 @@ from ..endpoints import make_endpoints, register_api
 from ..markdown import literal
 from ..service import AppService
 from . import assign_tab, dataset_tab, detect_tab, model_tab, tag_tab, train_tab
-from .common import error_text, handler, launch_options, user_error
+from .common import error_text, handler, launch_options, on_line, user_error
 
 __all__ = ["build_app", "launch_options"]
 
@@ -91,7 +91,8 @@ def _wire_model_swaps(ep: dict, ui: SimpleNamespace) -> tuple:
     def use_run(run_id, anyway):
         return (*train["need_run"](run_id), bool(anyway))
 
-    train["use"].click(handler(ep["use_model"], prepare=use_run, present=swapped),
+    train["use"].click(handler(ep["use_model"], prepare=use_run, present=swapped,
+                               error=on_line([*model_out, train["msg"]], train["msg"])),
                        [train["run"], train["use_anyway"]],
                        [*model_out, train["msg"]], api_name=False, show_progress_on=train["msg"])
     # A failed Load says so on the tab's line (the toast vanished and the line kept "now serving …")
@@ -121,12 +122,14 @@ def _wire_load(demo: gr.Blocks, ep: dict, ui: SimpleNamespace, model_out: list, 
     tag, dataset = ui.tag, ui.dataset
 
     def on_load(first_untagged: int) -> tuple:
-        return (*tag["view_at"](first_untagged), *dataset["refresh"][0](), *model_views(ep["model_info"]()),
-                ep["revision"]())
+        view = tag["view_at"](first_untagged)
+        has_images = bool(view[tag["refresh"][2].index(tag["current"])])
+        return (*view, *dataset["refresh"][0](), *model_views(ep["model_info"]()), ep["revision"](),
+                gr.Accordion(open=not has_images))
 
     seen = gr.State("")  # the store's and model's revision the page shows (`AppService.revision`)
     demo.load(handler(ep["first_untagged"], present=on_load), None,
-              [*tag["refresh"][2], *dataset["refresh"][2], *model_out, seen], api_name=False,
+              [*tag["refresh"][2], *dataset["refresh"][2], *model_out, seen, tag["add_images"]], api_name=False,
               show_progress="hidden")
     return seen
 

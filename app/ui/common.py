@@ -29,6 +29,7 @@ CSS = """
 #honesty-banner {background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:8px 12px;color:#78350f}
 #honesty-banner ul {margin:4px 0 4px 18px}
 .prose code {overflow-wrap: anywhere}
+@media (hover: none) and (pointer: coarse) { #tag-keys {display: none} }  /* no keyboard on a touch phone */
 """
 
 # The page's keyboard script: the Tag tab's labelling keys (`tag_tab.KEYBOARD_SCRIPT`), and Enter in a
@@ -142,6 +143,16 @@ def tab_message(elem_id: str) -> gr.Markdown:
 def error_text(message: str) -> str:
     """An error for a tab's message line: shown literally (it may hold user text), marked as an error."""
     return f"⚠️ {literal(message)}"
+
+
+def on_line(outputs: list, line) -> Callable:
+    """An `error` for `handler`: every output as it was but the tab's message line `line`, which says
+    why (a toast vanished in seconds and left a red "Error" badge beside the next success)."""
+    def error(message: str, *_):
+        updates = tuple(error_text(message) if o is line else gr.update() for o in outputs)
+        return updates if len(updates) > 1 else updates[0]
+
+    return error
 
 
 def user_error(text: str) -> gr.Error:

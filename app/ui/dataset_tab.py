@@ -40,29 +40,33 @@ def build(ep: dict) -> dict:
 def _layout() -> SimpleNamespace:
     """Every component of the tab, top to bottom, by its name (no events here)."""
     summary = gr.Markdown()
-    msg = tab_message("dataset-msg")
     with gr.Row():
         plot = gr.BarPlot(x="label", y="images", title="Images per label", label="Counts", y_lim=[0, None],
                           x_label_angle=-35, sort="-y", elem_id="dataset-plot")
         table = gr.Dataframe(interactive=False, label="Counts", elem_id="dataset-table")
     with gr.Row():
         with gr.Column(scale=1):
-            browse_label = gr.Dropdown([], label="Browse images of label")
+            browse_label = gr.Dropdown([], label="Browse images of label", allow_custom_value=True)
             open_in_tag = gr.Button("Open in Tag", visible=False, elem_id="dataset-open-in-tag")
         gallery = gr.Gallery(label="Images (pick one to open it in Tag)", columns=6, scale=3,
                              object_fit="contain", elem_id="dataset-gallery")  # 1 x 4000 stays visible
     browsed = gr.State([])  # [{hash, name}] of the images in the gallery, in its order
     picked_image = gr.State("")  # the hash of the image picked in the gallery
+    # The message line sits by the edits, import and export (at the top it was a screen away from
+    # the buttons, which seemed to do nothing).
+    msg = tab_message("dataset-msg")
+    # The label pickers take any value: one renamed or deleted since (here or on another page) is
+    # answered by the store in one sentence, not refused by Gradio with its own raw message.
     with gr.Row():
-        ren_old = gr.Dropdown([], label="Rename label")
+        ren_old = gr.Dropdown([], label="Rename label", allow_custom_value=True)
         ren_new = gr.Textbox(label="New name (an existing name merges)")
         ren_btn = gr.Button("Rename")
     with gr.Row():
-        merge_src = gr.Dropdown([], multiselect=True, label="Merge labels")
+        merge_src = gr.Dropdown([], multiselect=True, label="Merge labels", allow_custom_value=True)
         merge_into = gr.Textbox(label="into")
         merge_btn = gr.Button("Merge")
     with gr.Row():
-        del_label = gr.Dropdown([], label="Delete label")
+        del_label = gr.Dropdown([], label="Delete label", allow_custom_value=True)
         del_confirm = gr.Checkbox(False, label="Yes, remove it from every image", elem_id="dataset-delete-confirm")
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
@@ -130,11 +134,16 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
         """The rename, and the existing label it merged into, if any (an existing name merges)."""
         into = next((n for n in ep["dataset"]()["labels"] if n.casefold() == str(new).strip().casefold()
                      and n.casefold() != str(old).casefold()), None)
-        return ep["rename_label"](old, new), into
+        return ep["rename_label"](old, new), into, old, new
 
     def renamed(result) -> tuple:
-        summary, into = result
-        return (*_present(summary), f"renamed: merged into the existing label '{literal(into)}'" if into else "renamed")
+        """The new summary everywhere, the rename fields emptied (the old name is gone), what happened."""
+        summary, into, old, new = result
+        views = list(_present(summary))
+        views[c.out.index(ren_old)] = gr.update(choices=list(summary["labels"]), value=None)
+        said = (f"renamed '{literal(old)}': merged into the existing label '{literal(into)}'" if into
+                else f"renamed '{literal(old)}' to '{literal(str(new).strip())}'")
+        return (*views, said, "")
 
     def merged(summary) -> tuple:
         """The new summary everywhere, the merge fields emptied (their labels are gone), what happened."""
@@ -142,17 +151,13 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
         views[c.out.index(merge_src)] = gr.update(choices=list(summary["labels"]), value=[])
         return (*views, "merged", "")
 
-    def done(what: str):
-        """present for a label edit: the new summary everywhere, and what happened."""
-        return lambda summary: (*_present(summary), what)
-
     def failed(message: str, *_) -> tuple:
         """A failed edit changes nothing on the tab but its message line."""
         return (*unchanged, error_text(message))
 
-    rename_event = handler(rename, prepare=picked, present=renamed, error=failed)
+    rename_event = handler(rename, prepare=picked, present=renamed, error=lambda m, *_: (*failed(m), gr.update()))
     rename_event.endpoint = ep["rename_label"]  # the one service operation it goes through
-    ren_btn.click(rename_event, [ren_old, ren_new], [*out, msg], api_name=False, show_progress_on=msg)
+    ren_btn.click(rename_event, [ren_old, ren_new], [*out, msg, ren_new], api_name=False, show_progress_on=msg)
     merge_btn.click(handler(ep["merge_labels"], present=merged, error=lambda m, *_: (*failed(m), gr.update())),
                     [merge_src, merge_into], [*out, msg, merge_into], api_name=False, show_progress_on=msg)
     def confirmed(label, sure):
@@ -164,9 +169,16 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
                            f"({images.get('positive', 0)} image(s) present, {images.get('negative', 0)} not present)")
         return (label,)
 
-    del_btn.click(handler(ep["delete_label"], prepare=confirmed, present=lambda s: (*done("deleted")(s), False),
-                          error=lambda m, *_: (*failed(m), gr.update())), [del_label, del_confirm],
-                  [*out, msg, del_confirm], api_name=False, show_progress_on=msg)
+    def delete(label) -> tuple:
+        """The new summary everywhere, the picker emptied (its label is gone), what happened."""
+        views = list(_present(ep["delete_label"](label)))
+        views[c.out.index(del_label)] = gr.update(choices=views[c.out.index(del_label)]["choices"], value=None)
+        return (*views, f"deleted '{literal(label)}'", False)
+
+    delete_event = handler(delete, prepare=confirmed, error=lambda m, *_: (*failed(m), gr.update()))
+    delete_event.endpoint = ep["delete_label"]
+    del_btn.click(delete_event, [del_label, del_confirm], [*out, msg, del_confirm], api_name=False,
+                  show_progress_on=msg)
 
 
 def _wire_import(ep: dict, c: SimpleNamespace) -> None:

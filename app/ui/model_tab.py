@@ -29,7 +29,8 @@ def model_header(info: dict) -> str:
     if note and note != plain:  # the technical reason, one click away
         line += (f"<details id='model-details'><summary>details</summary><p>{html.escape(note)}</p></details>")
     if info.get("capabilities"):
-        line += f"<p class='model-capabilities'>Recognises: {html.escape(str(info['capabilities']))}</p>"
+        boxes = " Boxes come from selective search." if str(info.get("proposals", "")).startswith("selective") else ""
+        line += f"<p class='model-capabilities'>Recognises: {html.escape(str(info['capabilities']))}{boxes}</p>"
     limits = info.get("limits") or []
     if not limits:
         return line

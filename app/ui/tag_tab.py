@@ -114,6 +114,14 @@ def _matching(v: dict, index: int) -> str:
     return f"{text} · not this image (◀ / ▶ go to those that do)"
 
 
+def _end_of_queue(v: dict, step: int, here: int) -> str:
+    """◀ / ▶ that stayed on the image shown: it is the first / last of those shown (they seemed to do nothing)."""
+    if not step or v["image"] is None or v["index"] != here:
+        return ""
+    shown = "" if v["show"] == "all" else " of those shown"
+    return f"this is the {'first' if step < 0 else 'last'} image{shown}"
+
+
 def _no_suggestions() -> tuple:
     """(suggestions, image they are for): none; suggestions belong to one image."""
     return gr.update(choices=[], value=[], label="Suggestions (check to accept)"), ""
@@ -137,7 +145,9 @@ def build(ep: dict, server_folders: bool) -> dict:
 
 def _layout(server_folders: bool) -> SimpleNamespace:
     """Every component of the tab, top to bottom, by its name (no events here)."""
-    with gr.Accordion("Add images", open=True), gr.Row():
+    # open while there is nothing to tag; a page opened on stored images starts with it closed (on a
+    # phone it filled the first screen, and the image to tag was below it)
+    with gr.Accordion("Add images", open=True) as add_images, gr.Row():
         upload = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a .zip",
                          elem_id="tag-upload")
         with gr.Column():
@@ -175,6 +185,7 @@ def _layout(server_folders: bool) -> SimpleNamespace:
     index = gr.Number(0, precision=0, visible=False)
     current = gr.Textbox(visible=False)
     shown = gr.JSON({}, visible=False)
+    key_names = gr.JSON([], visible=False)  # the labels the legend gives keys 1-9, as the page shows it
     # The stored tags of the image shown, as the page's watcher last read them: a change made on
     # another page (a rename, a merge, a tag) changes it, and the editor then catches up (`_wire_sync`).
     stored_tags = gr.Textbox(visible=False)
@@ -183,7 +194,7 @@ def _layout(server_folders: bool) -> SimpleNamespace:
     # `shown` last: a change fired while a response is being applied then either still sees the
     # old `shown` (another image's hash: nothing is saved) or sees everything new.
     view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
-                keys, show, shown]
+                keys, key_names, show, shown]
     outputs = [*view_out, msg, last_edit]
     return SimpleNamespace(**locals())
 
@@ -193,6 +204,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
     index, current, image, status, positives = c.index, c.current, c.image, c.status, c.positives
     negatives, suggestions, suggested_for = c.negatives, c.suggestions, c.suggested_for
     suggest_vocab, keys, shown, view_out, msg = c.suggest_vocab, c.keys, c.shown, c.view_out, c.msg
+    key_names = c.key_names
 
     view = ep["tag_view"]
 
@@ -205,7 +217,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
                 positives: gr.update(choices=_choices(v), value=img["positives"] if img else []),
                 negatives: gr.update(choices=_choices(v), value=img["negatives"] if img else []),
                 suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, bottle"),
-                keys: _keys(v["keys"]), shown: _shown(v)}
+                keys: _keys(v["keys"]), key_names: v["keys"][:HOTKEYS], shown: _shown(v)}
 
     def _present_view(v: dict) -> dict:
         """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
@@ -293,7 +305,8 @@ def _wire_queue(ep: dict, c: SimpleNamespace, views: SimpleNamespace):
 
         def move(i, s, vocab):
             run = handler(go, prepare=lambda i, s, vocab: (int(i or 0) + step, s, vocab, backward, int(i or 0)),
-                          present=lambda v: {msg: "", **_present_view(v)}, error=lambda m, *_: {msg: error_text(m)})
+                          present=lambda v: {msg: _end_of_queue(v, step, int(i or 0)), **_present_view(v)},
+                          error=lambda m, *_: {msg: error_text(m)})
             return run(i, s, vocab)
 
         move.endpoint = view
@@ -345,15 +358,22 @@ def _wire_next_untagged(ep: dict, c: SimpleNamespace, views: SimpleNamespace) ->
     _present_view = views._present_view
     view = ep["tag_view"]
 
-    def untagged(i: int) -> dict:
-        """Next untagged, or where every image is tagged, says so (and stays)."""
-        v = view(i)
-        if v["count"] and v["tagged"] == v["count"]:
-            return {msg: f"all {v['count']} images are tagged"}
-        return {msg: "", **_present_view(v)}
+    def untagged(here) -> dict:
+        """The next image with no tags after the one shown (from the start again past the last);
+        where the one shown is the only one, or every image is tagged, says so (and stays)."""
+        here = int(here or 0)
+        rows = ep["images"]()
+        waiting = [i for i, r in enumerate(rows) if not r["positives"] and not r["negatives"]]
+        if not waiting:
+            return {msg: f"all {len(rows)} images are tagged" if rows else "No images yet: upload some above."}
+        target = next((i for i in waiting if i > here), waiting[0])
+        if target == here:
+            return {msg: "this is the only untagged image"}
+        return {msg: "", **_present_view(view(target))}
 
-    next_untagged.click(handler(ep["first_untagged"], present=untagged), None, outputs,
-                        api_name=False, show_progress_on=msg, **QUEUED)
+    untagged_event = handler(untagged, error=lambda m, *_: {msg: error_text(m)})
+    untagged_event.endpoint = ep["first_untagged"]
+    next_untagged.click(untagged_event, c.index, outputs, api_name=False, show_progress_on=msg, **QUEUED)
 
 
 def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
@@ -362,14 +382,19 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
     _edit, edited = views._edit, views.edited
     view = ep["tag_view"]
 
-    def toggle(image_hash, number):
-        """Number key `number`: the label at that place becomes present, or stops being present."""
+    def toggle(image_hash, shown_keys, number):
+        """Number key `number`: the label the legend shows at that place becomes present, or stops
+        being present (the legend's, not the store's: a label deleted on another page moved the
+        others up, and the key removed the label after it)."""
         if not image_hash:
             raise user_error("no image selected")
-        labels = view(0)["keys"]
-        if number > len(labels):
-            raise user_error(f"key {number}: there are only {len(labels)} labels")
-        name = labels[number - 1]
+        shown_keys = list(shown_keys or [])
+        if number > len(shown_keys):
+            raise user_error(f"key {number}: there are only {len(shown_keys)} labels")
+        name = shown_keys[number - 1]
+        if name not in view(0)["labels"]:
+            raise user_error(f"key {number}: '{name}' is no longer a label (renamed or deleted on another page); "
+                             "the keys follow in a moment")
         edit = _edit(image_hash, [name])
         if name in edit["before"]["positives"]:
             ep["untag"](image_hash, [name])
@@ -378,11 +403,11 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         return image_hash, f"added {literal(name)}", edit
 
     for number, key in enumerate(hotkeys, 1):
-        toggled = handler(toggle, prepare=lambda h, n=number: (h, n),
+        toggled = handler(toggle, prepare=lambda h, names, n=number: (h, names, n),
                           present=lambda r: {**edited(r[0], r[1]), last_edit: r[2]},
                           error=lambda m, *_: {msg: error_text(m)})
         toggled.endpoint = ep["tag"]
-        key.click(toggled, current, outputs, api_name=False, show_progress="hidden", **QUEUED)
+        key.click(toggled, [current, c.key_names], outputs, api_name=False, show_progress="hidden", **QUEUED)
 
 
 def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
@@ -438,17 +463,22 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
     suggest_btn, accept_btn, suggestions = c.suggest_btn, c.accept_btn, c.suggestions
     suggested_for, suggest_vocab, current, index = c.suggested_for, c.suggest_vocab, c.current, c.index
     msg, last_edit, outputs = c.msg, c.last_edit, c.outputs
-    _edit, edited = views._edit, views.edited
+    _edit, edited, _index_of = views._edit, views.edited, views._index_of
     view = ep["tag_view"]
 
     def suggest(image_hash, vocab, i):
         """Suggestions for the image shown, labelled with its name; they belong to that image."""
         if not image_hash:
             raise user_error("no image selected")
-        names = ep["suggest"](image_hash, vocab)
-        name = (view(i)["image"] or {}).get("name", "")
+        found = ep["suggest"](image_hash, vocab)
+        img = view(_index_of(image_hash))["image"] or {}
+        tagged = {n.casefold() for n in img.get("positives", []) + img.get("negatives", [])}
+        names = [n for n in found if n.casefold() not in tagged]  # a tag the image has is no suggestion
+        name = img.get("name", "")
         if names:
             said = f"{len(names)} suggestion(s)"
+        elif found:
+            said = f"the model found only names this image is already tagged with: {literal(', '.join(found))}"
         else:  # say which names were tried: the typed ones, or else the dataset's labels
             tried = ep["suggestion_progress"](vocab)["names"]
             shown = ", ".join(literal(n) for n in tried[:20]) + (f" (+{len(tried) - 20} more)" if len(tried) > 20 else "")
@@ -521,20 +551,22 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     its own save, which shows the stored tags."""
     current, positives, negatives, shown, stored_tags = c.current, c.positives, c.negatives, c.shown, c.stored_tags
 
+    nothing = {c.msg: gr.update()}  # (an empty dict is read as one output value, not as no updates)
+
     def sync(image_hash, pos, neg, before):
         before = before or {}
         if not image_hash or before.get("hash") != image_hash:
-            return {}
+            return nothing
         if set(pos or []) != set(before["positives"]) or set(neg or []) != set(before["negatives"]):
-            return {}
+            return nothing
         now = views.edited(image_hash)
         stored = now[c.shown]
         if stored["hash"] != image_hash or (set(stored["positives"]), set(stored["negatives"])) == (
                 set(before["positives"]), set(before["negatives"])):
-            return {}
+            return nothing
         return now
 
-    synced = handler(sync, error=lambda m, *_: {})
+    synced = handler(sync, error=lambda m, *_: nothing)
     synced.endpoint = ep["tag_view"]
     stored_tags.change(synced, [current, positives, negatives, shown], c.outputs, api_name=False,
                        show_progress="hidden", **QUEUED)
@@ -554,11 +586,13 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
         """(status, keys, stored tags) of the image shown as stored now (changes made on another
         page); the chips follow through `stored_tags` (`_wire_sync`), never here: a person may be editing."""
         v = view(int(i or 0), s, False, vocab)
+        legend = (_keys(v["keys"]), v["keys"][:HOTKEYS])
         if v["image"] is None or v["index"] != int(i or 0):
-            return gr.update(), _keys(v["keys"]), gr.update()
-        return _status(v), _keys(v["keys"]), _tags_of(v)
+            return gr.update(), *legend, gr.update()
+        return _status(v), *legend, _tags_of(v)
 
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
-            "watch": (watched, [index, show, suggest_vocab], [status, keys, c.stored_tags]),
+            "watch": (watched, [index, show, suggest_vocab], [status, keys, c.key_names, c.stored_tags]),
             "choices": (choices, suggest_vocab, [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
-            "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash))))}
+            "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash)))),
+            "add_images": c.add_images, "current": c.current}

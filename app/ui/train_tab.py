@@ -14,7 +14,7 @@ from detector.config import HEAD_PRESETS, IMAGE_LABEL_RULES
 from train.run_config import MAX_ITERS
 from train.run_dir import ACTIVE_STATES
 
-from .common import handler, tab_message, user_error
+from .common import handler, on_line, tab_message, user_error
 
 
 def shown_state(status: dict) -> str:
@@ -168,10 +168,17 @@ def cost_markdown(cost: dict) -> str:
     kinds = " · ".join(f"{s:.2f} s per {'box' if k == 'box' else 'tag'} batch" for k, s in cost["seconds_per_iter"].items())
     minutes = cost["estimated_run_s"] / 60
     return (f"Measured on **{cost['device']}** ({cost['steps']} steps after a warm-up): {kinds}; "
-            f"peak memory **{cost['peak_memory_mb']:.0f} MB**; {cost['trainable_params'] / 1e6:.1f} M trainable "
-            f"parameters ({cost['heads']} heads, backbone {cost['backbone']}); the whole run ≈ {minutes:.1f} min"
-            + (f" (caching {cost.get('tagged_images', 0) - cost.get('heldout_images', 0)} tagged images and scoring "
-               f"{cost.get('heldout_images', 0)} held-out ones included)." if cost.get("cached_features") else "."))
+            f"peak memory **{cost['peak_memory_mb']:.0f} MB**; {cost['trainable_params'] / 1e6:.1f} M parameters "
+            f"train in this run ({cost['heads']} heads, backbone {cost['backbone']}); the whole run ≈ {minutes:.1f} min "
+            f"(starting and loading the model{_once(cost)} included).")
+
+
+def _once(cost: dict) -> str:
+    """The one-off work a tags-only run does before its steps, as the estimate counts it."""
+    if not cost.get("cached_features"):
+        return ""
+    return (f", caching {cost.get('tagged_images', 0) - cost.get('heldout_images', 0)} tagged images and scoring "
+            f"{cost.get('heldout_images', 0)} held-out ones")
 
 
 def build(ep: dict, server_folders: bool = False) -> dict:
@@ -291,15 +298,17 @@ def _wire_start(ep: dict, c: SimpleNamespace) -> None:
     def started(run_id: str) -> tuple[str, str]:
         return run_id, f"started run `{run_id}` · {ep['training_plan']()['note']}"
 
-    start.click(handler(ep["start_training"], present=started), inputs,
+    start.click(handler(ep["start_training"], present=started, error=on_line([run, msg], msg)), inputs,
                 [run, msg], api_name=False, show_progress_on=msg)
-    measure.click(handler(ep["estimate_training"], present=lambda c: (cost_markdown(c), "measured (no run was made)")),
+    measure.click(handler(ep["estimate_training"], present=lambda c: (cost_markdown(c), "measured (no run was made)"),
+                          error=on_line([cost, msg], msg)),
                   inputs, [cost, msg], api_name=False, show_progress_on=cost)
 
     pre_start.click(handler(ep["start_pretraining"],
                             prepare=lambda n, size, src, folder: (n, src, size, 4, folder),
-                            present=lambda run_id: (run_id, f"started pre-training run `{run_id}`")),
-                    [pre_iters, pre_size, base, pre_folder], [run, msg], api_name=False)
+                            present=lambda run_id: (run_id, f"started pre-training run `{run_id}`"),
+                            error=on_line([run, msg], msg)),
+                    [pre_iters, pre_size, base, pre_folder], [run, msg], api_name=False, show_progress_on=msg)
 
 
 def _wire_runs(ep: dict, c: SimpleNamespace) -> None:
@@ -308,8 +317,10 @@ def _wire_runs(ep: dict, c: SimpleNamespace) -> None:
     run, msg, cancel, resume, delete, delete_sure = c.run, c.msg, c.cancel, c.resume, c.delete, c.delete_sure
     timer, history, status, curve, log, evaluation = c.timer, c.history, c.status, c.curve, c.log, c.evaluation
 
-    cancel.click(handler(ep["cancel_training"], prepare=need_run), run, msg, api_name=False, show_progress_on=msg)
-    resume.click(handler(ep["resume_training"], prepare=need_run, present=lambda run_id: f"resuming run `{run_id}`"),
+    cancel.click(handler(ep["cancel_training"], prepare=need_run, error=on_line([msg], msg)), run, msg,
+                 api_name=False, show_progress_on=msg)
+    resume.click(handler(ep["resume_training"], prepare=need_run, present=lambda run_id: f"resuming run `{run_id}`",
+                         error=on_line([msg], msg)),
                  run, msg, api_name=False, show_progress_on=msg)
     status_out = [run, status, curve, log, evaluation]
     timer.tick(handler(ep["training_status"], present=_present_status), run, status_out, api_name=False,
@@ -333,6 +344,7 @@ def _wire_runs(ep: dict, c: SimpleNamespace) -> None:
             raise user_error(f"tick 'Yes, delete this run' to delete {run_id}")
         return (run_id,)
 
-    delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False)),
+    delete.click(handler(ep["delete_run"], prepare=sure, present=lambda text: ("", text, False),
+                         error=on_line([run, msg, delete_sure], msg)),
                  [run, delete_sure], [run, msg, delete_sure], api_name=False, show_progress_on=msg)
     history.select(open_run, history, status_out, api_name=False, show_progress_on=msg)
