@@ -179,6 +179,7 @@ def test_resume_matches_uninterrupted_run(syn, tmp_path):
     part = _train(syn, tmp_path / "part", iters=8, checkpoint_every=4, on_progress=cancel_at_4)
     assert part["state"] == "cancelled" and part["iteration"] == 4
     assert json.loads((tmp_path / "part" / "status.json").read_text())["state"] == "cancelled"
+    assert RunDir(tmp_path / "part").resumes_at() == 4  # what the status shows while the resume reads its data
     resumed = _train(syn, tmp_path / "part", iters=8, checkpoint_every=4, resume=True)
     assert resumed["state"] == "finished" and resumed["iteration"] == 8
     a = load_checkpoint(tmp_path / "full").state_dict()
@@ -198,7 +199,7 @@ def test_a_resume_before_the_first_checkpoint_starts_over_with_one_curve(syn, tm
 
     with pytest.raises(Killed):
         _train(syn, tmp_path / "part", iters=6, checkpoint_every=5, on_progress=killed_at_2)
-    assert not list((tmp_path / "part").glob("checkpoints/*"))
+    assert not list((tmp_path / "part").glob("checkpoints/*")) and RunDir(tmp_path / "part").resumes_at() == 0
     assert [m["iteration"] for m in RunDir(tmp_path / "part").metrics()] == [1, 2]
     resumed = _train(syn, tmp_path / "part", iters=6, checkpoint_every=5, resume=True)
     assert resumed["state"] == "finished"

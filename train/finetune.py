@@ -265,8 +265,9 @@ def _finetune(cfg: RunConfig, run: RunDir, resume: bool, rank: int, world: int, 
     cfg.validate()
     if rank == 0:
         run.write_config(cfg)
-        run.write_status("running", iteration=0, total=cfg.iters, message="reading the labels", started=t_start,
-                         pid=os.getpid())
+        # a resume shows where it goes on from (the count went 50 -> 0 -> 50 while it read its data)
+        run.write_status("running", iteration=run.resumes_at() if resume else 0, total=cfg.iters,
+                         message="reading the labels", started=t_start, pid=os.getpid())
     data = _read_data(cfg)
     device = device_for(cfg, world)
     model, start_it, resume_from = _start_model(cfg, run, resume, rank, data.names)

@@ -275,6 +275,11 @@ class RunDir:
         best = self.file(self.BEST)
         return best if (best / "model.safetensors").exists() else self.path
 
+    def resumes_at(self) -> int:
+        """The iteration a resume continues from: its newest complete checkpoint's, else 0."""
+        info = read_json(self.file(self.CHECKPOINTS) / "latest.json") or {}
+        return int(info.get("iteration", 0)) if self.latest_checkpoint() is not None else 0
+
     def latest_checkpoint(self) -> Path | None:
         info = read_json(self.file(self.CHECKPOINTS) / "latest.json")
         if not info:
