@@ -494,6 +494,18 @@ def test_the_tag_editor_catching_up_answers_every_output(tmp_path, tiny_predicto
     def run(positives, before):
         return asyncio.run(demo.process_api(sync, [h, positives, [], before], state=SessionState(demo)))["data"]
 
+    # The catch-up runs after every change of the store: this page's edit undone on another page
+    # between two watches leaves the same tags as before, and still counts as a change.
+    watch = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "watch")
+    stored = next(i for i, o in enumerate(watch.outputs) if getattr(o, "elem_id", "") == "tag-stored")
+
+    def watched(seen):
+        return asyncio.run(demo.process_api(watch, [seen, 0, "all", ""], state=SessionState(demo)))["data"]
+
+    first = watched("")
+    service.tag(h, "cup")
+    service.untag(h, "cup")
+    assert watched(first[0])[stored] != first[stored]
     assert len(run(["mug"], shown)) == len(sync.outputs)  # nothing to catch up
     assert len(run(["mug", "cup"], shown)) == len(sync.outputs)  # an edit of its own on its way
     service.rename_label("mug", "cup")  # another page
@@ -516,16 +528,24 @@ def test_a_number_key_means_the_label_its_legend_shows(tmp_path, tiny_predictor,
     demo = build_app(service)
     key_1 = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "toggle")
 
-    def press(legend):
-        out = asyncio.run(demo.process_api(key_1, [h, legend], state=SessionState(demo)))["data"]
+    def press(legend, chips):  # chips: the tags the page showed last (kept on the server, a State)
+        state = SessionState(demo)
+        state[key_1.inputs[2]._id] = {"hash": h, "positives": chips, "negatives": []}
+        out = asyncio.run(demo.process_api(key_1, [h, legend, None], state=state))["data"]
         msg = next(i for i, o in enumerate(key_1.outputs) if getattr(o, "elem_id", "") == "tag-msg")
         return out[msg]
 
     service.delete_label("cup")  # another page
-    assert "no longer a label" in str(press(["cup", "rocket"]))
+    assert "no longer a label" in str(press(["cup", "rocket"], ["rocket"]))
     assert service.store.tags(h)["positives"] == ["rocket"]
-    assert "removed rocket" in str(press(["rocket"]))  # the legend caught up: 1 is rocket
+    assert "removed rocket" in str(press(["rocket"], ["rocket"]))  # the legend caught up: 1 is rocket
     assert service.store.tags(h)["positives"] == []
+    # A key adds or removes what the page shows: rocket, tagged on another page and not shown yet,
+    # is added (it was removed, the opposite of the key's meaning); shown but untagged elsewhere: removed.
+    service.tag(h, "rocket")
+    assert "added rocket" in str(press(["rocket"], [])) and service.store.tags(h)["positives"] == ["rocket"]
+    service.untag(h, "rocket")
+    assert "removed rocket" in str(press(["rocket"], ["rocket"])) and service.store.tags(h)["positives"] == []
 
 
 def test_each_run_keeps_the_model_it_started_from(tmp_path, tiny_predictor, small_image, monkeypatch):

@@ -147,7 +147,7 @@ def _wire_watch(ep: dict, ui: SimpleNamespace, model_out: list, model_views, see
             now = ep["revision"]()
             if now == last:
                 return unchanged
-            return (now, *dataset["refresh"][0](), *tag["watch"][0](*tag_values),
+            return (now, *dataset["refresh"][0](), *tag["watch"][0](now, *tag_values),
                     *model_views(ep["model_info"]()))
         except gr.Error:  # e.g. a model swap under way: the next tick tries again
             return unchanged

@@ -186,15 +186,19 @@ def _layout(server_folders: bool) -> SimpleNamespace:
     current = gr.Textbox(visible=False)
     shown = gr.JSON({}, visible=False)
     key_names = gr.JSON([], visible=False)  # the labels the legend gives keys 1-9, as the page shows it
+    # What the page showed last of the image's tags, kept on the server: the editor's events run in
+    # order, so a key reads what the events before it left (a key pressed twice counts twice), and
+    # a tag another page changed, not shown here yet, is toggled as the person sees it.
+    seen_tags = gr.State({})
     # The stored tags of the image shown, as the page's watcher last read them: a change made on
     # another page (a rename, a merge, a tag) changes it, and the editor then catches up (`_wire_sync`).
-    stored_tags = gr.Textbox(visible=False)
+    stored_tags = gr.Textbox(visible=False, elem_id="tag-stored")
     suggested_for = gr.State("")  # the image the suggestions were made for
     last_edit = gr.State(None)  # {"hash", "touched": names, "before": their tags before} for Undo
     # `shown` last: a change fired while a response is being applied then either still sees the
     # old `shown` (another image's hash: nothing is saved) or sees everything new.
     view_out = [index, current, image, status, positives, negatives, suggestions, suggested_for, suggest_vocab,
-                keys, key_names, show, shown]
+                keys, key_names, seen_tags, show, shown]
     outputs = [*view_out, msg, last_edit]
     return SimpleNamespace(**locals())
 
@@ -217,7 +221,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
                 positives: gr.update(choices=_choices(v), value=img["positives"] if img else []),
                 negatives: gr.update(choices=_choices(v), value=img["negatives"] if img else []),
                 suggest_vocab: gr.update(placeholder=hint or "no labels yet: type names, e.g. mug, bottle"),
-                keys: _keys(v["keys"]), key_names: v["keys"][:HOTKEYS], shown: _shown(v)}
+                keys: _keys(v["keys"]), key_names: v["keys"][:HOTKEYS], c.seen_tags: _shown(v), shown: _shown(v)}
 
     def _present_view(v: dict) -> dict:
         """tag_view -> every component of the editor, for the image at v["index"]. Moving to an
@@ -382,10 +386,11 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
     _edit, edited = views._edit, views.edited
     view = ep["tag_view"]
 
-    def toggle(image_hash, shown_keys, number):
+    def toggle(image_hash, shown_keys, seen, number):
         """Number key `number`: the label the legend shows at that place becomes present, or stops
-        being present (the legend's, not the store's: a label deleted on another page moved the
-        others up, and the key removed the label after it)."""
+        being present, as the page shows it (the legend's and the chips', not the store's: a label
+        deleted on another page moved the others up, and the key removed the label after it; a tag
+        added on another page and not shown yet was removed by a key meant to add it)."""
         if not image_hash:
             raise user_error("no image selected")
         shown_keys = list(shown_keys or [])
@@ -396,18 +401,20 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
             raise user_error(f"key {number}: '{name}' is no longer a label (renamed or deleted on another page); "
                              "the keys follow in a moment")
         edit = _edit(image_hash, [name])
-        if name in edit["before"]["positives"]:
+        seen = seen if isinstance(seen, dict) and seen.get("hash") == image_hash else edit["before"]
+        if name in seen["positives"]:
             ep["untag"](image_hash, [name])
             return image_hash, f"removed {literal(name)}", edit
         ep["tag"](image_hash, [name], [])
         return image_hash, f"added {literal(name)}", edit
 
     for number, key in enumerate(hotkeys, 1):
-        toggled = handler(toggle, prepare=lambda h, names, n=number: (h, names, n),
+        toggled = handler(toggle, prepare=lambda h, names, seen, n=number: (h, names, seen, n),
                           present=lambda r: {**edited(r[0], r[1]), last_edit: r[2]},
                           error=lambda m, *_: {msg: error_text(m)})
         toggled.endpoint = ep["tag"]
-        key.click(toggled, [current, c.key_names], outputs, api_name=False, show_progress="hidden", **QUEUED)
+        key.click(toggled, [current, c.key_names, c.seen_tags], outputs, api_name=False, show_progress="hidden",
+                  **QUEUED)
 
 
 def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
@@ -538,10 +545,10 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **QUEUED)
 
 
-def _tags_of(v: dict) -> str:
-    """The image's stored tags, as one comparable text (what `stored_tags` holds)."""
-    img = v["image"]
-    return f"{img['hash']}|{sorted(img['positives'])}|{sorted(img['negatives'])}"
+def _tags_of(v: dict, revision: str) -> str:
+    """What `stored_tags` holds: the store's revision and the image shown. Every change of the store
+    changes it (tags compared alone missed this page's edit undone on another page within one watch)."""
+    return f"{revision}|{v['image']['hash']}"
 
 
 def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
@@ -561,9 +568,12 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             return nothing
         now = views.edited(image_hash)
         stored = now[c.shown]
-        if stored["hash"] != image_hash or (set(stored["positives"]), set(stored["negatives"])) == (
-                set(before["positives"]), set(before["negatives"])):
+        if stored["hash"] != image_hash:
             return nothing
+        if (set(stored["positives"]), set(stored["negatives"])) == (set(before["positives"]), set(before["negatives"])):
+            # the tags as shown; the chips' key numbers follow the legend (a label deleted elsewhere renumbers it)
+            return {c.positives: gr.update(choices=now[c.positives]["choices"]),
+                    c.negatives: gr.update(choices=now[c.negatives]["choices"])}
         return now
 
     synced = handler(sync, error=lambda m, *_: nothing)
@@ -582,14 +592,15 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
     refresh = handler(view, prepare=lambda i, s, vocab: (i, s, False, vocab),
                       present=lambda v: as_tuple(_present_view(v)))
 
-    def watched(i, s, vocab) -> tuple:
-        """(status, keys, stored tags) of the image shown as stored now (changes made on another
-        page); the chips follow through `stored_tags` (`_wire_sync`), never here: a person may be editing."""
+    def watched(revision, i, s, vocab) -> tuple:
+        """(status, keys, stored tags) of the image shown as stored now at the store's `revision`
+        (changes made on another page); the chips follow through `stored_tags` (`_wire_sync`), never
+        here: a person may be editing."""
         v = view(int(i or 0), s, False, vocab)
         legend = (_keys(v["keys"]), v["keys"][:HOTKEYS])
         if v["image"] is None or v["index"] != int(i or 0):
             return gr.update(), *legend, gr.update()
-        return _status(v), *legend, _tags_of(v)
+        return _status(v), *legend, _tags_of(v, revision)
 
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
             "watch": (watched, [index, show, suggest_vocab], [status, keys, c.key_names, c.stored_tags]),
