@@ -589,3 +589,25 @@ def test_exports_do_not_pile_up_in_the_temporary_folder(tmp_path, tiny_predictor
     second = service.export("csv")
     assert second.exists() and not first.exists() and not left.exists()
     assert service.export("yolo").exists() and second.exists()  # a recent one stays
+
+
+def test_an_image_preview_is_written_once_and_then_only_read(tmp_path, monkeypatch):
+    """Returned as an array, a preview was rewritten into Gradio's cache on every event showing it,
+    while another page could be downloading it ("Too much data for declared Content-Length")."""
+    import app.ui.common as common
+
+    monkeypatch.setattr(common, "PREVIEWS", tmp_path / "previews")
+    made = []
+
+    def image_preview(image_hash, max_side=1024):
+        made.append(image_hash)
+        return np.full((20, 30, 3), 200, np.uint8)
+
+    ep = {"image_preview": image_preview}
+    h = "ab" * 32
+    first = common.preview_file(ep, h)
+    inode = os.stat(first).st_ino
+    assert common.preview_file(ep, h) == first and os.stat(first).st_ino == inode and made == [h]
+    assert Image.open(first).size == (30, 20)
+    with pytest.raises(ValueError):
+        common.preview_file(ep, "../../etc/passwd")

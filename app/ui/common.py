@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -202,11 +203,33 @@ def _output_path(suffix: str) -> Path:
     now = time.time()
     if now - _last_prune > PRUNE_EVERY_S:  # not on every response: a directory scan per detect adds up
         _last_prune = now
-        for old in OUTPUTS.iterdir():
+        for old in [*OUTPUTS.iterdir(), *PREVIEWS.glob("*.jpg")]:
             with contextlib.suppress(OSError):
-                if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
+                if old != PREVIEWS and now - old.stat().st_mtime > KEEP_OUTPUTS_S:
                     shutil.rmtree(old) if old.is_dir() else old.unlink()
     return OUTPUTS / f"{uuid.uuid4().hex}{suffix}"
+
+
+PREVIEWS = OUTPUTS / "previews"
+
+
+def preview_file(ep: dict, image_hash: str, max_side: int = 1024) -> str:
+    """A stored image's preview as a file, written once per image and size and then only read:
+    returned as an array, Gradio rewrote one cache file per image on every event that showed it,
+    while another page could still be downloading it ("Too much data for declared Content-Length")."""
+    if not image_hash or any(ch not in "0123456789abcdef" for ch in image_hash):  # a SHA-256: never a path
+        raise ValueError("unknown image")
+    path = PREVIEWS / f"{image_hash}-{int(max_side)}.jpg"
+    if path.exists():
+        with contextlib.suppress(OSError):
+            os.utime(path)  # in use: kept another hour
+        return str(path)
+    _output_path("")  # prunes old outputs and previews
+    PREVIEWS.mkdir(parents=True, exist_ok=True)
+    part = PREVIEWS / f".{uuid.uuid4().hex}.jpg"
+    Image.fromarray(ep["image_preview"](image_hash, max_side)).save(part, quality=90)
+    os.replace(part, path)  # complete or absent: a reader never sees half a file
+    return str(path)
 
 
 def download_name(text: str) -> str:

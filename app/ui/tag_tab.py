@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..markdown import literal
-from .common import error_text, handler, tab_message, user_error
+from .common import error_text, handler, preview_file, tab_message, user_error
 
 HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
 TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
@@ -229,7 +229,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
         img = v["image"]
         no_suggestions, for_image = _no_suggestions()
         return {index: v["index"], current: img["hash"] if img else "",
-                image: ep["image_preview"](img["hash"]) if img else None,
+                image: preview_file(ep, img["hash"]) if img else None,
                 suggestions: no_suggestions, suggested_for: for_image, **_editor(v)}
 
     def as_tuple(values: dict) -> tuple:
