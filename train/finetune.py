@@ -103,7 +103,12 @@ def run_with_status(run_dir: str | Path | RunDir, body) -> dict:
     rank, world = _distributed()
     handler = _setup_logging(run, rank)
     try:
-        return body(run, rank, world)
+        result = body(run, rank, world)
+        if world > 1 and dist.is_initialized():
+            # every rank took the last barrier: the group is closed before the process exits (left to
+            # the interpreter's exit, gloo's threads aborted one rank now and then: exit code -6)
+            dist.destroy_process_group()
+        return result
     except BaseException as e:
         if rank == 0:
             run.write_status("failed", message=f"{type(e).__name__}: {e}"[:500], pid=os.getpid())
