@@ -627,12 +627,12 @@ def test_the_tag_editor_follows_edits_made_on_another_page(app, photos):
     expect(chips).to_contain_text("mug", timeout=30_000)
 
     service.rename_label("mug", "cup")  # what the other page's Dataset tab does
-    expect(chips).to_contain_text("cup", timeout=20_000)
+    expect(chips).to_contain_text("cup", timeout=40_000)
     expect(chips).not_to_contain_text("mug")
     service.merge_labels("bowl", "dish")
-    expect(not_chips).to_contain_text("dish", timeout=20_000)
+    expect(not_chips).to_contain_text("dish", timeout=40_000)
     service.tag(h, "spoon")  # the other page's Tag tab, on the same image
-    expect(chips).to_contain_text("spoon", timeout=20_000)
+    expect(chips).to_contain_text("spoon", timeout=40_000)
 
     box = page.locator("#tag-positives input")
     box.fill("plate")
@@ -645,7 +645,7 @@ def test_the_tag_editor_follows_edits_made_on_another_page(app, photos):
     box.press("Escape")  # the option list (every label, plate included) closes
     expect(page.get_by_role("option")).to_have_count(0, timeout=10_000)
     service.untag(h, "plate")
-    expect(chips).not_to_contain_text("plate", timeout=20_000)
+    expect(chips).not_to_contain_text("plate", timeout=40_000)
     assert "mug" not in service.store.labels() and "bowl" not in service.store.labels()
 
 

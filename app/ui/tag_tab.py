@@ -571,9 +571,7 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         if stored["hash"] != image_hash:
             return nothing
         if (set(stored["positives"]), set(stored["negatives"])) == (set(before["positives"]), set(before["negatives"])):
-            # the tags as shown; the chips' key numbers follow the legend (a label deleted elsewhere renumbers it)
-            return {c.positives: gr.update(choices=now[c.positives]["choices"]),
-                    c.negatives: gr.update(choices=now[c.negatives]["choices"])}
+            return nothing  # the tags as shown (re-setting the chips' choices alone once emptied a side)
         return now
 
     synced = handler(sync, error=lambda m, *_: nothing)
