@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from detector.files import atomic_write, atomic_write_json
+from detector.files import atomic_write, atomic_write_json, remove_older_than
 from detector.vocabulary import parse_vocabulary
 
 from .service_base import Progress, _nonempty, _upload_path, endpoint
@@ -23,13 +23,7 @@ def _export_folder() -> Path:
     """A fresh private folder for one export. Older ones (and any a killed export left behind) are
     removed first: every export had stayed in the temporary folder for good."""
     EXPORTS.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in EXPORTS.iterdir():
-        try:
-            if now - old.stat().st_mtime > KEEP_EXPORTS_S:
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        except OSError:
-            pass
+    remove_older_than(EXPORTS, KEEP_EXPORTS_S)
     return Path(tempfile.mkdtemp(dir=EXPORTS))
 
 

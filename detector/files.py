@@ -1,11 +1,14 @@
 """The one atomic file writer: a temporary file in the same folder, fsynced, then `os.replace`d,
-so a process killed at any moment leaves either the old file or the new one, never half of one."""
+so a process killed at any moment leaves either the old file or the new one, never half of one.
+And the one pruner of temporary output folders (`remove_older_than`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -37,3 +40,18 @@ def read_json(path: str | Path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def remove_older_than(folder: str | Path, age_s: float, keep: tuple[Path, ...] = ()) -> None:
+    """Remove the entries of `folder` (files, or folders with what they hold) not modified for
+    `age_s` seconds, except those in `keep`. Entries that vanish or cannot be removed meanwhile are
+    left to the next call."""
+    folder, now = Path(folder), time.time()
+    if not folder.is_dir():
+        return
+    for old in folder.iterdir():
+        try:
+            if old not in keep and now - old.stat().st_mtime > age_s:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        except OSError:
+            continue

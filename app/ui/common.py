@@ -8,7 +8,6 @@ import html
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 from PIL import Image
+
+from detector.files import remove_older_than
 
 from ..endpoints import USER_ERRORS, friendly
 from ..markdown import IMAGE_POLICY, literal
@@ -194,23 +195,27 @@ PRUNE_EVERY_S = 60
 _last_prune = 0.0
 
 
+PREVIEWS = OUTPUTS / "previews"
+
+
+def _prune_outputs() -> None:
+    """Outputs and previews older than an hour are removed; at most once a minute (a directory scan
+    per detect adds up)."""
+    global _last_prune
+    now = time.time()
+    if now - _last_prune > PRUNE_EVERY_S:
+        _last_prune = now
+        remove_older_than(OUTPUTS, KEEP_OUTPUTS_S, keep=(PREVIEWS,))
+        remove_older_than(PREVIEWS, KEEP_OUTPUTS_S)
+
+
 def _output_path(suffix: str) -> Path:
     """A fresh, uniquely named file for one response. Unique names matter: Gradio caches returned
     arrays under a content hash, so identical concurrent requests rewrote one file while another
     response was streaming it. Files older than an hour are pruned."""
-    global _last_prune
     OUTPUTS.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    if now - _last_prune > PRUNE_EVERY_S:  # not on every response: a directory scan per detect adds up
-        _last_prune = now
-        for old in [*OUTPUTS.iterdir(), *PREVIEWS.glob("*.jpg")]:
-            with contextlib.suppress(OSError):
-                if old != PREVIEWS and now - old.stat().st_mtime > KEEP_OUTPUTS_S:
-                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+    _prune_outputs()
     return OUTPUTS / f"{uuid.uuid4().hex}{suffix}"
-
-
-PREVIEWS = OUTPUTS / "previews"
 
 
 def preview_file(ep: dict, image_hash: str, max_side: int = 1024) -> str:
@@ -224,7 +229,7 @@ def preview_file(ep: dict, image_hash: str, max_side: int = 1024) -> str:
         with contextlib.suppress(OSError):
             os.utime(path)  # in use: kept another hour
         return str(path)
-    _output_path("")  # prunes old outputs and previews
+    _prune_outputs()
     PREVIEWS.mkdir(parents=True, exist_ok=True)
     part = PREVIEWS / f".{uuid.uuid4().hex}.jpg"
     Image.fromarray(ep["image_preview"](image_hash, max_side)).save(part, quality=90)

@@ -123,6 +123,12 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
 
     unchanged = tuple(gr.update() for _ in out)
 
+    def emptied(summary: dict, picker, empty=None) -> list:
+        """The new summary everywhere, with `picker` emptied: the labels it held are gone."""
+        views = list(_present(summary))
+        views[out.index(picker)] = gr.update(choices=list(summary["labels"]), value=empty)
+        return views
+
     def picked(old, new):
         if not old:
             raise user_error("pick the label to rename first")
@@ -139,26 +145,22 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
     def renamed(result) -> tuple:
         """The new summary everywhere, the rename fields emptied (the old name is gone), what happened."""
         summary, into, old, new = result
-        views = list(_present(summary))
-        views[c.out.index(ren_old)] = gr.update(choices=list(summary["labels"]), value=None)
         said = (f"renamed '{literal(old)}': merged into the existing label '{literal(into)}'" if into
                 else f"renamed '{literal(old)}' to '{literal(str(new).strip())}'")
-        return (*views, said, "")
+        return (*emptied(summary, ren_old), said, "")
 
     def merged(summary) -> tuple:
         """The new summary everywhere, the merge fields emptied (their labels are gone), what happened."""
-        views = list(_present(summary))
-        views[c.out.index(merge_src)] = gr.update(choices=list(summary["labels"]), value=[])
-        return (*views, "merged", "")
+        return (*emptied(summary, merge_src, []), "merged", "")
 
     def failed(message: str, *_) -> tuple:
-        """A failed edit changes nothing on the tab but its message line."""
-        return (*unchanged, error_text(message))
+        """A failed edit changes nothing on the tab but its message line (nor the field after it)."""
+        return (*unchanged, error_text(message), gr.update())
 
-    rename_event = handler(rename, prepare=picked, present=renamed, error=lambda m, *_: (*failed(m), gr.update()))
+    rename_event = handler(rename, prepare=picked, present=renamed, error=failed)
     rename_event.endpoint = ep["rename_label"]  # the one service operation it goes through
     ren_btn.click(rename_event, [ren_old, ren_new], [*out, msg, ren_new], api_name=False, show_progress_on=msg)
-    merge_btn.click(handler(ep["merge_labels"], present=merged, error=lambda m, *_: (*failed(m), gr.update())),
+    merge_btn.click(handler(ep["merge_labels"], present=merged, error=failed),
                     [merge_src, merge_into], [*out, msg, merge_into], api_name=False, show_progress_on=msg)
     def confirmed(label, sure):
         if not label:
@@ -171,11 +173,9 @@ def _wire_label_edits(ep: dict, c: SimpleNamespace) -> None:
 
     def delete(label) -> tuple:
         """The new summary everywhere, the picker emptied (its label is gone), what happened."""
-        views = list(_present(ep["delete_label"](label)))
-        views[c.out.index(del_label)] = gr.update(choices=views[c.out.index(del_label)]["choices"], value=None)
-        return (*views, f"deleted '{literal(label)}'", False)
+        return (*emptied(ep["delete_label"](label), del_label), f"deleted '{literal(label)}'", False)
 
-    delete_event = handler(delete, prepare=confirmed, error=lambda m, *_: (*failed(m), gr.update()))
+    delete_event = handler(delete, prepare=confirmed, error=failed)
     delete_event.endpoint = ep["delete_label"]
     del_btn.click(delete_event, [del_label, del_confirm], [*out, msg, del_confirm], api_name=False,
                   show_progress_on=msg)

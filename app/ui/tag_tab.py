@@ -190,9 +190,10 @@ def _layout(server_folders: bool) -> SimpleNamespace:
     # order, so a key reads what the events before it left (a key pressed twice counts twice), and
     # a tag another page changed, not shown here yet, is toggled as the person sees it.
     seen_tags = gr.State({})
-    # The stored tags of the image shown, as the page's watcher last read them: a change made on
-    # another page (a rename, a merge, a tag) changes it, and the editor then catches up (`_wire_sync`).
-    stored_tags = gr.Textbox(visible=False, elem_id="tag-stored")
+    # The store's revision and the image shown, as the page's watcher last read them: any change of
+    # the store (a rename, a merge, a tag on another page) changes it, and the editor then catches up
+    # (`_wire_sync`).
+    store_mark = gr.Textbox(visible=False, elem_id="tag-stored")
     suggested_for = gr.State("")  # the image the suggestions were made for
     last_edit = gr.State(None)  # {"hash", "touched": names, "before": their tags before} for Undo
     # `shown` last: a change fired while a response is being applied then either still sees the
@@ -545,8 +546,8 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **QUEUED)
 
 
-def _tags_of(v: dict, revision: str) -> str:
-    """What `stored_tags` holds: the store's revision and the image shown. Every change of the store
+def _store_mark(v: dict, revision: str) -> str:
+    """What `store_mark` holds: the store's revision and the image shown. Every change of the store
     changes it (tags compared alone missed this page's edit undone on another page within one watch)."""
     return f"{revision}|{v['image']['hash']}"
 
@@ -556,7 +557,7 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     In the editor's queue, so it runs between this page's saves, never beside one; and only while
     the chips show what the page last stored: an edit of this page still on its way is answered by
     its own save, which shows the stored tags."""
-    current, positives, negatives, shown, stored_tags = c.current, c.positives, c.negatives, c.shown, c.stored_tags
+    current, positives, negatives, shown, store_mark = c.current, c.positives, c.negatives, c.shown, c.store_mark
 
     nothing = {c.msg: gr.update()}  # (an empty dict is read as one output value, not as no updates)
 
@@ -576,7 +577,7 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
 
     synced = handler(sync, error=lambda m, *_: nothing)
     synced.endpoint = ep["tag_view"]
-    stored_tags.change(synced, [current, positives, negatives, shown], c.outputs, api_name=False,
+    store_mark.change(synced, [current, positives, negatives, shown], c.outputs, api_name=False,
                        show_progress="hidden", **QUEUED)
 
 
@@ -592,16 +593,16 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
 
     def watched(revision, i, s, vocab) -> tuple:
         """(status, keys, stored tags) of the image shown as stored now at the store's `revision`
-        (changes made on another page); the chips follow through `stored_tags` (`_wire_sync`), never
+        (changes made on another page); the chips follow through `store_mark` (`_wire_sync`), never
         here: a person may be editing."""
         v = view(int(i or 0), s, False, vocab)
         legend = (_keys(v["keys"]), v["keys"][:HOTKEYS])
         if v["image"] is None or v["index"] != int(i or 0):
             return gr.update(), *legend, gr.update()
-        return _status(v), *legend, _tags_of(v, revision)
+        return _status(v), *legend, _store_mark(v, revision)
 
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
-            "watch": (watched, [index, show, suggest_vocab], [status, keys, c.key_names, c.stored_tags]),
+            "watch": (watched, [index, show, suggest_vocab], [status, keys, c.key_names, c.store_mark]),
             "choices": (choices, suggest_vocab, [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
             "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash)))),
             "add_images": c.add_images, "current": c.current}
