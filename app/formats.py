@@ -258,12 +258,12 @@ def extract_label_files(path: Path, folder: Path) -> list[Path]:
 
 def read_label_file(path: Path) -> LabelFile:
     """Any label file the app imports, by suffix and content: CSV, JSONL, Detic/COCO image labels,
-    COCO with boxes, Label Studio tasks (a JSON list), a YOLO zip. DataError names what is wrong."""
+    COCO with boxes, Label Studio tasks (a JSON list), a YOLO or Pascal VOC zip. DataError names what is wrong."""
     from train.data import DataError, read_label_rows
 
     path = Path(path)
     if path.suffix.lower() == ".zip":
-        return read_yolo_zip(path)
+        return read_yolo_zip(path) if is_yolo_zip(path) else read_voc_zip(path)
     data = None
     if path.suffix.lower() == ".json":
         try:
@@ -379,19 +379,14 @@ def read_label_studio(tasks: list, file: str) -> LabelFile:
     return LabelFile("Label Studio", entries, notes)
 
 
-def read_yolo_zip(path: Path) -> LabelFile:
-    """A YOLO dataset zip: class names from data.yaml (`names`: a list or {id: name}) or
-    classes.txt, one label .txt per image (`class cx cy w h` normalised, or a polygon) found beside
-    it in the labels/ folder that mirrors its images/ folder, else by its name."""
-    import yaml
-
+def _zip_text(name: str):
+    """`text(zip, member, errors)`: a label file's text, counted against one budget for the whole
+    zip (`MAX_YOLO_TEXT_BYTES`) before it is inflated."""
     from train.data import DataError
 
-    name = path.name
     budget = [MAX_YOLO_TEXT_BYTES]
 
     def text(z: zipfile.ZipFile, member: str, errors: str = "strict") -> str:
-        """A class or label file's text, counted against the zip's budget before it is inflated."""
         left = budget[0]
         if z.getinfo(member).file_size <= left:
             with z.open(member) as f:
@@ -401,6 +396,71 @@ def read_yolo_zip(path: Path) -> LabelFile:
                 return data.decode("utf-8", errors)
         raise DataError(f"'{name}': its class and label files hold more than {MAX_YOLO_TEXT_BYTES // 2**20} MB of text")
 
+    return text
+
+
+def _voc_members(z: zipfile.ZipFile) -> list[str]:
+    return [m for m in z.namelist() if m.lower().endswith(".xml") and "images" not in Path(m).parts[:-1]]
+
+
+def is_voc_zip(path: Path) -> bool:
+    """A zip holding Pascal VOC annotations (.xml files, e.g. this app's VOC export)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(_voc_members(z))
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_voc_zip(path: Path) -> LabelFile:
+    """Pascal VOC: one <annotation> XML per image (its <filename>, and per <object> a <name> and a
+    <bndbox> in VOC's 1-based pixels, as this app's VOC export writes them), plus the images."""
+    import xml.etree.ElementTree as ET
+
+    from train.data import DataError
+
+    name, text = path.name, _zip_text(path.name)
+    entries, other, no_box = [], 0, 0
+    with zipfile.ZipFile(path) as z:
+        for member in _voc_members(z):
+            body = text(z, member, "replace")
+            if "<!DOCTYPE" in body or "<!ENTITY" in body:  # VOC has none; entities can inflate without bound
+                raise DataError(f"'{name}' {member}: XML with a DOCTYPE or entities is not read")
+            try:
+                root = ET.fromstring(body)
+            except ET.ParseError as e:
+                raise DataError(f"'{name}' {member} is not valid XML ({e})") from None
+            if root.tag != "annotation":
+                other += 1
+                continue
+            entry = Entry([root.findtext("filename") or Path(member).stem])
+            for obj in root.iter("object"):
+                label, box = (obj.findtext("name") or "").strip(), obj.find("bndbox")
+                try:
+                    x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                except (AttributeError, TypeError, ValueError):
+                    no_box += 1
+                    continue
+                if label:
+                    entry.boxes.append((label, (x1 - 1, y1 - 1, x2, y2)))
+            entries.append(entry)
+    if not entries:
+        raise DataError(f"'{name}' holds no Pascal VOC <annotation> files")
+    notes = [f"{other} XML file(s) that are not VOC annotations skipped"] if other else []
+    notes += [f"{no_box} object(s) without a readable box not imported"] if no_box else []
+    return LabelFile("Pascal VOC", entries, notes)
+
+
+def read_yolo_zip(path: Path) -> LabelFile:
+    """A YOLO dataset zip: class names from data.yaml (`names`: a list or {id: name}) or
+    classes.txt, one label .txt per image (`class cx cy w h` normalised, or a polygon) found beside
+    it in the labels/ folder that mirrors its images/ folder, else by its name."""
+    import yaml
+
+    from train.data import DataError
+
+    name = path.name
+    text = _zip_text(name)
     with zipfile.ZipFile(path) as z:
         members = [m for m in z.namelist() if not m.endswith("/")]
         lower = {Path(m).name.lower(): m for m in members}

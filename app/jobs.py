@@ -9,15 +9,18 @@ a run's is "unreadable", with one sentence: it never blocks training and can be 
 
 A child gets `child_env()`: by default the app's environment without the operator's Hub token
 (unless APP_ALLOW_SERVER_TOKEN=1); the app passes its `AccessPolicy.child_env`, which also limits
-the folders the child reads images from.
+the folders the child reads images from. Every child also gets a memory budget
+(`train.memory_budget`): settings that need more fail in one sentence instead of exhausting the server.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,10 +30,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from train.cli import PARENT_ENV
+from train.memory_budget import BUDGET_ENV, default_budget_gb
 from train.run_dir import ACTIVE_STATES, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARING_S = 120  # a run folder without a status this young is still being written by the app
+log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
@@ -83,6 +88,26 @@ def _default_child_env() -> dict[str, str]:
     return AccessPolicy.from_env().child_env()
 
 
+def _dry_run_failure(returncode: int, stderr: str) -> str:
+    """Why a dry run failed, in one sentence: its own "error: …" line, or how it was stopped. Not
+    the last line it logged (a killed one ended on "INFO …: Loading SentenceTransformer model from
+    /path/on/the/server")."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return (f"the dry run was stopped ({name}) before it finished"
+                + (": killed, most likely for want of memory (lower the image sizes or the batch)"
+                   if -returncode == signal.SIGKILL else ""))
+    errors = [ln.strip()[len("error:"):].strip() for ln in stderr.splitlines() if ln.strip().startswith("error:")]
+    reason = errors[-1] if errors else f"it exited with code {returncode} (the server's log has its output)"
+    if not errors:
+        log.warning("dry run failed (exit code %s):\n%s", returncode, stderr[-4000:])
+    reason = reason if len(reason) <= 300 else reason[:299] + "…"  # cut, and says so
+    return f"the dry run failed: {reason}"
+
+
 class TrainingJobs:
     def __init__(self, runs_dir: str | Path, child_env: Callable[[], dict[str, str]] | None = None):
         self.runs_dir = Path(runs_dir)
@@ -92,7 +117,9 @@ class TrainingJobs:
     def child_env(self) -> dict[str, str]:
         """The environment of every process this starts (see the module's docstring)."""
         # no library progress bars ("Loading weights: 0%|...") in a run's log, whose tail the Train tab shows
-        return {**self._child_env(), "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        env = {**self._child_env(), "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        budget = default_budget_gb(env)  # the memory it may take (train.memory_budget)
+        return {**env, BUDGET_ENV: str(budget)} if budget else env
 
     @contextmanager
     def _lock(self):
@@ -214,10 +241,7 @@ class TrainingJobs:
             except subprocess.TimeoutExpired:
                 raise JobError(f"the dry run took over {timeout:.0f} s; the settings are too heavy for this machine") from None
             if proc.returncode != 0:
-                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-                reason = lines[-1] if lines else "no output"
-                reason = reason if len(reason) <= 300 else reason[:299] + "…"  # cut, and says so
-                raise JobError(f"the dry run failed: {reason}")
+                raise JobError(_dry_run_failure(proc.returncode, proc.stderr))
             result = json.loads(proc.stdout[proc.stdout.index("{"):])
             # what a run pays once before its first step too: starting Python, imports, loading the model
             result["start_s"] = max(0.0, time.perf_counter() - started - float(result.get("measuring_s", 0.0)))

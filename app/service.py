@@ -185,7 +185,8 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         note = (f"{len(frames)} frames (every {stride}th of {info.frames or '?'} at {info.fps:.0f} fps)"
                 + (f"; stopped after {MAX_VIDEO_FRAMES} frames — raise the stride to cover the whole video"
                    if cut else ""))
-        return {"video": str(out), "frames": frames, "note": note}
+        # frames name the video as it was uploaded ("clip.mp4"), not the server's path to the upload
+        return {"video": str(out), "frames": [{**f, "image": path.name} for f in frames], "note": note}
 
     @endpoint(gpu=True, api=False)
     def assign(self, image, tags: str, vocabulary: str | None = None, num_proposals: int | None = None,

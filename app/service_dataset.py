@@ -12,7 +12,7 @@ from detector.files import atomic_write, atomic_write_json, remove_older_than
 from detector.vocabulary import parse_vocabulary
 
 from .service_base import Progress, _nonempty, _upload_path, endpoint
-from .store import StoreError
+from .store import StoreError, best_named, path_parts
 
 EXPORT_FORMATS = ("detic", "csv", "coco_detections", "yolo", "voc", "label_studio")
 EXPORTS = Path(tempfile.gettempdir()) / "ovd-exports"  # one private folder per export, under one parent
@@ -65,8 +65,8 @@ class DatasetMixin:
     @endpoint(api=False)
     def import_labels(self, files: list) -> dict:
         """Tags and boxes from uploaded label files: Detic/COCO image labels, CSV, JSONL, COCO with
-        boxes, Label Studio JSON (its annotations' rectangles and choices) and YOLO zips (data.yaml
-        or classes.txt, labels/ and the images), with the images uploaded beside them (files or
+        boxes, Label Studio JSON (its annotations' rectangles and choices), YOLO zips (data.yaml
+        or classes.txt, labels/ and the images) and Pascal VOC zips (XML annotations), with the images uploaded beside them (files or
         zips) or already in the store (matched by sha256 or name), or in an allowed server folder.
         Each file is imported whole or not at all (one transaction). Returns what happened:
         `imported` images given tags or boxes, `boxes` stored, and `messages`: one sentence per
@@ -80,10 +80,11 @@ class DatasetMixin:
         try:
             for p in paths:  # a YOLO zip is a label file; an export's zip holds one beside its images/
                 if p and p.suffix.lower() == ".zip":
-                    label_files += [p] if formats.is_yolo_zip(p) else formats.extract_label_files(p, unpacked / p.stem)
+                    label_files += ([p] if formats.is_yolo_zip(p) or formats.is_voc_zip(p)
+                                    else formats.extract_label_files(p, unpacked / p.stem))
             if not label_files:
-                raise StoreError("choose a label file: Detic/COCO JSON (tags or boxes), CSV, JSONL, Label Studio JSON "
-                                 "or a YOLO zip (and, optionally, the images)")
+                raise StoreError("choose a label file: Detic/COCO JSON (tags or boxes), CSV, JSONL, Label Studio JSON, "
+                                 "or a YOLO or Pascal VOC zip (and, optionally, the images)")
             return self._import_files(label_files, [f for f, p in zip(files, paths) if p not in label_files
                                                     or p.suffix.lower() == ".zip"])
         except ValueError as e:
@@ -105,20 +106,24 @@ class DatasetMixin:
             except (KeyError, TypeError, AttributeError, IndexError) as e:  # a shape no reader expects
                 raise StoreError(f"'{path.name}' is not a label file this app reads: unexpected "
                                  f"{type(e).__name__} ({str(e)[:80]})") from None
+        stored_before = self.store.db["images"].count
         uploaded = self.add_images(images)  # a zip's images too
-        by_name = {Path(given).name: h for given, h in uploaded["names"].items()}  # as uploaded, then as stored
-        for h in uploaded["added"]:
-            by_name.setdefault(self.store._image(h)["original_name"], h)
-        report = {"imported": 0, "boxes": 0, "images_added": len(uploaded["new"]), "missing": [],
+        given = [*uploaded["names"].items(),  # as uploaded, then as stored
+                 *((self.store._image(h)["original_name"], h) for h in uploaded["added"])]
+        report = {"imported": 0, "boxes": 0, "missing": [], "ambiguous": [],
                   "skipped": list(uploaded["skipped"]), "messages": []}
         for path, parsed in parsed_files:
-            tags, boxes, missing = [], {}, []
+            tags, boxes, missing, ambiguous = [], {}, [], []
             for entry in parsed.entries:
-                h = self._match_image(entry.names, entry.sha256, by_name)
-                if h is None:
+                found = self._match_image(entry.names, entry.sha256, given)
+                if len(found) != 1:
                     if entry.positives or entry.negatives or entry.boxes:
-                        missing.append(Path(entry.names[0]).name)
+                        if found:
+                            ambiguous.append("/".join(path_parts(entry.names[0])))
+                        else:
+                            missing.append(Path(entry.names[0]).name)
                     continue
+                h = found[0]
                 if entry.positives or entry.negatives:
                     tags.append((h, entry.positives, entry.negatives))
                 if entry.boxes:
@@ -131,23 +136,31 @@ class DatasetMixin:
             report["imported"] += done
             report["boxes"] += stored["boxes"]
             report["missing"] += missing
-            report["messages"].append(_import_sentence(path.name, parsed, tags, stored, missing))
+            report["ambiguous"] += ambiguous
+            report["messages"].append(_import_sentence(path.name, parsed, tags, stored, missing, ambiguous))
+        report["images_added"] = self.store.db["images"].count - stored_before  # uploaded, or from allowed folders
         return report
 
-    def _match_image(self, names: list[str], sha256: str | None, by_name: dict[str, str]) -> str | None:
-        """The stored image a label file's entry means: by sha256, uploaded beside it, stored, or in
-        an allowed server folder (by each of its names in turn)."""
-        h = self.store.find_image(names[0], sha256) if sha256 else None
+    def _match_image(self, names: list[str], sha256: str | None, given: list[tuple[str, str]]) -> list[str]:
+        """The stored images a label file's entry may mean (one: found; two or more: its name is
+        ambiguous): by sha256, by each of its names among the images uploaded beside it, then stored,
+        then in an allowed server folder. Names match with their folders ('b/photo.jpg' is not
+        'a/photo.jpg'), and a bare 'photo.jpg' that fits two images is not guessed."""
+        if sha256 and (h := self.store.find_image(names[0], sha256)):
+            return [h]
         for name in names:
-            h = h or by_name.get(Path(name).name) or self.store.find_image(name)
-        return h or self._from_allowed_folders(names[0])
+            found = best_named(name, given) or self.store.find_images(name)
+            if found:
+                return found
+        h = self._from_allowed_folders(names[0])
+        return [h] if h else []
 
     def _from_allowed_folders(self, name: str) -> str | None:
         for folder in self.policy.allowed_dirs:
             candidate = (folder / name).resolve()
             if (folder in candidate.parents) and candidate.is_file():
                 try:
-                    return self.store.add_image(candidate)
+                    return self.store.add_image(candidate, "/".join(path_parts(name)))
                 except (ValueError, OSError):
                     return None
         return None
@@ -191,7 +204,8 @@ class DatasetMixin:
                     atomic_write_json(work / what, self.store.export_detic(names), indent=1)
                 else:
                     atomic_write(work / what, self.store.export_csv(names))
-                return formats.zip_folder(work, out / self.export_name(what.rsplit(".", 1)[0] + ".zip"))
+                # "image_labels_json.zip" / "image_labels_csv.zip": the two zips had one name
+                return formats.zip_folder(work, out / self.export_name(what.replace(".", "_") + ".zip"))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         names, items = self._detections(None, progress)
@@ -231,7 +245,8 @@ class DatasetMixin:
         return formats.coco(names, items, formats.export_names([r for r, _ in items]), self._export_description())
 
 
-def _import_sentence(file: str, parsed, tags: list, stored: dict, missing: list[str]) -> str:
+def _import_sentence(file: str, parsed, tags: list, stored: dict, missing: list[str],
+                     ambiguous: list[str] = ()) -> str:
     """What one label file held and what its import did, in one sentence."""
     found_tags = sum(1 for e in parsed.entries if e.positives or e.negatives)
     found_box_images = sum(1 for e in parsed.entries if e.boxes)
@@ -241,11 +256,15 @@ def _import_sentence(file: str, parsed, tags: list, stored: dict, missing: list[
     if parsed.box_count:
         done.append(f"stored {stored['boxes']} box(es) on {stored['box_images']} image(s)")
     if found_tags:
-        done.append(f"tags for {len(tags)} image(s)")
+        done.append(f"tags for {len({h for h, *_ in tags})} image(s)")
     if stored.get("dropped"):
         done.append(f"dropped {stored['dropped']} box(es) empty or outside their image")
     if missing:
         done.append(f"{len(missing)} image(s) not found here (upload them with the file)")
+    if ambiguous:
+        shown = ", ".join(f"'{n}'" for n in list(dict.fromkeys(ambiguous))[:3])
+        done.append(f"{len(ambiguous)} left untagged because several images have that name ({shown}): "
+                    "name them with their folders, as in the zip or folder")
     text = f"'{file}' ({parsed.kind}): " + (" and ".join(found) if found else "no labels found")
     text += ("; " + "; ".join(done)) if done else ""
     return text + "".join(f"; {n}" for n in parsed.notes) + "."

@@ -170,7 +170,10 @@ class ModelsMixin:
 
         with contextlib.suppress(JobError):  # one of this app's runs, by id
             return str(self.jobs.run(source).served_model())
-        if source in PRESETS or (looks_like_repo_id(source) and not Path(source).exists()):
+        # "owner/name" is a Hub id unless it is an allowed server folder: whether such a path exists
+        # elsewhere on the server is not a visitor's business (the answers differed, and told them)
+        if source in PRESETS or (looks_like_repo_id(source)
+                                 and not (self.policy.allows(source) and Path(source).exists())):
             return source
         if not any(sep in source for sep in ("/", "\\", ".")):  # a bare word: no folder, Hub id or run
             raise ValueError(f"unknown model {source!r}: type a preset ({', '.join(PRESETS)}), a Hub id (owner/name), "

@@ -12,36 +12,52 @@ from detector.images import IMAGE_SUFFIXES, load_image
 from detector.vocabulary import parse_vocabulary
 
 from .service_base import _nonempty, _upload_path, endpoint
-from .store import StoreError
+from .store import StoreError, path_parts
 
 HOTKEYS = 9  # the Tag tab's number keys 1-9: the first nine labels created (`tag_view`'s `keys`)
 
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_MEMBER_BYTES = 50 * 1024 * 1024
+LABEL_LIKE = (".json", ".jsonl", ".csv", ".txt", ".yaml", ".yml", ".xml")
+
+
+def _names_inside(paths) -> dict[str, str]:
+    """{a zip member's path: the image's name}: its path without the folders every image sits in
+    ('photos/a/x.jpg', 'photos/b/x.jpg' -> 'a/x.jpg', 'b/x.jpg'; an export's 'images/x.jpg' -> 'x.jpg'),
+    so images of one name in different folders stay apart and names read as in the dataset."""
+    parts = {p: path_parts(p) for p in paths}
+    common = 0
+    folders = [q[:-1] for q in parts.values()]
+    while folders and all(len(f) > common and f[common] == folders[0][common] for f in folders):
+        common += 1
+    return {p: "/".join(q[common:]) for p, q in parts.items()}
 
 
 class TaggingMixin:
     """Images, tags and queue views; uses `self.store` and `self.policy` (set by `AppService`)."""
 
     @endpoint(api=False)
-    def add_images(self, files: list) -> dict:
+    def add_images(self, files: list, names: list[str] | None = None) -> dict:
         """Add image files, bytes or zip archives; returns {added: [hashes], new: [hashes not in the
         store before], duplicates: [names of images already there or given twice], skipped: [reasons],
         names: {the name each file was given as: its hash} (a duplicate keeps its stored name, and
-        a label file beside it still finds it by the name it came with)}."""
+        a label file beside it still finds it by the name it came with)}. A file's name is its own
+        unless `names` gives one (a folder's files: their paths inside it); a zip's images are
+        named by their paths inside the zip, so 'a/photo.jpg' and 'b/photo.jpg' stay apart."""
         before = {r["hash"] for r in self.store.images()}
         added, skipped = [], []  # added: (hash, the name it was given as)
-        for f in files or []:
+        for i, f in enumerate(files or []):
             path = _upload_path(f)
             if path is not None and path.suffix.lower() == ".zip":
                 a, s = self._add_zip(path)
                 added += a
                 skipped += s
                 continue
+            name = names[i] if names else path.name if path else "upload"
             try:
-                added.append((self.store.add_image(f if path is None else path), path.name if path else "upload"))
+                added.append((self.store.add_image(f if path is None else path, name), name))
             except (ValueError, OSError) as e:  # one bad file must not stop the others
-                skipped.append(f"{path.name if path else 'upload'}: {e}")
+                skipped.append(f"{name}: {e}")
         seen, new, duplicates = set(), [], []
         for h, given in added:
             if h in before or h in seen:
@@ -58,16 +74,27 @@ class TaggingMixin:
         added, skipped = [], []
         try:
             with zipfile.ZipFile(path) as z:
-                members = [m for m in z.infolist() if not m.is_dir()
-                           and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
+                # macOS's resource forks (__MACOSX/, ._photo.jpg) are not images: left out unreported
+                files = [m for m in z.infolist() if not m.is_dir()
+                         and not any(p == "__MACOSX" or p.startswith("._") for p in path_parts(m.filename))]
+                members = [m for m in files if Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
+                # the label files an export or a dataset holds beside its images are not news
+                others = [path_parts(m.filename)[-1] for m in files if m not in members
+                          and Path(m.filename).suffix.lower() not in LABEL_LIKE]
+                if others:
+                    shown = ", ".join(f"'{n}'" for n in others[:3]) + (", …" if len(others) > 3 else "")
+                    nested = " (a zip inside the zip is not opened)" if any(n.lower().endswith(".zip") for n in others) else ""
+                    skipped.append(f"{path.name}: {len(others)} file(s) that are not images left out: {shown}{nested}")
                 if len(members) > MAX_ZIP_MEMBERS:
                     return [], [f"{path.name}: more than {MAX_ZIP_MEMBERS} images"]
+                names = _names_inside(m.filename for m in members)
                 for m in members:
                     if m.file_size > MAX_ZIP_MEMBER_BYTES:
                         skipped.append(f"{m.filename}: larger than {MAX_ZIP_MEMBER_BYTES // 2**20} MB")
                         continue
+                    name = names[m.filename]
                     try:
-                        added.append((self.store.add_image(z.read(m), Path(m.filename).name), Path(m.filename).name))
+                        added.append((self.store.add_image(z.read(m), name), name))
                     except (ValueError, OSError) as e:
                         skipped.append(f"{m.filename}: {e}")
         except zipfile.BadZipFile:
@@ -77,11 +104,13 @@ class TaggingMixin:
     @endpoint()
     def add_folder(self, folder: str) -> dict:
         """Add every image under a server folder the operator allows (`APP_ALLOWED_DIRS`)."""
+        if not str(folder or "").strip():
+            raise StoreError("type a folder on the server: one the operator allows (APP_ALLOWED_DIRS) or one inside it")
         folder_path = self.policy.server_path(folder, "folder")
         if not folder_path.is_dir():
             raise StoreError(f"not a folder on the server: {Path(folder).name}")
         files, outside = self.policy.allowed_files(folder_path)  # links pointing outside: skipped, reported
-        result = self.add_images(files)
+        result = self.add_images(files, [f.relative_to(folder_path).as_posix() for f in files])
         return {**result, "skipped": [*result["skipped"], *outside]}
 
     @endpoint(api=False)

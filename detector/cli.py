@@ -155,8 +155,9 @@ def write_output(records: list[dict], fmt: str, names: list[str], single: bool) 
                 w.writerow([r["image"], r.get("frame", ""), r.get("time", ""), d["class_name"], d["score"], *d["box"]])
         return buf.getvalue()
     images, anns = [], []
+    file_names = _relative_names([r["image"] for r in records])
     for i, r in enumerate(records, 1):
-        info = {"id": i, "file_name": Path(r["image"]).name, "path": r["image"], "width": r.get("width"),
+        info = {"id": i, "file_name": file_names[i - 1], "path": r["image"], "width": r.get("width"),
                 "height": r.get("height")}
         if "frame" in r:
             info.update(frame_index=r["frame"], time=r["time"])
@@ -168,6 +169,17 @@ def write_output(records: list[dict], fmt: str, names: list[str], single: bool) 
                          "area": round((x2 - x1) * (y2 - y1), 2), "score": d["score"], "iscrowd": 0})
     return json.dumps({"info": {"description": "python -m detector predict"}, "images": images, "annotations": anns,
                        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}, ensure_ascii=False) + "\n"
+
+
+def _relative_names(paths: list[str]) -> list[str]:
+    """COCO `file_name`s: each path below the folder all of them share ('sub1/photo.jpg' and
+    'sub2/photo.jpg', not 'photo.jpg' twice)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in absolute]) if absolute else ""
+    except ValueError:  # paths on different drives
+        return [Path(p).name for p in paths]
+    return [Path(os.path.relpath(p, root)).as_posix() for p in absolute]
 
 
 def fail(message: str) -> int:

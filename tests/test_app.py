@@ -589,6 +589,9 @@ def test_exports_do_not_pile_up_in_the_temporary_folder(tmp_path, tiny_predictor
     second = service.export("csv")
     assert second.exists() and not first.exists() and not left.exists()
     assert service.export("yolo").exists() and second.exists()  # a recent one stays
+    # The two tag formats zipped with their images have names of their own (both were "…_image_labels.zip").
+    zips = {service.export(fmt, with_images=True).name for fmt in ("detic", "csv")}
+    assert len(zips) == 2 and all(z.endswith(".zip") for z in zips), zips
 
 
 def test_an_image_preview_is_written_once_and_then_only_read(tmp_path, monkeypatch):

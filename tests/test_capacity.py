@@ -18,6 +18,7 @@ from train.cli import PARENT_ENV
 from train.dry_run import dry_run
 from train.finetune import finetune
 from train.run_config import RunConfig
+from train.run_dir import RunDir
 from train.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,3 +210,51 @@ def test_one_measurement_at_a_time(tmp_path):
         with pytest.raises(JobError, match="another measurement"):
             jobs.measure(RunConfig(model="tiny"))
     assert not list(jobs.runs_dir.glob(".dryrun-*"))
+
+
+@pytest.mark.slow
+def test_settings_beyond_the_memory_budget_fail_in_one_sentence(tmp_path, syn):
+    """Legal but huge settings (a visitor's 4096 px images) grew a dry run past 15 GB of a 16 GB
+    machine in 30 s. What the app starts gets a memory budget: past it, the measurement and the run
+    fail with one sentence, in seconds, and the same settings at a sane size still run."""
+    from app.jobs import JobError, TrainingJobs
+    from train.memory_budget import BUDGET_ENV
+
+    jobs = TrainingJobs(tmp_path / "runs", child_env=lambda: {**os.environ, BUDGET_ENV: "1.5"})
+    assert jobs.child_env()[BUDGET_ENV] == "1.5"
+    cfg = RunConfig(model="tiny", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"),
+                    box_size=64, box_batch=2, iters=2, device="cpu")
+    assert jobs.measure(cfg)["seconds_per_iter"]["box"] > 0
+    huge = cfg.replace(box_size=4096, box_batch=16)
+    with pytest.raises(JobError, match=r"need more memory than this server gives a run \(1.5 GB"):
+        jobs.measure(huge)
+    run = RunDir(jobs.runs_dir / "huge")
+    run.write_config(huge)
+    jobs.start(run)
+    status = jobs.wait(run.id, timeout=120)
+    assert status["state"] == "failed" and "need more memory than this server gives a run" in status["message"]
+
+
+def test_a_dry_run_that_was_killed_says_so_without_its_log():
+    """A dry run killed by the kernel (out of memory) was reported by its last log line: "INFO …:
+    Loading SentenceTransformer model from /path/on/the/server"."""
+    import signal as signals
+
+    from app.jobs import _dry_run_failure
+
+    log = "INFO sentence_transformers: Loading SentenceTransformer model from /work/site-packages/model\n"
+    killed = _dry_run_failure(-signals.SIGKILL, log)
+    assert "SIGKILL" in killed and "memory" in killed and "/work" not in killed
+    assert "/work" not in _dry_run_failure(1, log) and "exited with code 1" in _dry_run_failure(1, log)
+    assert _dry_run_failure(2, log + "error: heads must be one of light, standard, heavy\n").endswith(
+        "failed: heads must be one of light, standard, heavy")
+
+
+def test_the_memory_budget_is_the_operators_or_a_share_of_the_machine():
+    from train.memory_budget import DEFAULT_SHARE, default_budget_gb, machine_memory_gb
+
+    assert default_budget_gb({"APP_RUN_MEMORY_GB": "3.5"}) == 3.5
+    assert default_budget_gb({"APP_RUN_MEMORY_GB": "0"}) is None  # the operator's "no cap"
+    assert default_budget_gb({}) == pytest.approx(machine_memory_gb() * DEFAULT_SHARE, abs=0.05)
+    with pytest.raises(ValueError, match="APP_RUN_MEMORY_GB must be a number"):
+        default_budget_gb({"APP_RUN_MEMORY_GB": "lots"})

@@ -120,6 +120,9 @@ def test_csv_and_coco_output(inputs, tmp_path, capsys):
     assert [(i["frame_index"], i["file_name"]) for i in coco["images"]] == [(0, "clip.mp4"), (5, "clip.mp4")]
     assert all((i["width"], i["height"]) == (64, 48) for i in coco["images"])  # what COCO tools expect
     assert len(coco["annotations"]) == 4 and all("score" in a and len(a["bbox"]) == 4 for a in coco["annotations"])
+    # A folder's images are named below it, their subfolders kept (sub/b.jpg was "b.jpg")
+    assert cli.main(["predict", str(folder), *RUN, "--format", "coco", "--out", str(out)]) == 0
+    assert [i["file_name"] for i in json.loads(out.read_text())["images"]] == ["a.png", "sub/b.jpg"]
 
 
 def _webm(path, frames: int = 12, size=(96, 64)):

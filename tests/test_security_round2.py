@@ -447,3 +447,16 @@ def test_a_long_operation_does_not_hold_another_visitors_quick_ones(tmp_path, ti
     exported = Path(other.predict("csv", api_name="/export_labels"))
     assert "ovd-exports" not in str(exported)  # downloaded by the client, not a server path
     assert exported.suffix == ".csv" and "quick" in exported.read_text(encoding="utf-8")
+
+
+def test_a_hub_shaped_name_does_not_tell_whether_a_server_path_exists(tmp_path, tiny_predictor, monkeypatch):
+    """"tests/data" got "not in a folder this server allows" and "etc/passwd" the Hub's answer: a
+    visitor could probe which relative paths exist. Both are Hub ids now, unless allowed."""
+    (tmp_path / "work" / "secret" / "stuff").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    service = AppService(tmp_path / "data", predictor=tiny_predictor, policy=AccessPolicy())
+    assert service._model_source("secret/stuff") == "secret/stuff"
+    assert service._model_source("nothing/here") == "nothing/here"
+    allowed = AppService(tmp_path / "data2", predictor=tiny_predictor,
+                         policy=AccessPolicy(allowed_dirs=((tmp_path / "work").resolve(),)))
+    assert allowed._model_source("secret/stuff") == str((tmp_path / "work" / "secret" / "stuff").resolve())

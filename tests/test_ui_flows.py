@@ -1189,3 +1189,39 @@ def test_the_run_settings_a_person_typed_survive_a_reload(app):
     page.get_by_role("tab", name="Train").click()
     expect(page.get_by_label("Iterations")).to_have_value("25", timeout=30_000)
     expect(page.get_by_label("Box : image-label batches")).to_have_value("1:3")
+
+
+def test_a_refused_folder_or_video_says_why_on_its_line(tmp_path, browser, tiny_predictor, photos):
+    """Tag's "Add folder" (empty, outside the allowed folders) and Detect's video (a file that is
+    not one) gave a toast that vanished and left "Error" on the line: the reason stays there now."""
+    from playwright.sync_api import expect
+
+    from app.policy import AccessPolicy
+
+    allowed = tmp_path / "allowed"
+    (allowed / "photos").mkdir(parents=True)
+    shutil.copy(photos[0], allowed / "photos" / "a.png")
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"not a video at all" * 100)
+    service = AppService(tmp_path / "data", predictor=tiny_predictor,
+                         policy=AccessPolicy(allowed_dirs=(allowed.resolve(),)))
+    with _served(service, browser) as (_, page):
+        page.get_by_role("tab", name="Tag").click()
+        msg = page.locator("#tag-msg")
+        for typed, says in (("", "type a folder on the server"), (str(tmp_path), "is not in a folder this server allows"),
+                            (str(allowed / "photos"), "added 1 new image")):
+            page.locator("#tag-folder textarea, #tag-folder input").first.fill(typed)
+            with _event_done(page, "tag-msg"):
+                page.locator("#tag-folder-button").click()
+            expect(msg).to_contain_text(says)
+            assert "Error" not in msg.inner_text()
+        page.get_by_role("tab", name="Detect").click()
+        page.get_by_text("A short video").click()
+        page.locator("#detect-video input[type=file]").set_input_files(str(fake))
+        with _event_done(page, "detect-video-msg", timeout_s=60):
+            page.locator("#detect-video-button").click()
+        expect(page.locator("#detect-video-msg")).to_contain_text("is not a video OpenCV can read")
+        assert "Error" not in page.locator("#detect-video-msg").inner_text() and _error_badges(page) == 0
+        # The browser's own "Video not playable" for the upload's preview is the only toast left.
+        toasts = page.get_by_test_id("toast-body").all_inner_texts()
+        assert not [t for t in toasts if "OpenCV" in t or "folder" in t], toasts

@@ -301,4 +301,5 @@ def test_the_detect_tab_takes_a_short_video(app, tmp_path, shots):
         link.click()
     frames = json.loads(Path(got.value.path()).read_text())
     assert [f["frame"] for f in frames] == [0, 5] and all("detections" in f for f in frames)
+    assert {f["image"] for f in frames} == {"clip.webm"}  # as uploaded, not the server's path to the upload
     page.screenshot(path=str(shots / "detect-video.png"))

@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     from detector import CheckpointError, HubUnavailableError
 
     from .data import DataError
+    from .memory_budget import apply_budget, explain, is_out_of_memory
 
     out = None
+    if args.command in ("finetune", "pretrain", "dryrun"):
+        apply_budget()  # the app's budget for what it starts (none for a CLI run of one's own)
     try:
         if args.command == "finetune":
             out = args.out or (args.config.parent if args.config else None)
@@ -152,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.write_text(text + "\n", encoding="utf-8")
             print(text)
-    except (DataError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError, MemoryError,
+            RuntimeError) as e:
+        if isinstance(e, (MemoryError, RuntimeError)) and not is_out_of_memory(e):
+            raise
+        reason = explain() if is_out_of_memory(e) else str(e)
+        print(f"error: {reason}", file=sys.stderr)
         if out is not None and RunDir(out).exists():  # a config that never started still ends the run
-            RunDir(out).write_status("failed", message=str(e)[:500])
+            RunDir(out).write_status("failed", message=reason[:500])
         return 2
     return 0

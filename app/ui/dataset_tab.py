@@ -71,7 +71,7 @@ def _layout() -> SimpleNamespace:
         del_btn = gr.Button("Delete", variant="stop")
     with gr.Row():
         imp_file = gr.File(label="Import labels: tags (Detic/COCO JSON, CSV, JSONL) or boxes (COCO JSON, Label Studio "
-                                 "JSON, a YOLO .zip with data.yaml or classes.txt), plus the images (files or a .zip) "
+                                 "JSON, a YOLO .zip with data.yaml or classes.txt, a Pascal VOC .zip of XML), plus the images (files or a .zip) "
                                  "unless they are already here", file_count="multiple",
                            file_types=[".json", ".csv", ".jsonl", "image", ".zip"], elem_id="dataset-import")
         imp_btn = gr.Button("Import", elem_id="dataset-import-button")
@@ -193,6 +193,10 @@ def _wire_import(ep: dict, c: SimpleNamespace) -> None:
                   f"{r['images_added']} new image(s). " + " ".join(map(literal, r["messages"]))
         if r["missing"]:
             msg += f"; {len(r['missing'])} not found: " + ", ".join(map(literal, r["missing"][:10])) + ("…" if len(r["missing"]) > 10 else "")
+        if r.get("ambiguous"):
+            names = list(dict.fromkeys(r["ambiguous"]))
+            msg += (f"; {len(r['ambiguous'])} left untagged, since several images have that name (give its folder, "
+                    "as in the zip or folder): " + ", ".join(map(literal, names[:5])) + ("…" if len(names) > 5 else ""))
         if r["skipped"]:
             msg += f"; {len(r['skipped'])} unreadable: " + "; ".join(map(literal, r["skipped"][:5]))
         return (msg, *_present(ep["dataset"]()))

@@ -13,7 +13,7 @@ from detector.low_confidence import FLOOR
 from detector.vocabulary import PRESETS
 
 from ..markdown import literal
-from .common import handler, image_input, json_file, png_file, tab_message, user_error
+from .common import handler, image_input, json_file, on_line, png_file, tab_message, user_error
 
 # Names the offline model sees (tests/test_name_mapping.py); "person" it does not (ImageNet has no
 # class for people, only a ballplayer, a groom and a scuba diver).
@@ -221,7 +221,8 @@ def _wire_video(ep: dict, c: SimpleNamespace) -> None:
             return (path, *rest)
 
         run = handler(functools.partial(ep["detect_video"], progress=per_frame), prepare=need_video,
-                      present=lambda r: (r["video"], json_file(r["frames"], "detections", named_after=path), r["note"]))
+                      present=lambda r: (r["video"], json_file(r["frames"], "detections", named_after=path), r["note"]),
+                      error=on_line([video_out, video_json, msg], msg))
         return run(path, vocabulary, score, nms, max_det, int(every or 1))
 
     video.endpoint = ep["detect_video"]

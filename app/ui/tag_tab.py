@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..markdown import literal
-from .common import error_text, handler, preview_file, tab_message, user_error
+from .common import error_text, handler, on_line, preview_file, tab_message, user_error
 
 HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
 TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
@@ -152,8 +152,8 @@ def _layout(server_folders: bool) -> SimpleNamespace:
                          elem_id="tag-upload")
         with gr.Column():
             folder = gr.Textbox(label="Folder on the server (APP_ALLOWED_DIRS)", visible=server_folders,
-                                placeholder="/path/to/photos")
-            folder_btn = gr.Button("Add folder", visible=server_folders)
+                                placeholder="/path/to/photos", elem_id="tag-folder")
+            folder_btn = gr.Button("Add folder", visible=server_folders, elem_id="tag-folder-button")
     with gr.Row():
         with gr.Column(scale=3):
             image = gr.Image(label="Image", interactive=False, elem_id="tag-image")
@@ -281,8 +281,8 @@ def _wire_uploads(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
 
     upload.upload(handler(ep["add_images"], present=added), upload, outputs, api_name="add_images",
                   show_progress_on=msg).then(_emptied, None, upload, api_name=False, show_progress="hidden")
-    folder_btn.click(handler(ep["add_folder"], present=added), folder, outputs, api_name=False,
-                     show_progress_on=msg)
+    folder_btn.click(handler(ep["add_folder"], present=added, error=on_line(outputs, msg)), folder, outputs,
+                     api_name=False, show_progress_on=msg)
 
 
 def _wire_queue(ep: dict, c: SimpleNamespace, views: SimpleNamespace):
