@@ -251,10 +251,14 @@ def test_a_dry_run_that_was_killed_says_so_without_its_log():
 
 
 def test_the_memory_budget_is_the_operators_or_a_share_of_the_machine():
-    from train.memory_budget import DEFAULT_SHARE, default_budget_gb, machine_memory_gb
+    import train.memory_budget as budget
+    from train.memory_budget import default_budget_gb
 
     assert default_budget_gb({"APP_RUN_MEMORY_GB": "3.5"}) == 3.5
     assert default_budget_gb({"APP_RUN_MEMORY_GB": "0"}) is None  # the operator's "no cap"
-    assert default_budget_gb({}) == pytest.approx(machine_memory_gb() * DEFAULT_SHARE, abs=0.05)
+    for total, given in ((16, 12), (8, 6), (4, 2), (64, 48)):  # a quarter kept, at least 2 GB
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(budget, "machine_memory_gb", lambda total=total: total)
+            assert default_budget_gb({}) == given
     with pytest.raises(ValueError, match="APP_RUN_MEMORY_GB must be a number"):
         default_budget_gb({"APP_RUN_MEMORY_GB": "lots"})
