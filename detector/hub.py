@@ -18,6 +18,9 @@ from contextvars import ContextVar
 from pathlib import Path
 
 HUB_TIMEOUT_S = float(os.environ.get("OVD_HUB_TIMEOUT", "5"))
+# The largest file fetched (GB): a visitor may name any Hub repo, or a checkpoint naming any text
+# encoder, and each one kept in the cache for good (CLIP ViT-B/32 is 0.6 GB, a ViT-L 1.7 GB).
+MAX_DOWNLOAD_GB = float(os.environ.get("OVD_MAX_DOWNLOAD_GB", "4"))
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -151,9 +154,15 @@ def download_snapshot(repo_id: str, allow_patterns: list[str], revision: str | N
 
 def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
     """Local path of one file of a Hub repo (from cache when offline)."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     try:
+        if not offline():  # its size first (one HEAD request), so nothing too large is written
+            size = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision, endpoint=hub_endpoint()),
+                                        token=current_token(), timeout=HUB_TIMEOUT_S).size or 0
+            if size > MAX_DOWNLOAD_GB * 2**30:
+                raise HubUnavailableError(f"'{filename}' of '{repo_id}' is {size / 2**30:.1f} GB: larger than this "
+                                          f"server downloads ({MAX_DOWNLOAD_GB:g} GB, OVD_MAX_DOWNLOAD_GB)")
         path = hf_hub_download(
             repo_id,
             filename,
@@ -163,6 +172,8 @@ def download_file(repo_id: str, filename: str, revision: str | None = None) -> P
             endpoint=hub_endpoint(),
             token=current_token(),
         )
+    except HubUnavailableError:
+        raise
     except Exception as e:
         raise _explain(f"'{filename}' of '{repo_id}'", e) from None
     return Path(path)

@@ -355,3 +355,18 @@ def test_a_hub_id_loads_from_a_loopback_hub_reading_only_config_and_weights(tiny
     assert loaded.config == tiny_predictor.config
     fetched = {p.rsplit("/", 1)[1] for method, p in seen if "/resolve/" in p}
     assert fetched == {"config.json", "model.safetensors"}  # not README.md
+    # A file larger than the server downloads is refused from its size, before any byte of it is read.
+    import detector.hub as hub
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache2"))
+    monkeypatch.setattr(hub, "MAX_DOWNLOAD_GB", 100 / 2**30)  # 100 bytes
+    seen.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with pytest.raises(HubUnavailableError, match=r"larger than this server downloads .*OVD_MAX_DOWNLOAD_GB"):
+            Predictor.from_pretrained("me/model", device="cpu")
+    finally:
+        server.shutdown()
+    assert not [p for method, p in seen if method == "GET" and "/resolve/" in p]
