@@ -124,6 +124,9 @@ def _layout(defaults) -> SimpleNamespace:
                                  elem_id="detect-table")
             download = gr.File(label="Detections (JSON)", interactive=False, elem_id="detect-download")
     with gr.Accordion("A short video", open=False):
+        gr.Markdown("Any video OpenCV reads (MP4, AVI, MKV, WebM, …). A browser previews only some codecs: "
+                    "\"Video not playable\" on the upload is the preview alone; detection still reads it, and the "
+                    "frames come back as a WebM every browser plays.")
         with gr.Row():
             video_in = gr.Video(label="Video", sources=["upload"], elem_id="detect-video")
             video_out = gr.Video(label="Detections", elem_id="detect-video-output")
