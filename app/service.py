@@ -53,6 +53,11 @@ def _more(count: int) -> str:
     return f" … and {count - SHOWN_READINGS} more" if count > SHOWN_READINGS else ""
 
 
+
+def _ordinal(n: int) -> str:
+    """'st', 'nd', 'rd' or 'th' for n ("every 2nd", "every 11th")."""
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
 class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, ModelsMixin):
     """Every operation of the app (see the module docstring): the state all concerns share is set here."""
 
@@ -182,7 +187,9 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         frames, info, cut = detect_video(predictor, str(path), vocabulary, score_threshold, nms_threshold,
                                          int(max_detections) if max_detections else None, stride,
                                          MAX_VIDEO_FRAMES, out, progress)
-        note = (f"{len(frames)} frames (every {stride}th of {info.frames or '?'} at {info.fps:.0f} fps)"
+        nth = "frame" if stride == 1 else f"{stride}{_ordinal(stride)}"
+        note = (f"{len(frames)} frame{'s' * (len(frames) != 1)} (every {nth} of {info.frames or '?'} at "
+                f"{info.fps:.0f} fps)"
                 + (f"; stopped after {MAX_VIDEO_FRAMES} frames — raise the stride to cover the whole video"
                    if cut else ""))
         # frames name the video as it was uploaded ("clip.mp4"), not the server's path to the upload

@@ -114,14 +114,13 @@ class DatasetMixin:
                   "skipped": list(uploaded["skipped"]), "messages": []}
         for path, parsed in parsed_files:
             tags, boxes, missing, ambiguous = [], {}, [], []
+            clashing = _clashing_names(parsed.entries)
             for entry in parsed.entries:
-                found = self._match_image(entry.names, entry.sha256, given)
+                found = self._match_image(entry.names, entry.sha256, given, clashing)
                 if len(found) != 1:
                     if entry.positives or entry.negatives or entry.boxes:
-                        if found:
-                            ambiguous.append("/".join(path_parts(entry.names[0])))
-                        else:
-                            missing.append(Path(entry.names[0]).name)
+                        # as the file names it, folders included ("sub1/photo.jpg", not "photo.jpg")
+                        (ambiguous if found else missing).append("/".join(path_parts(entry.names[0])))
                     continue
                 h = found[0]
                 if entry.positives or entry.negatives:
@@ -141,19 +140,27 @@ class DatasetMixin:
         report["images_added"] = self.store.db["images"].count - stored_before  # uploaded, or from allowed folders
         return report
 
-    def _match_image(self, names: list[str], sha256: str | None, given: list[tuple[str, str]]) -> list[str]:
+    def _match_image(self, names: list[str], sha256: str | None, given: list[tuple[str, str]],
+                     clashing: set[str] = frozenset()) -> list[str]:
         """The stored images a label file's entry may mean (one: found; two or more: its name is
-        ambiguous): by sha256, by each of its names among the images uploaded beside it, then stored,
-        then in an allowed server folder. Names match with their folders ('b/photo.jpg' is not
-        'a/photo.jpg'), and a bare 'photo.jpg' that fits two images is not guessed."""
+        ambiguous): by sha256, by the stored file's name, then by each of its names among the images
+        uploaded beside it and those stored (`best_named`: with their folders, 'b/photo.jpg' is not
+        'a/photo.jpg'), then the file of that path in an allowed server folder, and last an image
+        stored under the name's end alone ('photo.jpg' for 'sub1/photo.jpg'), unless the label file
+        names that file in other folders too (`clashing`: they cannot all be that one image)."""
         if sha256 and (h := self.store.find_image(names[0], sha256)):
             return [h]
+        ambiguous, weak = [], []
         for name in names:
-            found = best_named(name, given) or self.store.find_images(name)
-            if found:
+            if h := self.store.stored_file(name):
+                return [h]
+            found, is_weak = best_named(name, [*given, *self.store.named_like(name)])
+            if len(found) == 1 and not is_weak:
                 return found
+            ambiguous = ambiguous or (found if len(found) > 1 else [])
+            weak = weak or (found if len(found) == 1 and path_parts(name)[-1] not in clashing else [])
         h = self._from_allowed_folders(names[0])
-        return [h] if h else []
+        return [h] if h else weak or ambiguous
 
     def _from_allowed_folders(self, name: str) -> str | None:
         for folder in self.policy.allowed_dirs:
@@ -243,6 +250,16 @@ class DatasetMixin:
 
         names, items = self._detections(score_threshold, progress)
         return formats.coco(names, items, formats.export_names([r for r, _ in items]), self._export_description())
+
+
+def _clashing_names(entries) -> set[str]:
+    """File names a label file gives in two or more folders ('sub1/photo.jpg', 'sub2/photo.jpg')."""
+    paths_of: dict[str, set[tuple[str, ...]]] = {}
+    for entry in entries:
+        parts = path_parts(entry.names[0])
+        if parts:
+            paths_of.setdefault(parts[-1], set()).add(parts)
+    return {base for base, paths in paths_of.items() if len(paths) > 1}
 
 
 def _import_sentence(file: str, parsed, tags: list, stored: dict, missing: list[str],

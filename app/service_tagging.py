@@ -108,7 +108,8 @@ class TaggingMixin:
             raise StoreError("type a folder on the server: one the operator allows (APP_ALLOWED_DIRS) or one inside it")
         folder_path = self.policy.server_path(folder, "folder")
         if not folder_path.is_dir():
-            raise StoreError(f"not a folder on the server: {Path(folder).name}")
+            typed = str(folder) if len(str(folder)) <= 80 else "…" + str(folder)[-79:]  # as typed, like the refusals
+            raise StoreError(f"'{typed}' is not a folder on the server")
         files, outside = self.policy.allowed_files(folder_path)  # links pointing outside: skipped, reported
         result = self.add_images(files, [f.relative_to(folder_path).as_posix() for f in files])
         return {**result, "skipped": [*result["skipped"], *outside]}

@@ -39,23 +39,26 @@ def path_parts(name: str) -> tuple[str, ...]:
     return tuple(p for p in str(name).replace("\\", "/").split("/") if p not in ("", "."))
 
 
-def best_named(name: str, candidates: Iterable[tuple[str, str]]) -> list[str]:
-    """The hashes among `candidates` (stored or given name, hash) that `name` means: those whose
-    path and `name` end the same way, one being the tail of the other ('photo.jpg' and
-    'a/photo.jpg'; not 'a/photo.jpg' and 'b/photo.jpg'), keeping the ones sharing the most
-    components. Two or more hashes: the name is ambiguous (a bare 'photo.jpg' when a/ and b/ each
-    hold one), and the caller must not guess."""
-    want, best, hashes = path_parts(name), 0, []
+def best_named(name: str, candidates: Iterable[tuple[str, str]]) -> tuple[list[str], bool]:
+    """(the hashes among `candidates` (stored or given name, hash) that `name` means, whether the
+    match is only weak). A candidate fits when its path and `name` end the same way, one being the
+    tail of the other ('photo.jpg' and 'a/photo.jpg'; not 'a/photo.jpg' and 'b/photo.jpg'). Best:
+    names holding all of `name` (then sharing the most components, then equal); weak: names that
+    hold only its end (a stored bare 'photo.jpg' for 'photos/sub1/photo.jpg', which the caller
+    takes only when nothing else has that path). Two or more hashes: the name is ambiguous (a bare
+    'photo.jpg' when a/ and b/ each hold one), and the caller must not guess."""
+    want, best, hashes = path_parts(name), None, []
     for given, h in candidates:
         got = path_parts(given or "")
         n = min(len(want), len(got))
-        if not n or want[-n:] != got[-n:] or n < best:
+        if not n or want[-n:] != got[-n:]:
             continue
-        if n > best:
-            best, hashes = n, []
-        if h not in hashes:
+        rank = (len(got) >= len(want), n, len(got) == len(want))
+        if best is None or rank > best:
+            best, hashes = rank, []
+        if rank == best and h not in hashes:
             hashes.append(h)
-    return hashes
+    return hashes, best is not None and not best[0]
 
 
 class StoreError(ValueError):
@@ -371,29 +374,33 @@ class LabelStore:
 
     def find_image(self, name: str, sha256: str | None = None) -> str | None:
         """Hash of a stored image matching a label file's entry: by sha256, by stored file name, or
-        by original name (the stored image whose name and `name` end the same way, folders
-        included: 'b/photo.jpg' is not 'a/photo.jpg'); None when a bare name fits two images."""
-        found = self.find_images(name, sha256)
-        return found[0] if len(found) == 1 else None
-
-    def find_images(self, name: str, sha256: str | None = None) -> list[str]:
-        """Every stored image `find_image` could mean (two or more: the name is ambiguous)."""
+        by original name (`best_named`: folders included, 'b/photo.jpg' is not 'a/photo.jpg'); None
+        when a bare name fits two images."""
         if sha256 and self.db["images"].count_where("hash = ?", [sha256]):
-            return [sha256]
+            return sha256
+        found, _ = best_named(name, self.named_like(name))
+        return self.stored_file(name) or (found[0] if len(found) == 1 else None)
+
+    def stored_file(self, name: str) -> str | None:
+        """The image stored as `name` (its file in the store, "ab/<sha256>.<suffix>", or that file's
+        name, any case)."""
         base = path_parts(name)[-1:]
         if not base:
-            return []
+            return None
         # Literal comparisons only (no LIKE): '%' and '_' in a label file are characters, not patterns.
-        # Stored files are "ab/<sha256>.<suffix>": a name matches one by its last component, any case.
         tail = f"/{base[0]}".lower()
         row = self.db.conn.execute("SELECT hash FROM images WHERE file = ? OR lower(substr(file, -?)) = ? LIMIT 1",
                                    [name, len(tail), tail]).fetchone()
-        if row:
-            return [row[0]]
-        rows = self.db.conn.execute("SELECT original_name, hash FROM images WHERE original_name = ? "
-                                    "OR substr(original_name, -?) = ? ORDER BY added",
-                                    [base[0], len(base[0]) + 1, f"/{base[0]}"]).fetchall()
-        return best_named(name, [(r[0], r[1]) for r in rows])
+        return row[0] if row else None
+
+    def named_like(self, name: str) -> list[tuple[str, str]]:
+        """(original name, hash) of the stored images whose original name ends with `name`'s file name."""
+        base = path_parts(name)[-1:]
+        if not base:
+            return []
+        return [(r[0], r[1]) for r in self.db.conn.execute(
+            "SELECT original_name, hash FROM images WHERE original_name = ? OR substr(original_name, -?) = ? "
+            "ORDER BY added", [base[0], len(base[0]) + 1, f"/{base[0]}"])]
 
     def import_tags(self, rows: list[tuple[str, list[str], list[str]]],
                     boxes: dict[str, list[tuple[str, tuple[float, float, float, float]]]] | None = None) -> dict:

@@ -159,6 +159,9 @@ def test_the_app_detects_in_a_short_video_frame_by_frame(tmp_path, tiny_predicto
     finally:
         service_module.MAX_VIDEO_FRAMES = kept
     assert len(cut["frames"]) == 2 and "stopped after 2 frames" in cut["note"]
+    assert cut["note"].startswith("2 frames (every frame of 12")  # not "every 1th"
+    assert service.detect_video(str(video), "red box", 0.0, 0.5, 5, stride=12)["note"].startswith(
+        "1 frame (every 12th of 12")
     (tmp_path / "fake.webm").write_text("not a video")
     with pytest.raises(ValueError, match="not a video OpenCV can read"):
         service.detect_video(str(tmp_path / "fake.webm"), "cat")

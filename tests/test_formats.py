@@ -462,3 +462,53 @@ def test_pascal_voc_from_other_tools_and_hostile_xml(service, tmp_path):
               "<annotation><filename>img0.png</filename><object><name>&y;</name></object></annotation>")
     with pytest.raises(StoreError, match="DOCTYPE or entities is not read"):
         service.import_labels([str(_zip_of(tmp_path / "bad.zip", {"a.xml": laughs.encode()}))])
+
+
+def test_a_name_with_folders_is_not_taken_for_a_stored_bare_name(tmp_path, tiny_predictor):
+    """A stored 'photo.jpg' (uploaded without its folder) took every row naming
+    'photos/sub1/photo.jpg' or 'photos/sub2/photo.jpg': two photos' tags on one image. The file at
+    that path in an allowed folder comes first; without one, a bare stored name is taken only when
+    the label file does not name that file in other folders too."""
+    from app.policy import AccessPolicy
+
+    allowed = tmp_path / "allowed"
+    for i, sub in enumerate(("sub1", "sub2")):
+        (allowed / "photos" / sub).mkdir(parents=True)
+        (allowed / "photos" / sub / "photo.jpg").write_bytes(image_bytes(20 + i, fmt="JPEG"))
+    service = AppService(tmp_path / "data", predictor=tiny_predictor,
+                         policy=AccessPolicy(allowed_dirs=(allowed.resolve(),)))
+    cat = service.store.add_image(image_bytes(30, fmt="JPEG"), "photo.jpg")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,labels\nphotos/sub1/photo.jpg,horse\nphotos/sub2/photo.jpg,cup\n")
+    report = service.import_labels([str(labels)])
+    assert report["imported"] == 2 and report["images_added"] == 2, report
+    tags = {r["original_name"]: r["positives"] for r in service.store.images()}
+    assert tags == {"photo.jpg": [], "photos/sub1/photo.jpg": ["horse"], "photos/sub2/photo.jpg": ["cup"]}
+
+    bare = AppService(tmp_path / "bare", predictor=tiny_predictor, policy=AccessPolicy())
+    cat = bare.store.add_image(image_bytes(30, fmt="JPEG"), "photo.jpg")
+    report = bare.import_labels([str(labels)])  # two folders, one stored bare name: no guess
+    assert report["imported"] == 0 and report["missing"] == ["photos/sub1/photo.jpg", "photos/sub2/photo.jpg"]
+    assert bare.store.tags(cat)["positives"] == []
+    labels.write_text("image,labels\nsub1/photo.jpg,cat\n")  # one path: the stored bare name is it
+    assert bare.import_labels([str(labels)])["imported"] == 1 and bare.store.tags(cat)["positives"] == ["cat"]
+
+
+def test_an_export_of_images_named_alike_imports_back_into_its_own_store(service, tmp_path):
+    """The CSV and VOC exports of a/photo.jpg, b/photo.jpg, c/photo.jpg, imported back into the
+    store they came from: every row finds its image (the CSV's original_name column names it; the
+    zip's photo.jpg is exactly the first one), none is called ambiguous and no box is lost."""
+    images = _zip_of(tmp_path / "images.zip", {f"{d}/photo.jpg": image_bytes(40 + i, fmt="JPEG")
+                                               for i, d in enumerate("abc")})
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,labels\na/photo.jpg,cat\nb/photo.jpg,rocket\nc/photo.jpg,cup\n")
+    service.import_labels([str(labels), str(images)])
+    before = {r["original_name"]: r["positives"] for r in service.store.images()}
+    report = service.import_labels([service.export_labels("csv", True)])
+    assert report["ambiguous"] == [] and report["imported"] == 3, report
+    assert {r["original_name"]: r["positives"] for r in service.store.images()} == before
+    for h in (r["hash"] for r in service.store.images()):
+        service.store.import_tags([], {h: [("thing", (1.0, 1.0, 20.0, 20.0))]})
+    boxes = len(service.store.boxes())
+    report = service.import_labels([service.export_labels("voc", True)])
+    assert report["ambiguous"] == [] and report["boxes"] == 3 and len(service.store.boxes()) == boxes, report

@@ -355,7 +355,7 @@ def test_label_file_names_match_stored_images_literally(tmp_path, tiny_predictor
     labels.write_text(json.dumps({"images": [{"id": 1, "file_name": name, "pos_category_ids": [1]}],
                                   "categories": [{"id": 1, "name": "stolen"}]}))
     report = service.import_labels([str(labels)])
-    assert report["imported"] == 0 and report["missing"] == [Path(name).name]
+    assert report["imported"] == 0 and report["missing"] == [name]
     assert service.store.tags(h)["positives"] == []
     # The real names still match: the stored file's own name (any case) and the original name.
     stored = service.store._image(h)["file"]

@@ -193,7 +193,7 @@ def _wire_import(ep: dict, c: SimpleNamespace) -> None:
                   f"{r['images_added']} new image(s). " + " ".join(map(literal, r["messages"]))
         if r["missing"]:
             msg += f"; {len(r['missing'])} not found: " + ", ".join(map(literal, r["missing"][:10])) + ("…" if len(r["missing"]) > 10 else "")
-        if r.get("ambiguous"):
+        if r.get("ambiguous") and "several images have that name" not in msg:  # not said by a file's sentence
             names = list(dict.fromkeys(r["ambiguous"]))
             msg += (f"; {len(r['ambiguous'])} left untagged, since several images have that name (give its folder, "
                     "as in the zip or folder): " + ", ".join(map(literal, names[:5])) + ("…" if len(names) > 5 else ""))
