@@ -131,13 +131,23 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         if not readings:
             return ""
         seen = [r for r in readings if r.seen]
-        unseen = [r.name for r in readings if not r.seen]
+        # a name tags trained that still maps onto no ImageNet class is learnt, weakly, not unseen
+        # (the page said "Not seen by this model: person" beside "trained on person" and a 0.02 box)
+        tagged = {n.casefold() for n in self.predictor.model.config.trained_class_names}
+        learnt = [r.name for r in readings if not r.seen and r.name.casefold() in tagged]
+        unseen = [r.name for r in readings if not r.seen and r.name.casefold() not in tagged]
         parts = [f"**{literal(r.name)}** → {literal(', '.join(r.classes))}"
                  + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") for r in seen[:SHOWN_READINGS]]
         line = ("Reads as (ImageNet classes): " + "; ".join(parts) + _more(len(seen)) + "." if parts else "")
+
+        def group(names: list[str]) -> str:
+            return ", ".join(f"**{literal(n)}**" for n in names[:SHOWN_READINGS]) + _more(len(names))
+
+        if learnt:
+            line += ((" " if line else "") + f"Learnt from your tags alone, with no ImageNet class to build on "
+                     f"(expect low scores): {group(learnt)}.")
         if unseen:
-            names = ", ".join(f"**{literal(n)}**" for n in unseen[:SHOWN_READINGS]) + _more(len(unseen))
-            line += (" " if line else "") + f"Not seen by this model: {names}."
+            line += (" " if line else "") + f"Not seen by this model: {group(unseen)}."
         return line
 
     @endpoint(gpu=True, api=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from detector import Predictor
 from detector.files import atomic_write_json, read_json
-from train.heldout import MIN_TAGGED_FOR_HELDOUT, heldout_summary
+from train.heldout import MIN_TAGGED_FOR_HELDOUT, caveat, heldout_summary
 from train.run_dir import RunDir
 
 from .jobs import JobError
@@ -122,9 +122,14 @@ class ModelsMixin:
             if drop and not confirm:
                 return {"needs_confirmation": True, "message": drop, **self.model_info()}
             if heldout and heldout.get("best_iteration") is not None:
+                change = heldout.get("change")
+                verdict = ("" if change is None else ": better" if change > 0 else ": no better than the model it "
+                           "started from" if change == 0 else "")
                 note += (f"; run {source}'s best checkpoint on its held-out tags (iteration "
                          f"{heldout['best_iteration']}, image-level AP {_ap(heldout['mean_before'])} → "
-                         f"{_ap(heldout['mean_after'])})")
+                         f"{_ap(heldout['mean_after'])}{verdict})")
+                if caveat(heldout):
+                    note += f". {caveat(heldout)}"
             if status.get("state") != "finished":
                 note += (f"; unfinished run ({status.get('state')} at iteration {status.get('iteration', 0)} of "
                          f"{status.get('total', '?')})" + ("" if heldout and heldout.get("best_iteration") is not None

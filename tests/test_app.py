@@ -614,3 +614,22 @@ def test_an_image_preview_is_written_once_and_then_only_read(tmp_path, monkeypat
     assert Image.open(first).size == (30, 20)
     with pytest.raises(ValueError):
         common.preview_file(ep, "../../etc/passwd")
+
+
+def test_a_tag_picked_on_the_other_side_moves_and_says_so(tmp_path, tiny_predictor, small_image):
+    """Picking "cup" under Not present while it was Present took it off Present without a word."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    h = service.store.add_image(small_image)
+    service.tag(h, "cup")
+    demo = build_app(service)
+    save = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "save"
+                and [getattr(i, "elem_id", "") for i in f.inputs][1:3] == ["tag-positives", "tag-negatives"])
+    msg = next(i for i, o in enumerate(save.outputs) if getattr(o, "elem_id", "") == "tag-msg")
+    shown = {"hash": h, "positives": ["cup"], "negatives": []}
+    out = asyncio.run(demo.process_api(save, [h, ["cup"], ["cup"], shown], state=SessionState(demo)))["data"]
+    assert "moved cup to Not present" in out[msg]
+    assert service.store.tags(h) == {"positives": [], "negatives": ["cup"]}

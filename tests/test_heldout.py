@@ -54,6 +54,27 @@ def test_average_precision_ranks_positives_and_is_none_when_not_measurable():
     assert average_precision([0.9, 0.8, 0.1], [False, True, True]) == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert average_precision([0.5, 0.4], [False, False]) is None  # no positive: never 0
     assert average_precision([0.5, 0.4], [True, True]) is None  # no negative: nothing to rank against
+    # Ties are one threshold, whatever their order: an untrained name scored alike everywhere got 1.0
+    # whenever its positive came first.
+    for order in ([True, False, False, False], [False, False, False, True]):
+        assert average_precision([0.01] * 4, order) == pytest.approx(0.25)
+    assert average_precision([0.9, 0.5, 0.5], [True, False, True]) == pytest.approx(1 / 2 * 1 + 1 / 2 * 2 / 3)
+    # scikit-learn's average_precision_score([1, 0, 1, 0, 1], [3, 2, 2, 1, 2]) = 0.8333…
+    assert average_precision([3, 2, 2, 1, 2], [True, False, True, False, True]) == pytest.approx(5 / 6)
+
+
+def test_the_verdict_says_what_it_cannot_tell():
+    """"1.00 -> 1.00, unchanged" on five held-out images with one or two positives per label, with
+    no word that such a set cannot show a gain."""
+    from train.heldout import caveat
+
+    def summary(before, positives):
+        return {"images": 5, "mean_before": before, "mean_after": before,
+                "labels": {"cat": {"before": before, "after": before, "positives": positives, "negatives": 3}}}
+
+    assert "already ranked perfectly before the run" in caveat(summary(1.0, 5))
+    assert "At most 2 positive held-out image(s) per label" in caveat(summary(0.5, 2))
+    assert caveat(summary(0.5, 3)) == "" and caveat(None) == "" and caveat({"images": 0}) == ""
 
 
 def test_label_report_counts_other_names_only_as_negatives_and_skips_untagged():
@@ -194,7 +215,12 @@ def test_use_model_serves_the_best_checkpoint_and_asks_before_serving_a_worse_on
     better = _finished_run(service, tiny_predictor, before=0.5, best=0.75)
     info = service.use_model(better.id)
     assert not info.get("needs_confirmation") and info["source"] == str(better.file(RunDir.BEST))
-    assert "best checkpoint" in info["note"] and "0.50 → 0.75" in info["note"]
+    assert "best checkpoint" in info["note"] and "0.50 → 0.75: better" in info["note"]
+    assert "At most 1 positive held-out image(s) per label" in info["note"]  # what the verdict cannot tell
+    same = _finished_run(service, tiny_predictor, before=1.0, best=1.0)  # served, saying it is no better
+    info = service.use_model(same.id)
+    assert "1.00 → 1.00: no better than the model it started from" in info["note"]
+    assert "already ranked perfectly before the run" in info["note"]
 
 
 def test_a_run_with_no_held_out_score_is_served_only_when_asked(tmp_path, tiny_predictor):

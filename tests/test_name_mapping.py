@@ -279,6 +279,17 @@ def test_app_says_what_each_name_reads_as(offline, tiny_predictor, tmp_path):
     assert many.count("**") <= 200 and len(many) < 4000  # at most 50 names of each kind, not a wall of 2,000
 
 
+def test_a_name_learnt_from_tags_alone_is_not_called_unseen(offline, tmp_path, monkeypatch):
+    """After a run trained "person" from tags, the Detect tab said "Not seen by this model: person"
+    beside a 0.02 "person" box and the Model tab's "trained on person"."""
+    from app.service import AppService
+
+    monkeypatch.setattr(offline.model.config, "trained_class_names", ["Person", "cat"])
+    line = AppService(tmp_path / "a", predictor=offline).name_readings("person, giraffe, cat")
+    assert "Learnt from your tags alone, with no ImageNet class to build on (expect low scores): **person**." in line
+    assert line.endswith("Not seen by this model: **giraffe**.") and "**cat** →" in line
+
+
 def test_the_app_says_what_the_model_sees_in_an_image(offline, tiny_predictor, tmp_path):
     """On scikit-image's coffee "cup" finds nothing (the network reads an espresso): the Detect
     tab says what the model sees whatever was typed, so a person has a name that works; nothing

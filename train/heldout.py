@@ -71,16 +71,23 @@ def split_heldout(samples: list[LabelSample], share: float = HELDOUT_SHARE,
 
 
 def average_precision(scores: list[float], positive: list[bool]) -> float | None:
-    """Non-interpolated AP: the mean, over positives, of the precision at each one's rank."""
+    """Non-interpolated AP (as scikit-learn's `average_precision_score`): the sum over score
+    thresholds of recall gained x precision there. Tied scores form one threshold, so their order
+    counts for nothing: a label scored 0.01 on every image got AP 1.0 whenever its positive came
+    first in the list (an untrained "person" read 1.00 before and after a run)."""
     if not any(positive) or all(positive):
         return None
     ranked = sorted(zip(scores, positive), key=lambda t: -t[0])
-    hits, total = 0, 0.0
-    for rank, (_, pos) in enumerate(ranked, 1):
-        if pos:
-            hits += 1
-            total += hits / rank
-    return total / hits
+    n_pos, tp, seen, ap, i = sum(positive), 0, 0, 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        hits = sum(p for _, p in ranked[i:j])
+        tp, seen = tp + hits, j
+        ap += hits / n_pos * tp / seen
+        i = j
+    return ap
 
 
 def label_report(samples: list[LabelSample], scores: list[list[float]], names: list[str]) -> dict:
@@ -219,6 +226,24 @@ def heldout_summary(record: dict | None) -> dict | None:
             "latest_mean": latest.get("mean") if latest else None,
             "skipped": record.get("skipped", []),
             "change": (after_mean - before_mean) if after_mean is not None and before_mean is not None else None}
+
+
+def caveat(summary: dict | None) -> str:
+    """What the held-out verdict cannot say, in one sentence ("" when nothing): a set already
+    scored perfectly before the run cannot show a gain, and one or two positive images per label
+    make every AP a coin toss (a run read "1.00 -> 1.00, unchanged" on 5 held-out images)."""
+    if not summary or not summary.get("images"):
+        return ""
+    labels = [v for v in (summary.get("labels") or {}).values() if v.get("before") is not None
+              or v.get("after") is not None]
+    most = max((v.get("positives", 0) for v in labels), default=0)
+    if summary.get("mean_before") is not None and summary["mean_before"] >= 0.999:
+        return ("These held-out images were already ranked perfectly before the run, so they cannot show a "
+                "gain: tag more images, and harder ones, for a verdict that can.")
+    if most <= 2:
+        return (f"At most {most} positive held-out image(s) per label: each AP turns on one or two images, so "
+                "read the verdict as rough; tag more images for a firmer one.")
+    return ""
 
 
 def plan_from_detic(detic: dict, share: float = HELDOUT_SHARE) -> tuple[int, int, str]:

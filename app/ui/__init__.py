@@ -86,7 +86,10 @@ def _wire_model_swaps(ep: dict, ui: SimpleNamespace) -> tuple:
         if info.get("needs_confirmation"):  # nothing was swapped: say why and how to go ahead
             return (gr.update(), gr.update(), gr.update(),
                     f"not served. {info['message']} Tick 'Serve it anyway' to serve it.")
-        return (*model_views(info), f"now serving <code>{literal(model_tab.served_name(info))}</code>")
+        # with how the run did on its held-out tags ("…: no better than the model it started from")
+        said = info.get("note", "").partition("; ")[2]
+        return (*model_views(info), f"now serving <code>{literal(model_tab.served_name(info))}</code>"
+                + (f" — {literal(said)}" if said else ""))
 
     def use_run(run_id, anyway):
         return (*train["need_run"](run_id), bool(anyway))

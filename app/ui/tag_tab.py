@@ -437,14 +437,17 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             if add_pos or add_neg:
                 ep["tag"](image_hash, add_pos, add_neg)
             if removed or add_pos or add_neg:
-                return image_hash, pos, neg, _edit(image_hash, removed + add_pos + add_neg, before)
-        return image_hash, pos, neg, None
+                # a name picked on the other side leaves this one: said, since it happened unasked
+                moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
+                        [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
+                return image_hash, pos, neg, _edit(image_hash, removed + add_pos + add_neg, before), "; ".join(moved)
+        return image_hash, pos, neg, None, ""
 
     def saved(result) -> dict:
         """The editor as stored. The dropdowns are re-set only where the store differs from what
         they hold (a name that switched side): re-setting them fires another change."""
-        image_hash, pos, neg, edit = result
-        out = edited(image_hash, "" if edit else None)
+        image_hash, pos, neg, edit, moved = result
+        out = edited(image_hash, moved or ("" if edit else None))
         if edit:
             out[last_edit] = edit
         stored = out[shown]

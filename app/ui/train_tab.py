@@ -11,6 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from detector.config import HEAD_PRESETS, IMAGE_LABEL_RULES
+from train.heldout import caveat
 from train.run_config import MAX_ITERS
 from train.run_dir import ACTIVE_STATES
 
@@ -84,7 +85,9 @@ def heldout_html(status: dict) -> str:
         f"<tr><td>{html.escape(name)}</td><td>{v.get('positives', 0)}</td><td>{v.get('negatives', 0)}</td>"
         f"<td>{_ap(v.get('before'))}</td><td>{_ap(v.get('after'))}</td></tr>"
         for name, v in (h.get("labels") or {}).items())
-    return (f"<p><b>{html.escape(head)}</b></p><table class='heldout'><thead><tr><th>label</th><th>positive images</th>"
+    note = caveat(h)
+    note = f"<p class='heldout-note'>{html.escape(note)}</p>" if note else ""
+    return (f"<p><b>{html.escape(head)}</b></p>{note}<table class='heldout'><thead><tr><th>label</th><th>positive images</th>"
             f"<th>negative images</th><th>AP before</th><th>AP after</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
@@ -128,9 +131,10 @@ def _present_status(status: dict) -> tuple:
     if status.get("state") == "none":
         return "", "No training runs yet.", loss_plot({}), "", ""
     curve = loss_plot(status)
-    # Only what the run has (a run without evaluation data showed three raw nulls).
-    shown = {k: v for k, v in (("after", status.get("evaluation")), ("before", status.get("evaluation_before")),
-                               ("image_label_choices", status.get("image_label_choices"))) if v is not None}
+    # Only what the run has (a run without evaluation data showed three raw nulls); the image
+    # labels' choices are said in words above (raw, they read as unexplained JSON)
+    shown = {k: v for k, v in (("after", status.get("evaluation")), ("before", status.get("evaluation_before")))
+             if v is not None}
     evaluation = json.dumps(shown, indent=2) if shown else ""
     return (status["id"], progress_html(status) + heldout_html(status) + diagnostics_html(status), curve,
             status.get("log", ""), evaluation)
@@ -271,7 +275,8 @@ def _layout(server_folders: bool) -> SimpleNamespace:
                                 x_title="iterations", x_lim=[0, MIN_X_SPAN],
                                 color_map={"raw": "#c7d2fe", "smoothed": "#4338ca"}, y_lim=[0, None],
                                 elem_id="train-curve")
-            evaluation = gr.Code(label="Evaluation", language="json")
+            evaluation = gr.Code(label="Box AP on the validation set (COCO metrics, when the run has one)",
+                                 language="json")
             use = gr.Button("Use this run's model (hot swap)")
             use_anyway = gr.Checkbox(False, label="Serve it anyway (even if it scored lower on its held-out tags, or has no held-out score)",
                                      elem_id="train-use-anyway")
