@@ -118,7 +118,7 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
             return "In this image the model is sure of no ImageNet class (none above 0.20)."
         # a box's score for a name adds up the classes the name reads as (cat: Egyptian cat + tabby
         # + ...): a tester read a cat box at 0.67 beside "Egyptian cat 0.49" as a contradiction
-        return ("In this image the model sees (ImageNet classes, whatever you typed): "
+        return ("In this image the model sees these ImageNet classes (whichever names you typed): "
                 + ", ".join(f"**{literal(name)}** {p:.2f}" for name, p in found)
                 + ". A name's box score adds up all the classes it reads as, so it can be higher.")
 

@@ -183,7 +183,7 @@ def test_empty_states_say_what_happened(app, photos):
     threshold.press("Enter")
     expect(page.locator("#detect-msg")).to_contain_text(re.compile(r"\d+ box\(es\) scoring 0.00 or more"), timeout=60_000)
     expect(page.locator("#detect-readings")).to_contain_text("bird → BIRD", timeout=30_000)
-    expect(page.locator("#detect-seen")).to_contain_text("the model sees (ImageNet classes, whatever you typed): "
+    expect(page.locator("#detect-seen")).to_contain_text("the model sees these ImageNet classes (whichever names you typed): "
                                                          "espresso 0.71", timeout=30_000)
     # Ten quick steps of the slider with the keyboard, detections slower than the presses: the
     # result is the last value's (a QA walk once saw 0.18 with the slider at 0.20; not reproduced
