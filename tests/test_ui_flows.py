@@ -578,6 +578,9 @@ def test_history_rows_open_their_run_and_counts_start_at_zero(app, photos, shots
     expect(page.locator("#dataset-plot svg, #dataset-plot canvas").first).to_be_visible(timeout=30_000)
     _settled(page)
     page.locator("#dataset-plot").screenshot(path=str(shots / "dataset-plot.png"))
+    # the count axis counts whole images (one image drew ticks at 0.2, 0.4, …)
+    texts = page.locator("#dataset-plot svg text").all_text_contents()
+    assert "10" in texts and not [t for t in texts if re.fullmatch(r"\d*\.\d+", t.strip())], texts
 
 
 def test_rename_on_dataset_then_tag_on_tag_keeps_the_rename(app, photos):

@@ -16,13 +16,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+MIN_Y_SPAN = 10
+
+
 def _present(summary: dict) -> tuple:
     """dataset summary -> (plot, table, line, and the label list for every label picker)."""
     labels = summary["labels"]
     df = pd.DataFrame([{"label": k, "images": v["positive"], "not present": v["negative"]} for k, v in labels.items()],
                       columns=["label", "images", "not present"])
     pick = gr.update(choices=list(labels))
-    return (df, df, f"{_count(summary['images'], 'image')}, {summary['tagged']} tagged, {_count(len(labels), 'label')}",
+    # a y axis of at least MIN_Y_SPAN images keeps its ticks on whole images (1 and 2 images drew 0.5, 1.5)
+    plot = gr.update(value=df, y_lim=[0, max([MIN_Y_SPAN, *df["images"]])])
+    return (plot, df, f"{_count(summary['images'], 'image')}, {summary['tagged']} tagged, {_count(len(labels), 'label')}",
             pick, pick, pick, pick)
 
 
