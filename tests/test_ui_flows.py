@@ -997,6 +997,10 @@ def test_every_tab_works_on_a_390_px_phone(browser, app, photos, shots):
                 expect(page.locator("#dataset-table")).to_contain_text("narrow screen", timeout=30_000)
             if name == "Train":
                 expect(page.locator("#train-history")).to_contain_text("finished", timeout=30_000)
+                # "Use this run's model" answers on the tab's line: on a phone, within one screen of it
+                # (it sat below the loss plot, a screen further down)
+                gap = page.locator("#train-use").bounding_box()["y"] - page.locator("#train-msg").bounding_box()["y"]
+                assert 0 < gap < 600, gap
             _settled(page)
             assert page.evaluate("document.documentElement.scrollWidth") <= 392, name
             assert page.evaluate(_OFF_SCREEN, 390) == [], name

@@ -271,15 +271,17 @@ def _layout(server_folders: bool) -> SimpleNamespace:
         with gr.Column():
             run = gr.Textbox(label="Run", interactive=False, elem_id="train-run")
             status = gr.HTML(elem_id="train-status")
+            # right under the verdict it acts on (and, on a phone, near the message line above the
+            # run: below the plot it was a screen away from what it said)
+            use = gr.Button("Use this run's model (hot swap)", elem_id="train-use")
+            use_anyway = gr.Checkbox(False, label="Serve it anyway (even if it scored lower on its held-out tags, or has no held-out score)",
+                                     elem_id="train-use-anyway")
             curve = gr.LinePlot(x="iteration", y="loss", color="series", title="Training loss", label="Loss",
                                 x_title="iterations", x_lim=[0, MIN_X_SPAN],
                                 color_map={"raw": "#c7d2fe", "smoothed": "#4338ca"}, y_lim=[0, None],
                                 elem_id="train-curve")
             evaluation = gr.Code(label="Box AP on the validation set (COCO metrics, when the run has one)",
                                  language="json")
-            use = gr.Button("Use this run's model (hot swap)")
-            use_anyway = gr.Checkbox(False, label="Serve it anyway (even if it scored lower on its held-out tags, or has no held-out score)",
-                                     elem_id="train-use-anyway")
             with gr.Row():
                 delete_sure = gr.Checkbox(False, label="Yes, delete this run and its checkpoints",
                                           elem_id="train-delete-confirm")
