@@ -761,6 +761,8 @@ def test_the_detections_export_shows_its_progress(app, photos, monkeypatch):
     days = {day_before, time.strftime('%Y-%m-%d')}  # the export's day, even across midnight
     href = page.locator("#dataset-export a").get_attribute("href")
     assert any(href.endswith(f"data_{day}_detections_coco.json") for day in days), href  # data folder "data"
+    # and the line says so (it stayed empty: the file alone appeared, away from it)
+    expect(page.locator("#dataset-msg")).to_contain_text(re.compile(r"exported data_.*_detections_coco\.json \("))
 
 
 def test_an_image_picked_in_the_dataset_gallery_opens_in_tag(app, photos):

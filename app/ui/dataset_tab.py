@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -86,7 +87,8 @@ def _layout() -> SimpleNamespace:
         api_btn = gr.Button(visible=False)
     with gr.Row():
         exp_fmt = gr.Radio(["detic", "csv", "coco_detections", "yolo", "voc", "label_studio"], value="detic",
-                           label="Export format (tags: detic, csv; the model's boxes: the others)")
+                           label="Export format (tags: detic, csv; boxes: the others, yours where you have some and "
+                                 "the model's elsewhere; coco_detections: the model's only)")
         exp_images = gr.Checkbox(False, label="Zip the images with the labels", elem_id="dataset-export-images")
         exp_btn = gr.Button("Export")
         exp_file = gr.File(label="Export", interactive=False, elem_id="dataset-export")  # an output: no drop zone
@@ -221,7 +223,11 @@ def _wire_export(ep: dict, c: SimpleNamespace) -> None:
         def per_image(done: int, total: int):
             progress((done, total), desc="detecting", unit="images")
 
-        run = handler(functools.partial(ep["export_labels"], progress=per_image), present=lambda path: (path, ""),
+        def written(path: str) -> tuple:  # said on the line too: the file alone appeared far below it
+            size = Path(path).stat().st_size
+            return path, f"exported {literal(Path(path).name)} ({size / 2**20:.1f} MB): download it from the Export box"
+
+        run = handler(functools.partial(ep["export_labels"], progress=per_image), present=written,
                       error=lambda m, *_: (gr.update(), error_text(m)))
         return run(fmt, bool(with_images))
 
