@@ -164,12 +164,12 @@ class DatasetMixin:
 
     def _from_allowed_folders(self, name: str) -> str | None:
         for folder in self.policy.allowed_dirs:
-            candidate = (folder / name).resolve()
-            if (folder in candidate.parents) and candidate.is_file():
-                try:
+            try:  # a name too long for the file system, or one no file system takes, is no file
+                candidate = (folder / name).resolve()
+                if (folder in candidate.parents) and candidate.is_file():
                     return self.store.add_image(candidate, "/".join(path_parts(name)))
-                except (ValueError, OSError):
-                    return None
+            except (ValueError, OSError):
+                return None
         return None
 
     @endpoint(file=True)

@@ -262,3 +262,14 @@ def test_the_memory_budget_is_the_operators_or_a_share_of_the_machine():
             assert default_budget_gb({}) == given
     with pytest.raises(ValueError, match="APP_RUN_MEMORY_GB must be a number"):
         default_budget_gb({"APP_RUN_MEMORY_GB": "lots"})
+
+
+def test_a_dry_run_of_a_model_it_cannot_fetch_says_why(tmp_path, syn):
+    """The Hub's error is a RuntimeError: the out-of-memory handler let it through as a traceback,
+    and the page said "it exited with code 1"."""
+    from app.jobs import JobError, TrainingJobs
+
+    cfg = RunConfig(model="nobody/no-such-model", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"),
+                    box_size=64, box_batch=2, iters=2, device="cpu")
+    with pytest.raises(JobError, match="the dry run failed: could not fetch 'nobody/no-such-model'"):
+        TrainingJobs(tmp_path / "runs", child_env=lambda: {**os.environ, "HF_HUB_OFFLINE": "1"}).measure(cfg)

@@ -485,6 +485,12 @@ def test_a_name_with_folders_is_not_taken_for_a_stored_bare_name(tmp_path, tiny_
     tags = {r["original_name"]: r["positives"] for r in service.store.images()}
     assert tags == {"photo.jpg": [], "photos/sub1/photo.jpg": ["horse"], "photos/sub2/photo.jpg": ["cup"]}
 
+    # A name no file system takes (too long) is a missing image, not a server error.
+    labels.write_text("image,labels\n" + "x/" * 3000 + "y.png,horse\n" + "a" * 5000 + ".png,horse\n")
+    report = service.import_labels([str(labels)])
+    assert report["imported"] == 0 and len(report["missing"]) == 2
+
+    labels.write_text("image,labels\nphotos/sub1/photo.jpg,horse\nphotos/sub2/photo.jpg,cup\n")
     bare = AppService(tmp_path / "bare", predictor=tiny_predictor, policy=AccessPolicy())
     cat = bare.store.add_image(image_bytes(30, fmt="JPEG"), "photo.jpg")
     report = bare.import_labels([str(labels)])  # two folders, one stored bare name: no guess

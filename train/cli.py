@@ -155,13 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.write_text(text + "\n", encoding="utf-8")
             print(text)
-    except (DataError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError, MemoryError,
-            RuntimeError) as e:
-        if isinstance(e, (MemoryError, RuntimeError)) and not is_out_of_memory(e):
+    except (DataError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
+        return _failed(str(e), out)
+    except (MemoryError, RuntimeError) as e:  # HubUnavailableError, a RuntimeError too, is answered above
+        if not is_out_of_memory(e):
             raise
-        reason = explain() if is_out_of_memory(e) else str(e)
-        print(f"error: {reason}", file=sys.stderr)
-        if out is not None and RunDir(out).exists():  # a config that never started still ends the run
-            RunDir(out).write_status("failed", message=reason[:500])
-        return 2
+        return _failed(explain(), out)
     return 0
+
+
+def _failed(reason: str, out) -> int:
+    """A run that cannot go on: one "error: …" line (what the app shows) and, for a run folder, its
+    "failed" status (a config that never started still ends the run)."""
+    print(f"error: {reason}", file=sys.stderr)
+    if out is not None and RunDir(out).exists():
+        RunDir(out).write_status("failed", message=reason[:500])
+    return 2
