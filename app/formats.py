@@ -11,6 +11,8 @@ what supervision's writers drop (scores, original names, `info`, `licenses`).
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import tempfile
 import time
@@ -386,17 +388,22 @@ def _zip_text(name: str):
 
     budget = [MAX_YOLO_TEXT_BYTES]
 
-    def text(z: zipfile.ZipFile, member: str, errors: str = "strict") -> str:
+    def text(z: zipfile.ZipFile, member: str, errors: str | None = "strict") -> str | bytes:
+        """Its text (`errors=None`: its bytes, for a reader that decodes them itself)."""
         left = budget[0]
         if z.getinfo(member).file_size <= left:
             with z.open(member) as f:
                 data = f.read(left + 1)  # never more than is left, whatever the header says
             if len(data) <= left:
                 budget[0] = left - len(data)
-                return data.decode("utf-8", errors)
+                return data if errors is None else data.decode("utf-8", errors)
         raise DataError(f"'{name}': its class and label files hold more than {MAX_YOLO_TEXT_BYTES // 2**20} MB of text")
 
     return text
+
+
+MAX_VOC_XML_BYTES = 4 * 2**20  # one image's annotation: a few kB, a crowded one some hundred
+MAX_BOXES_PER_IMAGE = 10_000  # LVIS's most crowded image has under 1,000
 
 
 def _voc_members(z: zipfile.ZipFile) -> list[str]:
@@ -420,15 +427,20 @@ def read_voc_zip(path: Path) -> LabelFile:
     from train.data import DataError
 
     name, text = path.name, _zip_text(path.name)
-    entries, other, no_box = [], 0, 0
+    entries, other, no_box, over = [], 0, 0, 0
     with zipfile.ZipFile(path) as z:
         for member in _voc_members(z):
-            body = text(z, member, "replace")
-            if "<!DOCTYPE" in body or "<!ENTITY" in body:  # VOC has none; entities can inflate without bound
-                raise DataError(f"'{name}' {member}: XML with a DOCTYPE or entities is not read")
+            if z.getinfo(member).file_size > MAX_VOC_XML_BYTES:  # parsed whole: a 32 MB one took 1.4 GB
+                raise DataError(f"'{name}' {member} is larger than {MAX_VOC_XML_BYTES // 2**20} MB: not one "
+                                "image's VOC annotation")
+            body = text(z, member, None)
+            # VOC has no DOCTYPE (entities can inflate without bound) and is UTF-8 or a one-byte
+            # encoding its declaration names, which the parser reads from the bytes (UTF-16: NULs)
+            if b"\0" in body or re.search(rb"<!\s*(DOCTYPE|ENTITY)", body, re.IGNORECASE):
+                raise DataError(f"'{name}' {member}: XML with a DOCTYPE, entities or in UTF-16 is not read")
             try:
                 root = ET.fromstring(body)
-            except ET.ParseError as e:
+            except (ET.ParseError, LookupError, ValueError) as e:  # LookupError: an encoding Python lacks
                 raise DataError(f"'{name}' {member} is not valid XML ({e})") from None
             if root.tag != "annotation":
                 other += 1
@@ -441,13 +453,18 @@ def read_voc_zip(path: Path) -> LabelFile:
                 except (AttributeError, TypeError, ValueError):
                     no_box += 1
                     continue
-                if label:
+                if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+                    no_box += 1
+                elif len(entry.boxes) >= MAX_BOXES_PER_IMAGE:
+                    over += 1
+                elif label:
                     entry.boxes.append((label, (x1 - 1, y1 - 1, x2, y2)))
             entries.append(entry)
     if not entries:
         raise DataError(f"'{name}' holds no Pascal VOC <annotation> files")
     notes = [f"{other} XML file(s) that are not VOC annotations skipped"] if other else []
     notes += [f"{no_box} object(s) without a readable box not imported"] if no_box else []
+    notes += [f"{over} box(es) beyond {MAX_BOXES_PER_IMAGE:,} on one image not imported"] if over else []
     return LabelFile("Pascal VOC", entries, notes)
 
 

@@ -108,15 +108,19 @@ class DatasetMixin:
                                  f"{type(e).__name__} ({str(e)[:80]})") from None
         stored_before = self.store.db["images"].count
         uploaded = self.add_images(images)  # a zip's images too
-        given = [*uploaded["names"].items(),  # as uploaded, then as stored
-                 *((self.store._image(h)["original_name"], h) for h in uploaded["added"])]
+        given: dict[str, list[tuple[str, str]]] = {}  # file name (any case) -> (name, hash): as uploaded, as stored
+        for named, h in [*uploaded["names"].items(), *((self.store._image(h)["original_name"], h)
+                                                       for h in uploaded["added"])]:
+            if parts := path_parts(named or ""):
+                given.setdefault(parts[-1].casefold(), []).append((named, h))
+        stored, stored_files = self.store.name_index()  # as the import starts (an allowed folder's finds come by path)
         report = {"imported": 0, "boxes": 0, "missing": [], "ambiguous": [],
                   "skipped": list(uploaded["skipped"]), "messages": []}
         for path, parsed in parsed_files:
             tags, boxes, missing, ambiguous = [], {}, [], []
             clashing = _clashing_names(parsed.entries)
             for entry in parsed.entries:
-                found = self._match_image(entry.names, entry.sha256, given, clashing)
+                found = self._match_image(entry.names, entry.sha256, (given, stored, stored_files), clashing)
                 if len(found) != 1:
                     if entry.positives or entry.negatives or entry.boxes:
                         # as the file names it, folders included ("sub1/photo.jpg", not "photo.jpg")
@@ -140,25 +144,32 @@ class DatasetMixin:
         report["images_added"] = self.store.db["images"].count - stored_before  # uploaded, or from allowed folders
         return report
 
-    def _match_image(self, names: list[str], sha256: str | None, given: list[tuple[str, str]],
-                     clashing: set[str] = frozenset()) -> list[str]:
+    def _match_image(self, names: list[str], sha256: str | None, named: tuple, clashing: set[str] = frozenset()) -> list[str]:
         """The stored images a label file's entry may mean (one: found; two or more: its name is
-        ambiguous): by sha256, by the stored file's name, then by each of its names among the images
-        uploaded beside it and those stored (`best_named`: with their folders, 'b/photo.jpg' is not
-        'a/photo.jpg'), then the file of that path in an allowed server folder, and last an image
-        stored under the name's end alone ('photo.jpg' for 'sub1/photo.jpg'), unless the label file
-        names that file in other folders too (`clashing`: they cannot all be that one image)."""
-        if sha256 and (h := self.store.find_image(names[0], sha256)):
-            return [h]
+        ambiguous): by sha256 when that image is stored, by the stored file's name, then by each
+        of its names among the images uploaded beside it (they win over stored ones), then among
+        those stored (`best_named`: with their folders, 'b/photo.jpg' is not 'a/photo.jpg'), then
+        the file of that path in an allowed server folder, and last an image stored or uploaded
+        under the name's end alone ('photo.jpg' for 'sub1/photo.jpg'), unless the label file names
+        that file in other folders too (`clashing`: they cannot all be that one image)."""
+        if sha256 and self.store.has_image(sha256):
+            return [sha256]  # an unknown sha256 proves nothing: the names decide, as without one
+        given, stored, stored_files = named  # {file name, case-folded: [(name, hash)]} x 2, {stored file: hash}
         ambiguous, weak = [], []
         for name in names:
-            if h := self.store.stored_file(name):
+            base = path_parts(name)[-1:]
+            if not base:
+                continue
+            if h := stored_files.get(base[0].lower()):  # "ab/<sha256>.png", as this app's own exports may name it
                 return [h]
-            found, is_weak = best_named(name, [*given, *self.store.named_like(name)])
-            if len(found) == 1 and not is_weak:
-                return found
-            ambiguous = ambiguous or (found if len(found) > 1 else [])
-            weak = weak or (found if len(found) == 1 and path_parts(name)[-1] not in clashing else [])
+            for pool in (given.get(base[0].casefold(), []), stored.get(base[0].casefold(), [])):
+                found, is_weak = best_named(name, pool)
+                if len(found) == 1 and not is_weak:
+                    return found
+                if len(found) > 1:  # several beside the label file (or stored): not settled by the others
+                    ambiguous = ambiguous or found
+                    break
+                weak = weak or (found if found and base[0] not in clashing else [])
         h = self._from_allowed_folders(names[0])
         return [h] if h else weak or ambiguous
 

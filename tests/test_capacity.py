@@ -226,13 +226,13 @@ def test_settings_beyond_the_memory_budget_fail_in_one_sentence(tmp_path, syn):
                     box_size=64, box_batch=2, iters=2, device="cpu")
     assert jobs.measure(cfg)["seconds_per_iter"]["box"] > 0
     huge = cfg.replace(box_size=4096, box_batch=16)
-    with pytest.raises(JobError, match=r"need more memory than this server gives a run \(1.5 GB"):
+    with pytest.raises(JobError, match=r"needs more memory than this server gives a run \(1.5 GB"):
         jobs.measure(huge)
     run = RunDir(jobs.runs_dir / "huge")
     run.write_config(huge)
     jobs.start(run)
     status = jobs.wait(run.id, timeout=120)
-    assert status["state"] == "failed" and "need more memory than this server gives a run" in status["message"]
+    assert status["state"] == "failed" and "needs more memory than this server gives a run" in status["message"]
 
 
 def test_a_dry_run_that_was_killed_says_so_without_its_log():

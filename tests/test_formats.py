@@ -460,8 +460,20 @@ def test_pascal_voc_from_other_tools_and_hostile_xml(service, tmp_path):
     assert box["label"] == "chat 猫" and np.allclose(box["box"], [2, 3, 20, 25])
     laughs = ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;">]>'
               "<annotation><filename>img0.png</filename><object><name>&y;</name></object></annotation>")
-    with pytest.raises(StoreError, match="DOCTYPE or entities is not read"):
-        service.import_labels([str(_zip_of(tmp_path / "bad.zip", {"a.xml": laughs.encode()}))])
+    for bad in (laughs.encode(), laughs.replace("DOCTYPE", "doctype ").encode(), voc.encode("utf-16")):
+        with pytest.raises(StoreError, match="XML with a DOCTYPE, entities or in UTF-16 is not read"):
+            service.import_labels([str(_zip_of(tmp_path / "bad.zip", {"a.xml": bad}))])
+    # The encoding its declaration names; boxes that are not numbers are left out and said so.
+    latin = ('<?xml version="1.0" encoding="ISO-8859-1"?><annotation><filename>img0.png</filename><object>'
+             "<name>café</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+             "<object><name>nan</name><bndbox><xmin>nan</xmin><ymin>1</ymin><xmax>inf</xmax><ymax>9</ymax>"
+             "</bndbox></object></annotation>")
+    report = service.import_labels([str(_zip_of(tmp_path / "latin.zip", {"a.xml": latin.encode("latin-1")}))])
+    assert "café" in [b["label"] for b in service.store.boxes()] and "1 object(s) without a readable box" in \
+        report["messages"][0]
+    huge = "<annotation>" + "<a>x</a>" * (5 * 2**20 // 8) + "</annotation>"  # 5 MB, deflates to a few kB
+    with pytest.raises(StoreError, match="larger than 4 MB: not one image's VOC annotation"):
+        service.import_labels([str(_zip_of(tmp_path / "huge.zip", {"a.xml": huge.encode()}))])
 
 
 def test_a_name_with_folders_is_not_taken_for_a_stored_bare_name(tmp_path, tiny_predictor):
@@ -518,3 +530,48 @@ def test_an_export_of_images_named_alike_imports_back_into_its_own_store(service
     boxes = len(service.store.boxes())
     report = service.import_labels([service.export_labels("voc", True)])
     assert report["ambiguous"] == [] and report["boxes"] == 3 and len(service.store.boxes()) == boxes, report
+
+
+def test_names_match_across_case_unicode_forms_and_stale_checksums(tmp_path, tiny_predictor):
+    """macOS writes 'café' decomposed and a CSV has it composed; 'IMG_1.JPG' is 'img_1.jpg'; an
+    entry whose sha256 is not stored is matched by its names as if it had none (a stale sha256 let a
+    stored bare name take two folders' tags and pass over the allowed folder's file); images
+    uploaded beside a label file win over stored ones of the same name."""
+    import unicodedata
+
+    from app.policy import AccessPolicy
+
+    allowed = tmp_path / "allowed"
+    (allowed / "zz").mkdir(parents=True)
+    (allowed / "zz" / "pic3.png").write_bytes(image_bytes(50))
+    service = AppService(tmp_path / "data", predictor=tiny_predictor,
+                         policy=AccessPolicy(allowed_dirs=(allowed.resolve(),)))
+    decomposed = unicodedata.normalize("NFD", "q/café.png")
+    images = _zip_of(tmp_path / "images.zip", {decomposed: image_bytes(51), "q/IMG_1.JPG": image_bytes(52, fmt="JPEG")})
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,labels\ncafé.png,cup\nimg_1.jpg,plate\n", encoding="utf-8")
+    report = service.import_labels([str(labels), str(images)])
+    assert report["imported"] == 2 and report["missing"] == [], report
+
+    bare2 = service.store.add_image(image_bytes(53), "pic2.png")
+    bare3 = service.store.add_image(image_bytes(54), "pic3.png")
+    stale = "f" * 64
+    entries = [{"id": i + 1, "file_name": f, "sha256": stale, "pos_category_ids": [1]}
+               for i, f in enumerate(["y1/pic2.png", "y2/pic2.png", "zz/pic3.png"])]
+    detic = tmp_path / "detic.json"
+    detic.write_text(json.dumps({"images": entries, "categories": [{"id": 1, "name": "stale"}]}))
+    report = service.import_labels([str(detic)])
+    assert service.store.tags(bare2)["positives"] == [] and service.store.tags(bare3)["positives"] == []
+    assert report["missing"] == ["y1/pic2.png", "y2/pic2.png"] and report["imported"] == 1
+    assert {r["original_name"]: r["positives"] for r in service.store.images()}["zz/pic3.png"] == ["stale"]
+
+    # The same names again, uploaded beside a new label file with other photos: those are meant.
+    again = _zip_of(tmp_path / "again.zip", {"q/café.png": image_bytes(60), "q/IMG_1.JPG": image_bytes(61, fmt="JPEG")})
+    labels.write_text("image,labels\nq/café.png,bowl\nq/IMG_1.JPG,fork\n", encoding="utf-8")
+    report = service.import_labels([str(labels), str(again)])
+    assert report["imported"] == 2 and report["ambiguous"] == [], report
+    tagged = {t for r in service.store.images() for t in r["positives"]}
+    assert {"bowl", "fork"} <= tagged
+    for r in service.store.images():
+        if "bowl" in r["positives"] or "fork" in r["positives"]:
+            assert not ({"cup", "plate"} & set(r["positives"])), r  # the new photos, not the stored ones

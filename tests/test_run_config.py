@@ -111,6 +111,7 @@ def test_old_flag_names_and_json_round_trip():
     ({"iters": 0}, "iters"), ({"iters": 10**9}, "iters must be between 1 and 1,000,000"), ({"ratio": "x"}, "ratio"),
     ({"label_size": 10**9}, "label_size must be between 1 and 4,096"), ({"box_batch": 10**6}, "box_batch"),
     ({"image_label_weight": float("nan")}, "image_label_weight must be a finite number"),
+    ({"image_label_weight": 1e308}, "image_label_weight must be between 0 and 100"),
     ({"lr": float("inf")}, "lr must be a finite"), ({"ratio": "999999999999:1"}, "ratio parts must be between"), ({"image_label_rule": "biggest"}, "image_label_rule"),
     ({"box_data": "b.json"}, "box_images"), ({"jitter": (2.0, 1.0)}, "jitter"), ({"surprise": 1}, "surprise"),
 ])

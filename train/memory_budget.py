@@ -76,5 +76,5 @@ def explain(env=os.environ) -> str:
     """The sentence a run that ran out of its budget ends with."""
     gb = env.get(BUDGET_ENV, "")
     cap = f" ({float(gb):g} GB, {BUDGET_ENV})" if gb.replace(".", "", 1).isdigit() else ""
-    return (f"these settings need more memory than this server gives a run{cap}: lower the image sizes or the "
-            "batch, or train fewer parts (heads, backbone)")
+    return (f"this run needs more memory than this server gives a run{cap}: lower the image sizes or the "
+            "batch, train fewer parts (heads, backbone), or hold out or tag fewer images")

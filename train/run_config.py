@@ -30,6 +30,7 @@ MAX_ITERS = 1_000_000
 # memory estimate grows with the pixel count (320 px: 1.6 GB, 1280 px: 2.0 GB on the 2-core CPU).
 MAX_SIDE = 4096
 MAX_BATCH = 256
+MAX_LOSS_WEIGHT = 100.0  # Detic's image-label weight is 0.1; 100 already drowns the box losses
 
 
 def _opt(default, help: str, **extra) -> Any:  # noqa: A002 - argparse's word
@@ -182,8 +183,9 @@ class RunConfig(ConfigBase):
             raise ValueError(f"tag_features must be one of {', '.join(TAG_FEATURES)}")
         if not 0 <= self.heldout_share < 0.9:
             raise ValueError("heldout_share must lie in [0, 0.9)")
-        if self.image_label_weight < 0:
-            raise ValueError("image_label_weight must be zero or more")
+        if not 0 <= self.image_label_weight <= MAX_LOSS_WEIGHT:  # 1e308 overflowed the loss to inf
+            raise ValueError(f"image_label_weight must be between 0 and {MAX_LOSS_WEIGHT:g}, "
+                             f"got {self.image_label_weight:g}")
         if self.heads not in ("", *HEAD_PRESETS):
             raise ValueError(f"heads must be one of {', '.join(HEAD_PRESETS)} (or empty: keep the model's)")
         if self.train_backbone not in ("", *BACKBONE_CHOICES):
