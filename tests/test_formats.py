@@ -409,18 +409,26 @@ def test_images_with_one_name_in_different_folders_keep_their_own_tags(service, 
                                                                                                     "rocket"]
 
 
+def _two_photos_in_an_allowed_folder(tmp_path, predictor, seed: int) -> tuple[AppService, Path]:
+    """A service allowed to read tmp_path/allowed, which holds photos/sub1/photo.jpg and
+    photos/sub2/photo.jpg (two different photos of one name)."""
+    from app.policy import AccessPolicy
+
+    allowed = tmp_path / "allowed"
+    for i, sub in enumerate(("sub1", "sub2")):
+        (allowed / "photos" / sub).mkdir(parents=True)
+        (allowed / "photos" / sub / "photo.jpg").write_bytes(image_bytes(seed + i, fmt="JPEG"))
+    return AppService(tmp_path / "data", predictor=predictor, policy=AccessPolicy(allowed_dirs=(allowed.resolve(),))), \
+        allowed
+
+
 def test_a_label_file_naming_files_in_an_allowed_folder_finds_each_one(tmp_path, tiny_predictor):
     """photos/sub1/photo.jpg and photos/sub2/photo.jpg in an allowed folder: each row finds its own
     file (the second row had gone onto the first image, and the second file was never added), and
     the report counts both as new images (it said 0)."""
     from app.policy import AccessPolicy
 
-    allowed = tmp_path / "allowed"
-    for i, sub in enumerate(("sub1", "sub2")):
-        (allowed / "photos" / sub).mkdir(parents=True)
-        (allowed / "photos" / sub / "photo.jpg").write_bytes(image_bytes(10 + i, fmt="JPEG"))
-    service = AppService(tmp_path / "data", predictor=tiny_predictor,
-                         policy=AccessPolicy(allowed_dirs=(allowed.resolve(),)))
+    service, allowed = _two_photos_in_an_allowed_folder(tmp_path, tiny_predictor, seed=10)
     labels = tmp_path / "labels.csv"
     labels.write_text("image,labels\nphotos/sub1/photo.jpg,coffee cup\nphotos/sub2/photo.jpg,rocket\n")
     report = service.import_labels([str(labels)])
@@ -483,12 +491,7 @@ def test_a_name_with_folders_is_not_taken_for_a_stored_bare_name(tmp_path, tiny_
     the label file does not name that file in other folders too."""
     from app.policy import AccessPolicy
 
-    allowed = tmp_path / "allowed"
-    for i, sub in enumerate(("sub1", "sub2")):
-        (allowed / "photos" / sub).mkdir(parents=True)
-        (allowed / "photos" / sub / "photo.jpg").write_bytes(image_bytes(20 + i, fmt="JPEG"))
-    service = AppService(tmp_path / "data", predictor=tiny_predictor,
-                         policy=AccessPolicy(allowed_dirs=(allowed.resolve(),)))
+    service, _ = _two_photos_in_an_allowed_folder(tmp_path, tiny_predictor, seed=20)
     cat = service.store.add_image(image_bytes(30, fmt="JPEG"), "photo.jpg")
     labels = tmp_path / "labels.csv"
     labels.write_text("image,labels\nphotos/sub1/photo.jpg,horse\nphotos/sub2/photo.jpg,cup\n")
