@@ -108,9 +108,9 @@ def test_the_evaluation_box_shows_only_what_the_run_has():
     from app.ui.train_tab import _present_status
 
     running = {"state": "running", "id": "r1", "iteration": 1, "total": 5, "metrics": [], "log": ""}
-    assert _present_status(running)[4] == ""
+    assert _present_status(running)[4] == {"value": "", "visible": False, "__type__": "update"}  # no blank box
     done = _present_status({**running, "state": "finished", "evaluation": {"AP50": 0.5}})[4]
-    assert json.loads(done) == {"after": {"AP50": 0.5}}
+    assert json.loads(done["value"]) == {"after": {"AP50": 0.5}} and done["visible"] is True
 
 
 def test_a_run_id_longer_than_a_file_name_is_no_run(tmp_path):

@@ -129,15 +129,16 @@ def loss_plot(status: dict) -> dict:
 def _present_status(status: dict) -> tuple:
     """training_status -> (run id, progress, loss plot, log, evaluation)."""
     if status.get("state") == "none":
-        return "", "No training runs yet.", loss_plot({}), "", ""
+        return "", "No training runs yet.", loss_plot({}), "", gr.update(value="", visible=False)
     curve = loss_plot(status)
     # Only what the run has (a run without evaluation data showed three raw nulls); the image
     # labels' choices are said in words above (raw, they read as unexplained JSON)
     shown = {k: v for k, v in (("after", status.get("evaluation")), ("before", status.get("evaluation_before")))
              if v is not None}
     evaluation = json.dumps(shown, indent=2) if shown else ""
+    # shown only with box AP to show: empty, it was a large blank box in the middle of the run
     return (status["id"], progress_html(status) + heldout_html(status) + diagnostics_html(status), curve,
-            status.get("log", ""), evaluation)
+            status.get("log", ""), gr.update(value=evaluation, visible=bool(evaluation)))
 
 
 HISTORY_COLUMNS = ["run", "state", "iteration", "total", "held-out AP before → after", "AP50"]
@@ -280,8 +281,8 @@ def _layout(server_folders: bool) -> SimpleNamespace:
                                 x_title="iterations", x_lim=[0, MIN_X_SPAN],
                                 color_map={"raw": "#c7d2fe", "smoothed": "#4338ca"}, y_lim=[0, None],
                                 elem_id="train-curve")
-            evaluation = gr.Code(label="Box AP on the validation set (COCO metrics, when the run has one)",
-                                 language="json")
+            evaluation = gr.Code(label="Box AP on the validation set (COCO metrics)", language="json",
+                                 visible=False, elem_id="train-evaluation")
             with gr.Row():
                 delete_sure = gr.Checkbox(False, label="Yes, delete this run and its checkpoints",
                                           elem_id="train-delete-confirm")
