@@ -53,10 +53,10 @@ def _more(count: int) -> str:
     return f" … and {count - SHOWN_READINGS} more" if count > SHOWN_READINGS else ""
 
 
-
 def _ordinal(n: int) -> str:
     """'st', 'nd', 'rd' or 'th' for n ("every 2nd", "every 11th")."""
     return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
 
 class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, ModelsMixin):
     """Every operation of the app (see the module docstring): the state all concerns share is set here."""

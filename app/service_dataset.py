@@ -108,12 +108,14 @@ class DatasetMixin:
                                  f"{type(e).__name__} ({str(e)[:80]})") from None
         stored_before = self.store.db["images"].count
         uploaded = self.add_images(images)  # a zip's images too
+        stored, stored_files = self.store.name_index()  # as the import starts (an allowed folder's finds come by path)
+        added = set(uploaded["added"])
         given: dict[str, list[tuple[str, str]]] = {}  # file name (any case) -> (name, hash): as uploaded, as stored
-        for named, h in [*uploaded["names"].items(), *((self.store._image(h)["original_name"], h)
-                                                       for h in uploaded["added"])]:
+        for named, h in uploaded["names"].items():
             if parts := path_parts(named or ""):
                 given.setdefault(parts[-1].casefold(), []).append((named, h))
-        stored, stored_files = self.store.name_index()  # as the import starts (an allowed folder's finds come by path)
+        for base, pairs in stored.items():
+            given.setdefault(base, []).extend((named, h) for named, h in pairs if h in added)
         report = {"imported": 0, "boxes": 0, "missing": [], "ambiguous": [],
                   "skipped": list(uploaded["skipped"]), "messages": []}
         for path, parsed in parsed_files:

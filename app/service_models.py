@@ -128,8 +128,8 @@ class ModelsMixin:
                 note += (f"; run {source}'s best checkpoint on its held-out tags (iteration "
                          f"{heldout['best_iteration']}, image-level AP {_ap(heldout['mean_before'])} → "
                          f"{_ap(heldout['mean_after'])}{verdict})")
-                if caveat(heldout):
-                    note += f". {caveat(heldout)}"
+                if cannot_tell := caveat(heldout):
+                    note += f". {cannot_tell}"
             if status.get("state") != "finished":
                 note += (f"; unfinished run ({status.get('state')} at iteration {status.get('iteration', 0)} of "
                          f"{status.get('total', '?')})" + ("" if heldout and heldout.get("best_iteration") is not None

@@ -376,38 +376,18 @@ class LabelStore:
         return buf.getvalue()
 
     def find_image(self, name: str, sha256: str | None = None) -> str | None:
-        """Hash of a stored image matching a label file's entry: by sha256, by stored file name, or
-        by original name (`best_named`: folders included, 'b/photo.jpg' is not 'a/photo.jpg'); None
-        when a bare name fits two images."""
-        if sha256 and self.db["images"].count_where("hash = ?", [sha256]):
+        """Hash of a stored image matching a label file's entry: by sha256, by stored file name
+        ("ab/<sha256>.png", any case), or by original name (`best_named`: folders included,
+        'b/photo.jpg' is not 'a/photo.jpg'); None when a bare name fits two images. (An import of
+        many entries reads `name_index` once instead.)"""
+        if sha256 and self.has_image(sha256):
             return sha256
-        found, _ = best_named(name, self.named_like(name))
-        return self.stored_file(name) or (found[0] if len(found) == 1 else None)
-
-    def stored_file(self, name: str) -> str | None:
-        """The image stored as `name` (its file in the store, "ab/<sha256>.<suffix>", or that file's
-        name, any case)."""
         base = path_parts(name)[-1:]
         if not base:
             return None
-        # Literal comparisons only (no LIKE): '%' and '_' in a label file are characters, not patterns.
-        tail = f"/{base[0]}".lower()
-        row = self.db.conn.execute("SELECT hash FROM images WHERE file = ? OR lower(substr(file, -?)) = ? LIMIT 1",
-                                   [name, len(tail), tail]).fetchone()
-        return row[0] if row else None
-
-    def named_like(self, name: str) -> list[tuple[str, str]]:
-        """(original name, hash) of the stored images whose original name ends with `name`'s file
-        name (any ASCII case; composed or decomposed), for `best_named` to choose among. One
-        indexed-free scan in SQLite per name: 3,000 names against 3,000 images in about a second."""
-        base = path_parts(name)[-1:]
-        if not base:
-            return []
-        forms = dict.fromkeys((base[0], unicodedata.normalize("NFD", base[0])))
-        where = " OR ".join(["lower(original_name) = lower(?) OR lower(substr(original_name, -?)) = lower(?)"] * len(forms))
-        params = [v for f in forms for v in (f, len(f) + 1, f"/{f}")]
-        return [(r[0], r[1]) for r in self.db.conn.execute(
-            f"SELECT original_name, hash FROM images WHERE {where} ORDER BY added", params)]
+        by_base, by_file = self.name_index()
+        found, _ = best_named(name, by_base.get(base[0].casefold(), []))
+        return by_file.get(base[0].lower()) or (found[0] if len(found) == 1 else None)
 
     def name_index(self) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
         """Every stored image by name, for an import of many entries (one query, not one per entry:

@@ -46,6 +46,15 @@ def default_budget_gb(env=os.environ) -> float | None:
     return round(max(total - max(RESERVE_MIN_GB, total * RESERVE_SHARE), 1.0), 1)
 
 
+def _given_gb(env) -> float | None:
+    """The budget the app gave this process (`BUDGET_ENV`), None when none or no number."""
+    try:
+        gb = float(env.get(BUDGET_ENV, "") or 0)
+    except ValueError:
+        return None
+    return gb if gb > 0 else None
+
+
 def apply_budget(env=os.environ) -> float | None:
     """Caps this process's data segment at `env[BUDGET_ENV]` GB (set by the app for what it
     starts; a CLI run without it has no cap). Returns the cap, or None when none was set."""
@@ -53,11 +62,8 @@ def apply_budget(env=os.environ) -> float | None:
 
     import torch
 
-    try:
-        gb = float(env.get(BUDGET_ENV, "") or 0)
-    except ValueError:
-        return None
-    if gb <= 0 or torch.cuda.is_available():
+    gb = _given_gb(env)
+    if gb is None or torch.cuda.is_available():
         return None
     limit = int(gb * 2**30)
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -74,7 +80,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def explain(env=os.environ) -> str:
     """The sentence a run that ran out of its budget ends with."""
-    gb = env.get(BUDGET_ENV, "")
-    cap = f" ({float(gb):g} GB, {BUDGET_ENV})" if gb.replace(".", "", 1).isdigit() else ""
+    gb = _given_gb(env)
+    cap = f" ({gb:g} GB, {BUDGET_ENV})" if gb else ""
     return (f"this run needs more memory than this server gives a run{cap}: lower the image sizes or the "
             "batch, train fewer parts (heads, backbone), or hold out or tag fewer images")

@@ -195,12 +195,13 @@ def _wire_import(ep: dict, c: SimpleNamespace) -> None:
 
     def imported(r: dict) -> tuple:
         msg = f"imported tags for {r['imported']} image(s); {r['images_added']} new image(s)"
-        if r.get("boxes") or any("box" in m for m in r.get("messages", [])):  # what each box file held and got
+        per_file = bool(r.get("boxes") or any("box" in m for m in r.get("messages", [])))
+        if per_file:  # what each box file held and got, ambiguous names included
             msg = f"imported tags or boxes for {r['imported']} image(s) ({r['boxes']} box(es)); " \
                   f"{r['images_added']} new image(s). " + " ".join(map(literal, r["messages"]))
         if r["missing"]:
             msg += f"; {len(r['missing'])} not found: " + ", ".join(map(literal, r["missing"][:10])) + ("…" if len(r["missing"]) > 10 else "")
-        if r.get("ambiguous") and "several images have that name" not in msg:  # not said by a file's sentence
+        if r.get("ambiguous") and not per_file:
             names = list(dict.fromkeys(r["ambiguous"]))
             msg += (f"; {len(r['ambiguous'])} left untagged, since several images have that name (give its folder, "
                     "as in the zip or folder): " + ", ".join(map(literal, names[:5])) + ("…" if len(names) > 5 else ""))
