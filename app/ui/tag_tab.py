@@ -452,9 +452,13 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             out[last_edit] = edit
         stored = out[shown]
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
-            # only the choices (a new label's chip shows its number key), never the values
-            out[positives] = gr.update(choices=out[positives]["choices"])
-            out[negatives] = gr.update(choices=out[negatives]["choices"])
+            # only the choices (a new label's chip shows its number key), never the values; and
+            # not even those when nothing was saved: the change was the catch-up setting the chips,
+            # and re-setting their choices right after emptied the Not present side now and then
+            # (tests/test_ui_flows.py::test_the_tag_editor_follows_edits_made_on_another_page in CI)
+            keep = edit is None
+            out[positives] = gr.update() if keep else gr.update(choices=out[positives]["choices"])
+            out[negatives] = gr.update() if keep else gr.update(choices=out[negatives]["choices"])
         return out
 
     def refused(message, image_hash, pos, neg, before):
