@@ -29,9 +29,6 @@ FORMATS = ("json", "jsonl", "csv", "coco")
 BATCH = 8  # images or frames per model call
 
 
-
-
-
 def _unit(text: str) -> float:
     """A threshold: a number in [0, 1] (argparse's error otherwise)."""
     try:
@@ -246,10 +243,32 @@ def _checked_inputs(args) -> tuple | str:
     single = len(args.images) == 1 and len(image_paths) == 1 and not videos and Path(args.images[0]).is_file()
     if args.annotated_video is not None and len(videos) != 1:
         return f"--annotated-video needs exactly one video input ({len(videos)} given)"
-    for target in (args.out, args.annotated if args.annotated and single else None, args.annotated_video):
-        if target is not None and not target.parent.is_dir():
+    if single and args.annotated is not None and args.annotated.is_dir():  # one image into a folder
+        args.annotated = args.annotated / Path(image_paths[0]).with_suffix(".png").name
+    inputs = {Path(p).resolve() for p in (*image_paths, *video_paths)}
+    for flag, target in (("--out", args.out), ("--annotated", args.annotated if single else None),
+                         ("--annotated-video", args.annotated_video)):
+        if target is None:
+            continue
+        if not target.parent.is_dir():
             return f"the folder of '{target}' does not exist"
+        if target.resolve() in inputs:
+            return f"{flag} '{target}' is one of the inputs: it would be overwritten (name another file)"
+    several = not single and args.annotated is not None and image_paths
+    if several and not args.annotated.is_dir() and args.annotated.suffix.lower() in _drawing_suffixes():
+        return (f"--annotated '{args.annotated}' names a file, but {len(image_paths)} images are given: name "
+                "a folder for their drawings")
+    if single and args.annotated is not None and args.annotated.suffix.lower() not in _drawing_suffixes():
+        return (f"--annotated '{args.annotated}' needs an image file name (.png, .jpg …) or an existing folder")
     return names, image_paths, videos, single
+
+
+def _drawing_suffixes() -> set[str]:
+    """The file name endings PIL can write a drawing as."""
+    from PIL import Image
+
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,35 @@ def test_every_image_gets_its_own_drawing_in_the_annotated_folder(inputs, tmp_pa
     assert Image.open(drawn / "sub" / "b.png").size == (56, 40)
 
 
+def test_an_output_never_overwrites_an_input_and_a_drawing_needs_a_name_it_can_take(inputs, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """`--out photo.jpg` on photo.jpg had replaced the photo with JSON (exit 0), `--annotated` the
+    same with the drawing; a single image's `--annotated` naming a folder or a file without an
+    ending failed after the model had run. All are refused before the model loads; an existing
+    folder takes the one drawing under the image's name."""
+    from detector import Predictor
+
+    folder, _ = inputs
+    photo = folder / "a.png"
+    before = photo.read_bytes()
+    monkeypatch.setattr(Predictor, "from_pretrained", lambda *a, **k: pytest.fail("the model must not load"))
+    for flag, target in (("--out", photo), ("--annotated", folder / "sub" / ".." / "a.png")):
+        assert cli.main(["predict", str(photo), *RUN, flag, str(target)]) == 2
+        assert "is one of the inputs: it would be overwritten" in capsys.readouterr().err
+    assert cli.main(["predict", str(folder), *RUN, "--out", str(folder / "sub" / "b.jpg")]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
+    assert cli.main(["predict", str(photo), *RUN, "--annotated", str(tmp_path / "drawing")]) == 2
+    assert "needs an image file name (.png, .jpg …) or an existing folder" in capsys.readouterr().err
+    assert cli.main(["predict", str(folder), *RUN, "--annotated", str(tmp_path / "one.png")]) == 2
+    assert "names a file, but 2 images are given" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+    monkeypatch.undo()
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    assert cli.main(["predict", str(folder / "sub" / "b.jpg"), *RUN, "--annotated", str(drawn), "--no-progress"]) == 0
+    assert [p.name for p in drawn.iterdir()] == ["b.png"]
+
+
 def test_out_of_range_settings_and_a_missing_gpu_are_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
     import torch
 
@@ -177,6 +206,41 @@ def test_evaluate_names_a_missing_file_before_the_model_loads(tmp_path, monkeypa
     assert train_cli.main(["evaluate", "--model", "tiny", "--data", str(tmp_path / "nope.json"),
                            "--images", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"error: --data '{tmp_path / 'nope.json'}' does not exist")
+
+
+def test_evaluate_refuses_coco_files_it_cannot_score_in_one_line(tmp_path, capsys):
+    """A file with no categories, an annotation of an unknown category or with three numbers in its
+    bbox had ended in KeyError / IndexError tracebacks; images none of which are in --images had
+    scored AP 0.0 with exit 0; a missing --out folder failed only after the evaluation."""
+    from train import cli as train_cli
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    image = {"id": 1, "file_name": "x.png", "width": 32, "height": 32}
+    cats = [{"id": 1, "name": "cat"}]
+
+    def evaluate(data: dict, *extra: str) -> str:
+        path = tmp_path / "gt.json"
+        path.write_text(json.dumps(data))
+        assert train_cli.main(["evaluate", "--model", "tiny", "--data", str(path), "--images", str(tmp_path),
+                               *extra]) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]}
+    assert "has no 'categories' list" in evaluate({"images": [image], "annotations": [ann]})
+    assert "annotation 7 has unknown category_id 9" in evaluate(
+        {"images": [image], "annotations": [{**ann, "category_id": 9}], "categories": cats})
+    assert "'bbox' must be four numbers" in evaluate(
+        {"images": [image], "annotations": [{**ann, "bbox": [1, 2, 3]}], "categories": cats})
+    assert "annotation 7 names no image" in evaluate(
+        {"images": [image], "annotations": [{**ann, "image_id": 5}], "categories": cats})
+    assert "none of the 1 images" in evaluate(
+        {"images": [{**image, "file_name": "elsewhere.png"}], "annotations": [ann], "categories": cats})
+    assert "the folder of --out" in evaluate(
+        {"images": [image], "annotations": [ann], "categories": cats}, "--out", str(tmp_path / "no" / "m.json"))
+    (tmp_path / "gt.json").write_text("{'images': ")
+    assert train_cli.main(["evaluate", "--model", "tiny", "--data", str(tmp_path / "gt.json"),
+                           "--images", str(tmp_path)]) == 2
+    assert f"'{tmp_path / 'gt.json'}' is not valid JSON" in capsys.readouterr().err
 
 
 def test_no_progress_means_no_bar_at_all(tmp_path, capsys):

@@ -206,6 +206,83 @@ def test_a_resume_before_the_first_checkpoint_starts_over_with_one_curve(syn, tm
     assert [m["iteration"] for m in RunDir(tmp_path / "part").metrics()] == [1, 2, 3, 4, 5, 6]
 
 
+def test_the_cli_resumes_a_run_with_its_own_config_and_never_trains_over_one(syn, tmp_path, capsys):
+    """`finetune --out RUN --resume` alone trained the defaults (no data: "no training images") and
+    wrote them over the run's config and status; a new run into RUN left the old checkpoints beside
+    a latest.json naming one that did not exist. Now a resume reads the run's config, a new run
+    into a run's folder is refused and leaves it as it was, and a device the machine lacks is one
+    line."""
+    from train import cli as train_cli
+
+    run = tmp_path / "run"
+    flags = ["--model", "tiny", "--box-data", str(syn / "box_train.json"), "--box-images", str(syn / "images"),
+             "--box-batch", "2", "--box-size", "64", "--log-every", "1", "--warmup", "1"]
+
+    def cancel_at_2(metrics):
+        if metrics["iteration"] == 2:
+            (run / "CANCEL").write_text("")
+
+    cfg = RunConfig(model="tiny", box_data=str(syn / "box_train.json"), box_images=str(syn / "images"), iters=4,
+                    box_batch=2, box_size=64, checkpoint_every=2, log_every=1, warmup=1)
+    assert finetune(cfg, run, on_progress=cancel_at_2)["iteration"] == 2
+    saved = (run / RunDir.CONFIG).read_text()
+
+    assert train_cli.main(["finetune", "--out", str(run), "--iters", "3", *flags]) == 2
+    assert f"'{run}' already holds a run (cancelled at iteration 2 of 4): continue it with --resume" in \
+        capsys.readouterr().err
+    assert (run / RunDir.CONFIG).read_text() == saved and RunDir(run).status()["state"] == "cancelled"
+
+    assert train_cli.main(["finetune", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+    assert train_cli.main(["finetune", "--out", str(run), "--resume"]) == 0
+    status = RunDir(run).status()
+    assert status["state"] == "finished" and status["iteration"] == 4
+    assert RunConfig.load(run / RunDir.CONFIG).box_data == str(syn / "box_train.json")
+    capsys.readouterr()
+
+    assert train_cli.main(["finetune", "--out", str(tmp_path / "gpu"), *flags, "--iters", "2", "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: unknown device 'tpu': use cpu or cuda"
+
+
+def test_the_cli_says_the_held_out_verdict_and_which_model_to_serve(tmp_path):
+    """A CLI run printed state and time only: the held-out verdict, its caveat and that RUN/best
+    (not RUN, the latest weights) is what the held-out tags chose were in files alone, and a late
+    checkpoint that scored worse was what `--model RUN` loaded."""
+    from train.cli import _heldout_lines
+
+    run = RunDir(tmp_path / "run")
+    (run.path / RunDir.BEST).mkdir(parents=True)
+    (run.path / RunDir.BEST / "model.safetensors").write_bytes(b"")
+    heldout = {"images": 5, "mean_before": 1.0, "mean_after": 1.0, "change": 0.0, "best_iteration": 50,
+               "latest_iteration": 100, "labels": {"cat": {"before": 1.0, "after": 1.0, "positives": 1}}}
+    lines = _heldout_lines(heldout, run)
+    assert lines["heldout"] == "5 held-out images: mean image-level AP 1.00 -> 1.00 at the best checkpoint (unchanged)"
+    assert "already ranked perfectly before the run" in lines["heldout_caveat"]
+    assert lines["serve"].startswith(f"{run.path / RunDir.BEST} (iteration 50")
+    assert "serve" not in _heldout_lines({**heldout, "latest_iteration": 50}, run)
+    assert _heldout_lines({"images": 0, "note": "only 3 tagged images"}, run) == {}
+
+
+def test_a_signal_before_the_step_loop_ends_the_run_as_cancelled(tmp_path):
+    """SIGTERM while a run read and cached its images (minutes) ended the process with the status
+    still "running" and a dead pid; the caller's own handlers come back after the run."""
+    from train.finetune import run_with_status
+    from train.loop import Stopped
+
+    def caching(run, rank, world):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal's exception interrupts this
+        raise AssertionError("not stopped")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped):
+        run_with_status(tmp_path / "run", caching)
+    status = RunDir(tmp_path / "run").status()
+    assert status["state"] == "cancelled" and status["message"] == "stopped by SIGTERM before training began"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.parametrize("scope", ["box_head", "classifier"])
 def test_image_labels_only_never_train_rpn_or_box_regression(syn, tmp_path, scope):
     start = load_checkpoint_of_preset(tmp_path)

@@ -652,6 +652,53 @@ def test_the_tag_editor_follows_edits_made_on_another_page(app, photos):
     assert "mug" not in service.store.labels() and "bowl" not in service.store.labels()
 
 
+def test_a_filter_on_a_label_renamed_elsewhere_goes_back_to_all_and_no_image_takes_no_tag(app, photos):
+    """Show "with label: kitty", another page renames kitty: the filter matched none, ▶ showed an
+    empty picture beside the first image's chips, and a tag typed there vanished unsaved. Now the
+    filter goes back to all images and says why; with no image shown the chips stay empty and a
+    typed tag is refused on the message line."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    first = service.store.add_image(photos[0], "first.png")
+    kitty = service.store.add_image(photos[1], "kitty.png")
+    service.tag(first, "mug")
+    service.tag(kitty, "kitty")
+    page.get_by_role("tab", name="Tag").click()
+    status, count, msg = page.locator("#tag-status"), page.locator("#tag-show-count"), page.locator("#tag-msg")
+    chips, show_box = page.locator("#tag-positives"), page.locator("#tag-show input")
+    expect(status).to_contain_text("Image 1 / 2", timeout=30_000)
+
+    def show(choice: str):
+        show_box.click()
+        page.get_by_role("option", name=choice, exact=True).click()
+        status.click()
+
+    show("with label: kitty")
+    expect(status).to_contain_text("Image 2 / 2", timeout=30_000)
+    service.rename_label("kitty", "tabby")  # what the other page's Dataset tab does
+    expect(msg).to_contain_text("the label kitty is gone (renamed or deleted on another page): showing all images",
+                                timeout=40_000)
+    expect(show_box).to_have_value("all images")
+    expect(chips).to_contain_text("tabby")
+    page.locator("#tag-prev").click()
+    expect(status).to_contain_text("Image 1 / 2", timeout=30_000)
+
+    show("untagged")  # every image is tagged: none matches
+    expect(count).to_contain_text("none of 2 match", timeout=30_000)
+    expect(status).to_contain_text("No image matches")
+    box = page.locator("#tag-positives input")
+    box.fill("ghost")
+    box.press("Enter")
+    expect(msg).to_contain_text("no image is shown, so the tag was not saved", timeout=30_000)
+    box.press("Escape")  # the option list (every label) closes
+    expect(page.get_by_role("option")).to_have_count(0, timeout=10_000)
+    expect(chips).not_to_contain_text("mug")  # not the first image's chips beside no picture
+    expect(chips).not_to_contain_text("ghost")
+    expect(status).to_contain_text("No image matches")
+    assert "ghost" not in service.store.labels()
+
+
 def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
     from app.jobs import JobError
 

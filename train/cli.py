@@ -73,18 +73,38 @@ def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="COCO box AP of a model on a COCO dataset (all / novel / base / per class)")
     p.add_argument("--model", required=True, help="run directory, checkpoint folder, preset or Hub id")
     p.add_argument("--data", required=True, help="COCO JSON with boxes")
-    p.add_argument("--images", required=True)
+    p.add_argument("--images", required=True, help="the folder the data's file_name entries are relative to")
     p.add_argument("--novel", default=None, help="comma-separated novel class names")
     p.add_argument("--out", type=Path, default=None, help="write metrics JSON here")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+class Refused(ValueError):
+    """A command that would harm the run folder it names: said, and the folder left as it is."""
 
 
 def run_command(args: argparse.Namespace, cls: type[ConfigBase] = RunConfig) -> tuple[ConfigBase, Path]:
-    """The (config, run directory) a `finetune` (or `pretrain`, with its `cls`) command line asks for."""
-    base = cls.load(args.config) if args.config else None
+    """The (config, run directory) a `finetune` (or `pretrain`, with its `cls`) command line asks for.
+
+    `--resume` alone continues the run with the config it saved (flags given beside it override
+    it): without one, it had trained defaults and written them over the run's config. A new run
+    into a folder that already holds one (checkpoints or metrics) is refused: it had left the old
+    checkpoints beside a `latest.json` pointing at one that did not exist."""
+    config_name = RunDir.CONFIG_FILES[cls.COMMAND]
     out = args.out or (args.config.parent if args.config else None)
     if out is None:
-        raise ValueError(f"give --out RUN_DIR (or --config RUN/{RunDir.CONFIG_FILES[cls.COMMAND]})")
+        raise ValueError(f"give --out RUN_DIR (or --config RUN/{config_name})")
+    run = RunDir(out)
+    base = cls.load(args.config) if args.config else None
+    if args.resume and base is None:
+        if not run.file(config_name).exists():
+            raise Refused(f"nothing to resume in '{out}': it holds no {config_name} (start the run without --resume)")
+        base = cls.load(run.file(config_name))
+    if not args.resume and run.has_trained():
+        status = run.status()
+        raise Refused(f"'{out}' already holds a run ({status.get('state', 'unknown')} at iteration "
+                      f"{status.get('iteration', '?')} of {status.get('total', '?')}): continue it with --resume, "
+                      "or give a new --out")
     return config_from_args(args, base, cls), out
 
 
@@ -112,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from detector import CheckpointError, HubUnavailableError
 
     from .data import DataError
+    from .loop import Stopped
     from .memory_budget import apply_budget, explain, is_out_of_memory
 
     out = None
@@ -126,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             result = finetune(cfg, out, resume=args.resume)
             summary = {k: result[k] for k in ("state", "iteration", "total", "seconds")}
             summary["evaluation"] = result.get("evaluation")
+            summary.update(_heldout_lines(result.get("heldout"), RunDir(out)))
             print(json.dumps(summary, indent=2))
         elif args.command == "pretrain":
             out = args.out or (args.config.parent if args.config else None)
@@ -149,12 +171,19 @@ def main(argv: list[str] | None = None) -> int:
             for given, what in ((args.data, "--data"), (args.images, "--images")):  # before the model loads
                 if not Path(given).exists():
                     raise DataError(f"{what} '{given}' does not exist")
+            if args.out is not None and not args.out.parent.is_dir():
+                raise DataError(f"the folder of --out '{args.out}' does not exist")
             metrics = evaluate_model(Predictor.from_pretrained(args.model, device=args.device), args.data,
                                      args.images, novel)
             text = json.dumps(metrics, indent=2)
             if args.out:
                 args.out.write_text(text + "\n", encoding="utf-8")
             print(text)
+    except Refused as e:
+        return _failed(str(e), None)
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
     except (DataError, CheckpointError, HubUnavailableError, FileNotFoundError, ValueError) as e:
         return _failed(str(e), out)
     except (MemoryError, RuntimeError) as e:  # HubUnavailableError, a RuntimeError too, is answered above
@@ -162,6 +191,30 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _failed(explain(), out)
     return 0
+
+
+def _heldout_lines(heldout: dict | None, run: RunDir) -> dict:
+    """The held-out verdict of a finished command, and which model to serve: the run folder loads
+    its latest weights, `best/` the checkpoint the held-out tags chose (what the app's "Use" serves),
+    which may differ (a late checkpoint scored worse)."""
+    if not heldout or not heldout.get("images"):
+        return {}
+    from .heldout import caveat
+
+    def ap(v) -> str:
+        return "not measurable" if v is None else f"{v:.2f}"
+
+    change = heldout.get("change")
+    verdict = "" if change is None else " (better)" if change > 0 else " (worse)" if change < 0 else " (unchanged)"
+    out = {"heldout": f"{heldout['images']} held-out images: mean image-level AP {ap(heldout.get('mean_before'))} "
+                      f"-> {ap(heldout.get('mean_after'))} at the best checkpoint{verdict}"}
+    if note := caveat(heldout):
+        out["heldout_caveat"] = note
+    served = run.served_model()
+    if served != run.path and heldout.get("best_iteration") != heldout.get("latest_iteration"):
+        out["serve"] = (f"{served} (iteration {heldout.get('best_iteration')}, chosen on the held-out images; "
+                        f"{run.path} holds the latest weights)")
+    return out
 
 
 def _failed(reason: str, out) -> int:

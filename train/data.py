@@ -76,6 +76,34 @@ def _category_names(data: dict, path: Path) -> dict[int, str]:
         raise DataError(f"'{path}': every category needs an integer 'id' and a 'name'") from None
 
 
+def read_coco_boxes(json_path: str | Path) -> tuple[dict, dict[int, str]]:
+    """(COCO detection JSON, category id -> name), checked for what training and scoring read:
+    images with an `id` and a `file_name`, annotations of a known image and category with a
+    four-number `bbox`. DataError names the file and the first entry that is wrong (evaluation
+    met them as KeyError / IndexError tracebacks)."""
+    path = Path(json_path)
+    data = _read_json(path)
+    names = _category_names(data, path)
+    images = data["images"]
+    if not isinstance(images, list) or not all(isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str)
+                                               for im in images):
+        raise DataError(f"'{path}': 'images' must be a list of objects with an 'id' and a 'file_name'")
+    ids = {im["id"] for im in images}
+    annotations = data.setdefault("annotations", [])
+    if not isinstance(annotations, list):
+        raise DataError(f"'{path}': 'annotations' must be a list")
+    for ann in annotations:
+        where = f"'{path}': annotation {ann.get('id') if isinstance(ann, dict) else ann!r}"
+        if not isinstance(ann, dict) or ann.get("image_id") not in ids:
+            raise DataError(f"{where} names no image of the file")
+        if ann.get("category_id") not in names:
+            raise DataError(f"{where} has unknown category_id {ann.get('category_id')!r}")
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise DataError(f"{where}: 'bbox' must be four numbers [x, y, width, height], got {box!r}")
+    return data, names
+
+
 def _image_dir_check(image_dir: Path) -> None:
     if not image_dir.is_dir():
         raise DataError(f"image folder not found: '{image_dir}'")
@@ -86,10 +114,8 @@ def read_box_dataset(json_path: str | Path, image_dir: str | Path) -> tuple[list
     from pycocotools.coco import COCO
 
     json_path, image_dir = Path(json_path), Path(image_dir)
-    data = _read_json(json_path)
+    data, names = read_coco_boxes(json_path)
     _image_dir_check(image_dir)
-    names = _category_names(data, json_path)
-    data.setdefault("annotations", [])
     coco = COCO()
     coco.dataset = data
     try:
@@ -109,9 +135,6 @@ def read_box_dataset(json_path: str | Path, image_dir: str | Path) -> tuple[list
             if ann.get("iscrowd", 0):
                 stats.crowd_ignored += 1
                 continue
-            if ann["category_id"] not in names:
-                raise DataError(f"'{json_path}': annotation {ann.get('id')} has unknown category_id "
-                                f"{ann['category_id']}")
             x, y, w, h = (float(v) for v in ann["bbox"])
             if not (w > 1 and h > 1 and np.isfinite([x, y, w, h]).all()):
                 stats.degenerate_dropped += 1

@@ -17,7 +17,7 @@ import torch
 
 from detector.capacity import backbone_choice_of, head_preset_of, rebuild
 from detector.embedding_cache import VocabularyEmbedder
-from detector.predictor import autocast_for
+from detector.predictor import autocast_for, resolve_device
 from detector.presets import load_detector
 
 from .finetune import TrainStep
@@ -111,7 +111,7 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     A tags-only run with cached features (what finetune does by default on a frozen backbone) is
     measured as it runs: "seconds_per_image" has the one-off cost per tagged image ("cache") and
     per held-out image ("heldout"), "seconds_per_iter" the step on cached candidates."""
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     model = load_detector(cfg.model)
     if cfg.heads or cfg.train_backbone:
         model, _ = rebuild(model, cfg.heads or None, cfg.train_backbone or None, seed=cfg.seed)

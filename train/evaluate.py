@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ import numpy as np
 from detector.annotate import coco_annotations
 from detector.images import ImageLoadError
 from detector.vocabulary import normalize_name
+
+from .data import DataError, read_coco_boxes
 
 
 def _coco_eval(gt, dets: list[dict], cat_ids: list[int]):
@@ -76,8 +77,8 @@ def evaluate_model(model_or_predictor, data: str | Path, image_dir: str | Path, 
     """Run a detector over a COCO dataset and score it with `coco_metrics`."""
     from detector.predictor import Predictor
 
-    data_path, image_dir = Path(data), Path(image_dir)
-    gt = json.loads(data_path.read_text(encoding="utf-8"))
+    gt, _ = read_coco_boxes(data)
+    image_dir = Path(image_dir)
     if isinstance(model_or_predictor, Predictor):
         predictor = model_or_predictor
     else:
@@ -95,6 +96,9 @@ def evaluate_model(model_or_predictor, data: str | Path, image_dir: str | Path, 
             skipped += 1
             continue
         dets += coco_annotations(d, info["id"], [c["id"] for c in cats], first_id=len(dets) + 1)
+    if gt["images"] and skipped == len(gt["images"]):
+        raise DataError(f"none of the {len(gt['images'])} images of '{data}' could be read from '{image_dir}' "
+                        "(their file_name is relative to --images)")
     result = coco_metrics(gt, dets, novel)
     result["images"] = len(gt["images"]) - skipped
     result["skipped_images"] = skipped

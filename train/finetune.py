@@ -27,7 +27,7 @@ from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
 from .heldout import ENSEMBLE_WEIGHTS, HeldoutScorer, heldout_summary, rank_key, split_heldout
-from .loop import Loop, device_for
+from .loop import Loop, Stopped, device_for, restore_signals, stop_on_signals
 from .run_config import RunConfig
 from .run_dir import RunDir
 from .sampler import MixedSampler, parse_ratio
@@ -97,11 +97,13 @@ def _batch(kind, idx, samples, cfg, rng, names_index, box_index, device, skipped
 
 def run_with_status(run_dir: str | Path | RunDir, body) -> dict:
     """The frame every training command runs in: the run folder, the process group, the run's log
-    file, and a "failed" status with the reason when `body(run, rank, world)` raises."""
+    file, a "failed" status with the reason when `body(run, rank, world)` raises, and a "cancelled"
+    one when a signal stops it before its step loop (`loop.stop_on_signals`)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed()
     handler = _setup_logging(run, rank)
+    previous = stop_on_signals()
     try:
         result = body(run, rank, world)
         if world > 1 and dist.is_initialized():
@@ -109,11 +111,16 @@ def run_with_status(run_dir: str | Path | RunDir, body) -> dict:
             # the interpreter's exit, gloo's threads aborted one rank now and then: exit code -6)
             dist.destroy_process_group()
         return result
+    except Stopped as e:
+        if rank == 0:
+            run.write_status("cancelled", message=str(e), pid=os.getpid())
+        raise
     except BaseException as e:
         if rank == 0:
             run.write_status("failed", message=f"{type(e).__name__}: {e}"[:500], pid=os.getpid())
         raise
     finally:
+        restore_signals(previous)
         if handler is not None:
             for name in ("train", "detector"):
                 logging.getLogger(name).removeHandler(handler)

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+from detector.predictor import resolve_device
+
 from .run_dir import RunDir
 
 log = logging.getLogger("train")
@@ -36,6 +38,28 @@ def learning_rate(cfg, it: int) -> float:
         return cfg.lr * (it + 1) / warmup
     progress = (it - warmup) / max(1, cfg.iters - warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Stopped(Exception):
+    """SIGINT/SIGTERM before the step loop could stop at a step (while images are read and cached)."""
+
+
+def stop_on_signals() -> dict:
+    """Until the loop's `StopFlag` takes over, SIGINT/SIGTERM end the run at once, as an exception
+    its frame records as "cancelled": reading and caching the tagged images takes minutes, and a
+    signal's default end left the status "running" with a dead pid. Returns the handlers it
+    replaced, for `restore_signals` (a caller's process gets its Ctrl-C back after the run)."""
+    def stop(signum, frame) -> None:
+        raise Stopped(f"stopped by {signal.Signals(signum).name} before training began")
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 class StopFlag:
@@ -57,8 +81,9 @@ class StopFlag:
 
 def device_for(cfg, world: int) -> torch.device:
     """The configured device, else CUDA when there is one; under DDP (`world` > 1) this rank's GPU
-    (LOCAL_RANK), made the current one."""
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    (LOCAL_RANK), made the current one. A device this machine lacks is one ValueError (the run's
+    failure sentence), not the driver's traceback."""
+    device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

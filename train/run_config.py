@@ -275,14 +275,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=RunConfig) -> None
         flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        text = f.metadata.get("help", "")
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{f.metadata.get('help', '')} (default: {shown})"}
+                              "help": text if "default" in text else f"{text} (default: {shown})"}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = _parse_list(kind) if many else kind
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
+            kw["metavar"] = "{" + ",".join(c for c in f.metadata["choices"] if c) + "}"  # "" (keep) is the default
         parser.add_argument(*flags, **kw)
 
 

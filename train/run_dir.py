@@ -280,6 +280,11 @@ class RunDir:
         info = read_json(self.file(self.CHECKPOINTS) / "latest.json") or {}
         return int(info.get("iteration", 0)) if self.latest_checkpoint() is not None else 0
 
+    def has_trained(self) -> bool:
+        """Whether a run has trained here: a checkpoint, a best model or a metrics line."""
+        return (self.file(self.CHECKPOINTS) / "latest.json").exists() or self.file(self.BEST).exists() \
+            or self.file(self.METRICS_LOG).exists()
+
     def latest_checkpoint(self) -> Path | None:
         info = read_json(self.file(self.CHECKPOINTS) / "latest.json")
         if not info:

@@ -239,17 +239,21 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
     def _edit(image_hash: str, touched: list[str], before: dict | None = None) -> dict:
         """What Undo needs: the names an edit touches and their tags before it."""
         if before is None:
-            before = view(_index_of(image_hash))["image"]
+            before = view(_index_of(image_hash) or 0)["image"]
         return {"hash": image_hash, "touched": list(touched),
                 "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
 
-    def _index_of(image_hash: str) -> int:
-        return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), 0)
+    def _index_of(image_hash: str) -> int | None:
+        return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), None)
 
     def edited(image_hash: str, text: str | None = None) -> dict:
         """The editor of the image shown, as stored, and `text` on the message line (None: the
-        line keeps what it says, e.g. the upload report while the editor settles)."""
-        return {**({} if text is None else {msg: text}), **_editor(view(_index_of(image_hash)))}
+        line keeps what it says, e.g. the upload report while the editor settles). With no image
+        shown (a filter that matches none) the editor stays empty: it had shown the first image's
+        tags beside an empty picture, and a tag typed there went nowhere."""
+        at = _index_of(image_hash) if image_hash else None
+        v = view(at) if at is not None else {**view(0), "image": None}
+        return {**({} if text is None else {msg: text}), **_editor(v)}
 
     return SimpleNamespace(_editor=_editor, _present_view=_present_view, as_tuple=as_tuple, _edit=_edit,
                            _index_of=_index_of, edited=edited)
@@ -344,15 +348,21 @@ def _wire_queue(ep: dict, c: SimpleNamespace, views: SimpleNamespace):
     show.input(moving(0), moves, outputs, api_name=False, show_progress_on=msg, **QUEUED).then(**counted)
     gr.on([shown.change, status.change, show.change, suggest_vocab.change], **counted)
 
-    # The filters offered: the labels and the Suggest names, as they are now.
-    def filters(vocab):
+    # The filters offered: the labels and the Suggest names, as they are now. A filter chosen for a
+    # label that another page renamed or deleted goes back to all images, and says why (it had
+    # matched none: an empty picture, and ◀ / ▶ silent).
+    def filters(vocab, chosen):
         v = view(0, "all", False, vocab)
-        return gr.update(choices=_filters(v["labels"], v["suggest_names"]))
+        offered = _filters(v["labels"], v["suggest_names"])
+        if (chosen or "all").startswith("label:") and chosen not in {value for _, value in offered}:
+            gone = chosen[len("label:"):]
+            return (gr.update(choices=offered, value="all"),
+                    f"the label {literal(gone)} is gone (renamed or deleted on another page): showing all images")
+        return gr.update(choices=offered), gr.update()
 
-    choices = handler(filters, error=lambda m, *_: (gr.update(), error_text(m)),
-                      present=lambda update: (update, gr.update()))
+    choices = handler(filters, error=lambda m, *_: (gr.update(), error_text(m)))
     choices.endpoint = view
-    gr.on([shown.change, suggest_vocab.change], choices, suggest_vocab, [show, msg], api_name=False,
+    gr.on([shown.change, suggest_vocab.change], choices, [suggest_vocab, show], [show, msg], api_name=False,
           show_progress="hidden", trigger_mode="always_last")
     return choices
 
@@ -427,6 +437,8 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     def save(image_hash, pos, neg, before):
         """Saved on every change as the difference to what was shown (add / remove operations)."""
         pos, neg = list(pos or []), list(neg or [])
+        if not image_hash and (pos or neg):
+            raise user_error("no image is shown, so the tag was not saved: pick another set under Show")
         if image_hash and (before or {}).get("hash") == image_hash:
             add_pos = [n for n in pos if n not in before["positives"]]
             add_neg = [n for n in neg if n not in before["negatives"]]
@@ -598,18 +610,19 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
     refresh = handler(view, prepare=lambda i, s, vocab: (i, s, False, vocab),
                       present=lambda v: as_tuple(_present_view(v)))
 
-    def watched(revision, i, s, vocab) -> tuple:
+    def watched(revision, i, s, vocab, shown_hash) -> tuple:
         """(status, keys, stored tags) of the image shown as stored now at the store's `revision`
         (changes made on another page); the chips follow through `store_mark` (`_wire_sync`), never
-        here: a person may be editing."""
-        v = view(int(i or 0), s, False, vocab)
+        here: a person may be editing. Read whether or not the filter still takes the image (a
+        label renamed elsewhere: its chips had kept the old name)."""
+        v = view(int(i or 0), "all", False, vocab)
         legend = (_keys(v["keys"]), v["keys"][:HOTKEYS])
-        if v["image"] is None or v["index"] != int(i or 0):
+        if v["image"] is None or v["index"] != int(i or 0) or v["image"]["hash"] != shown_hash:
             return gr.update(), *legend, gr.update()
         return _status(v), *legend, _store_mark(v, revision)
 
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
-            "watch": (watched, [index, show, suggest_vocab], [status, keys, c.key_names, c.store_mark]),
-            "choices": (choices, suggest_vocab, [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
+            "watch": (watched, [index, show, suggest_vocab, c.current], [status, keys, c.key_names, c.store_mark]),
+            "choices": (choices, [suggest_vocab, show], [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
             "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash)))),
             "add_images": c.add_images, "current": c.current}
