@@ -116,9 +116,13 @@ class ModelsMixin:
             status = None
         if status is not None:
             run = self.jobs.run(source)
+            if not (Path(path) / "model.safetensors").exists():  # "serve it anyway" then named a server path
+                raise JobError(f"run {source} has no checkpoint yet ({status.get('state')} at iteration "
+                               f"{status.get('iteration', 0)} of {status.get('total', '?')}): nothing to serve")
             heldout = heldout_summary(run.heldout())
             scored_on_boxes = run.evaluation() is not None and run.evaluation(before=True) is not None
-            drop = self._heldout_drop(heldout) or ("" if scored_on_boxes else self._unscored(heldout))
+            drop = self._heldout_drop(heldout) or ("" if scored_on_boxes else self._unscored(heldout)) \
+                or self._not_compared_with_served(run, path)
             if drop and not confirm:
                 return {"needs_confirmation": True, "message": drop, **self.model_info()}
             if heldout and heldout.get("best_iteration") is not None:
@@ -155,6 +159,26 @@ class ModelsMixin:
             return ""
         return (f"Its best checkpoint scores lower on the held-out tags than the model it started from: "
                 f"image-level AP {_ap(before)} → {_ap(after)} ({(after - before) * 100:+.1f} points).")
+
+    def _not_compared_with_served(self, run: RunDir, path: str) -> str:
+        """A sentence when the model served now is not the one the run started from (another run
+        was chosen since): the run's verdict then says nothing about the served model, and an old
+        run "better" than its own start had replaced a later, better one unasked. Empty when they
+        are the same, or the run predates the record."""
+        from .service_training import START_MODEL, STARTED_FROM
+
+        started = (read_json(run.file(START_MODEL) / STARTED_FROM) or {}).get("source")
+        if not started or started == self.serving.source or Path(path) == Path(self.serving.source):
+            return ""
+        return (f"It was compared with the model served when it started ({self._source_name(started)}), not with "
+                f"the one served now ({self._source_name(self.serving.source)}): which of the two is better is "
+                "not known.")
+
+    def _source_name(self, source: str) -> str:
+        """A served source as people read it: "run ID" for this app's runs, a folder's name (no
+        server path), else as given (a preset, a Hub id)."""
+        run_id = self._run_of(source)
+        return f"run {run_id}" if run_id else Path(source).name if Path(source).is_absolute() else source
 
     @staticmethod
     def _unscored(heldout: dict | None) -> str:
@@ -218,8 +242,12 @@ class ModelsMixin:
 
     def _served_run(self) -> str | None:
         """The id of this app's run the served model comes from (its folder or a checkpoint in it), if any."""
+        return self._run_of(self.serving.source)
+
+    def _run_of(self, source: str) -> str | None:
+        """The id of this app's run a model source lies in, if any."""
         try:
-            inside = Path(self.serving.source).resolve().relative_to(self.jobs.runs_dir.resolve())
+            inside = Path(source).resolve().relative_to(self.jobs.runs_dir.resolve())
         except (ValueError, OSError):
             return None
         run_id = inside.parts[0] if inside.parts else ""

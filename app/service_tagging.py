@@ -193,6 +193,12 @@ class TaggingMixin:
         return self.store.add_tags(image_hash, pos, neg)
 
     @endpoint()
+    def delete_image(self, image_hash: str) -> str:
+        """Remove an image with its tags and boxes (a wrong upload). Runs already started keep the
+        tags they were given; one still reading its images skips this one."""
+        return f"deleted {self.store.delete_image(image_hash)}"
+
+    @endpoint()
     def untag(self, image_hash: str, names: str | list[str]) -> dict:
         """Remove tags from an image; other tags stay. Returns its tags as stored."""
         return self.store.remove_tags(image_hash, parse_vocabulary(names) if _nonempty(names) else [])

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from detector.files import atomic_write_json
 from train.heldout import heldout_summary, plan_from_detic
 from train.run_config import PretrainConfig, RunConfig
 from train.run_dir import ACTIVE_STATES, RunDir
@@ -19,6 +20,7 @@ from .store import StoreError
 # the run folder as COCO (`RunDir.write_boxes`) and the run trains on them beside the tags.
 STORED_BOXES = "(the stored boxes)"
 START_MODEL = "start_model"  # in a run's folder: the model it started from (the one served when it started)
+STARTED_FROM = "served_as.json"  # in START_MODEL: the source that model was served as ("Use" compares)
 
 
 class TrainingMixin:
@@ -137,6 +139,7 @@ class TrainingMixin:
         runs was overwritten by the next start: a resumed run began from another model)."""
         with self._lock:
             self.predictor.save_pretrained(path)
+            atomic_write_json(path / STARTED_FROM, {"source": self.serving.source})
         return str(path)
 
     @endpoint()

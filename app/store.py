@@ -188,6 +188,15 @@ class LabelStore:
                                       "width": w, "height": h, "added": time.time()}, ignore=True)
         return digest
 
+    def delete_image(self, image: str) -> str:
+        """Remove an image, its tags and boxes (cascade) and its file; returns its name. The file
+        goes inside the transaction: an upload of the same bytes waits for it, then stores anew."""
+        with self._writing():
+            row = self._image(image)
+            self.db.conn.execute("DELETE FROM images WHERE hash = ?", [row["hash"]])
+            (self.image_dir / row["file"]).unlink(missing_ok=True)
+        return row["original_name"] or row["hash"][:12]
+
     def image_path(self, image: str) -> Path:
         row = self._image(image)
         return self.image_dir / row["file"]

@@ -39,11 +39,20 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _first_sentence(text: str, most: int = 160) -> str:
+    """The library's reason, to its first full stop, at most `most` characters cut at a word (it was
+    cut mid-word: "To enable repo look-ups a")."""
+    sentence = text.split(". ")[0].rstrip(".")
+    if len(sentence) <= most:
+        return sentence
+    return sentence[:most].rsplit(" ", 1)[0] + " …"
+
+
 def _explain(what: str, err: BaseException) -> HubUnavailableError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     mode = "HF_HUB_OFFLINE is set" if offline() else "offline or unreachable"
     return HubUnavailableError(
-        f"could not fetch {what} from the Hugging Face Hub ({mode}: {reason[:160]}). "
+        f"could not fetch {what} from the Hugging Face Hub ({mode}: {_first_sentence(reason)}). "
         "Use a local folder, pre-populate the Hub cache on a connected machine "
         "(see docs/models.md), or use the packaged offline model ('offline')."
     )

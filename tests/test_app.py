@@ -500,7 +500,7 @@ def test_the_tag_editor_catching_up_answers_every_output(tmp_path, tiny_predicto
     stored = next(i for i, o in enumerate(watch.outputs) if getattr(o, "elem_id", "") == "tag-stored")
 
     def watched(seen):
-        return asyncio.run(demo.process_api(watch, [seen, 0, "all", ""], state=SessionState(demo)))["data"]
+        return asyncio.run(demo.process_api(watch, [seen, 0, "all", "", h], state=SessionState(demo)))["data"]
 
     first = watched("")
     service.tag(h, "cup")

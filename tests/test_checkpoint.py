@@ -133,6 +133,16 @@ def test_cli_names_the_problem_on_bad_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "detector", "predict", str(tmp_path / "x.png"), "-v", "cat",
                         "-m", "someone/not-cached"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: could not fetch")
+    assert r.stderr.count("\n") == 1 and "look-ups a)" not in r.stderr  # the library's reason, not cut mid-word
+
+
+def test_the_hub_reason_is_cut_at_a_sentence_or_a_word():
+    from detector.hub import _first_sentence
+
+    assert _first_sentence("Cannot find it. To enable repo look-ups and downloads online, unset it.") == "Cannot find it"
+    long = "word " * 60
+    cut = _first_sentence(long.strip())
+    assert cut.endswith(" …") and len(cut) <= 162 and cut[:-2].split(" ")[-1] == "word"
 
 
 def test_alternative_filenames_are_tried_in_order(monkeypatch, tmp_path):

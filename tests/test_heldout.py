@@ -223,6 +223,41 @@ def test_use_model_serves_the_best_checkpoint_and_asks_before_serving_a_worse_on
     assert "already ranked perfectly before the run" in info["note"]
 
 
+def test_use_asks_when_the_served_model_is_not_the_one_the_run_was_compared_with(tmp_path, tiny_predictor):
+    """Run B was better than its start and is served; "Use" on an older run A, better than *its*
+    start (offline), had replaced B unasked although nothing compares A with B. A run with no
+    checkpoint yet is refused in one sentence ("serve it anyway" had answered with a server path)."""
+    from app.jobs import JobError
+    from app.service import AppService
+    from app.service_training import START_MODEL, STARTED_FROM
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    first = service.model_info()["source"]
+    old = _finished_run(service, tiny_predictor, before=0.5, best=0.8)
+    old.file(START_MODEL).mkdir()
+    (old.file(START_MODEL) / STARTED_FROM).write_text(json.dumps({"source": first}))
+    newer = _finished_run(service, tiny_predictor, before=0.8, best=0.9)
+    service._current_source(newer.file(START_MODEL))  # what a run records when it starts
+    assert json.loads((newer.file(START_MODEL) / STARTED_FROM).read_text()) == {"source": first}
+    assert not service.use_model(newer.id).get("needs_confirmation")  # compared with what was served: asked nothing
+    served = service.model_info()["source"]
+    answer = service.use_model(old.id)
+    assert answer["needs_confirmation"] and service.model_info()["source"] == served
+    assert answer["message"] == (f"It was compared with the model served when it started ({first}), not with the one "
+                                 f"served now (run {newer.id}): which of the two is better is not known.")
+    info = service.use_model(old.id, confirm=True)
+    assert info["source"] == str(old.file(RunDir.BEST)) and "served although it was compared with" in info["note"]
+    assert service.use_model(newer.id)["needs_confirmation"]  # back to B: it too was compared with `first` alone
+
+    empty = RunDir.create(service.jobs.runs_dir)
+    empty.write_config(RunConfig(model="tiny", label_data="x.json", label_images="."))
+    empty.write_status("failed", iteration=0, total=40, message="the training process ended unexpectedly")
+    for confirm in (False, True):
+        with pytest.raises(JobError) as refused:
+            service.use_model(empty.id, confirm=confirm)
+        assert str(refused.value) == f"run {empty.id} has no checkpoint yet (failed at iteration 0 of 40): nothing to serve"
+
+
 def test_a_run_with_no_held_out_score_is_served_only_when_asked(tmp_path, tiny_predictor):
     """Too few tags to hold any out: nothing says the run is better, so "use" asks first (it was
     swapped in silently); with validation boxes scored before and after, it is served as asked."""

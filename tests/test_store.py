@@ -48,6 +48,22 @@ def test_content_hash_deduplicates(store):
     assert len(store.images()) == 2
 
 
+def test_a_deleted_image_goes_with_its_tags_boxes_and_file_and_can_come_back(store):
+    a = store.add_image(png(1), "wrong.png")
+    b = store.add_image(png(2), "kept.png")
+    store.import_tags([(a, ["cat"], ["dog"]), (b, ["cat"], [])], {a: [("cat", (1, 1, 20, 20))]})
+    file = store.image_path(a)
+    assert file.exists() and len(store.boxes()) == 1
+    before = store.revision
+    assert store.delete_image(a) == "wrong.png"
+    assert [r["hash"] for r in store.images()] == [b] and not file.exists() and store.boxes() == []
+    assert store.revision > before and store.tags(b) == {"positives": ["cat"], "negatives": []}
+    with pytest.raises(StoreError, match="unknown image"):
+        store.delete_image(a)
+    assert store.add_image(png(1), "wrong.png") == a and store.image_path(a).exists()  # stored anew
+    assert store.tags(a) == {"positives": [], "negatives": []}
+
+
 def test_idempotent_tags_with_negatives_and_nasty_names(store):
     h = store.add_image(png(3))
     nasty = ["chat noir 🐈", "Robert'); DROP TABLE tags;--", 'say "cheese"', "猫"]

@@ -699,6 +699,61 @@ def test_a_filter_on_a_label_renamed_elsewhere_goes_back_to_all_and_no_image_tak
     assert "ghost" not in service.store.labels()
 
 
+def test_undo_leaves_a_newer_edit_from_another_page_alone(app, photos):
+    """This page adds "helmet"; another page moves it to Not present; Undo here had removed it,
+    erasing the other person's acknowledged edit. It now says why it does not undo."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    h = service.store.add_image(photos[0], "astronaut.png")
+    service.tag(h, "cup")
+    page.get_by_role("tab", name="Tag").click()
+    chips, msg = page.locator("#tag-positives"), page.locator("#tag-msg")
+    expect(chips).to_contain_text("cup", timeout=30_000)
+    box = page.locator("#tag-positives input")
+    box.fill("helmet")
+    box.press("Enter")
+    _wait(page, lambda: "helmet" in service.store.tags(h)["positives"], "helmet added")
+    box.press("Escape")
+    service.untag(h, "helmet")  # the other page moves it to Not present
+    service.tag(h, [], "helmet")
+    page.locator("#tag-undo").click()
+    expect(msg).to_contain_text("not undone: helmet changed on another page since", timeout=30_000)
+    expect(page.locator("#tag-negatives")).to_contain_text("helmet", timeout=30_000)
+    assert service.store.tags(h) == {"positives": ["cup"], "negatives": ["helmet"]}
+    box.fill("plate")  # an edit nobody else touched still undoes
+    box.press("Enter")
+    _wait(page, lambda: "plate" in service.store.tags(h)["positives"], "plate added")
+    box.press("Escape")
+    page.locator("#tag-undo").click()
+    expect(msg).to_contain_text("undone: plate", timeout=30_000)
+    assert service.store.tags(h) == {"positives": ["cup"], "negatives": ["helmet"]}
+
+
+def test_a_wrong_upload_is_deleted_from_the_tag_tab_once_ticked(app, photos):
+    """There was no way to remove an image: a wrong upload stayed in the dataset for good."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    service.store.add_image(photos[0], "wrong.png")
+    kept = service.store.add_image(photos[1], "kept.png")
+    service.tag(kept, "cat")  # the page opens at the first untagged image: the wrong one
+    page.get_by_role("tab", name="Tag").click()
+    status, msg = page.locator("#tag-status"), page.locator("#tag-msg")
+    expect(status).to_contain_text("wrong.png", timeout=30_000)
+    page.locator("#tag-delete-box").get_by_text("Delete this image").first.click()  # the accordion opens
+    page.locator("#tag-delete").click()
+    expect(msg).to_contain_text("tick 'Yes, delete it with its tags and boxes' first", timeout=30_000)
+    assert len(service.store.images()) == 2
+    page.locator("#tag-delete-confirm input").check()
+    page.locator("#tag-delete").click()
+    expect(msg).to_contain_text("deleted wrong.png", timeout=30_000)
+    expect(status).to_contain_text("Image 1 / 1", timeout=30_000)
+    expect(status).to_contain_text("kept.png")
+    expect(page.locator("#tag-delete-confirm input")).not_to_be_checked()
+    assert [r["hash"] for r in service.store.images()] == [kept] and "cat" in service.store.labels()
+
+
 def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
     from app.jobs import JobError
 

@@ -139,6 +139,7 @@ def build(ep: dict, server_folders: bool) -> dict:
     _wire_save(ep, c, views)
     _wire_suggestions(ep, c, views)
     _wire_undo(ep, c, views)
+    _wire_delete(ep, c, views)
     _wire_sync(ep, c, views)
     return _exports(ep, c, views, choices)
 
@@ -178,6 +179,10 @@ def _layout(server_folders: bool) -> SimpleNamespace:
             suggest_btn = gr.Button("Suggest from the current model", elem_id="tag-suggest")
             suggestions = gr.CheckboxGroup([], label="Suggestions (check to accept)", elem_id="tag-suggestions")
             accept_btn = gr.Button("Add checked suggestions", elem_id="tag-accept")
+            with gr.Accordion("Delete this image", open=False, elem_id="tag-delete-box"):
+                del_confirm = gr.Checkbox(False, label="Yes, delete it with its tags and boxes",
+                                          elem_id="tag-delete-confirm")
+                del_btn = gr.Button("Delete this image", variant="stop", elem_id="tag-delete")
     keys = gr.Markdown(elem_id="tag-keys")
     hotkeys = [gr.Button(str(i), elem_id=f"tag-key-{i}", elem_classes=["hotkey"]) for i in range(1, HOTKEYS + 1)]
     # What the page shows, kept in the page (not in server-side state) so every event carries one
@@ -243,6 +248,13 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
         return {"hash": image_hash, "touched": list(touched),
                 "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
 
+    def settled(edit: dict) -> dict:
+        """`edit` with the sides its names are on now that it is stored (`after`): Undo puts them
+        back only while they still are (it had erased another page's newer edit of them)."""
+        img = view(_index_of(edit["hash"]) or 0)["image"] or {}
+        return {**edit, "after": {side: [n for n in edit["touched"] if n in img.get(side, [])]
+                                  for side in ("positives", "negatives")}}
+
     def _index_of(image_hash: str) -> int | None:
         return next((i for i, r in enumerate(ep["images"]()) if r["hash"] == image_hash), None)
 
@@ -256,7 +268,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
         return {**({} if text is None else {msg: text}), **_editor(v)}
 
     return SimpleNamespace(_editor=_editor, _present_view=_present_view, as_tuple=as_tuple, _edit=_edit,
-                           _index_of=_index_of, edited=edited)
+                           _index_of=_index_of, edited=edited, settled=settled)
 
 
 def _emptied() -> None:
@@ -415,9 +427,9 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         seen = seen if isinstance(seen, dict) and seen.get("hash") == image_hash else edit["before"]
         if name in seen["positives"]:
             ep["untag"](image_hash, [name])
-            return image_hash, f"removed {literal(name)}", edit
+            return image_hash, f"removed {literal(name)}", views.settled(edit)
         ep["tag"](image_hash, [name], [])
-        return image_hash, f"added {literal(name)}", edit
+        return image_hash, f"added {literal(name)}", views.settled(edit)
 
     for number, key in enumerate(hotkeys, 1):
         toggled = handler(toggle, prepare=lambda h, names, seen, n=number: (h, names, seen, n),
@@ -452,7 +464,8 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
                 # a name picked on the other side leaves this one: said, since it happened unasked
                 moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
                         [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
-                return image_hash, pos, neg, _edit(image_hash, removed + add_pos + add_neg, before), "; ".join(moved)
+                edit = views.settled(_edit(image_hash, removed + add_pos + add_neg, before))
+                return image_hash, pos, neg, edit, "; ".join(moved)
         return image_hash, pos, neg, None, ""
 
     def saved(result) -> dict:
@@ -525,6 +538,7 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         if image_hash and checked:
             edit = _edit(image_hash, checked)
             ep["tag"](image_hash, checked, [])
+            edit = views.settled(edit)
         return image_hash, checked, edit
 
     def accepted(result) -> dict:
@@ -545,9 +559,13 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     edited = views.edited
 
     def undo(image_hash, edit):
-        """Put the names the last change touched back as they were (remove, then re-add)."""
+        """Put the names the last change touched back as they were (remove, then re-add), unless
+        another page has changed them since: its edit is newer, and stays."""
         if not edit:
             raise user_error("nothing to undo")
+        if "after" in edit and views.settled(edit)["after"] != edit["after"]:
+            raise user_error(f"not undone: {', '.join(edit['touched'])} changed on another page since (the tags "
+                             "shown are as stored now)")
         ep["untag"](edit["hash"], edit["touched"])
         if edit["before"]["positives"] or edit["before"]["negatives"]:
             ep["tag"](edit["hash"], edit["before"]["positives"], edit["before"]["negatives"])
@@ -560,9 +578,31 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             return {msg: text + " (on another image)", last_edit: None}
         return {**edited(image_hash, text), last_edit: None}
 
-    undo_handler = handler(undo, present=undone, error=lambda m, *_: {msg: error_text(m)})
+    undo_handler = handler(undo, present=undone, error=lambda m, image_hash, _: edited(image_hash, error_text(m)))
     undo_handler.endpoint = ep["untag"]
     undo_btn.click(undo_handler, [current, last_edit], outputs, api_name=False, show_progress="hidden", **QUEUED)
+
+
+def _wire_delete(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
+    """Delete the image shown (a wrong upload), once the box is ticked; the next image takes its place."""
+    view = ep["tag_view"]
+
+    def delete(image_hash, sure, i, s, vocab):
+        if not image_hash:
+            raise user_error("no image is shown")
+        if not sure:
+            raise user_error("tick 'Yes, delete it with its tags and boxes' first")
+        said = ep["delete_image"](image_hash)
+        return said, view(int(i or 0), s, False, vocab)
+
+    def deleted(result) -> dict:
+        said, v = result
+        return {**views._present_view(v), c.msg: literal(said), c.last_edit: None, c.del_confirm: False}
+
+    event = handler(delete, present=deleted, error=lambda m, *_: {c.msg: error_text(m)})
+    event.endpoint = ep["delete_image"]
+    c.del_btn.click(event, [c.current, c.del_confirm, c.index, c.show, c.suggest_vocab],
+                    [*c.outputs, c.del_confirm], api_name=False, show_progress_on=c.msg, **QUEUED)
 
 
 def _store_mark(v: dict, revision: str) -> str:
