@@ -27,6 +27,7 @@ from .video import VIDEO_SUFFIXES, InputError, Item, Video, detect_video, open_v
 
 FORMATS = ("json", "jsonl", "csv", "coco")
 BATCH = 8  # images or frames per model call
+MAX_HINTS = 10  # "nothing found" lines printed before a count of the rest
 
 
 def _unit(text: str) -> float:
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     total = len(image_paths) + sum(-(-v.frames // args.frame_stride) for v in videos)
     bar = tqdm(total=total or None, unit="img", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    records, bad = [], []
+    records, bad, hints = [], [], []
     drawn_as = annotated_names(image_paths) if args.annotated and not single else {}
 
     def run(loaded: list) -> list:
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             for item, image, det in zip(kept, loaded, run(loaded) if kept else []):
                 height, width = image.original_size
                 records.append({**item.record(det), "width": width, "height": height})
+                if not len(det):
+                    hints.append(_empty_hint(predictor, item.source, image, names, args))
                 if args.annotated:
                     _save_annotated(args.annotated, None if single else drawn_as[item.source], image, det)
             bar.update(len(batch))
@@ -337,9 +340,28 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text, encoding="utf-8")
     elif records or args.format == "coco":
         sys.stdout.write(text)
+    for hint in hints[:MAX_HINTS]:
+        print(hint, file=sys.stderr)
+    if len(hints) > MAX_HINTS:
+        print(f"note: {len(hints) - MAX_HINTS} more images with nothing at or above the threshold", file=sys.stderr)
     for message in bad:
         print(f"error: {message}", file=sys.stderr)
     return 2 if bad else 0
+
+
+def _empty_hint(predictor, source: str, image, names: list[str], args) -> str:
+    """Never a silent empty answer (as on the Detect tab): an image with no box at the threshold
+    gets one line naming its best candidates, so "not there" reads apart from "there, unsure"."""
+    from .low_confidence import best_guesses
+
+    threshold = args.score_threshold if args.score_threshold is not None else predictor.model.config.score_threshold
+    guesses = best_guesses(predictor, image, names, args.nms_threshold, limit=3)
+    if not len(guesses):
+        return f"note: {source}: nothing at or above {threshold:g}, and no candidate for these names"
+    best = ", ".join(f"{guesses.data['class_name'][i]} {guesses.confidence[i]:.2f}" for i in range(len(guesses)))
+    return (f"note: {source}: nothing at or above {threshold:g}; best candidates (low confidence): {best} "
+            f"(--score-threshold {max(0.01, float(guesses.confidence[0]) - 0.005):.2f} shows "
+            f"{guesses.data['class_name'][0]})")
 
 
 def annotated_names(paths: list[str]) -> dict[str, Path]:

@@ -243,6 +243,19 @@ def test_evaluate_refuses_coco_files_it_cannot_score_in_one_line(tmp_path, capsy
     assert f"'{tmp_path / 'gt.json'}' is not valid JSON" in capsys.readouterr().err
 
 
+def test_an_image_with_nothing_at_the_threshold_gets_a_line_naming_its_best_candidates(inputs, capsys):
+    """The Detect tab never answers with silence; the CLI printed an empty list and nothing else
+    (the rocket photo: 0.19 under the offline model's 0.2)."""
+    folder, _ = inputs
+    assert cli.main(["predict", str(folder / "a.png"), "-v", "cat, dog", "-m", "tiny", "--score-threshold", "1",
+                     "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["detections"] == []
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"note: {folder / 'a.png'}: nothing at or above 1; best candidates (low confidence): ")
+    assert "--score-threshold 0." in line and (" shows cat)" in line or " shows dog)" in line)
+
+
 def test_no_progress_means_no_bar_at_all(tmp_path, capsys):
     """--no-progress hid our bar but the libraries' "Loading weights: 100%|..." still printed."""
     Image.new("RGB", (64, 48), (120, 90, 60)).save(tmp_path / "x.png")
