@@ -139,7 +139,7 @@ class ModelsMixin:
                          f"{status.get('total', '?')})" + ("" if heldout and heldout.get("best_iteration") is not None
                                                            else ": its last checkpoint"))
             if drop:
-                note += f"; served although {drop[0].lower()}{drop[1:]}"
+                note = note.rstrip(".") + f"; served although {drop[0].lower()}{drop[1:]}"
         with self.policy.visitor_hub():
             new = Predictor.from_pretrained(path, device=self.device)
         with self._lock:

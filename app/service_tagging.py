@@ -215,8 +215,8 @@ def queue_filter(show: str, suggested: dict[str, tuple[str, ...]] | None = None)
     if show == "untagged":
         return lambda row: not row["positives"] and not row["negatives"]
     if show.startswith("label:"):
-        name = show[len("label:"):]
-        return lambda row: name in row["positives"]
+        name = show[len("label:"):].casefold()  # labels compare case-insensitively
+        return lambda row: name in {t.casefold() for t in row["positives"]}
     if show.startswith("suggestion:"):
         name = show[len("suggestion:"):].strip().casefold()  # labels compare case-insensitively
         found = {h: {n.casefold() for n in names} for h, names in (suggested or {}).items()}

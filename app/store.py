@@ -202,9 +202,11 @@ class LabelStore:
         return self.image_dir / row["file"]
 
     def _image(self, image: str) -> dict:
+        if not isinstance(image, str) or not image:
+            raise StoreError("no image given (an image's hash, as /images lists them)")
         rows = list(self.db["images"].rows_where("hash = ?", [image]))
         if not rows:
-            raise StoreError(f"unknown image {image[:12]!r}" + ("…" if len(image) > 12 else ""))
+            raise StoreError(f"unknown image {image[:12]!r}" + ("…" if len(image) > 12 else "") + " (deleted, or never added)")
         return rows[0]
 
     def images(self) -> list[dict]:

@@ -492,7 +492,8 @@ def test_the_tag_editor_catching_up_answers_every_output(tmp_path, tiny_predicto
     shown = {"hash": h, "positives": ["mug"], "negatives": []}
 
     def run(positives, before):
-        return asyncio.run(demo.process_api(sync, [h, positives, [], before], state=SessionState(demo)))["data"]
+        return asyncio.run(demo.process_api(sync, [h, positives, [], before, "", 0, "all", ""],
+                                            state=SessionState(demo)))["data"]
 
     # The catch-up runs after every change of the store: this page's edit undone on another page
     # between two watches leaves the same tags as before, and still counts as a change.
@@ -633,3 +634,13 @@ def test_a_tag_picked_on_the_other_side_moves_and_says_so(tmp_path, tiny_predict
     out = asyncio.run(demo.process_api(save, [h, ["cup"], ["cup"], shown], state=SessionState(demo)))["data"]
     assert "moved cup to Not present" in out[msg]
     assert service.store.tags(h) == {"positives": [], "negatives": ["cup"]}
+
+
+def test_a_label_filter_matches_in_any_case_as_labels_do(tmp_path, tiny_predictor, small_image):
+    """Labels compare case-insensitively ("Kitty" is "kitty"); the Show filter, which takes typed
+    values, matched only the exact spelling ("label:KITTY": none)."""
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    h = service.store.add_image(small_image)
+    service.tag(h, "Kitty")
+    assert [service.tag_view(0, show)["matches"] for show in ("label:Kitty", "label:KITTY", "label:kitty")] == [1, 1, 1]
+    assert service.tag_view(0, "label:cat")["matches"] == 0

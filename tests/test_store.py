@@ -58,8 +58,11 @@ def test_a_deleted_image_goes_with_its_tags_boxes_and_file_and_can_come_back(sto
     assert store.delete_image(a) == "wrong.png"
     assert [r["hash"] for r in store.images()] == [b] and not file.exists() and store.boxes() == []
     assert store.revision > before and store.tags(b) == {"positives": ["cat"], "negatives": []}
-    with pytest.raises(StoreError, match="unknown image"):
+    with pytest.raises(StoreError, match="unknown image .* \\(deleted, or never added\\)"):
         store.delete_image(a)
+    for nothing in (None, "", 123):  # over the API: a traceback ("'NoneType' object is not subscriptable")
+        with pytest.raises(StoreError, match="no image given"):
+            store.delete_image(nothing)
     assert store.add_image(png(1), "wrong.png") == a and store.image_path(a).exists()  # stored anew
     assert store.tags(a) == {"positives": [], "negatives": []}
 

@@ -754,6 +754,30 @@ def test_a_wrong_upload_is_deleted_from_the_tag_tab_once_ticked(app, photos):
     assert [r["hash"] for r in service.store.images()] == [kept] and "cat" in service.store.labels()
 
 
+def test_a_page_showing_an_image_deleted_elsewhere_moves_on_and_says_so(app, photos):
+    """Another page deleted the image shown: this page kept its picture and chips, a tag typed
+    there failed with "unknown image" beside "No image matches" under "all images", and Undo said
+    the tag had been changed on another page."""
+    from playwright.sync_api import expect
+
+    service, page = app
+    gone = service.store.add_image(photos[0], "gone.png")
+    service.store.add_image(photos[1], "next.png")
+    page.get_by_role("tab", name="Tag").click()
+    status, msg = page.locator("#tag-status"), page.locator("#tag-msg")
+    expect(status).to_contain_text("gone.png", timeout=30_000)
+    box = page.locator("#tag-positives input")
+    box.fill("cat")
+    box.press("Enter")
+    _wait(page, lambda: "cat" in service.store.tags(gone)["positives"], "cat added")
+    box.press("Escape")
+    service.delete_image(gone)  # the other page's "Delete this image"
+    expect(msg).to_contain_text("this image was deleted on another page: showing the next one", timeout=40_000)
+    expect(status).to_contain_text("next.png", timeout=30_000)
+    page.locator("#tag-undo").click()  # the edit it made on the deleted image is gone with it
+    expect(msg).to_contain_text("nothing to undo", timeout=30_000)
+
+
 def test_an_active_or_served_run_is_not_deleted(tmp_path, tiny_predictor):
     from app.jobs import JobError
 
@@ -1163,6 +1187,8 @@ def test_a_trained_model_served_after_a_swap_is_described_truthfully(tmp_path, b
         page.get_by_role("button", name="Use this run's model (hot swap)").click()
         expect(page.locator("#train-msg")).to_contain_text("now serving", timeout=60_000)
         expect(page.locator("#model-line")).to_contain_text(run_id, timeout=30_000)
+        # "serve it anyway" was for that swap: left ticked, the next Use had asked nothing
+        expect(page.locator("#train-use-anyway input")).not_to_be_checked(timeout=10_000)
         lines_after = _banner_lines(page)
         page.screenshot(path=str(shots / "after-swap-header.png"))
 

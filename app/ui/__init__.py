@@ -85,21 +85,22 @@ def _wire_model_swaps(ep: dict, ui: SimpleNamespace) -> tuple:
     def swapped(info: dict) -> tuple:
         if info.get("needs_confirmation"):  # nothing was swapped: say why and how to go ahead
             return (gr.update(), gr.update(), gr.update(),
-                    f"not served. {info['message']} Tick 'Serve it anyway' to serve it.")
-        # with how the run did on its held-out tags ("…: no better than the model it started from")
+                    f"not served. {info['message']} Tick 'Serve it anyway' to serve it.", gr.update())
+        # with how the run did on its held-out tags ("…: no better than the model it started from");
+        # "serve it anyway" is for this swap only (left ticked, the next Use asked nothing)
         said = info.get("note", "").partition("; ")[2]
         return (*model_views(info), f"now serving <code>{literal(model_tab.served_name(info))}</code>"
-                + (f" — {literal(said)}" if said else ""))
+                + (f" — {literal(said)}" if said else ""), False)
 
     def use_run(run_id, anyway):
         return (*train["need_run"](run_id), bool(anyway))
 
     train["use"].click(handler(ep["use_model"], prepare=use_run, present=swapped,
-                               error=on_line([*model_out, train["msg"]], train["msg"])),
+                               error=on_line([*model_out, train["msg"], train["use_anyway"]], train["msg"])),
                        [train["run"], train["use_anyway"]],
-                       [*model_out, train["msg"]], api_name=False, show_progress_on=train["msg"])
+                       [*model_out, train["msg"], train["use_anyway"]], api_name=False, show_progress_on=train["msg"])
     # A failed Load says so on the tab's line (the toast vanished and the line kept "now serving …")
-    model["load"].click(handler(ep["use_model"], present=swapped,
+    model["load"].click(handler(ep["use_model"], present=lambda info: swapped(info)[:-1],
                                 error=lambda m, *_: (*(gr.update(),) * len(model_out), error_text(m))),
                         model["source"], [*model_out, model["msg"]], api_name=False, show_progress_on=model["msg"])
     return model_out, model_views

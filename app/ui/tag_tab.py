@@ -10,6 +10,7 @@ from ..markdown import literal
 from .common import error_text, handler, on_line, preview_file, tab_message, user_error
 
 HOTKEYS = 9  # number keys 1-9 toggle the first nine labels created as present (`tag_view`'s `keys`)
+GONE = "gone"  # in `store_mark`: the image shown was deleted on another page
 TAG_QUEUE = "tag-editor"  # one queue for the editor's events: a save finishes before the next image shows
 
 # The editor's quick events run in order, every one (a key pressed twice counts twice): a save
@@ -69,6 +70,8 @@ def _choices(v: dict) -> list[tuple[str, str]]:
 
 def _status(view: dict) -> str:
     img = view["image"]
+    if img is None and view.get("gone"):
+        return "This image was deleted on another page: ◀ / ▶ go on."
     if img is None:
         return "No image matches: show another set." if view["count"] else "No images yet: upload some above."
     return (f"**Image {view['index'] + 1} / {view['count']}** · tagged {view['tagged']} / {view['count']} · "
@@ -264,7 +267,7 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
         shown (a filter that matches none) the editor stays empty: it had shown the first image's
         tags beside an empty picture, and a tag typed there went nowhere."""
         at = _index_of(image_hash) if image_hash else None
-        v = view(at) if at is not None else {**view(0), "image": None}
+        v = view(at) if at is not None else {**view(0), "image": None, "gone": bool(image_hash)}
         return {**({} if text is None else {msg: text}), **_editor(v)}
 
     return SimpleNamespace(_editor=_editor, _present_view=_present_view, as_tuple=as_tuple, _edit=_edit,
@@ -366,7 +369,10 @@ def _wire_queue(ep: dict, c: SimpleNamespace, views: SimpleNamespace):
     def filters(vocab, chosen):
         v = view(0, "all", False, vocab)
         offered = _filters(v["labels"], v["suggest_names"])
-        if (chosen or "all").startswith("label:") and chosen not in {value for _, value in offered}:
+        values = {value.casefold(): value for _, value in offered}
+        if (chosen or "all").startswith("label:") and chosen not in values.values():
+            if chosen.casefold() in values:  # renamed in case only: the same label
+                return gr.update(choices=offered, value=values[chosen.casefold()]), gr.update()
             gone = chosen[len("label:"):]
             return (gr.update(choices=offered, value="all"),
                     f"the label {literal(gone)} is gone (renamed or deleted on another page): showing all images")
@@ -563,6 +569,8 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         another page has changed them since: its edit is newer, and stays."""
         if not edit:
             raise user_error("nothing to undo")
+        if views._index_of(edit["hash"]) is None:
+            raise user_error("not undone: that image was deleted on another page")
         if "after" in edit and views.settled(edit)["after"] != edit["after"]:
             raise user_error(f"not undone: {', '.join(edit['touched'])} changed on another page since (the tags "
                              "shown are as stored now)")
@@ -619,9 +627,13 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     current, positives, negatives, shown, store_mark = c.current, c.positives, c.negatives, c.shown, c.store_mark
 
     nothing = {c.msg: gr.update()}  # (an empty dict is read as one output value, not as no updates)
+    view = ep["tag_view"]
 
-    def sync(image_hash, pos, neg, before):
+    def sync(image_hash, pos, neg, before, mark, i, s, vocab):
         before = before or {}
+        if image_hash and f"|{GONE}|{image_hash}" in (mark or ""):
+            moved = views._present_view(view(int(i or 0), s, False, vocab))
+            return {**moved, c.msg: "this image was deleted on another page: showing the next one", c.last_edit: None}
         if not image_hash or before.get("hash") != image_hash:
             return nothing
         if set(pos or []) != set(before["positives"]) or set(neg or []) != set(before["negatives"]):
@@ -636,7 +648,8 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
 
     synced = handler(sync, error=lambda m, *_: nothing)
     synced.endpoint = ep["tag_view"]
-    store_mark.change(synced, [current, positives, negatives, shown], c.outputs, api_name=False,
+    store_mark.change(synced, [current, positives, negatives, shown, store_mark, c.index, c.show, c.suggest_vocab],
+                      c.outputs, api_name=False,
                        show_progress="hidden", **QUEUED)
 
 
@@ -657,6 +670,8 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
         label renamed elsewhere: its chips had kept the old name)."""
         v = view(int(i or 0), "all", False, vocab)
         legend = (_keys(v["keys"]), v["keys"][:HOTKEYS])
+        if shown_hash and _index_of(shown_hash) is None:  # deleted on another page: `_wire_sync` moves on
+            return gr.update(), *legend, f"{revision}|{GONE}|{shown_hash}"
         if v["image"] is None or v["index"] != int(i or 0) or v["image"]["hash"] != shown_hash:
             return gr.update(), *legend, gr.update()
         return _status(v), *legend, _store_mark(v, revision)
