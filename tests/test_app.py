@@ -631,7 +631,7 @@ def test_a_tag_picked_on_the_other_side_moves_and_says_so(tmp_path, tiny_predict
                 and [getattr(i, "elem_id", "") for i in f.inputs][1:3] == ["tag-positives", "tag-negatives"])
     msg = next(i for i, o in enumerate(save.outputs) if getattr(o, "elem_id", "") == "tag-msg")
     shown = {"hash": h, "positives": ["cup"], "negatives": []}
-    out = asyncio.run(demo.process_api(save, [h, ["cup"], ["cup"], shown], state=SessionState(demo)))["data"]
+    out = asyncio.run(demo.process_api(save, [h, ["cup"], ["cup"], shown, ["cup"]], state=SessionState(demo)))["data"]
     assert "moved cup to Not present" in out[msg]
     assert service.store.tags(h) == {"positives": [], "negatives": ["cup"]}
 

@@ -452,7 +452,7 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     outputs = c.outputs
     _edit, edited = views._edit, views.edited
 
-    def save(image_hash, pos, neg, before):
+    def save(image_hash, pos, neg, before, page_keys=None):
         """Saved on every change as the difference to what was shown (add / remove operations)."""
         pos, neg = list(pos or []), list(neg or [])
         if not image_hash and (pos or neg):
@@ -471,28 +471,29 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
                 moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
                         [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
                 edit = views.settled(_edit(image_hash, removed + add_pos + add_neg, before))
-                return image_hash, pos, neg, edit, "; ".join(moved)
-        return image_hash, pos, neg, None, ""
+                return image_hash, pos, neg, edit, "; ".join(moved), page_keys
+        return image_hash, pos, neg, None, "", page_keys
 
     def saved(result) -> dict:
         """The editor as stored. The dropdowns are re-set only where the store differs from what
         they hold (a name that switched side): re-setting them fires another change."""
-        image_hash, pos, neg, edit, moved = result
+        image_hash, pos, neg, edit, moved, page_keys = result
         out = edited(image_hash, moved or ("" if edit else None))
         if edit:
             out[last_edit] = edit
         stored = out[shown]
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
-            # only the choices (a new label's chip shows its number key), never the values; and
-            # not even those when nothing was saved: the change was the catch-up setting the chips,
-            # and re-setting their choices right after emptied the Not present side now and then
-            # (tests/test_ui_flows.py::test_the_tag_editor_follows_edits_made_on_another_page in CI)
-            keep = edit is None
+            # only the choices, never the values, and only when the number keys changed (a new
+            # label's chip shows its key): a catch-up setting the chips fires this save too, and
+            # re-setting their choices right after emptied the Not present side now and then
+            # (tests/test_ui_flows.py::test_the_tag_editor_follows_edits_made_on_another_page, in CI
+            # and locally: the save then saw the old `shown` and "re-saved" the merged name)
+            keep = edit is None or out[c.key_names] == list(page_keys or [])
             out[positives] = gr.update() if keep else gr.update(choices=out[positives]["choices"])
             out[negatives] = gr.update() if keep else gr.update(choices=out[negatives]["choices"])
         return out
 
-    def refused(message, image_hash, pos, neg, before):
+    def refused(message, image_hash, pos, neg, before, page_keys=None):
         """A refused edit (e.g. a name too long): the editor goes back to the stored tags, so no
         chip stays that was not saved."""
         return edited(image_hash, error_text(message))
@@ -500,7 +501,7 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     save_event = handler(save, present=saved, error=refused)
     save_event.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
-        dropdown.change(save_event, [current, positives, negatives, shown], outputs, api_name=False,
+        dropdown.change(save_event, [current, positives, negatives, shown, c.key_names], outputs, api_name=False,
                         show_progress="hidden", **QUEUED)
 
 
