@@ -91,6 +91,15 @@ def _wait(page, condition, what: str, timeout_s: float = 30):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _typed_present(page, service, image_hash: str, name: str) -> None:
+    """Type `name` into the Present chips, wait until it is stored, and close the option list."""
+    box = page.locator("#tag-positives input")
+    box.fill(name)
+    box.press("Enter")
+    _wait(page, lambda: name in service.store.tags(image_hash)["positives"], f"{name} added")
+    box.press("Escape")
+
+
 # Records, for the element with the given id, whether the status tracker of an event shown on it
 # became visible (the event pending) and then hid again (the event answered and its outputs applied).
 _WATCH_EVENT = """id => {
@@ -710,21 +719,14 @@ def test_undo_leaves_a_newer_edit_from_another_page_alone(app, photos):
     page.get_by_role("tab", name="Tag").click()
     chips, msg = page.locator("#tag-positives"), page.locator("#tag-msg")
     expect(chips).to_contain_text("cup", timeout=30_000)
-    box = page.locator("#tag-positives input")
-    box.fill("helmet")
-    box.press("Enter")
-    _wait(page, lambda: "helmet" in service.store.tags(h)["positives"], "helmet added")
-    box.press("Escape")
+    _typed_present(page, service, h, "helmet")
     service.untag(h, "helmet")  # the other page moves it to Not present
     service.tag(h, [], "helmet")
     page.locator("#tag-undo").click()
     expect(msg).to_contain_text("not undone: helmet changed on another page since", timeout=30_000)
     expect(page.locator("#tag-negatives")).to_contain_text("helmet", timeout=30_000)
     assert service.store.tags(h) == {"positives": ["cup"], "negatives": ["helmet"]}
-    box.fill("plate")  # an edit nobody else touched still undoes
-    box.press("Enter")
-    _wait(page, lambda: "plate" in service.store.tags(h)["positives"], "plate added")
-    box.press("Escape")
+    _typed_present(page, service, h, "plate")  # an edit nobody else touched still undoes
     page.locator("#tag-undo").click()
     expect(msg).to_contain_text("undone: plate", timeout=30_000)
     assert service.store.tags(h) == {"positives": ["cup"], "negatives": ["helmet"]}
@@ -766,11 +768,7 @@ def test_a_page_showing_an_image_deleted_elsewhere_moves_on_and_says_so(app, pho
     page.get_by_role("tab", name="Tag").click()
     status, msg = page.locator("#tag-status"), page.locator("#tag-msg")
     expect(status).to_contain_text("gone.png", timeout=30_000)
-    box = page.locator("#tag-positives input")
-    box.fill("cat")
-    box.press("Enter")
-    _wait(page, lambda: "cat" in service.store.tags(gone)["positives"], "cat added")
-    box.press("Escape")
+    _typed_present(page, service, gone, "cat")
     service.delete_image(gone)  # the other page's "Delete this image"
     expect(msg).to_contain_text("this image was deleted on another page: showing the next one", timeout=40_000)
     expect(status).to_contain_text("next.png", timeout=30_000)
