@@ -20,6 +20,7 @@ from train.run_dir import RunDir
 
 from .jobs import JobError
 from .service_base import endpoint
+from .service_training import START_MODEL, STARTED_FROM
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ class ModelsMixin:
         was chosen since): the run's verdict then says nothing about the served model, and an old
         run "better" than its own start had replaced a later, better one unasked. Empty when they
         are the same, or the run predates the record."""
-        from .service_training import START_MODEL, STARTED_FROM
-
         started = (read_json(run.file(START_MODEL) / STARTED_FROM) or {}).get("source")
         if not started or started == self.serving.source or Path(path) == Path(self.serving.source):
             return ""

@@ -251,11 +251,11 @@ def _views(ep: dict, c: SimpleNamespace) -> SimpleNamespace:
         return {"hash": image_hash, "touched": list(touched),
                 "before": {side: [n for n in touched if n in before[side]] for side in ("positives", "negatives")}}
 
-    def settled(edit: dict) -> dict:
-        """`edit` with the sides its names are on now that it is stored (`after`): Undo puts them
-        back only while they still are (it had erased another page's newer edit of them)."""
-        img = view(_index_of(edit["hash"]) or 0)["image"] or {}
-        return {**edit, "after": {side: [n for n in edit["touched"] if n in img.get(side, [])]
+    def settled(edit: dict, stored: dict) -> dict:
+        """`edit` with the sides its names are on in `stored` (the image's tags as the editor
+        shows them once it is saved: `after`): Undo puts them back only while they still are (it
+        had erased another page's newer edit of them)."""
+        return {**edit, "after": {side: [n for n in edit["touched"] if n in stored.get(side, [])]
                                   for side in ("positives", "negatives")}}
 
     def _index_of(image_hash: str) -> int | None:
@@ -433,13 +433,18 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         seen = seen if isinstance(seen, dict) and seen.get("hash") == image_hash else edit["before"]
         if name in seen["positives"]:
             ep["untag"](image_hash, [name])
-            return image_hash, f"removed {literal(name)}", views.settled(edit)
+            return image_hash, f"removed {literal(name)}", edit
         ep["tag"](image_hash, [name], [])
-        return image_hash, f"added {literal(name)}", views.settled(edit)
+        return image_hash, f"added {literal(name)}", edit
+
+    def toggled_view(result) -> dict:
+        image_hash, said, edit = result
+        out = edited(image_hash, said)
+        return {**out, last_edit: views.settled(edit, out[c.shown])}
 
     for number, key in enumerate(hotkeys, 1):
         toggled = handler(toggle, prepare=lambda h, names, seen, n=number: (h, names, seen, n),
-                          present=lambda r: {**edited(r[0], r[1]), last_edit: r[2]},
+                          present=toggled_view,
                           error=lambda m, *_: {msg: error_text(m)})
         toggled.endpoint = ep["tag"]
         key.click(toggled, [current, c.key_names, c.seen_tags], outputs, api_name=False, show_progress="hidden",
@@ -470,7 +475,7 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
                 # a name picked on the other side leaves this one: said, since it happened unasked
                 moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
                         [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
-                edit = views.settled(_edit(image_hash, removed + add_pos + add_neg, before))
+                edit = _edit(image_hash, removed + add_pos + add_neg, before)
                 return image_hash, pos, neg, edit, "; ".join(moved), page_keys
         return image_hash, pos, neg, None, "", page_keys
 
@@ -479,9 +484,9 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         they hold (a name that switched side): re-setting them fires another change."""
         image_hash, pos, neg, edit, moved, page_keys = result
         out = edited(image_hash, moved or ("" if edit else None))
-        if edit:
-            out[last_edit] = edit
         stored = out[shown]
+        if edit:
+            out[last_edit] = views.settled(edit, stored)
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
             # only the choices, never the values, and only when the number keys changed (a new
             # label's chip shows its key): a catch-up setting the chips fires this save too, and
@@ -545,14 +550,14 @@ def _wire_suggestions(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
         if image_hash and checked:
             edit = _edit(image_hash, checked)
             ep["tag"](image_hash, checked, [])
-            edit = views.settled(edit)
         return image_hash, checked, edit
 
     def accepted(result) -> dict:
         image_hash, checked, edit = result
         no_suggestions, for_image = _no_suggestions()
-        return {suggestions: no_suggestions, suggested_for: for_image, **({last_edit: edit} if edit else {}),
-                **edited(image_hash, f"added {literal(', '.join(checked))}" if checked else "nothing checked")}
+        out = edited(image_hash, f"added {literal(', '.join(checked))}" if checked else "nothing checked")
+        return {suggestions: no_suggestions, suggested_for: for_image, **out,
+                **({last_edit: views.settled(edit, out[c.shown])} if edit else {})}
 
     accept_handler = handler(accept, present=accepted)
     accept_handler.endpoint = ep["tag"]
@@ -570,9 +575,10 @@ def _wire_undo(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         another page has changed them since: its edit is newer, and stays."""
         if not edit:
             raise user_error("nothing to undo")
-        if views._index_of(edit["hash"]) is None:
+        at = views._index_of(edit["hash"])
+        if at is None:
             raise user_error("not undone: that image was deleted on another page")
-        if "after" in edit and views.settled(edit)["after"] != edit["after"]:
+        if "after" in edit and views.settled(edit, ep["tag_view"](at)["image"])["after"] != edit["after"]:
             raise user_error(f"not undone: {', '.join(edit['touched'])} changed on another page since (the tags "
                              "shown are as stored now)")
         ep["untag"](edit["hash"], edit["touched"])
