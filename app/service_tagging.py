@@ -127,6 +127,12 @@ class TaggingMixin:
         except StoreError:
             return ""
 
+    @endpoint(api=False)
+    def image_tags(self, image_hash: str) -> dict:
+        """One image's tags as stored: {"positives", "negatives"} (the Tag editor drops from an edit
+        what the store already holds, so a change fired by the page catching up is no edit)."""
+        return self.store.tags(image_hash)
+
     @endpoint()
     def images(self) -> list[dict]:
         """Every stored image, oldest first: hash, original name, size, positive/negative tags."""

@@ -514,6 +514,47 @@ def test_the_tag_editor_catching_up_answers_every_output(tmp_path, tiny_predicto
     assert run(["mug"], shown)[chips]["value"] == ["cup"]  # the chips catch up
 
 
+def test_a_chip_change_the_page_made_itself_saves_and_sets_nothing(tmp_path, tiny_predictor, small_image):
+    """Setting the chips (a catch-up, another image) fires their change, so the save runs with the
+    chips as just set, its `before` sometimes a step behind. It had answered by setting the chips to
+    the store as read then, which fired two more saves, each behind again while another page kept
+    editing: under load the page fell minutes behind (a stress run of rename / merge / untag
+    elsewhere timed out on its 5th round). And with `before` a step behind it re-saved a merged
+    name, leaving an Undo that would bring the old name back."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    h = service.store.add_image(small_image)
+    service.tag(h, "mug", "bowl")
+    demo = build_app(service)
+    save = next(f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "save")
+    at = {getattr(o, "elem_id", None): i for i, o in enumerate(save.outputs)}
+    last_edit = save.outputs[-1]  # the State Undo reads
+
+    def run(positives, negatives, before):
+        keys, state = service.tag_view(0)["keys"], SessionState(demo)
+        data = asyncio.run(demo.process_api(save, [h, positives, negatives, {"hash": h, **before}, keys],
+                                            state=state))["data"]
+        return data, state.get(last_edit._id, None)
+
+    service.rename_label("mug", "cup")  # another page, before this page's catch-up
+    unchanged, undo = run(["mug"], ["bowl"], {"positives": ["mug"], "negatives": ["bowl"]})
+    assert all(not isinstance(v, dict) or set(v) <= {"__type__"} for v in unchanged), unchanged  # nothing set
+    assert undo is None
+    service.merge_labels("bowl", "dish")
+    behind, undo = run(["cup"], ["dish"], {"positives": ["cup"], "negatives": ["bowl"]})  # chips new, `before` old
+    assert "bowl" not in service.store.labels() and service.store.tags(h) == {"positives": ["cup"], "negatives": ["dish"]}
+    assert undo is None  # no edit was made, so none to undo
+    assert behind[at["tag-positives"]].get("value") is None and behind[at["tag-negatives"]].get("value") is None
+    # A real edit still saves, and a name another page already added is not added twice.
+    service.tag(h, "spoon")
+    _, undo = run(["cup", "spoon", "plate"], ["dish"], {"positives": ["cup"], "negatives": ["dish"]})
+    assert sorted(service.store.tags(h)["positives"]) == ["cup", "plate", "spoon"]
+    assert undo["touched"] == ["plate"], undo
+
+
 def test_a_number_key_means_the_label_its_legend_shows(tmp_path, tiny_predictor, small_image):
     """The legend said "1 cup · 2 rocket"; another page deleted cup; 1 then removed rocket (the
     store's first label by then). A key acts on the label the page showed for it, or says why not."""

@@ -458,30 +458,43 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     _edit, edited = views._edit, views.edited
 
     def save(image_hash, pos, neg, before, page_keys=None):
-        """Saved on every change as the difference to what was shown (add / remove operations)."""
+        """Saved on every change as the difference to what was shown (add / remove operations),
+        less what the store already holds: setting the chips (a catch-up, a move, another image)
+        fires this change too, and its `before` can be a step behind the chips."""
         pos, neg = list(pos or []), list(neg or [])
         if not image_hash and (pos or neg):
             raise user_error("no image is shown, so the tag was not saved: pick another set under Show")
-        if image_hash and (before or {}).get("hash") == image_hash:
-            add_pos = [n for n in pos if n not in before["positives"]]
-            add_neg = [n for n in neg if n not in before["negatives"]]
-            removed = [n for n in before["positives"] if n not in pos and n not in add_neg] + \
-                      [n for n in before["negatives"] if n not in neg and n not in add_pos]
-            if removed:
-                ep["untag"](image_hash, removed)
-            if add_pos or add_neg:
-                ep["tag"](image_hash, add_pos, add_neg)
-            if removed or add_pos or add_neg:
-                # a name picked on the other side leaves this one: said, since it happened unasked
-                moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
-                        [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
-                edit = _edit(image_hash, removed + add_pos + add_neg, before)
-                return image_hash, pos, neg, edit, "; ".join(moved), page_keys
-        return image_hash, pos, neg, None, "", page_keys
+        if not image_hash or (before or {}).get("hash") != image_hash:
+            return None  # no image, or a change fired while another image's view is being applied
+        if (set(pos), set(neg)) == (set(before["positives"]), set(before["negatives"])):
+            return None  # the chips as the page last set them
+        stored = {side: {n.casefold() for n in names} for side, names in ep["image_tags"](image_hash).items()}
+        add_pos = [n for n in pos if n not in before["positives"] and n.casefold() not in stored["positives"]]
+        add_neg = [n for n in neg if n not in before["negatives"] and n.casefold() not in stored["negatives"]]
+        removed = [n for n in before["positives"] if n not in pos and n not in add_neg
+                   and n.casefold() in stored["positives"]] + \
+                  [n for n in before["negatives"] if n not in neg and n not in add_pos
+                   and n.casefold() in stored["negatives"]]
+        if removed:
+            ep["untag"](image_hash, removed)
+        if add_pos or add_neg:
+            ep["tag"](image_hash, add_pos, add_neg)
+        if removed or add_pos or add_neg:
+            # a name picked on the other side leaves this one: said, since it happened unasked
+            moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
+                    [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
+            edit = _edit(image_hash, removed + add_pos + add_neg, before)
+            return image_hash, pos, neg, edit, "; ".join(moved), page_keys
+        return image_hash, pos, neg, None, "", page_keys  # the store held the change already
 
     def saved(result) -> dict:
-        """The editor as stored. The dropdowns are re-set only where the store differs from what
-        they hold (a name that switched side): re-setting them fires another change."""
+        """The editor as stored after an edit. The dropdowns are re-set only where the store
+        differs from what they hold (a name that switched side): re-setting them fires another
+        change. A change that leaves the chips as the page last set them changes nothing: it had set
+        them to the store as read then, which fired two more saves, each a step behind under load,
+        so a page fell further behind with every edit made elsewhere (catching up is `_wire_sync`'s)."""
+        if result is None:
+            return {c.msg: gr.update()}  # (an empty dict is read as one output value, not as no updates)
         image_hash, pos, neg, edit, moved, page_keys = result
         out = edited(image_hash, moved or ("" if edit else None))
         stored = out[shown]
@@ -489,11 +502,8 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             out[last_edit] = views.settled(edit, stored)
         if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
             # only the choices, never the values, and only when the number keys changed (a new
-            # label's chip shows its key): a catch-up setting the chips fires this save too, and
-            # re-setting their choices right after emptied the Not present side now and then
-            # (tests/test_ui_flows.py::test_the_tag_editor_follows_edits_made_on_another_page, in CI
-            # and locally: the save then saw the old `shown` and "re-saved" the merged name)
-            keep = edit is None or out[c.key_names] == list(page_keys or [])
+            # label's chip shows its key)
+            keep = out[c.key_names] == list(page_keys or [])
             out[positives] = gr.update() if keep else gr.update(choices=out[positives]["choices"])
             out[negatives] = gr.update() if keep else gr.update(choices=out[negatives]["choices"])
         return out
