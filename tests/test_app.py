@@ -492,7 +492,7 @@ def test_the_tag_editor_catching_up_answers_every_output(tmp_path, tiny_predicto
     shown = {"hash": h, "positives": ["mug"], "negatives": []}
 
     def run(positives, before):
-        return asyncio.run(demo.process_api(sync, [h, positives, [], before, "", 0, "all", ""],
+        return asyncio.run(demo.process_api(sync, [h, positives, [], before, "", 0, "all", "", None],
                                             state=SessionState(demo)))["data"]
 
     # The catch-up runs after every change of the store: this page's edit undone on another page
@@ -520,7 +520,8 @@ def test_a_chip_change_the_page_made_itself_saves_and_sets_nothing(tmp_path, tin
     the store as read then, which fired two more saves, each behind again while another page kept
     editing: under load the page fell minutes behind (a stress run of rename / merge / untag
     elsewhere timed out on its 5th round). And with `before` a step behind it re-saved a merged
-    name, leaving an Undo that would bring the old name back."""
+    name, leaving an Undo that would bring the old name back; a chip of a label renamed elsewhere,
+    moved before the page caught up, brought the old name back."""
     import asyncio
 
     from gradio.state_holder import SessionState
@@ -533,15 +534,19 @@ def test_a_chip_change_the_page_made_itself_saves_and_sets_nothing(tmp_path, tin
     at = {getattr(o, "elem_id", None): i for i, o in enumerate(save.outputs)}
     last_edit = save.outputs[-1]  # the State Undo reads
 
-    def run(positives, negatives, before):
+    seen_tags = save.inputs[-1]  # the State of what the page shows now, as the events before left it
+
+    def run(positives, negatives, before, seen=None):
         keys, state = service.tag_view(0)["keys"], SessionState(demo)
-        data = asyncio.run(demo.process_api(save, [h, positives, negatives, {"hash": h, **before}, keys],
+        if seen:
+            state[seen_tags._id] = seen
+        data = asyncio.run(demo.process_api(save, [h, positives, negatives, {"hash": h, **before}, keys, None],
                                             state=state))["data"]
         return data, state.get(last_edit._id, None)
 
     service.rename_label("mug", "cup")  # another page, before this page's catch-up
     unchanged, undo = run(["mug"], ["bowl"], {"positives": ["mug"], "negatives": ["bowl"]})
-    assert all(not isinstance(v, dict) or set(v) <= {"__type__"} for v in unchanged), unchanged  # nothing set
+    assert all(v is None or (isinstance(v, dict) and set(v) <= {"__type__"}) for v in unchanged), unchanged  # none set
     assert undo is None
     service.merge_labels("bowl", "dish")
     behind, undo = run(["cup"], ["dish"], {"positives": ["cup"], "negatives": ["bowl"]})  # chips new, `before` old
@@ -553,6 +558,30 @@ def test_a_chip_change_the_page_made_itself_saves_and_sets_nothing(tmp_path, tin
     _, undo = run(["cup", "spoon", "plate"], ["dish"], {"positives": ["cup"], "negatives": ["dish"]})
     assert sorted(service.store.tags(h)["positives"]) == ["cup", "plate", "spoon"]
     assert undo["touched"] == ["plate"], undo
+    # A chip moved to the other side just after another page renamed its label: the old name came
+    # back as a new label, and the line said "moved". Refused; the chips show the store.
+    service.rename_label("spoon", "ladle")
+    moved, undo = run(["cup", "plate"], ["dish", "spoon"], {"positives": ["cup", "spoon", "plate"], "negatives": ["dish"]})
+    assert "spoon" not in service.store.labels() and undo is None
+    assert sorted(service.store.tags(h)["positives"]) == ["cup", "ladle", "plate"]
+    assert "'spoon' is no longer a label" in moved[at["tag-msg"]]
+    assert sorted(moved[at["tag-positives"]]["value"]) == ["cup", "ladle", "plate"]
+    # A name typed again on its own side showed twice until the next image: the chips are re-set.
+    twice, _ = run(["cup", "ladle", "plate", "plate"], ["dish"],
+                   {"positives": ["cup", "ladle", "plate"], "negatives": ["dish"]})
+    assert sorted(twice[at["tag-positives"]]["value"]) == ["cup", "ladle", "plate"]
+    # An answer applied after a move left the image before's chips and `shown` beside this image:
+    # the next edit was dropped. Nothing is saved, and the editor is redrawn from the store.
+    mixed, _ = run(["bird"], [], {"hash": "f" * 64, "positives": ["bird"], "negatives": []})
+    assert "bird" not in service.store.labels()
+    assert sorted(mixed[at["tag-positives"]]["value"]) == ["cup", "ladle", "plate"]
+    # A change that runs after the page moved on to another image (by `seen_tags`): an edit in it is
+    # saved, but the editor (status, chips) is not redrawn with the image left.
+    later, undo = run(["cup", "ladle"], ["dish"], {"positives": ["cup", "ladle", "plate"], "negatives": ["dish"]},
+                      seen={"hash": "f" * 64, "positives": [], "negatives": []})
+    assert sorted(service.store.tags(h)["positives"]) == ["cup", "ladle"] and undo["touched"] == ["plate"]
+    assert all(v is None or (isinstance(v, dict) and set(v) <= {"__type__"}) for i, v in enumerate(later)
+               if i != at["tag-msg"]), later
 
 
 def test_a_number_key_means_the_label_its_legend_shows(tmp_path, tiny_predictor, small_image):
@@ -672,7 +701,7 @@ def test_a_tag_picked_on_the_other_side_moves_and_says_so(tmp_path, tiny_predict
                 and [getattr(i, "elem_id", "") for i in f.inputs][1:3] == ["tag-positives", "tag-negatives"])
     msg = next(i for i, o in enumerate(save.outputs) if getattr(o, "elem_id", "") == "tag-msg")
     shown = {"hash": h, "positives": ["cup"], "negatives": []}
-    out = asyncio.run(demo.process_api(save, [h, ["cup"], ["cup"], shown, ["cup"]], state=SessionState(demo)))["data"]
+    out = asyncio.run(demo.process_api(save, [h, ["cup"], ["cup"], shown, ["cup"], None], state=SessionState(demo)))["data"]
     assert "moved cup to Not present" in out[msg]
     assert service.store.tags(h) == {"positives": [], "negatives": ["cup"]}
 

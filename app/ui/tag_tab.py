@@ -451,26 +451,50 @@ def _wire_number_keys(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> N
                   **QUEUED)
 
 
+def _still_shown(image_hash: str, seen) -> bool:
+    """Whether the page still shows `image_hash`, by `seen_tags` (absent: assumed so). An event a
+    change fires (the chips' save, the catch-up) carries the page as it was then, and can run after a
+    move to another image queued before it (Enter or ← right after a number key): its answer redrew
+    the editor of the image left (status and chips) beside the next one's picture."""
+    return not isinstance(seen, dict) or not seen or seen.get("hash") == image_hash
+
+
 def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     """Every change of the Present / Not present chips is saved at once, as add / remove operations."""
     positives, negatives, current, shown, last_edit = c.positives, c.negatives, c.current, c.shown, c.last_edit
     outputs = c.outputs
     _edit, edited = views._edit, views.edited
 
-    def save(image_hash, pos, neg, before, page_keys=None):
+    def save(image_hash, pos, neg, before, page_keys=None, seen=None):
         """Saved on every change as the difference to what was shown (add / remove operations),
         less what the store already holds: setting the chips (a catch-up, a move, another image)
-        fires this change too, and its `before` can be a step behind the chips."""
+        fires this change too, and its `before` can be a step behind the chips. `seen`: what the
+        page shows now, as the events before this one left it (server-side; the other inputs are
+        as they were when the change fired)."""
         pos, neg = list(pos or []), list(neg or [])
+        here = _still_shown(image_hash, seen)
         if not image_hash and (pos or neg):
             raise user_error("no image is shown, so the tag was not saved: pick another set under Show")
-        if not image_hash or (before or {}).get("hash") != image_hash:
-            return None  # no image, or a change fired while another image's view is being applied
-        if (set(pos), set(neg)) == (set(before["positives"]), set(before["negatives"])):
-            return None  # the chips as the page last set them
+        if not image_hash:
+            return None
+        if (before or {}).get("hash") != image_hash:
+            # chips and `shown` of another image beside this one's picture: a view applied in parts,
+            # or an answer that arrived after a later move. Nothing is saved; the editor is redrawn
+            # from the store (the chips had shown the image left, and the next edit was dropped)
+            return (image_hash, pos, neg, None, "", page_keys, True) if here else None
+        if (sorted(pos), sorted(neg)) == (sorted(before["positives"]), sorted(before["negatives"])):
+            return None  # the chips as the page last set them (a name typed twice is not: it shows twice)
         stored = {side: {n.casefold() for n in names} for side, names in ep["image_tags"](image_hash).items()}
         add_pos = [n for n in pos if n not in before["positives"] and n.casefold() not in stored["positives"]]
         add_neg = [n for n in neg if n not in before["negatives"] and n.casefold() not in stored["negatives"]]
+        shown_names = {*before["positives"], *before["negatives"]}
+        moved_names = [n for n in add_pos + add_neg if n in shown_names]
+        if moved_names:  # a chip shown before another page renamed or deleted its label: not brought back
+            labels = {n.casefold() for n in ep["tag_view"](0)["labels"]}
+            gone = [n for n in moved_names if n.casefold() not in labels]
+            if gone:
+                raise user_error(f"'{gone[0]}' is no longer a label (renamed or deleted on another page): "
+                                 "the chips show the stored tags now")
         removed = [n for n in before["positives"] if n not in pos and n not in add_neg
                    and n.casefold() in stored["positives"]] + \
                   [n for n in before["negatives"] if n not in neg and n not in add_pos
@@ -484,8 +508,8 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             moved = [f"moved {literal(n)} to Not present" for n in add_neg if n in before["positives"]] + \
                     [f"moved {literal(n)} to Present" for n in add_pos if n in before["negatives"]]
             edit = _edit(image_hash, removed + add_pos + add_neg, before)
-            return image_hash, pos, neg, edit, "; ".join(moved), page_keys
-        return image_hash, pos, neg, None, "", page_keys  # the store held the change already
+            return image_hash, pos, neg, edit, "; ".join(moved), page_keys, here
+        return (image_hash, pos, neg, None, "", page_keys, here) if here else None  # the store held it already
 
     def saved(result) -> dict:
         """The editor as stored after an edit. The dropdowns are re-set only where the store
@@ -495,12 +519,14 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         so a page fell further behind with every edit made elsewhere (catching up is `_wire_sync`'s)."""
         if result is None:
             return {c.msg: gr.update()}  # (an empty dict is read as one output value, not as no updates)
-        image_hash, pos, neg, edit, moved, page_keys = result
+        image_hash, pos, neg, edit, moved, page_keys, here = result
+        if not here:  # saved, but the page went on to another image meanwhile: its editor stays
+            return {c.msg: moved or gr.update(), last_edit: views.settled(edit, ep["image_tags"](image_hash))}
         out = edited(image_hash, moved or ("" if edit else None))
         stored = out[shown]
         if edit:
             out[last_edit] = views.settled(edit, stored)
-        if set(stored["positives"]) == set(pos) and set(stored["negatives"]) == set(neg):
+        if sorted(stored["positives"]) == sorted(pos) and sorted(stored["negatives"]) == sorted(neg):
             # only the choices, never the values, and only when the number keys changed (a new
             # label's chip shows its key)
             keep = out[c.key_names] == list(page_keys or [])
@@ -508,15 +534,18 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
             out[negatives] = gr.update() if keep else gr.update(choices=out[negatives]["choices"])
         return out
 
-    def refused(message, image_hash, pos, neg, before, page_keys=None):
+    def refused(message, image_hash, pos, neg, before, page_keys=None, seen=None):
         """A refused edit (e.g. a name too long): the editor goes back to the stored tags, so no
-        chip stays that was not saved."""
+        chip stays that was not saved (the message alone once the page shows another image)."""
+        if not _still_shown(image_hash, seen):
+            return {c.msg: error_text(message)}
         return edited(image_hash, error_text(message))
 
     save_event = handler(save, present=saved, error=refused)
     save_event.endpoint = ep["tag"]
     for dropdown in (positives, negatives):
-        dropdown.change(save_event, [current, positives, negatives, shown, c.key_names], outputs, api_name=False,
+        dropdown.change(save_event, [current, positives, negatives, shown, c.key_names, c.seen_tags], outputs,
+                        api_name=False,
                         show_progress="hidden", **QUEUED)
 
 
@@ -646,8 +675,10 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     nothing = {c.msg: gr.update()}  # (an empty dict is read as one output value, not as no updates)
     view = ep["tag_view"]
 
-    def sync(image_hash, pos, neg, before, mark, i, s, vocab):
+    def sync(image_hash, pos, neg, before, mark, i, s, vocab, seen=None):
         before = before or {}
+        if not _still_shown(image_hash, seen):
+            return nothing  # fired before a move to another image that ran first: its view is current
         if image_hash and f"|{GONE}|{image_hash}" in (mark or ""):
             moved = views._present_view(view(int(i or 0), s, False, vocab))
             return {**moved, c.msg: "this image was deleted on another page: showing the next one", c.last_edit: None}
@@ -660,19 +691,21 @@ def _wire_sync(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         if stored["hash"] != image_hash:
             return nothing
         if (set(stored["positives"]), set(stored["negatives"])) == (set(before["positives"]), set(before["negatives"])):
-            return nothing  # the tags as shown (re-setting the chips' choices alone once emptied a side)
+            # the tags as shown (re-setting the chips' choices alone once emptied a side): the
+            # status line alone (how many are tagged, set here, in order with the page's moves)
+            return {c.status: now[c.status]}
         return now
 
     synced = handler(sync, error=lambda m, *_: nothing)
     synced.endpoint = ep["tag_view"]
-    store_mark.change(synced, [current, positives, negatives, shown, store_mark, c.index, c.show, c.suggest_vocab],
-                      c.outputs, api_name=False,
+    store_mark.change(synced, [current, positives, negatives, shown, store_mark, c.index, c.show, c.suggest_vocab,
+                               c.seen_tags], c.outputs, api_name=False,
                        show_progress="hidden", **QUEUED)
 
 
 def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> dict:
     """What `ui.build_app` uses of the tab: refreshes on opening, watching and going to an image."""
-    index, show, suggest_vocab, status, keys, msg = c.index, c.show, c.suggest_vocab, c.status, c.keys, c.msg
+    index, show, suggest_vocab, keys, msg = c.index, c.show, c.suggest_vocab, c.keys, c.msg
     view_out = c.view_out
     as_tuple, _present_view, _index_of = views.as_tuple, views._present_view, views._index_of
     view = ep["tag_view"]
@@ -681,20 +714,21 @@ def _exports(ep: dict, c: SimpleNamespace, views: SimpleNamespace, choices) -> d
                       present=lambda v: as_tuple(_present_view(v)))
 
     def watched(revision, i, s, vocab, shown_hash) -> tuple:
-        """(status, keys, stored tags) of the image shown as stored now at the store's `revision`
-        (changes made on another page); the chips follow through `store_mark` (`_wire_sync`), never
-        here: a person may be editing. Read whether or not the filter still takes the image (a
-        label renamed elsewhere: its chips had kept the old name)."""
+        """(keys, the store's mark) at the store's `revision` (changes made on another page). The
+        chips and the status line follow through `store_mark` (`_wire_sync`), never here: a person
+        may be editing, and the watch runs beside the editor's queue, so it can answer after a move
+        to the next image (its status line had put back the image left). Read whether or not the
+        filter still takes the image (a label renamed elsewhere: its chips had kept the old name)."""
         v = view(int(i or 0), "all", False, vocab)
         legend = (_keys(v["keys"]), v["keys"][:HOTKEYS])
         if shown_hash and _index_of(shown_hash) is None:  # deleted on another page: `_wire_sync` moves on
-            return gr.update(), *legend, f"{revision}|{GONE}|{shown_hash}"
+            return *legend, f"{revision}|{GONE}|{shown_hash}"
         if v["image"] is None or v["index"] != int(i or 0) or v["image"]["hash"] != shown_hash:
-            return gr.update(), *legend, gr.update()
-        return _status(v), *legend, _store_mark(v, revision)
+            return *legend, gr.update()
+        return *legend, _store_mark(v, revision)
 
     return {"refresh": (refresh, [index, show, suggest_vocab], view_out),
-            "watch": (watched, [index, show, suggest_vocab, c.current], [status, keys, c.key_names, c.store_mark]),
+            "watch": (watched, [index, show, suggest_vocab, c.current], [keys, c.key_names, c.store_mark]),
             "choices": (choices, [suggest_vocab, show], [show, msg]), "view_at": lambda i: as_tuple(_present_view(view(i))),
             "view_of": lambda image_hash: as_tuple(_present_view(view(_index_of(image_hash)))),
             "add_images": c.add_images, "current": c.current}
