@@ -142,7 +142,8 @@ def _wire_watch(ep: dict, ui: SimpleNamespace, model_out: list, model_views, see
     tag, dataset = ui.tag, ui.dataset
     # What a person is looking at follows changes made elsewhere (another page tagged, a hot
     # swap): every few seconds the page asks whether anything changed, and only then refreshes
-    # the Dataset counts, the Tag tab's status line and keys, and the served model.
+    # the Dataset counts, the Tag tab's keys and store mark (its catch-up then redraws the status
+    # line and chips, in the editor's queue), and the served model.
     watch_out = [seen, *dataset["refresh"][2], *tag["watch"][2], *model_out]
 
     def watch(last: str, *tag_values) -> tuple:

@@ -459,6 +459,17 @@ def _still_shown(image_hash: str, seen) -> bool:
     return not isinstance(seen, dict) or not seen or seen.get("hash") == image_hash
 
 
+def _operations(pos: list[str], neg: list[str], before: dict, stored: dict) -> tuple[list, list, list]:
+    """(names to add as present, as not present, names to remove): the chips' change since
+    `before`, less what the `stored` tags already hold (labels compare case-insensitively)."""
+    held = {side: {n.casefold() for n in names} for side, names in stored.items()}
+    add_pos = [n for n in pos if n not in before["positives"] and n.casefold() not in held["positives"]]
+    add_neg = [n for n in neg if n not in before["negatives"] and n.casefold() not in held["negatives"]]
+    removed = [n for n in before["positives"] if n not in pos and n not in add_neg and n.casefold() in held["positives"]] + \
+              [n for n in before["negatives"] if n not in neg and n not in add_pos and n.casefold() in held["negatives"]]
+    return add_pos, add_neg, removed
+
+
 def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
     """Every change of the Present / Not present chips is saved at once, as add / remove operations."""
     positives, negatives, current, shown, last_edit = c.positives, c.negatives, c.current, c.shown, c.last_edit
@@ -478,27 +489,19 @@ def _wire_save(ep: dict, c: SimpleNamespace, views: SimpleNamespace) -> None:
         if not image_hash:
             return None
         if (before or {}).get("hash") != image_hash:
-            # chips and `shown` of another image beside this one's picture: a view applied in parts,
-            # or an answer that arrived after a later move. Nothing is saved; the editor is redrawn
-            # from the store (the chips had shown the image left, and the next edit was dropped)
+            # another image's chips beside this one (a view applied in parts, an answer after a later
+            # move): nothing saved, the editor redrawn (it showed the image left; the next edit was lost)
             return (image_hash, pos, neg, None, "", page_keys, True) if here else None
         if (sorted(pos), sorted(neg)) == (sorted(before["positives"]), sorted(before["negatives"])):
             return None  # the chips as the page last set them (a name typed twice is not: it shows twice)
-        stored = {side: {n.casefold() for n in names} for side, names in ep["image_tags"](image_hash).items()}
-        add_pos = [n for n in pos if n not in before["positives"] and n.casefold() not in stored["positives"]]
-        add_neg = [n for n in neg if n not in before["negatives"] and n.casefold() not in stored["negatives"]]
-        shown_names = {*before["positives"], *before["negatives"]}
-        moved_names = [n for n in add_pos + add_neg if n in shown_names]
+        add_pos, add_neg, removed = _operations(pos, neg, before, ep["image_tags"](image_hash))
+        moved_names = [n for n in add_pos + add_neg if n in {*before["positives"], *before["negatives"]}]
         if moved_names:  # a chip shown before another page renamed or deleted its label: not brought back
             labels = {n.casefold() for n in ep["tag_view"](0)["labels"]}
             gone = [n for n in moved_names if n.casefold() not in labels]
             if gone:
                 raise user_error(f"'{gone[0]}' is no longer a label (renamed or deleted on another page): "
                                  "the chips show the stored tags now")
-        removed = [n for n in before["positives"] if n not in pos and n not in add_neg
-                   and n.casefold() in stored["positives"]] + \
-                  [n for n in before["negatives"] if n not in neg and n not in add_pos
-                   and n.casefold() in stored["negatives"]]
         if removed:
             ep["untag"](image_hash, removed)
         if add_pos or add_neg:
