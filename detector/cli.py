@@ -315,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             for item, image, det in zip(kept, loaded, run(loaded) if kept else []):
                 height, width = image.original_size
                 records.append({**item.record(det), "width": width, "height": height})
-                if not len(det):
-                    hints.append(_empty_hint(predictor, item.source, image, names, args))
+                if not len(det):  # the candidates' extra pass only for the lines printed; the rest are counted
+                    hints.append(_empty_hint(predictor, item.source, image, names, args)
+                                 if len(hints) < MAX_HINTS else item.source)
                 if args.annotated:
                     _save_annotated(args.annotated, None if single else drawn_as[item.source], image, det)
             bar.update(len(batch))
