@@ -32,6 +32,8 @@ from .vocabulary import parse_vocabulary
 # model trained on tags alone still said "selective search until the detector is trained").
 SELECTIVE_SEARCH_NOTE = ("selective search (RPN not trained yet: box labels or pre-training on your images train "
                          "it; tags teach names, not boxes)")
+ENSEMBLE_NOTE = ("w = 1 (region scores only) until the head is trained, and for every name while proposals come "
+                 "from selective search")
 MAX_ASPECT = 8  # thinner images are padded to this aspect ratio before the model sees them
 
 
@@ -182,8 +184,8 @@ class Predictor:
             "region_scorer": self.region_scorer.kind if self.region_scorer is not None else None,
             "proposals": SELECTIVE_SEARCH_NOTE if self.model.uses_selective_search else "RPN",
             "capabilities": self.region_scorer.capabilities if self.region_scorer is not None else None,
-            "ensemble": ({"w_trained": cfg.ensemble_weight_trained, "w_untrained": cfg.ensemble_weight_untrained,
-                          "note": "w = 1 (region scores only) until the head is trained"} if cfg.region_scoring else None),
+            "ensemble": (dict(zip(("w_trained", "w_untrained"), self.model.ensemble_weights()),
+                              note=ENSEMBLE_NOTE) if cfg.region_scoring else None),
         }
 
     # --- inference -------------------------------------------------------------------------
@@ -309,12 +311,11 @@ class Predictor:
             return None
         from .region_scorer import class_weights
 
-        cfg = self.model.config
-        key = ("w", tuple(names), tuple(cfg.trained_class_names), cfg.ensemble_weight_trained,
-               cfg.ensemble_weight_untrained)
+        trained = self.model.config.trained_class_names
+        w_trained, w_untrained = self.model.ensemble_weights()
+        key = ("w", tuple(names), tuple(trained), w_trained, w_untrained)
         if key not in self._vocabularies:  # same LRU as the embeddings (kept per vocabulary)
-            self._vocabularies[key] = class_weights(names, cfg.trained_class_names, cfg.ensemble_weight_trained,
-                                                    cfg.ensemble_weight_untrained).to(self.device)
+            self._vocabularies[key] = class_weights(names, trained, w_trained, w_untrained).to(self.device)
         return self._vocabularies[key]
 
     def name_readings(self, vocabulary, top: int = 3) -> list | None:

@@ -64,6 +64,26 @@ def test_untrained_head_is_ignored_then_trained_names_use_it(small_image):
     assert not np.allclose(before.confidence, trained.confidence, atol=1e-3)
 
 
+def test_trained_names_of_a_model_proposing_with_selective_search_are_scored_by_the_region_scorer_alone(
+        small_image):
+    """A tags-only run on the offline model trains a box head on selective-search boxes; its latest
+    checkpoint (what the CLI's run folder and a run too small for held-out images serve) had kept
+    w = 0.35 for the tagged names, and that head took "helmet" on the astronaut from 0.78 to 0."""
+    p = _clip_tiny(rpn_trained=False, ensemble_weight_untrained=1.0, trained_class_names=["flag"])
+    assert p.model.ensemble_weights() == (1.0, 1.0) and not p.model.head_contributes
+    assert p.info()["ensemble"]["w_trained"] == 1.0
+    assert torch.equal(p.clip_weights(["flag", "person"]), torch.ones(2))
+    before = p.predict(small_image, "person, flag", max_detections=10)[0]
+    clf = p.model.roi_heads.box_predictor.cls_score
+    with torch.no_grad():  # scramble the head the tags trained: no name's score may change
+        clf.linear.weight.mul_(-3.0)
+    p.cache_size = 0
+    again = p.predict(small_image, "person, flag", max_detections=10)[0]
+    assert len(before) and np.allclose(before.confidence, again.confidence, atol=1e-5)
+    p.model.config.rpn_trained = True  # once boxes trained the RPN, the head counts as configured
+    assert p.model.ensemble_weights() == (0.35, 1.0) and p.model.head_contributes
+
+
 def test_ensemble_settings_round_trip_through_checkpoint(tmp_path, small_image):
     p = _clip_tiny(ensemble_weight_trained=0.2, ensemble_weight_untrained=0.7, trained_class_names=["flag"])
     p.save_pretrained(tmp_path / "m")

@@ -163,12 +163,11 @@ class HeldoutScorer:
         from detector.predictor import autocast_for
         from detector.region_scorer import class_weights
 
-        cfg = model.config
         weights = None
         if self.predictor.region_scorer is not None:
-            weights = class_weights(self.names, trained_names,
-                                    cfg.ensemble_weight_trained if w_trained is None else w_trained,
-                                    cfg.ensemble_weight_untrained)
+            served_trained, w_untrained = model.ensemble_weights()
+            weights = class_weights(self.names, trained_names, served_trained if w_trained is None else w_trained,
+                                    w_untrained)
         out = []
         with eval_mode(model), torch.inference_mode(), autocast_for(self.device):
             for i, enc in enumerate(self.encoded):
