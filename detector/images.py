@@ -95,6 +95,17 @@ class LoadedImage:
         """original / loaded size (1.0 unless the image was downscaled)."""
         return self.original_size[0] / self.array.shape[0]
 
+    def shrunk(self, side: int) -> LoadedImage:
+        """This image with its longer side at most `side` (itself when it is no larger): a drawing
+        that needs no more pixels than a screen shows. Boxes in original pixels still map onto it."""
+        h, w = self.array.shape[:2]
+        if max(h, w) <= side:
+            return self
+        f = side / max(h, w)
+        small = Image.fromarray(self.array).resize((max(1, round(w * f)), max(1, round(h * f))),
+                                                   Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return LoadedImage(np.asarray(small), self.original_size)
+
 
 def _describe(source) -> str:
     """How an error names the input: a file by its name only (never a server or temp path),
