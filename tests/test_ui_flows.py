@@ -1326,6 +1326,46 @@ def test_the_run_settings_a_person_typed_survive_a_reload(app):
     expect(page.get_by_label("Box : image-label batches")).to_have_value("1:3")
 
 
+def test_a_failed_detection_says_why_on_its_line_and_leaves_no_old_result(tmp_path, browser, tiny_predictor, photos):
+    """Detect after a success, with the vocabulary emptied: the line kept "N box(es) scoring …"
+    beside a red badge and the reason vanished with its toast. Detect all with only unreadable files
+    kept the last gallery beside the new files, as if it were theirs."""
+    from playwright.sync_api import expect
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    with _served(service, browser) as (_, page):
+        page.locator("#detect-image input[type=file]").set_input_files(str(photos[0]))
+        vocabulary = page.locator("#vocabulary textarea")
+        vocabulary.fill("person, flag")
+        msg = page.locator("#detect-msg")
+        with _event_done(page, "detect-msg", timeout_s=60):
+            page.locator("#detect-button").click()
+        expect(msg).to_contain_text("box(es)")
+        vocabulary.fill(" , ,")
+        with _event_done(page, "detect-msg", timeout_s=60):
+            page.locator("#detect-button").click()
+        expect(msg).to_contain_text("vocabulary")
+        expect(msg).not_to_contain_text("box(es)")
+        expect(page.locator("#detect-output img")).to_have_count(0)
+        vocabulary.fill("person, flag")
+        page.get_by_text("Many images at once").click()
+        files = page.locator("#detect-batch-files input[type=file]")
+        files.set_input_files([str(photos[0]), str(photos[1])])
+        batch = page.locator("#detect-batch-msg")
+        with _event_done(page, "detect-batch-msg", timeout_s=60):
+            page.locator("#detect-batch-button").click()
+        expect(batch).to_contain_text("2 image(s)")
+        expect(page.locator("#detect-batch-gallery img").first).to_be_visible()
+        page.locator("#detect-batch-files button[aria-label='Clear']").first.click()
+        files.set_input_files([str(bad)])
+        with _event_done(page, "detect-batch-msg", timeout_s=60):
+            page.locator("#detect-batch-button").click()
+        expect(batch).to_contain_text("no image could be read")
+        expect(page.locator("#detect-batch-gallery img")).to_have_count(0)
+
+
 def test_a_refused_folder_or_video_says_why_on_its_line(tmp_path, browser, tiny_predictor, photos):
     """Tag's "Add folder" (empty, outside the allowed folders) and Detect's video (a file that is
     not one) gave a toast that vanished and left "Error" on the line: the reason stays there now."""

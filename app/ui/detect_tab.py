@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import html
 import json
+from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +15,7 @@ from detector.low_confidence import FLOOR
 from detector.vocabulary import PRESETS
 
 from ..markdown import literal
-from .common import handler, image_input, json_file, on_line, png_file, tab_message, user_error
+from .common import error_text, handler, image_input, json_file, png_file, tab_message, user_error
 
 # Names the offline model sees (tests/test_name_mapping.py); "person" it does not (ImageNet has no
 # class for people, only a ballplayer, a groom and a scuba diver).
@@ -80,14 +82,51 @@ def fill_preset(name: str | None):
 fill_preset.ui_only = True
 
 
-def _failed() -> tuple:
+# Why each page's last detection failed, until its `.failure()` listener puts it on the Detect line:
+# the events are API endpoints, so they raise (a toast, gone in seconds), and a failure listener is
+# not told why. Keyed by Gradio's session; the last few hundred pages only.
+_WHY_FAILED: OrderedDict[str, str] = OrderedDict()
+_KEPT_FAILURES = 256
+
+
+def _remembering_why(fn):
+    """`fn` (a detection event) that records its error for this page's failure listener."""
+    def run(image, vocabulary, score, nms, max_det, request: gr.Request = None):
+        try:
+            return fn(image, vocabulary, score, nms, max_det)
+        except gr.Error as e:
+            key = getattr(request, "session_hash", None)
+            if key:
+                _WHY_FAILED[key] = html.unescape(e.message)
+                _WHY_FAILED.move_to_end(key)
+                while len(_WHY_FAILED) > _KEPT_FAILURES:
+                    _WHY_FAILED.popitem(last=False)
+            raise
+
+    run.__name__, run.endpoint = fn.__name__, fn.endpoint
+    return run
+
+
+def _why_failed(request: gr.Request | None) -> str:
+    """The Detect line after a failed detection: why, as `_remembering_why` recorded it."""
+    why = _WHY_FAILED.pop(getattr(request, "session_hash", None) or "", None)
+    return error_text(why or "no result: see the message at the top right")
+
+
+def _failed(request: gr.Request = None) -> tuple:
     """Pure UI: a detection that failed (an empty vocabulary, an unreadable image) clears the last
-    result and readings, so the old boxes do not stand beside the error (which the Detect line
-    shows: it is left alone)."""
-    return None, [], None, ""
+    result and readings, so the old boxes do not stand beside the error, and says why on the Detect
+    line (it had kept the last success's "1 box(es) scoring 0.20 or more" beside a red badge)."""
+    return None, [], None, "", _why_failed(request)
 
 
-_failed.ui_only = True
+def _batch_failed(request: gr.Request = None) -> tuple:
+    """Pure UI: Detect all that failed (only unreadable files, too many) clears the last gallery,
+    which had stood beside the new files as if it were theirs, and says why."""
+    return None, None, _why_failed(request)
+
+
+_failed.ui_only = _batch_failed.ui_only = True
 
 
 def build(ep: dict, defaults) -> dict:
@@ -168,6 +207,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     detect = handler(named, prepare=need_image,
                      present=lambda r: (png_file(r[0]), _rows(r[1]), json_file(r[1], "detections", named_after=r[2])))
     detect.endpoint = ep["detect"]
+    detect = _remembering_why(detect)
 
     def hint(detections, threshold) -> str:
         """Pure UI: what the result line says after a detection (none found: what to try), from
@@ -183,7 +223,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     hinted = {"fn": hint, "inputs": [download, score], "outputs": msg, "api_name": False, "show_progress": "hidden"}
     read = _reading(ep, c)
     see = {"fn": handler(ep["image_classes"]), "inputs": [image], "outputs": c.seen, "show_progress": "hidden"}
-    failed = {"fn": _failed, "inputs": None, "outputs": [*outputs, c.readings], "api_name": False,
+    failed = {"fn": _failed, "inputs": None, "outputs": [*outputs, c.readings, msg], "api_name": False,
               "show_progress": "hidden"}
     first = detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg)
     first.success(**hinted).success(**read, api_name="name_readings").success(**see, api_name="image_classes")
@@ -201,6 +241,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
         return detect(image, *rest) if image is not None else (gr.update(),) * len(outputs)
 
     again.endpoint = ep["detect"]
+    again = _remembering_why(again)
     first = preset.change(fill_preset, preset, vocabulary, api_name=False).success(
         again, inputs, outputs, api_name=False, show_progress_on=msg)
     first.success(**hinted).success(**read, api_name=False)
@@ -225,7 +266,7 @@ def _wire_video(ep: dict, c: SimpleNamespace) -> None:
 
         run = handler(functools.partial(ep["detect_video"], progress=per_frame), prepare=need_video,
                       present=lambda r: (r["video"], json_file(r["frames"], "detections", named_after=path), r["note"]),
-                      error=on_line([video_out, video_json, msg], msg))
+                      error=lambda why, *_: (None, None, error_text(why)))  # not the last video's result
         return run(path, vocabulary, score, nms, max_det, int(every or 1))
 
     video.endpoint = ep["detect_video"]
@@ -253,6 +294,10 @@ def _wire_batch(ep: dict, c: SimpleNamespace) -> None:
             return ""
 
     said.ui_only = True
-    batch_btn.click(handler(ep["detect_batch"], present=batch_present), [batch_files, vocabulary, score, nms, max_det],
-                    [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg).success(
-        said, [batch_json], msg, api_name=False, show_progress="hidden").success(**_reading(ep, c), api_name=False)
+    run = handler(ep["detect_batch"], present=batch_present)
+    run.endpoint = ep["detect_batch"]
+    first = batch_btn.click(_remembering_why(run), [batch_files, vocabulary, score, nms, max_det],
+                            [batch_gallery, batch_json], api_name="detect_batch", show_progress_on=msg)
+    first.success(said, [batch_json], msg, api_name=False, show_progress="hidden").success(**_reading(ep, c),
+                                                                                            api_name=False)
+    first.failure(_batch_failed, None, [batch_gallery, batch_json, msg], api_name=False, show_progress="hidden")
