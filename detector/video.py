@@ -56,7 +56,8 @@ def open_video(path: str) -> Video:
         if not ok:
             raise InputError(f"'{Path(path).name}' is not a video OpenCV can read")
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        return Video(path, fps if fps > 0 else 25.0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # an image named .mp4 read -2**63
+        return Video(path, fps if fps > 0 else 25.0, max(0, count),
                      (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))))
     finally:
         cap.release()
@@ -96,19 +97,27 @@ def detect_video(predictor, path: str, vocabulary, score_threshold=None, nms_thr
     expected = -(-video.frames // stride) if video.frames else 0
     total = min(expected, max_frames) if max_frames and expected else expected
     writer = None
-    if annotated is not None:
-        codec = "VP80" if Path(annotated).suffix.lower() == ".webm" else "mp4v"  # browsers play the first
-        writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*codec), max(1.0, video.fps / stride),
-                                 video.size)
     records, batch, cut = [], [], False
+
+    def draw(image, det) -> None:
+        """One drawn frame into the annotated video, opened at the drawings' size: a frame larger
+        than `load_image`'s limit is drawn downscaled, and OpenCV drops, without a word, every
+        frame whose size is not the writer's (a 4400 x 64 video came out empty)."""
+        nonlocal writer
+        drawn = cv2.cvtColor(annotate(image, det), cv2.COLOR_RGB2BGR)
+        if writer is None:
+            codec = "VP80" if Path(annotated).suffix.lower() == ".webm" else "mp4v"  # browsers play the first
+            writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*codec), max(1.0, video.fps / stride),
+                                     (drawn.shape[1], drawn.shape[0]))
+        writer.write(drawn)
 
     def flush():
         loaded = [load_image(item.pixels) for item in batch]
         for item, image, det in zip(batch, loaded, predictor.predict(loaded, vocabulary, score_threshold,
                                                                       nms_threshold, max_detections)):
             records.append(item.record(det))
-            if writer is not None:
-                writer.write(cv2.cvtColor(annotate(image, det), cv2.COLOR_RGB2BGR))
+            if annotated is not None:
+                draw(image, det)
         batch.clear()
         if progress:
             progress(len(records), total)

@@ -198,6 +198,30 @@ def test_the_app_detects_in_a_short_video_frame_by_frame(tmp_path, tiny_predicto
         service.detect_video(None, "cat")
 
 
+def test_a_video_wider_than_the_image_limit_is_drawn_and_an_unknown_length_says_so(tmp_path, tiny_predictor):
+    """Frames wider than `load_image`'s limit (4096 px: 8K and 5.7K footage) are drawn downscaled,
+    and the writer had been opened at the video's own size: OpenCV dropped every frame without a
+    word and the Detect tab played an empty video. An image named .mp4 reported -2**63 frames."""
+    from PIL import Image
+
+    from app.service import AppService
+    from detector.images import MAX_SIDE
+
+    service = AppService(tmp_path / "data", predictor=tiny_predictor)
+    wide = _webm(tmp_path / "wide.webm", frames=3, size=(MAX_SIDE + 304, 64))
+    result = service.detect_video(str(wide), "red box", 0.0, 0.5, 5, stride=1)
+    out = cv2.VideoCapture(result["video"])
+    drawn = []
+    while (frame := out.read())[0]:
+        drawn.append(frame[1].shape)
+    out.release()
+    assert len(drawn) == 3 and drawn[0][1] == MAX_SIDE, drawn
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "still.png")
+    (tmp_path / "still.mp4").write_bytes((tmp_path / "still.png").read_bytes())
+    note = service.detect_video(str(tmp_path / "still.mp4"), "red box", 0.0, 0.5, 5, stride=1)["note"]
+    assert note.startswith("1 frame (every frame of ? at"), note
+
+
 def test_evaluate_names_a_missing_file_before_the_model_loads(tmp_path, monkeypatch, capsys):
     from detector import Predictor
     from train import cli as train_cli
