@@ -93,6 +93,32 @@ def test_every_field_is_a_flag_that_overrides_the_config_file(tmp_path, monkeypa
     assert seen["cfg"] == target
 
 
+def test_paths_given_relative_are_saved_absolute_so_a_run_resumes_from_anywhere(tmp_path, monkeypatch):
+    """A run started in the photos folder with `--label-data labels.csv --label-images .` saved them
+    as typed, and `--resume` (or `--config`) from another folder failed: label file not found."""
+    from train.run_config import PretrainConfig
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "labels.csv").write_text("image,labels\n")
+    (tmp_path / "photos" / "my-model").mkdir()
+    monkeypatch.chdir(tmp_path / "photos")
+    seen = {}
+    monkeypatch.setattr("train.finetune.finetune", lambda c, out, resume=False: seen.update(cfg=c) or
+                        {"state": "finished", "iteration": 0, "total": 0, "seconds": 0.0})
+    assert cli.main(["finetune", "--out", "../run", "--label-data", "labels.csv", "--label-images", ".",
+                     "--eval-data", "val.json", "--eval-images", "val", "--model", "my-model"]) == 0
+    photos = tmp_path.resolve() / "photos"
+    cfg = seen["cfg"]
+    assert (cfg.label_data, cfg.label_images, cfg.eval_data, cfg.eval_images, cfg.model) == (
+        str(photos / "labels.csv"), str(photos), str(photos / "val.json"), str(photos / "val"), str(photos / "my-model"))
+    assert cli.main(["finetune", "--out", "../run2", "--label-data", "labels.csv", "--label-images", ".",
+                     "--model", "offline"]) == 0
+    assert seen["cfg"].model == "offline"  # a preset (or Hub id) is not a path
+    args = cli.argparse.Namespace(images="more", extra_images=None, model="owner/name")
+    pre = cli.config_from_args(args, None, PretrainConfig)
+    assert (pre.images, pre.extra_images, pre.model) == (str(photos / "more"), None, "owner/name")
+
+
 def test_old_flag_names_and_json_round_trip():
     import argparse
 

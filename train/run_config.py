@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,11 +116,11 @@ class ConfigBase:
 class RunConfig(ConfigBase):
     COMMAND: ClassVar[str] = "finetune"
 
-    model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id")
-    box_data: str | None = _opt(None, "COCO detection JSON (box labels)")
-    box_images: str | None = _opt(None, "folder the box JSON's file_name entries are relative to")
-    label_data: str | None = _opt(None, "image-level labels: Detic JSON, CSV or JSONL")
-    label_images: str | None = _opt(None, "folder the label file's image paths are relative to")
+    model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id", path=True)
+    box_data: str | None = _opt(None, "COCO detection JSON (box labels)", path=True)
+    box_images: str | None = _opt(None, "folder the box JSON's file_name entries are relative to", path=True)
+    label_data: str | None = _opt(None, "image-level labels: Detic JSON, CSV or JSONL", path=True)
+    label_images: str | None = _opt(None, "folder the label file's image paths are relative to", path=True)
     iters: int = _opt(1000, "training iterations")
     box_batch: int = _opt(4, "images per box-labelled batch")
     label_batch: int = _opt(8, "images per image-labelled batch")
@@ -144,8 +145,8 @@ class RunConfig(ConfigBase):
     log_every: int | None = _opt(None, "iterations between metric lines (default: a twentieth of the run, 1..10)")
     seed: int = _opt(0, "seed of sampling, augmentation and RoI sampling")
     device: str | None = _opt(None, "cpu, cuda, cuda:1 … (default: cuda when available)")
-    eval_data: str | None = _opt(None, "COCO JSON to evaluate on when training finishes")
-    eval_images: str | None = _opt(None, "folder of the evaluation images")
+    eval_data: str | None = _opt(None, "COCO JSON to evaluate on when training finishes", path=True)
+    eval_images: str | None = _opt(None, "folder of the evaluation images", path=True)
     novel: list[str] = _opt(list, "novel class names reported separately by the evaluation (comma separated)")
     heldout_share: float = _opt(0.2, "share of the tagged images held out to score the run (0: none; "
                                 "needs at least 8 tagged images)")
@@ -204,9 +205,9 @@ class PretrainConfig(ConfigBase):
 
     COMMAND: ClassVar[str] = "pretrain"
 
-    images: str | None = _opt(None, "folder of unlabelled images (searched recursively)")
-    extra_images: str | None = _opt(None, "a second folder of unlabelled images (e.g. the app's store + a server folder)")
-    model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id")
+    images: str | None = _opt(None, "folder of unlabelled images (searched recursively)", path=True)
+    extra_images: str | None = _opt(None, "a second folder of unlabelled images (e.g. the app's store + a server folder)", path=True)
+    model: str = _opt("offline", "starting point: preset, checkpoint folder or Hub id", path=True)
     iters: int = _opt(1000, "pre-training iterations")
     batch: int = _opt(4, "images per batch (each gives two views)")
     size: int = _opt(640, "shorter side of the views before scale jitter")
@@ -289,6 +290,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=RunConfig) -> None
 
 
 def config_from_args(args: argparse.Namespace, base: ConfigBase | None = None, cls=RunConfig) -> ConfigBase:
-    """`base` (e.g. read from --config) with every field given on the command line replaced."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    """`base` (e.g. read from --config) with every field given on the command line replaced.
+    Paths given are made absolute (a model only when it is a local folder, not a preset or Hub id):
+    the run's saved config had kept "labels.csv" as typed, and `--resume` from another folder failed."""
+    given = {f.name: _absolute(getattr(args, f.name), f.name == "model") if f.metadata.get("path")
+             else getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return (base.replace(**given) if base is not None else cls(**given)) if given or base is None else base
+
+
+def _absolute(value: str | None, only_existing: bool) -> str | None:
+    """A path as given on the command line, absolute (`only_existing`: when something is there)."""
+    if not value or (only_existing and not Path(value).exists()):
+        return value
+    return os.path.abspath(value)
