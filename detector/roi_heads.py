@@ -111,18 +111,30 @@ def suppress_parts(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
     detection of the same label scoring at least `ratio` times as high.
 
     A classifier scoring crops (the ImageNet/CLIP region scorers) rates a cat's head as "cat"
-    about as confidently as the whole cat; plain IoU-NMS keeps both (their IoU is small)."""
+    about as confidently as the whole cat; plain IoU-NMS keeps both (their IoU is small).
+    Only detections of one label are compared: each against the members of its own label, an
+    [n, largest label] comparison (all n x n, at threshold 0 with 2,000 names, took 10 s a call)."""
     n = len(boxes)
     if n < 2:
         return torch.ones(n, dtype=torch.bool, device=boxes.device)
-    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)  # [i, j]
-    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
-    part_of = (inter >= inside * area[:, None]) & (area[None, :] > area[:, None])  # i inside larger j
-    part_of &= labels[:, None] == labels[None, :]
-    part_of &= scores[None, :] >= ratio * scores[:, None]
-    return ~part_of.any(dim=1)
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    group = torch.repeat_interleave(torch.arange(len(counts), device=boxes.device), counts)  # per sorted row
+    size = int(counts.max())  # one host sync: the comparison's width
+    offsets = torch.arange(size, device=boxes.device)
+    valid = offsets[None, :] < counts[group][:, None]
+    members = ((torch.cumsum(counts, 0) - counts)[group][:, None] + offsets[None, :]).clamp(max=n - 1)  # [n, size]
+    b, s = boxes[order], scores[order]
+    other = b[members]
+    lt = torch.maximum(b[:, None, :2], other[..., :2])
+    rb = torch.minimum(b[:, None, 2:], other[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    part_of = valid & (inter >= inside * area[:, None]) & (area[members] > area[:, None])  # inside a larger one
+    part_of &= s[members] >= ratio * s[:, None]
+    keep = torch.empty(n, dtype=torch.bool, device=boxes.device)
+    keep[order] = ~part_of.any(dim=1)
+    return keep
 
 
 def select_detections(boxes, scores, score_thresh, nms_thresh, max_detections,

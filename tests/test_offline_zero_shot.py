@@ -65,6 +65,26 @@ def test_part_suppression_keeps_the_whole_object():
     assert suppress_parts(boxes, torch.tensor([0.5, 0.9, 0.5, 0.9]), labels, 0.9).tolist() == [True, True, False, True]
 
 
+def test_part_suppression_compares_each_detection_with_its_own_label_only():
+    """The same answer as comparing every pair (what it did: at threshold 0 with 2,000 names, an
+    n x n comparison of 20,000 candidates took 10 s a call), on labels of very different sizes."""
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(600, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 5 + torch.rand(600, 2, generator=g) * 120], dim=1)
+    boxes[300:] = boxes[:300]  # the same boxes under other labels
+    scores = torch.rand(600, generator=g)
+    labels = torch.cat([torch.zeros(250, dtype=torch.long), torch.randint(1, 40, (350,), generator=g)])
+    labels = labels[torch.randperm(600, generator=g)]
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+    dense = ((inter >= 0.9 * area[:, None]) & (area[None, :] > area[:, None]) & (labels[:, None] == labels[None, :])
+             & (scores[None, :] >= 0.9 * scores[:, None])).any(dim=1)
+    keep = suppress_parts(boxes, scores, labels, 0.9)
+    assert dense.any() and torch.equal(keep, ~dense)
+
+
 # --- the switch from selective search to the RPN --------------------------------------------
 
 
