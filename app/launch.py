@@ -63,12 +63,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 COMMANDS = {"app": "start the app (as ovdet-app)", "predict": "detect in images, folders, globs, videos",
-            "finetune": "train a model", "pretrain": "pre-train without labels", "dryrun": "measure a run"}
+            "export-onnx": "write an ONNX model with a vocabulary baked in",
+            "finetune": "train a model", "pretrain": "pre-train without labels", "dryrun": "measure a run",
+            "evaluate": "COCO AP of a model", "synthetic": "write the synthetic benchmark"}
+DETECTOR_COMMANDS = ("predict", "export-onnx")  # python -m detector; the others: python -m train
 
 
 def ovdet(argv: list[str] | None = None) -> int:
-    """`ovdet COMMAND ...`: one command for every CLI (`ovdet predict` = `python -m detector predict`,
-    `ovdet finetune|pretrain|dryrun` = `python -m train ...`, `ovdet app` = `ovdet-app`)."""
+    """`ovdet COMMAND ...`: one command for every CLI (`ovdet predict|export-onnx` = `python -m detector
+    ...`, `ovdet finetune|pretrain|dryrun|evaluate|synthetic` = `python -m train ...`, `ovdet app` =
+    `ovdet-app`)."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -84,10 +88,10 @@ def ovdet(argv: list[str] | None = None) -> int:
     if argv[0] == "app":
         main(argv[1:])
         return 0
-    if argv[0] == "predict":
+    if argv[0] in DETECTOR_COMMANDS:
         from detector.cli import main as predict
 
-        return predict(argv)
+        return predict(argv, prog="ovdet")
     from train.cli import main as train
 
-    return train(argv)
+    return train(argv, prog="ovdet")

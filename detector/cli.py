@@ -59,8 +59,8 @@ def _limits(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-detections", type=_positive, default=None, help="per image (default: the model's own)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m detector", description=__doc__,
+def build_parser(prog: str = "python -m detector") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="detect a vocabulary in images, folders, globs and videos")
@@ -272,8 +272,8 @@ def _drawing_suffixes() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m detector") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if getattr(args, "no_progress", False):
         _no_library_bars()

@@ -55,6 +55,19 @@ def _message(outputs) -> str:
     return texts[0]
 
 
+def test_the_readme_lists_every_named_endpoint_once(tmp_path, tiny_predictor, serve):
+    """README's endpoint list had lacked seven endpoints, and /name_readings was served twice
+    (the Detect tab's event took the name, the service's endpoint became /name_readings_1)."""
+    import re
+
+    client = serve(AppService(tmp_path / "data", predictor=tiny_predictor))
+    served = {name.lstrip("/") for name in client.view_api(print_info=False, return_format="dict")["named_endpoints"]}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = readme[readme.index("Endpoints: `/detect`"):readme.index("## Python API")]
+    documented = set(re.findall(r"`/(\w+)`", listed))
+    assert served == documented, (served - documented, documented - served)
+
+
 def test_batch_detection_and_the_queue_helpers_answer_over_http(tmp_path, tiny_predictor, small_image, serve):
     from gradio_client import handle_file
 

@@ -6,6 +6,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +45,19 @@ def test_ovdet_dispatches_to_every_cli(capsys, monkeypatch):
     assert launch.ovdet(["--version"]) == 0 and capsys.readouterr().out.strip() == f"ovdet {detector.__version__}"
     assert launch.ovdet([]) == 2 and "predict" in capsys.readouterr().err
     calls = []
-    monkeypatch.setattr("detector.cli.main", lambda argv: calls.append(("detector", argv)) or 0)
-    monkeypatch.setattr("train.cli.main", lambda argv: calls.append(("train", argv)) or 0)
+    monkeypatch.setattr("detector.cli.main", lambda argv, prog: calls.append(("detector", argv)) or 0)
+    monkeypatch.setattr("train.cli.main", lambda argv, prog: calls.append(("train", argv)) or 0)
     assert launch.ovdet(["predict", "x.png", "-v", "cat"]) == 0 and launch.ovdet(["finetune", "--iters", "1"]) == 0
     assert calls == [("detector", ["predict", "x.png", "-v", "cat"]), ("train", ["finetune", "--iters", "1"])]
+    # every command the README shows under "From the repository root … or `ovdet …`" (it lacked three)
+    for command, cli in (("export-onnx", "detector"), ("evaluate", "train"), ("synthetic", "train"),
+                         ("pretrain", "train"), ("dryrun", "train")):
+        calls.clear()
+        assert launch.ovdet([command, "--help"]) == 0 and calls == [(cli, [command, "--help"])]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        launch.ovdet(["dryrun", "--help"])
+    assert capsys.readouterr().out.startswith("usage: ovdet dryrun")
 
 
 def test_the_docker_image_checks_its_health_offers_cpu_torch_and_leaves_tests_out():

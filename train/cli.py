@@ -112,8 +112,8 @@ def finetune_command(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     return run_command(args, RunConfig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m train") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     _finetune_parser(sub)
     _pretrain_parser(sub)

@@ -226,7 +226,7 @@ def _wire_detect(ep: dict, c: SimpleNamespace) -> None:
     failed = {"fn": _failed, "inputs": None, "outputs": [*outputs, c.readings, msg], "api_name": False,
               "show_progress": "hidden"}
     first = detect_btn.click(detect, inputs, outputs, api_name="detect", show_progress_on=msg)
-    first.success(**hinted).success(**read, api_name="name_readings").success(**see, api_name="image_classes")
+    first.success(**hinted).success(**read, api_name=False).success(**see, api_name="image_classes")
     first.failure(**failed)
     first = vocabulary.submit(detect, inputs, outputs, api_name=False, show_progress_on=msg)
     first.success(**hinted).success(**read, api_name=False).success(**see, api_name=False)
