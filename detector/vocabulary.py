@@ -125,6 +125,11 @@ def clean_name(name: str) -> str:
     return name
 
 
+def _has_meaning(name: str) -> bool:
+    """Whether a name holds anything but spaces and punctuation (letters, digits, symbols, emoji)."""
+    return any(not c.isspace() and not unicodedata.category(c).startswith("P") for c in name)
+
+
 def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
     """Names from a comma/newline separated string or an iterable, cleaned and de-duplicated.
 
@@ -140,7 +145,7 @@ def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
     names: list[str] = []
     seen: set[str] = set()
     for raw in parts:
-        if not normalize_name(raw):
+        if not _has_meaning(normalize_name(raw)):  # "", or only punctuation (";" had become a class)
             continue
         name = clean_name(raw)
         key = name.casefold()

@@ -30,9 +30,10 @@ def test_vocabulary_normalises_and_deduplicates():
     assert parse_vocabulary("  cat,dog\n  potted   plant ,Cat, ,dog ") == ["cat", "dog", "potted plant"]
     assert parse_vocabulary("a;b, c") == ["a;b", "c"]  # only commas and newlines separate
     assert parse_vocabulary(["Crème brûlée", "crème brûlée", "猫"]) == ["Crème brûlée", "猫"]
+    assert parse_vocabulary("cat, ;, 🐱, ..., t-shirt, 3") == ["cat", "🐱", "t-shirt", "3"]  # punctuation alone is no name
 
 
-@pytest.mark.parametrize("empty", ["", " , ,\n", [], None])
+@pytest.mark.parametrize("empty", ["", " , ,\n", [], None, " , ,, ;  ,", "...", ["-", "!?"]])
 def test_empty_vocabulary_is_a_clear_error(empty):
     with pytest.raises(ValueError, match="vocabulary is empty"):
         parse_vocabulary(empty)
