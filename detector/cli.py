@@ -76,8 +76,9 @@ def build_parser(prog: str = "python -m detector") -> argparse.ArgumentParser:
                          "detection) or coco (detection results with scores)")
     pr.add_argument("--out", type=Path, default=None, help="write the detections here instead of stdout")
     pr.add_argument("--annotated", type=Path, default=None,
-                    help="write the annotated image here (a folder when several images are given: "
-                         "their sub-folders and names are kept, as .png)")
+                    help="write the annotated image here: an image file name, or a folder (a name without "
+                         "an ending is one, made if missing; several images: their sub-folders and names are "
+                         "kept, as .png)")
     pr.add_argument("--frame-stride", type=int, default=1, help="videos: run on every N-th frame (default 1)")
     pr.add_argument("--annotated-video", type=Path, default=None,
                     help="write the video's detected frames, drawn, here (.mp4; one video input)")
@@ -244,7 +245,10 @@ def _checked_inputs(args) -> tuple | str:
     single = len(args.images) == 1 and len(image_paths) == 1 and not videos and Path(args.images[0]).is_file()
     if args.annotated_video is not None and len(videos) != 1:
         return f"--annotated-video needs exactly one video input ({len(videos)} given)"
-    if single and args.annotated is not None and args.annotated.is_dir():  # one image into a folder
+    folder = args.annotated is not None and (args.annotated.is_dir() or (  # a name with no suffix is a folder,
+        not args.annotated.suffix and args.annotated.parent.is_dir()))      # as it is for several images
+    if single and folder:  # one image into a folder
+        args.annotated.mkdir(exist_ok=True)
         args.annotated = args.annotated / Path(image_paths[0]).with_suffix(".png").name
     inputs = {Path(p).resolve() for p in (*image_paths, *video_paths)}
     for flag, target in (("--out", args.out), ("--annotated", args.annotated if single else None),
@@ -260,7 +264,7 @@ def _checked_inputs(args) -> tuple | str:
         return (f"--annotated '{args.annotated}' names a file, but {len(image_paths)} images are given: name "
                 "a folder for their drawings")
     if single and args.annotated is not None and args.annotated.suffix.lower() not in _drawing_suffixes():
-        return (f"--annotated '{args.annotated}' needs an image file name (.png, .jpg …) or an existing folder")
+        return (f"--annotated '{args.annotated}' needs an image file name (.png, .jpg …) or a folder")
     return names, image_paths, videos, single
 
 

@@ -105,8 +105,8 @@ def test_an_output_never_overwrites_an_input_and_a_drawing_needs_a_name_it_can_t
         assert "is one of the inputs: it would be overwritten" in capsys.readouterr().err
     assert cli.main(["predict", str(folder), *RUN, "--out", str(folder / "sub" / "b.jpg")]) == 2
     assert "is one of the inputs" in capsys.readouterr().err
-    assert cli.main(["predict", str(photo), *RUN, "--annotated", str(tmp_path / "drawing")]) == 2
-    assert "needs an image file name (.png, .jpg …) or an existing folder" in capsys.readouterr().err
+    assert cli.main(["predict", str(photo), *RUN, "--annotated", str(tmp_path / "drawing.txt")]) == 2
+    assert "needs an image file name (.png, .jpg …) or a folder" in capsys.readouterr().err
     assert cli.main(["predict", str(folder), *RUN, "--annotated", str(tmp_path / "one.png")]) == 2
     assert "names a file, but 2 images are given" in capsys.readouterr().err
     assert photo.read_bytes() == before
@@ -115,6 +115,9 @@ def test_an_output_never_overwrites_an_input_and_a_drawing_needs_a_name_it_can_t
     drawn.mkdir()
     assert cli.main(["predict", str(folder / "sub" / "b.jpg"), *RUN, "--annotated", str(drawn), "--no-progress"]) == 0
     assert [p.name for p in drawn.iterdir()] == ["b.png"]
+    # a name without an ending is a folder, made as it is for several images ("drawn/" had been refused)
+    assert cli.main(["predict", str(photo), *RUN, "--annotated", str(tmp_path / "new") + "/", "--no-progress"]) == 0
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["a.png"]
 
 
 def test_out_of_range_settings_and_a_missing_gpu_are_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
