@@ -7,9 +7,12 @@ Boxes always arrive in the original image's pixels. Drawing happens on the decod
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 import supervision as sv
-from PIL import Image
+from PIL import Image, ImageFont
 
 from .images import LoadedImage
 
@@ -18,6 +21,37 @@ LOW_CONFIDENCE_PLATE = (80, 80, 80)  # behind a guess's white label
 RULE_COLOURS = {"max_size": sv.Color.from_hex("#e6194b"), "image_box": sv.Color.from_hex("#3cb44b"),
                 "max_score": sv.Color.from_hex("#4363d8")}
 _INDEX = sv.ColorLookup.INDEX
+MAX_LABEL_CHARS = 40  # a longer name is cut with "…" on the picture (it ran off the image); tables keep it whole
+
+
+@functools.cache
+def _font_path() -> str | None:
+    """DejaVu Sans, which matplotlib (a dependency of supervision) ships: accented Latin, Greek,
+    Cyrillic, Hebrew and Arabic (right to left, with Pillow's raqm) and many emoji. supervision's
+    default labels are OpenCV's text: an emoji was drawn "?", Hebrew left to right."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return str(path) if path.is_file() else None
+
+
+@functools.cache
+def _font(size: int):
+    path = _font_path()
+    return ImageFont.truetype(path, size) if path else ImageFont.load_default(size)
+
+
+def _labels(wh: tuple[int, int], **kwargs) -> sv.RichLabelAnnotator:
+    """Box labels in `_font`, sized for the picture as supervision sizes its own."""
+    return sv.RichLabelAnnotator(font_path=_font_path(), font_size=max(10, round(22 * sv.calculate_optimal_text_scale(wh))),
+                                 text_padding=max(3, round(6 * sv.calculate_optimal_text_scale(wh))),
+                                 smart_position=True, **kwargs)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= MAX_LABEL_CHARS else name[:MAX_LABEL_CHARS - 1] + "…"
 
 
 def detections_to_records(detections: sv.Detections) -> list[dict]:
@@ -70,10 +104,8 @@ def annotate(image: LoadedImage | np.ndarray, detections: sv.Detections,
                           class_id=detections.class_id)
     wh = canvas.size
     boxes = sv.BoxAnnotator(thickness=sv.calculate_optimal_line_thickness(wh), color_lookup=sv.ColorLookup.CLASS)
-    labels = sv.LabelAnnotator(text_scale=sv.calculate_optimal_text_scale(wh),
-                               text_thickness=sv.calculate_optimal_line_thickness(wh) // 2 or 1,
-                               color_lookup=sv.ColorLookup.CLASS, smart_position=True)
-    texts = [f"{n} {c:.2f}" for n, c in zip(detections.data.get("class_name", []), detections.confidence)]
+    labels = _labels(wh, color_lookup=sv.ColorLookup.CLASS)
+    texts = [f"{_short(n)} {c:.2f}" for n, c in zip(detections.data.get("class_name", []), detections.confidence)]
     return np.asarray(labels.annotate(boxes.annotate(canvas, shown), shown, labels=texts))
 
 
@@ -102,21 +134,20 @@ def draw_assignment(image: LoadedImage | np.ndarray, assignment, faint: int = 50
         det = sv.Detections(xyxy=boxes)
         colour = RULE_COLOURS.get(rule, sv.Color.WHITE)
         canvas = sv.BoxAnnotator(color=colour, thickness=thickness, color_lookup=_INDEX).annotate(canvas, det)
-        canvas = sv.LabelAnnotator(color=colour, text_scale=sv.calculate_optimal_text_scale(wh), smart_position=True,
-                                   color_lookup=_INDEX).annotate(
-            canvas, det, labels=[f"{rule}: {', '.join(names)}" for _, names in choices])
+        canvas = _labels(wh, color=colour, color_lookup=_INDEX).annotate(
+            canvas, det, labels=[_short(f"{rule}: {', '.join(names)}") for _, names in choices])
     return np.asarray(canvas)
 
 
 def _draw_dashed(canvas: Image.Image, detections: sv.Detections, factor: float) -> Image.Image:
     """Dashed grey boxes labelled "name 0.12?": visibly not detections."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     draw = ImageDraw.Draw(canvas)
     width = max(1, sv.calculate_optimal_line_thickness(canvas.size))
     dash = 6 * width
     names = detections.data.get("class_name", [""] * len(detections))
-    font = ImageFont.load_default(size=max(12, round(min(canvas.size) / 30)))  # sized for the picture
+    font = _font(max(12, round(min(canvas.size) / 30)))  # sized for the picture
     for (x1, y1, x2, y2), score, name in zip(detections.xyxy * factor, detections.confidence, names):
         for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
             length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
@@ -125,7 +156,7 @@ def _draw_dashed(canvas: Image.Image, detections: sv.Detections, factor: float) 
                 draw.line([(a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s),
                            (a[0] + (b[0] - a[0]) * e, a[1] + (b[1] - a[1]) * e)], fill=LOW_CONFIDENCE_COLOUR,
                           width=width)
-        _label(draw, (x1 + width + 2, y1 + width + 2), f"{name} {score:.2f}?", font)
+        _label(draw, (x1 + width + 2, y1 + width + 2), f"{_short(name)} {score:.2f}?", font)
     return canvas
 
 

@@ -160,3 +160,20 @@ def test_the_better_of_two_coinciding_boxes_is_drawn_on_top(small_image):
     flipped = _dets([0.9, 0.3], [0, 2])  # ... in either order
     flipped.xyxy[:] = [[10.0, 10.0, 60.0, 60.0]]
     assert np.array_equal(annotate(small_image, flipped)[edge], annotate(small_image, best_only)[edge])
+
+
+def test_labels_draw_accents_and_scripts_and_cut_long_names(small_image):
+    """Box labels were OpenCV's text: an emoji was drawn as "?", Hebrew and Arabic left to right (read
+    backwards), and a 200-character name ran off the picture with its score."""
+    from detector.annotate import MAX_LABEL_CHARS, annotate
+
+    def drawn(name: str, low: bool = False) -> np.ndarray:
+        det = _dets([0.9], [0])
+        det.data["class_name"] = np.array([name])
+        return annotate(small_image, det[:0], det) if low else annotate(small_image, det)
+
+    for low in (False, True):
+        assert not np.array_equal(drawn("cat 🐱", low), drawn("cat ?", low))
+        long = "x" * 200
+        assert np.array_equal(drawn(long, low), drawn("x" * (MAX_LABEL_CHARS - 1) + "…", low))
+        assert not np.array_equal(drawn(long, low), drawn("x" * 10, low))
