@@ -141,7 +141,10 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         # (the page said "Not seen by this model: person" beside "trained on person" and a 0.02 box)
         tagged = {n.casefold() for n in self.predictor.model.config.trained_class_names}
         learnt = [r.name for r in readings if not r.seen and r.name.casefold() in tagged]
-        unseen = [r.name for r in readings if not r.seen and r.name.casefold() not in tagged]
+        unseen = [r.name for r in readings if not r.seen and r.name.casefold() not in tagged and not r.loose]
+        # an unseen name with classes near it still gets weak boxes from them: "Not seen" beside a
+        # 0.22 box read as a contradiction
+        loose = [r for r in readings if not r.seen and r.name.casefold() not in tagged and r.loose]
         parts = [f"**{literal(r.name)}** → {literal(', '.join(r.classes))}"
                  + (f" (+{r.count - len(r.classes)} more)" if r.count > len(r.classes) else "") for r in seen[:SHOWN_READINGS]]
         line = ("Reads as (ImageNet classes): " + "; ".join(parts) + _more(len(seen)) + "." if parts else "")
@@ -152,6 +155,10 @@ class AppService(TaggingMixin, SuggestionsMixin, DatasetMixin, TrainingMixin, Mo
         if learnt:
             line += ((" " if line else "") + f"Learnt from your tags alone, with no ImageNet class to build on "
                      f"(expect low scores): {group(learnt)}.")
+        if loose:
+            line += ((" " if line else "") + "No ImageNet class of their own, so only weak boxes from what they "
+                     "resemble: " + "; ".join(f"**{literal(r.name)}** (like {literal(', '.join(r.loose))})"
+                                              for r in loose[:SHOWN_READINGS]) + _more(len(loose)) + ".")
         if unseen:
             line += (" " if line else "") + f"Not seen by this model: {group(unseen)}."
         return line

@@ -64,6 +64,7 @@ NEIGHBOUR_LOGIT = 2.0
 MODIFIER_LOGIT = -4.0
 BELOW_CHANCE = 0.01  # what a region's score keeps of its mass when that is below chance (`above_chance`)
 SEEN = 0.5  # a name is "seen" when some ImageNet class counts for it at least this much
+LOOSE = 0.2  # an unseen name with a class this close still gets weak boxes from it (the readings say which)
 CROP_SIZE = 224
 # Chosen on the tune half of bench/offline_zero_shot.py with bench/offline_levels_sweep.py (see
 # docs/offline_zero_shot.md): boxes read at half and quarter of the detector's input size (the
@@ -108,6 +109,7 @@ class NameReading(NamedTuple):
     classes: list[str]
     seen: bool
     count: int = 0
+    loose: tuple[str, ...] = ()  # an unseen name's best classes of weight >= LOOSE: where its weak boxes come from
 
 
 def nearest_visual_neighbours(classifier_weight: torch.Tensor, min_cosine: float = VISUAL_NEIGHBOUR) -> torch.Tensor:
@@ -219,7 +221,8 @@ def readings(weights: torch.Tensor, names: list[str], top: int = 3) -> list[Name
     for name, row in zip(names, weights.float().cpu()):
         order = torch.argsort(-row.round(decimals=3), stable=True)[:top]
         found = [classes[int(i)] for i in order.tolist() if row[i] >= SEEN]
-        out.append(NameReading(name, found, bool(found), int((row >= SEEN).sum())))
+        loose = () if found else tuple(classes[int(i)] for i in order.tolist() if row[i] >= LOOSE)
+        out.append(NameReading(name, found, bool(found), int((row >= SEEN).sum()), loose))
     return out
 
 

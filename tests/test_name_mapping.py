@@ -279,6 +279,19 @@ def test_app_says_what_each_name_reads_as(offline, tiny_predictor, tmp_path):
     assert many.count("**") <= 200 and len(many) < 4000  # at most 50 names of each kind, not a wall of 2,000
 
 
+def test_an_unseen_name_that_still_gets_weak_boxes_says_what_it_resembles(offline, tmp_path):
+    """"cat img src x onerror alert 1" maps onto no class (weight < 0.5) but is near the cats, so it
+    got a 0.22 box while the line said "Not seen by this model" about it."""
+    from app.service import AppService
+
+    odd, giraffe = offline.name_readings(["cat img src x onerror alert 1", "giraffe"])
+    assert not odd.seen and not odd.classes and any("cat" in c for c in odd.loose)
+    assert not giraffe.seen and giraffe.loose == ()
+    line = AppService(tmp_path / "app", predictor=offline).name_readings("cat img src x onerror alert 1, giraffe")
+    assert "weak boxes from what they resemble: **cat img src x onerror alert 1** (like " in line
+    assert line.endswith("Not seen by this model: **giraffe**.")
+
+
 def test_a_name_learnt_from_tags_alone_is_not_called_unseen(offline, tmp_path, monkeypatch):
     """After a run trained "person" from tags, the Detect tab said "Not seen by this model: person"
     beside a 0.02 "person" box and the Model tab's "trained on person"."""
