@@ -399,6 +399,8 @@ def test_evaluation_perfect_vs_shuffled(syn):
     shuffled = [{**d, "bbox": boxes[j]} for d, j in zip(perfect, order)]
     assert coco_metrics(gt, shuffled, NOVEL)["all"]["AP"] < 0.5
     assert coco_metrics(gt, [], NOVEL)["all"]["AP"] == 0.0
+    none = coco_metrics(gt, [], NOVEL)["per_class"]  # no detection: every class with boxes at 0 (it was {})
+    assert none and set(none.values()) == {0.0} and set(none) == set(m["per_class"])
     with pytest.raises(ValueError, match="purple hexagon"):
         coco_metrics(gt, perfect, ["purple hexagon"])
 

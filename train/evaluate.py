@@ -64,7 +64,9 @@ def coco_metrics(gt_data: dict, detections: list[dict], novel_names: list[str] |
     if novel_names:
         result["novel"] = _summary(_coco_eval(gt, detections, novel_ids) if novel_ids else None)
         result["base"] = _summary(_coco_eval(gt, detections, base_ids) if base_ids else None)
-    if ev_all is not None:
+    if ev_all is None:  # no detection at all: every class with boxes scores 0 (it had listed no class)
+        result["per_class"] = {names[c]: 0.0 for c in with_gt}
+    else:
         precision = ev_all.eval["precision"]  # [T, R, K, A, M]
         for k, cat in enumerate(ev_all.params.catIds):
             p = precision[:, :, k, 0, -1]
