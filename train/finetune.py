@@ -367,6 +367,10 @@ def _ready_model(cfg: RunConfig, model, data: _Data, device: torch.device, world
         model.config.rpn_trained = True
     model.to(device).train()
     cached_path = cfg.tag_features == "cached" and bool(labels) and can_cache(model, bool(box), world)
+    if cfg.tag_features == "cached" and labels and not cached_path:  # said: the run takes far longer
+        log.info("tag features are not cached (%s): every step runs the whole model (Detic's full path)",
+                 "box labels train the backbone's consumers too" if box else
+                 f"{world} processes" if world > 1 else "the backbone is trained")
     if cached_path:  # the neck's features are cached: only the box head and the classifier learn
         for p in model.backbone.parameters():
             p.requires_grad_(False)

@@ -170,12 +170,13 @@ def generate(out: str | Path, seed: int = 0, n_box: int = 240, n_label: int = 24
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m train synthetic", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--box", type=int, default=240)
-    ap.add_argument("--labels", type=int, default=240)
-    ap.add_argument("--val", type=int, default=80)
-    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--out", required=True, help="folder to write the images and the JSON files into")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every scene (default 0)")
+    ap.add_argument("--box", type=int, default=240, help="scenes with box labels, base classes only (default 240)")
+    ap.add_argument("--labels", type=int, default=240,
+                    help="object-centric images with image-level labels, base and novel (default 240)")
+    ap.add_argument("--val", type=int, default=80, help="validation scenes with boxes of every class (default 80)")
+    ap.add_argument("--size", type=int, default=160, help="side of each image in pixels (default 160)")
     a = ap.parse_args(argv)
     files = generate(a.out, a.seed, a.box, a.labels, a.val, a.size)
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
