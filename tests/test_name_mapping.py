@@ -269,7 +269,8 @@ def test_app_says_what_each_name_reads_as(offline, tiny_predictor, tmp_path):
     from app.service import AppService
 
     line = AppService(tmp_path / "a", predictor=offline).name_readings("giraffe, <b>cat</b>, dog, lion")
-    assert line.endswith("Not seen by this model: **giraffe**, **&lt;b&gt;cat&lt;/b&gt;**.")  # one group, last
+    assert line.endswith("Not seen by this model: **giraffe**.")  # one group, last
+    assert "what they resemble: **&lt;b&gt;cat&lt;/b&gt;** (like " in line  # no class of its own, near the cats
     assert "&lt;b&gt;cat&lt;/b&gt;" in line and "<b>" not in line  # user text is escaped
     assert "**dog** → Chihuahua, Japanese spaniel, Maltese dog (+115 more)" in line
     assert "**lion** → lion" in line
