@@ -107,3 +107,17 @@ def test_a_vocabulary_is_embedded_and_uploaded_once(scored, monkeypatch):
     n2, e2 = scored.embed(["zebra", "kite"])
     assert n1 == n2 == ["zebra", "kite"] and e2 is e1 and len(calls) == 1
     assert scored.clip_weights(n1) is scored.clip_weights(n2)
+
+
+def test_large_images_are_made_floats_a_few_at_a_time_with_the_same_result(scored, monkeypatch):
+    """Eight 4000 x 4000 photos in one group had been turned into floats all at once (two copies:
+    3.6 GB); a group now goes through the float conversion in slices, with the very same tensor out."""
+    import detector.model as model_module
+
+    transform = scored.model.transform
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 256, (5, 90, 120, 3), dtype=torch.uint8, generator=g).to(scored.device)
+    whole = transform.from_uint8([([0, 1, 2, 3, 4], t)], 5)
+    monkeypatch.setattr(model_module, "FLOAT_PIXELS", 2 * 3 * 90 * 120)  # two images a slice: 2 + 2 + 1
+    sliced = transform.from_uint8([([0, 1, 2, 3, 4], t)], 5)
+    assert sliced.image_sizes == whole.image_sizes and torch.equal(sliced.tensors, whole.tensors)
