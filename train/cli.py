@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m train") -> int:
     if args.command == "synthetic":
         from .synthetic import main as synthetic_main
 
-        synthetic_main(rest)
+        synthetic_main(rest, prog=f"{prog} synthetic")
         return 0
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")

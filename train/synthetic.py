@@ -167,8 +167,8 @@ def generate(out: str | Path, seed: int = 0, n_box: int = 240, n_label: int = 24
                            label_image=_object_centric)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m train synthetic", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m train synthetic") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder to write the images and the JSON files into")
     ap.add_argument("--seed", type=int, default=0, help="seed of every scene (default 0)")
