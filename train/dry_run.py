@@ -21,7 +21,7 @@ from detector.predictor import autocast_for, resolve_device
 from detector.presets import load_detector
 
 from .finetune import TrainStep
-from .loop import peak_memory_mb
+from .loop import adamw, peak_memory_mb
 from .run_config import RunConfig
 from .tag_features import REFRESH_VISITS, can_cache, encode_tag_image, tag_step
 
@@ -81,7 +81,7 @@ def _measure_cached(model, cfg: RunConfig, emb: torch.Tensor, steps: int, gen: t
     cache_s = (time.perf_counter() - t) / (n_images - 1)
     batch = items[1:]  # distinct images, each visited once a step as in a run
     params = [p for p in model.roi_heads.parameters() if p.requires_grad] + [model.name_adapters.deltas]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    optimizer = adamw(params, lr=1e-6)
     times = []
     for i in range(max(steps, REFRESH_VISITS) + 1):  # whole refresh cycles: the mean is a run's mean
         t = time.perf_counter()
@@ -122,7 +122,7 @@ def dry_run(cfg: RunConfig, steps: int = 2) -> dict:
     _, emb = embedder(NAMES)
     emb = emb.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)  # real optimiser state; a tiny lr (nothing is saved)
+    optimizer = adamw(params, lr=1e-6)  # real optimiser state; a tiny lr (nothing is saved)
     step = TrainStep(model, {"rule": cfg.image_label_rule, "weight": cfg.image_label_weight,
                              "scope": cfg.image_label_scope})
     kinds = [k for k, given in (("box", cfg.box_data), ("label", cfg.label_data)) if given] or ["box"]

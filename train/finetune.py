@@ -27,7 +27,7 @@ from detector.presets import load_detector
 
 from .data import DataError, load_resized, read_box_dataset, read_label_dataset, transform_boxes, vocabulary_of
 from .heldout import ENSEMBLE_WEIGHTS, HeldoutScorer, heldout_summary, rank_key, split_heldout
-from .loop import Loop, Stopped, device_for, restore_signals, stop_on_signals
+from .loop import Loop, Stopped, adamw, device_for, restore_signals, stop_on_signals
 from .run_config import RunConfig
 from .run_dir import RunDir
 from .sampler import MixedSampler, parse_ratio
@@ -459,7 +459,7 @@ def _optimizer(cfg: RunConfig, run: RunDir, model, embedder, emb, names: list[st
     groups = [{"params": params}]
     if adapter_params:  # logits move by units, not by 1e-4s: a larger step, no weight decay
         groups.append({"params": adapter_params, "lr_scale": ADAPTER_LR / cfg.lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = params + adapter_params
     if resume_from is not None:
         run.restore_optimizer(resume_from, optimizer)

@@ -57,7 +57,7 @@ from detector.proposals import ALIGNDET, ProposalParams, selective_search
 
 from .data import DataError
 from .finetune import run_with_status
-from .loop import Loop, device_for
+from .loop import Loop, adamw, device_for
 from .run_config import PretrainConfig
 from .run_dir import RunDir
 
@@ -360,7 +360,7 @@ def _pretrain(cfg: PretrainConfig, run: RunDir, resume: bool, rank: int, world: 
     params = [p for n, p in detector.named_parameters()
               if p.requires_grad and not n.startswith("backbone.body.")
               and not n.startswith("roi_heads.box_predictor.cls_score.")]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume_from is not None:
         run.restore_optimizer(resume_from, optimizer)
     step = AlignDetStep(detector, cfg.temperature, cfg.contrastive_weight, cfg.regression_weight)
