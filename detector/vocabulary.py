@@ -125,6 +125,22 @@ def clean_name(name: str) -> str:
     return name
 
 
+def _listed(text: str) -> list[str] | None:
+    """The names of a vocabulary written as a list literal (`["cat", "cup"]`, or Python's
+    `['cat', 'cup']`, which a list sent to the HTTP API's text field arrives as: it had been split at
+    its commas into the names "['cat'" and "'cup']"); None for any other text."""
+    import ast
+
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
 def _has_meaning(name: str) -> bool:
     """Whether a name holds anything but spaces and punctuation (letters, digits, symbols, emoji)."""
     return any(not c.isspace() and not unicodedata.category(c).startswith("P") for c in name)
@@ -137,7 +153,8 @@ def parse_vocabulary(vocabulary: str | Iterable[str]) -> list[str]:
     `ValueError`, because a detector with no classes can only return nothing.
     """
     if isinstance(vocabulary, str):
-        parts: Iterable[str] = re.split(r"[,\n]", vocabulary)
+        listed = _listed(vocabulary)
+        parts: Iterable[str] = listed if listed is not None else re.split(r"[,\n]", vocabulary)
     elif vocabulary is None:
         parts = []
     else:

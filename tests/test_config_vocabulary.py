@@ -31,6 +31,12 @@ def test_vocabulary_normalises_and_deduplicates():
     assert parse_vocabulary("a;b, c") == ["a;b", "c"]  # only commas and newlines separate
     assert parse_vocabulary(["Crème brûlée", "crème brûlée", "猫"]) == ["Crème brûlée", "猫"]
     assert parse_vocabulary("cat, ;, 🐱, ..., t-shirt, 3") == ["cat", "🐱", "t-shirt", "3"]  # punctuation alone is no name
+    # a list sent to the HTTP API's text field arrives as its Python repr: its names, not "['cat'"
+    assert parse_vocabulary("['cat', 'cup']") == parse_vocabulary('["cat", "cup"]') == ["cat", "cup"]
+    assert parse_vocabulary("[cat], [dog]") == ["[cat]", "[dog]"]  # not a list literal: text as always
+    assert parse_vocabulary("[1, 2]") == ["[1", "2]"]
+    with pytest.raises(ValueError, match="vocabulary is empty"):  # deep nesting: no crash, punctuation only
+        parse_vocabulary("[" * 5000 + "]" * 5000)
 
 
 @pytest.mark.parametrize("empty", ["", " , ,\n", [], None, " , ,, ;  ,", "...", ["-", "!?"]])
