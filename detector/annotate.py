@@ -45,9 +45,9 @@ def _font(size: int):
 
 def _labels(wh: tuple[int, int], **kwargs) -> sv.RichLabelAnnotator:
     """Box labels in `_font`, sized for the picture as supervision sizes its own."""
-    return sv.RichLabelAnnotator(font_path=_font_path(), font_size=max(10, round(22 * sv.calculate_optimal_text_scale(wh))),
-                                 text_padding=max(3, round(6 * sv.calculate_optimal_text_scale(wh))),
-                                 smart_position=True, **kwargs)
+    scale = sv.calculate_optimal_text_scale(wh)
+    return sv.RichLabelAnnotator(font_path=_font_path(), font_size=max(10, round(22 * scale)),
+                                 text_padding=max(3, round(6 * scale)), smart_position=True, **kwargs)
 
 
 def _short(name: str) -> str:

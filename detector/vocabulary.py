@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import unicodedata
@@ -129,8 +130,6 @@ def _listed(text: str) -> list[str] | None:
     """The names of a vocabulary written as a list literal (`["cat", "cup"]`, or Python's
     `['cat', 'cup']`, which a list sent to the HTTP API's text field arrives as: it had been split at
     its commas into the names "['cat'" and "'cup']"); None for any other text."""
-    import ast
-
     text = text.strip()
     if not (text.startswith("[") and text.endswith("]")):
         return None

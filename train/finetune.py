@@ -235,11 +235,8 @@ class HeldoutRecord:
         if any(c["iteration"] == it for c in self.record["checkpoints"]):
             return
         run.write_status("running", message=f"scoring iteration {it} on {len(self.scorer.samples)} held-out images")
-        # A head that never saw a box (selective-search proposals: no box ever trained it) cannot
-        # localise, and image-level tags cannot show where its scores put boxes (measured: seed 2 of
-        # loop_real lost 5.8 base box AP50 at w = 0.5 while its held-out image-level AP rose): for such
-        # a model the region scorer alone scores the names (w = 1).
-        weights = ENSEMBLE_WEIGHTS if model.config.rpn_trained else (1.0,)
+        # a model proposing with selective search is served with w = 1 only (`ensemble_weights`)
+        weights = (1.0,) if model.uses_selective_search else ENSEMBLE_WEIGHTS
         report, w = self.scorer.best_report(model, self.trained_names(model), weights)
         self.record["checkpoints"].append({"iteration": it, **report, "ensemble_weight_trained": w})
         best = self.record.get("best")
